@@ -1,0 +1,1 @@
+"""Audio: formats and conversion (``formats``), file transcoding and measurement, silence splitting."""

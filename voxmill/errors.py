@@ -1,0 +1,84 @@
+"""One exception tree for voxmill. Callers catch a family, never a string.
+
+Each class says *when* it is raised and what the caller should do with the item. Messages name the
+item (when known) and the fix; they never contain the API key.
+"""
+
+from __future__ import annotations
+
+
+class VoxmillError(Exception):
+    """Base of every error voxmill raises on purpose."""
+
+    #: short machine-readable kind, written to the ledger's ``error_kind`` column
+    kind: str = "error"
+
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.attempts = attempts
+
+
+class ConfigError(VoxmillError):
+    """A setting, flag or manifest shape is wrong: stop before any request is made."""
+
+    kind = "config"
+
+
+class AuthError(VoxmillError):
+    """The API refused the key (401/403): stop the whole run, retrying cannot help."""
+
+    kind = "auth"
+
+
+class InvalidItem(VoxmillError):
+    """This item can never succeed as given (bad parameter, 400/413/415/422): fail its row, never retry."""
+
+    kind = "invalid"
+
+
+class ValidationError(InvalidItem):
+    """A parameter broke a catalogue rule; raised before any request, naming parameter, value and rule."""
+
+    kind = "validation"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class RateLimited(VoxmillError):
+    """The API answered 429; ``retry_after`` (seconds) says how long to wait when it said so."""
+
+    kind = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = 429, attempts: int = 0
+    ) -> None:
+        super().__init__(message, status=status, attempts=attempts)
+        self.retry_after = retry_after
+
+
+class TransientError(VoxmillError):
+    """A 5xx, timeout or dropped connection: worth retrying with backoff."""
+
+    kind = "transient"
+
+
+class BadResponse(VoxmillError):
+    """The body is not what was asked for (not audio of the requested format, truncated, not JSON)."""
+
+    kind = "bad_response"
+
+
+__all__ = [
+    "AuthError",
+    "BadResponse",
+    "ConfigError",
+    "InvalidItem",
+    "RateLimited",
+    "TransientError",
+    "ValidationError",
+    "VoxmillError",
+]

@@ -1,0 +1,152 @@
+"""Settings: small value objects with their defaults in one place, read from ``VOXMILL_*`` variables.
+
+| variable | meaning | default |
+|---|---|---|
+| VOXMILL_API_KEY | Bearer key for the hosted API | none: use the local server |
+| VOXMILL_BASE_URL | API base URL | https://api-web.eigenai.com |
+| VOXMILL_RPS / VOXMILL_RPM | requests per second / minute | unlimited / unlimited |
+| VOXMILL_CONCURRENCY | requests in flight at once | 4 |
+| VOXMILL_MAX_ATTEMPTS | tries per request (first one included) | 6 |
+| VOXMILL_TIMEOUT | read timeout per request, seconds | 180 |
+| VOXMILL_CACHE_DIR | voice_id cache and other reusable state | ~/.cache/voxmill |
+| VOXMILL_ASR_MAX_SECONDS | longest audio sent in one ASR request; longer files are split on silence | 600 |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from voxmill.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api-web.eigenai.com"
+
+
+class ApiKey:
+    """A secret that never prints itself: ``repr``/``str`` show only that it is set."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not value or not value.strip():
+            raise ConfigError("the API key is empty: set VOXMILL_API_KEY to your key")
+        self._value = value.strip()
+
+    def reveal(self) -> str:
+        """The key itself, for the Authorization header only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "ApiKey('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ApiKey) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self):  # keep it out of pickles sent to other processes by accident
+        raise TypeError("ApiKey cannot be pickled; pass it through the environment (VOXMILL_API_KEY)")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """How fast requests may go: a token bucket (per second and/or per minute) and a concurrency cap."""
+
+    requests_per_second: float | None = None
+    requests_per_minute: float | None = None
+    max_concurrent: int = 4
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be ≥ 1, got {self.max_concurrent}")
+        for name in ("requests_per_second", "requests_per_minute"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0 (or unset for no limit), got {value}")
+
+    @property
+    def rate_per_second(self) -> float | None:
+        """The tighter of the two limits, in requests per second (None: unlimited)."""
+        rates = [r for r in (self.requests_per_second, (self.requests_per_minute or 0) / 60 or None) if r]
+        return min(rates) if rates else None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """One retry policy for every request: capped exponential backoff with jitter; Retry-After wins."""
+
+    max_attempts: int = 6
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    jitter: float = 0.5
+    #: a Retry-After longer than this fails the attempt instead of sleeping through it
+    max_retry_after: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be ≥ 1, got {self.max_attempts}")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-request timeouts in seconds (TTS of long text and ASR of long audio are slow: read is generous)."""
+
+    connect: float = 10.0
+    read: float = 180.0
+    write: float = 60.0
+    pool: float = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about talking to the API, with defaults; ``Settings.from_env()`` reads them."""
+
+    api_key: ApiKey | None = None
+    base_url: str = DEFAULT_BASE_URL
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "voxmill")
+    asr_max_seconds: float = 600.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``VOXMILL_*`` variables; a malformed value is a ConfigError naming the variable."""
+        env = os.environ if environ is None else environ
+        key = env.get("VOXMILL_API_KEY")
+        return cls(
+            api_key=ApiKey(key) if key and key.strip() else None,
+            base_url=env.get("VOXMILL_BASE_URL") or DEFAULT_BASE_URL,
+            rate_limit=RateLimit(
+                requests_per_second=_number(env, "VOXMILL_RPS"),
+                requests_per_minute=_number(env, "VOXMILL_RPM"),
+                max_concurrent=int(_number(env, "VOXMILL_CONCURRENCY") or 4),
+            ),
+            retry=RetryPolicy(max_attempts=int(_number(env, "VOXMILL_MAX_ATTEMPTS") or 6)),
+            timeouts=Timeouts(read=_number(env, "VOXMILL_TIMEOUT") or 180.0),
+            cache_dir=Path(env["VOXMILL_CACHE_DIR"]) if env.get("VOXMILL_CACHE_DIR") else
+            Path.home() / ".cache" / "voxmill",
+            asr_max_seconds=_number(env, "VOXMILL_ASR_MAX_SECONDS") or 600.0,
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields replaced."""
+        return replace(self, **changes)
+
+
+def _number(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+__all__ = ["ApiKey", "DEFAULT_BASE_URL", "RateLimit", "RetryPolicy", "Settings", "Timeouts"]
