@@ -1,0 +1,1 @@
+"""Prefect flows: thin tables of contents over the voxmill core (read → plan → fan out → collect → report)."""

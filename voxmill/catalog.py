@@ -416,9 +416,11 @@ def validate(
     spec = get_model(model)
     coerced: dict[str, Any] = {}
     for name, value in params.items():
-        if _is_empty(value):
-            continue
         param = spec.param_by_name.get(name)
+        if _is_empty(value):
+            if param is not None and param.required and value is not None:
+                raise ValidationError(f"{model}: parameter {name!r} is empty", param=name)
+            continue
         if param is None:
             raise ValidationError(
                 f"{model}: unknown parameter {name!r}; {model} accepts: {', '.join(spec.param_by_name)}",

@@ -1,0 +1,89 @@
+"""Ledger: journal rows survive a kill (torn last line skipped), compaction keeps the latest per id."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from voxmill.errors import ConfigError
+from voxmill.ledger import LEDGER_SCHEMA, Ledger, LedgerRow, item_key
+
+
+def row(item_id, status="done", key=None, **extra):
+    return LedgerRow(id=item_id, key=key or f"{item_id:0<64}"[:64].replace(item_id, "a" * len(item_id)),
+                     row=1, kind="tts", model="higgs2p5", status=status, params="{}", **extra)
+
+
+def hexkey(n: int) -> str:
+    return f"{n:016x}" * 4
+
+
+def test_append_compact_and_latest_per_id(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.append(row("a", "failed", key=hexkey(1), error_kind="transient"))
+    ledger.append(row("b", key=hexkey(2)))
+    ledger.append(row("a", "done", key=hexkey(1)))
+    table = ledger.compact()
+    assert table.num_rows == 2
+    assert dict(zip(table["id"].to_pylist(), table["status"].to_pylist())) == {"a": "done", "b": "done"}
+    assert pq.read_schema(tmp_path / "results.parquet").names == LEDGER_SCHEMA.names
+    assert pq.read_table(tmp_path / "failures.parquet").num_rows == 0
+    assert not any((tmp_path / "ledger").glob("journal-*.jsonl")) or all(
+        p.stat().st_size == 0 for p in (tmp_path / "ledger").glob("journal-*.jsonl"))
+    ledger.close()
+
+
+def test_torn_journal_line_is_skipped(tmp_path):
+    ledger = Ledger(tmp_path, run_id="r1")
+    ledger.append(row("a", key=hexkey(1)))
+    ledger.close()
+    journal = tmp_path / "ledger" / "journal-r1.jsonl"
+    with open(journal, "ab") as handle:
+        handle.write(b'{"id": "b", "key": "')  # a kill in the middle of a write
+    index = Ledger(tmp_path).done_index()
+    assert index.done_as(hexkey(1), "a")
+    assert not index.has_key(hexkey(2))
+    assert len(index) == 1
+
+
+def test_done_index_distinguishes_id_and_key(tmp_path):
+    ledger = Ledger(tmp_path)
+    for n in range(1000):
+        ledger.append(row(f"i{n}", key=item_key("m", {"n": n}, "c")))
+    ledger.append(row("f", "failed", key=hexkey(5)))
+    index = ledger.done_index()
+    assert len(index) == 1000
+    key = item_key("m", {"n": 7}, "c")
+    assert index.done_as(key, "i7") and not index.done_as(key, "i8") and index.has_key(key)
+    assert not index.has_key(hexkey(5))  # failed is not done
+    assert ledger.failed_ids() == {"f"}
+    ledger.close()
+
+
+def test_item_key_is_canonical():
+    assert item_key("m", {"a": 1, "b": 2}, "x") == item_key("m", {"b": 2, "a": 1}, "x")
+    assert item_key("m", {"a": 1}, "x") != item_key("m", {"a": 2}, "x")
+    assert item_key("m", {"a": 1}, "x") != item_key("m", {"a": 1}, "y")
+    assert item_key("m", {}, "x") != item_key("n", {}, "x")
+
+
+def test_second_run_on_same_out_dir_is_refused(tmp_path):
+    first = Ledger(tmp_path)
+    first.lock()
+    with pytest.raises(ConfigError, match="in use by another voxmill run"):
+        Ledger(tmp_path).lock()
+    first.close()
+    second = Ledger(tmp_path)
+    second.lock()
+    second.close()
+
+
+def test_compaction_is_atomic(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.append(row("a", key=hexkey(1)))
+    ledger.compact()
+    leftovers = [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    assert leftovers == []
+    ledger.close()

@@ -1,0 +1,119 @@
+"""Manifests: three formats, precedence of values, bad rows as problems, up-front errors."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from voxmill.errors import ConfigError
+from voxmill.manifests import ManifestReader, RunDefaults, find_duplicate_ids
+
+ROWS = [
+    {"id": "001", "text": "Hello there.", "model": "qwen3-tts", "voice": "Vivian"},
+    {"id": "002", "text": "Second row.", "model": "", "voice": ""},
+    {"id": "003", "text": "Third row.", "model": "chatterbox", "voice": ""},
+]
+
+
+def write_manifest(tmp_path, fmt, rows):
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "csv":
+        import csv
+
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    elif fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_reads_every_format_with_defaults(tmp_path, fmt):
+    path = write_manifest(tmp_path, fmt, ROWS)
+    items = list(ManifestReader(str(path), "tts", RunDefaults(model="higgs2p5", params={"voice": "Jack"})))
+    assert [i.item_id for i in items] == ["001", "002", "003"]  # leading zeros kept
+    assert [i.model for i in items] == ["qwen3-tts", "higgs2p5", "chatterbox"]
+    assert items[0].params == {"text": "Hello there.", "voice": "Vivian", "language": "Auto",
+                               "response_format": "wav"} or items[0].params["voice"] == "Vivian"
+    assert items[1].params["voice"] == "Jack"  # empty cell → run default
+    # chatterbox has no 'voice' parameter: the run default does not fit that row
+    assert items[2].problem is not None and "'voice'" in items[2].problem.message
+    assert all(i.problem is None for i in items[:2])
+
+
+def test_column_beats_params_json_beats_defaults(tmp_path):
+    rows = [{"id": "a", "text": "x y z", "model": "qwen3-tts", "voice": "Ryan",
+             "params": json.dumps({"voice": "Eric", "instructions": "slowly"})}]
+    path = write_manifest(tmp_path, "csv", rows)
+    (item,) = ManifestReader(str(path), "tts", RunDefaults(params={"instructions": "fast", "voice": "Aiden"}))
+    assert item.params["voice"] == "Ryan"
+    assert item.params["instructions"] == "slowly"
+
+
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        ({"text": ""}, "'text' is empty"),
+        ({"text": "   "}, "'text' is empty"),
+        ({"text": "x" * 5000}, "over the limit"),
+        ({"text": "hi", "model": "nope"}, "unknown model 'nope'"),
+        ({"text": "hi", "params": '{"bogus": 1}'}, "unknown parameter 'bogus'"),
+        ({"text": "hi", "model": "chatterbox", "params": '{"exaggeration": 9}'}, "out of range"),
+        ({"text": "hi", "model": "qwen3-tts", "params": '{"voice": "Vivian", "voice_id": "v1"}'}, "cannot be combined"),
+        ({"text": "hi", "params": "{not json"}, "not valid JSON"),
+        ({"text": "hi", "model": "whisper_v3_turbo"}, "is a ASR model"),
+    ],
+)
+def test_bad_rows_become_problems_naming_row_and_cause(tmp_path, row, needle):
+    rows = [{"id": "good", "text": "A fine row.", "model": "", "params": ""}, {"id": "bad", "model": "", "params": "", **row}]
+    path = write_manifest(tmp_path, "csv", rows)
+    good, bad = ManifestReader(str(path), "tts")
+    assert good.problem is None
+    assert bad.problem is not None
+    assert needle in bad.problem.message
+    assert "row 2" in bad.problem.message and "'bad'" in bad.problem.message
+
+
+def test_missing_required_column_is_an_upfront_error(tmp_path):
+    path = write_manifest(tmp_path, "csv", [{"id": "1", "words": "hi"}])
+    with pytest.raises(ConfigError, match="no 'text' column"):
+        list(ManifestReader(str(path), "tts"))
+
+
+def test_non_utf8_csv_is_an_upfront_error(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("id,text\n1,caf\xe9 cr\xe8me\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="UTF-8"):
+        list(ManifestReader(str(path), "tts"))
+
+
+def test_duplicate_ids_are_found_and_named(tmp_path):
+    rows = [{"id": str(i % 7), "text": f"t{i}"} for i in range(20)]
+    path = write_manifest(tmp_path, "parquet", rows)
+    assert find_duplicate_ids(str(path), "tts") == [str(i) for i in range(7)]
+    unique = write_manifest(tmp_path, "jsonl", [{"id": str(i), "text": "t"} for i in range(20)])
+    assert find_duplicate_ids(str(unique), "tts") == []
+
+
+def test_asr_rows(tmp_path):
+    rows = [{"id": "a", "audio": "x.wav", "language": "", "reference_text": "hello"},
+            {"id": "b", "audio": "", "language": "en", "reference_text": ""}]
+    path = write_manifest(tmp_path, "csv", rows)
+    a, b = ManifestReader(str(path), "asr")
+    assert a.audio == "x.wav" and a.params == {"language": "en", "response_format": "json"}
+    assert a.reference_text == "hello"
+    assert b.problem is not None and "'audio' is empty" in b.problem.message
+
+
+def test_unknown_manifest_type_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown type"):
+        list(ManifestReader(str(tmp_path / "m.xlsx"), "tts"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        list(ManifestReader(str(tmp_path / "missing.csv"), "tts"))

@@ -1,0 +1,367 @@
+"""The batch engine: send planned items to the API, write their outputs and ledger rows.
+
+One engine per run and process owns one event loop (in a background thread), one HTTP client and one
+limiter, so every request of the process shares the same connection pool and the same rate limit,
+whichever thread hands it work. :meth:`BatchEngine.run_batch` is blocking and thread-safe: Prefect
+tasks (or anything else) call it with a list of items and get counts back.
+
+Never paying twice: before sending, an item's key is looked up in the done index (earlier runs and this
+one) and in the set of keys in flight; a duplicate waits for the first and reuses its output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from voxmill.audio.formats import audio_format
+from voxmill.audio.measure import measure_file
+from voxmill.audio.split import split_on_silence, stitch_transcripts
+from voxmill.audio.transcode import OutputSpec, prepare_asr_input, transcode_audio
+from voxmill.catalog import ValidatedRequest, get_model
+from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
+from voxmill.errors import AuthError, VoxmillError
+from voxmill.ledger import DoneIndex, Ledger, LedgerRow, utc_now
+from voxmill.limiter import AsyncRateLimiter
+from voxmill.manifests import JobKind, WorkItem, open_binary
+from voxmill.plan import PlannedItem
+from voxmill.progress import ProgressBoard
+from voxmill.quality import word_error_rate
+from voxmill.settings import Settings
+from voxmill.subtitles import write_transcript_files
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a run produces and where: kind, output directory, audio output settings."""
+
+    kind: JobKind
+    out_dir: Path
+    output: OutputSpec = field(default_factory=OutputSpec)
+    asr_max_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """Counts for one batch; ``stopped`` when the run was halted (e.g. the key was refused)."""
+
+    done: int = 0
+    failed: int = 0
+    reused: int = 0
+    not_attempted: int = 0
+    stopped: str | None = None
+
+
+def output_stem(item_id: str) -> str:
+    """A file name for an item id: the id itself when safe, else a cleaned id plus a short hash."""
+    cleaned = _UNSAFE.sub("_", item_id)[:120] or "item"
+    if cleaned == item_id:
+        return cleaned
+    import hashlib
+
+    return f"{cleaned}-{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
+
+
+class BatchEngine:
+    """Runs batches of planned items for one job; use as a context manager."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        job: JobSpec,
+        ledger: Ledger,
+        *,
+        done_index: DoneIndex | None = None,
+        progress: ProgressBoard | None = None,
+        flow_run_id: str | None = None,
+        client_factory: Callable[[Settings], VoxmillClient] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.job = job
+        self.ledger = ledger
+        self.progress = progress or ProgressBoard()
+        self.flow_run_id = flow_run_id
+        self.stop_reason: str | None = None
+        self.done_index = done_index if done_index is not None else ledger.done_index()
+        self._in_flight: dict[str, asyncio.Future[LedgerRow]] = {}
+        self._retrying: set[str] = set()
+        self._client_factory = client_factory
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: VoxmillClient | None = None
+        self._scratch = Path(tempfile.mkdtemp(prefix="voxmill-"))
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def __enter__(self) -> BatchEngine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the engine's event loop thread and its HTTP client."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="voxmill-engine", daemon=True)
+        self._thread.start()
+        self._client = self._call(self._make_client())
+
+    async def _make_client(self) -> VoxmillClient:
+        if self._client_factory is not None:
+            return self._client_factory(self.settings)
+        limiter = AsyncRateLimiter(self.settings.rate_limit)
+        return VoxmillClient(self.settings, limiter=limiter, on_retry=self._on_retry)
+
+    def close(self) -> None:
+        """Close the client, stop the loop thread, remove scratch files."""
+        if self._loop is None:
+            return
+        if self._client is not None:
+            self._call(self._client.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        assert self._thread is not None
+        self._thread.join(timeout=10)
+        self._loop.close()
+        self._loop = None
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        assert self._loop is not None, "engine not started"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # --- public -------------------------------------------------------------------------------------
+
+    def run_batch(self, planned: Sequence[PlannedItem]) -> BatchOutcome:
+        """Handle every item of ``planned``; blocking, callable from any thread."""
+        results = self._call(self._run_batch(planned))
+        counts = {"done": 0, "failed": 0, "reused": 0, "not_attempted": 0}
+        for result in results:
+            counts[result] += 1
+        return BatchOutcome(**counts, stopped=self.stop_reason)
+
+    async def _run_batch(self, planned: Sequence[PlannedItem]) -> list[str]:
+        return list(await asyncio.gather(*(self._handle(p) for p in planned)))
+
+    # --- per item -----------------------------------------------------------------------------------
+
+    def _on_retry(self, item: str | None, error: VoxmillError, attempt: int) -> None:
+        if item is not None and item not in self._retrying:
+            self._retrying.add(item)
+            self.progress.add(retrying=1)
+
+    async def _handle(self, planned: PlannedItem) -> str:
+        item, key = planned.item, planned.key
+        if self.stop_reason is not None:
+            return "not_attempted"
+        if item.problem is not None:
+            self._record(self._failed_row(item, key, item.problem.kind, item.problem.message, utc_now()))
+            return "failed"
+        if key in self._in_flight:
+            await asyncio.shield(self._in_flight[key])
+        if self.done_index.done_as(key, item.item_id):
+            return "reused"  # already recorded (a retried batch, or a duplicate row)
+        if self.done_index.has_key(key):
+            reused = await self._reuse(item, key)
+            if reused is not None:
+                self._record(reused)
+                return "reused"
+        future: asyncio.Future[LedgerRow] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        self.progress.add(in_flight=1)
+        try:
+            row = await self._process(item, key)
+        finally:
+            self.progress.add(in_flight=-1)
+            del self._in_flight[key]
+            if item.label in self._retrying:
+                self._retrying.discard(item.label)
+                self.progress.add(retrying=-1)
+        future.set_result(row)
+        self._record(row)
+        return row.status
+
+    async def _process(self, item: WorkItem, key: str) -> LedgerRow:
+        started = utc_now()
+        try:
+            if item.kind == "tts":
+                return await self._synthesize(item, key, started)
+            return await self._transcribe(item, key, started)
+        except AuthError as exc:
+            self.stop_reason = f"the API refused the key ({exc.message}); fix VOXMILL_API_KEY and rerun"
+            return self._failed_row(item, key, exc.kind, exc.message, started, exc)
+        except VoxmillError as exc:
+            return self._failed_row(item, key, exc.kind, f"{item.label}: {exc.message}", started, exc)
+        except Exception as exc:  # a bug must not take the batch down with it: record it
+            log.exception("unexpected error on %s", item.label)
+            return self._failed_row(item, key, "internal", f"{item.label}: {type(exc).__name__}: {exc}", started)
+
+    async def _synthesize(self, item: WorkItem, key: str, started: str) -> LedgerRow:
+        assert self._client is not None
+        params = dict(item.params)
+        if item.voice_ref:
+            params["voice_id"] = await self._client.upload_voice(item.model, Path(item.voice_ref))
+        request = ValidatedRequest(get_model(item.model), params, item.warnings)
+        result: SpeechResult = await self._client.synthesize(request, item=item.label)
+        spec = self.job.output
+        target = self.job.out_dir / "audio" / f"{output_stem(item.item_id)}.{audio_format(spec.format).extension}"
+        info = await asyncio.to_thread(transcode_audio, result.audio, result.format, target, spec)
+        self.progress.add(audio_seconds=info.duration_s)
+        return LedgerRow(
+            **self._base(item, key, started),
+            status="done",
+            engine=result.engine,
+            attempts=result.attempts,
+            http_status=result.status,
+            latency_s=round(result.latency_s, 4),
+            output_path=str(target.relative_to(self.job.out_dir)),
+            output_format=info.format,
+            duration_s=info.duration_s,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            bytes=info.bytes,
+            sha256=info.sha256,
+            lufs=info.lufs,
+            peak_dbfs=info.peak_dbfs,
+            credits_remaining=result.credits_remaining,
+            request_id=result.request_id,
+        )
+
+    async def _transcribe(self, item: WorkItem, key: str, started: str) -> LedgerRow:
+        assert self._client is not None and item.audio is not None
+        source = await asyncio.to_thread(self._local_copy, item.audio)
+        work_dir = Path(tempfile.mkdtemp(dir=self._scratch))
+        try:
+            spec = get_model(item.model)
+            accepted = spec.param_by_name["file"].file_types
+            prepared = await asyncio.to_thread(prepare_asr_input, source, accepted)
+            info = await asyncio.to_thread(measure_file, Path(prepared), loudness=False)
+            pieces = await asyncio.to_thread(split_on_silence, Path(prepared), self.job.asr_max_seconds, work_dir)
+            results: list[TranscriptResult] = []
+            for piece in pieces:
+                request = ValidatedRequest(spec, {**item.params, "file": piece.path}, item.warnings)
+                results.append(await self._client.transcribe(request, item=item.label))
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        text, segments = stitch_transcripts(list(zip(pieces, results, strict=True)))
+        raw: dict[str, Any] = {
+            "text": text,
+            "segments": [s.__dict__ for s in segments],
+            "pieces": [r.raw for r in results],
+        }
+        base = self.job.out_dir / "transcripts" / output_stem(item.item_id)
+        paths = await asyncio.to_thread(write_transcript_files, base, text, segments, raw)
+        last = results[-1]
+        return LedgerRow(
+            **self._base(item, key, started),
+            status="done",
+            engine=last.engine,
+            attempts=sum(r.attempts for r in results),
+            http_status=last.status,
+            latency_s=round(sum(r.latency_s for r in results), 4),
+            output_path=str(paths["txt"].relative_to(self.job.out_dir)),
+            output_format="txt",
+            duration_s=info.duration_s,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            bytes=info.bytes,
+            sha256=info.sha256,
+            transcript=text,
+            language=last.language or item.params.get("language"),
+            wer=round(word_error_rate(item.reference_text, text), 4) if item.reference_text else None,
+            credits_remaining=last.credits_remaining,
+            request_id=last.request_id,
+        )
+
+    def _local_copy(self, audio: str) -> Path:
+        """A local path for an ASR input (fsspec URLs are fetched into scratch space first)."""
+        if "://" not in audio or audio.startswith("file://"):
+            return Path(audio.removeprefix("file://"))
+        target = self._scratch / f"{os.getpid()}-{abs(hash(audio))}{Path(audio.split('?')[0]).suffix}"
+        with open_binary(audio) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        return target
+
+    async def _reuse(self, item: WorkItem, key: str) -> LedgerRow | None:
+        """``item`` as done from an identical item's output, without a request (None: output gone)."""
+        source_row = await asyncio.to_thread(self.done_index.row_of, key)
+        if source_row is None or not source_row.output_path:
+            return None
+        source = self.job.out_dir / source_row.output_path
+        if not source.exists():
+            return None
+        stem = output_stem(item.item_id)
+        for sibling in source.parent.glob(f"{source.stem}.*"):
+            await asyncio.to_thread(_link_or_copy, sibling, sibling.with_name(stem + sibling.suffix))
+        output_path = str((source.parent / (stem + source.suffix)).relative_to(self.job.out_dir))
+        values = {**source_row.__dict__, **self._base(item, key, utc_now()), "output_path": output_path,
+                  "reused_from": source_row.id, "attempts": 0, "latency_s": 0.0, "request_id": None}
+        return LedgerRow(**values)
+
+    # --- rows ---------------------------------------------------------------------------------------
+
+    def _base(self, item: WorkItem, key: str, started: str) -> dict[str, Any]:
+        params = {k: v for k, v in item.params.items() if k != "text"}
+        return {
+            "id": item.item_id,
+            "key": key,
+            "row": item.row,
+            "kind": item.kind,
+            "model": item.model,
+            "params": json.dumps(params, sort_keys=True, ensure_ascii=False, default=str),
+            "text": item.params.get("text") if item.kind == "tts" else None,
+            "input": item.audio if item.kind == "asr" else (item.voice_ref or None),
+            "started_at": started,
+            "finished_at": utc_now(),
+            "warnings": "; ".join(item.warnings) or None,
+            "run_id": self.ledger.run_id,
+            "flow_run_id": self.flow_run_id,
+        }
+
+    def _failed_row(
+        self, item: WorkItem, key: str, kind: str, message: str, started: str, error: VoxmillError | None = None
+    ) -> LedgerRow:
+        return LedgerRow(
+            **self._base(item, key, started),
+            status="failed",
+            error_kind=kind,
+            error_message=message[:2000],
+            attempts=error.attempts if error else 0,
+            http_status=error.status if error else None,
+        )
+
+    def _record(self, row: LedgerRow) -> None:
+        self.ledger.append(row)
+        if row.status == "done":
+            self.done_index.add(row.key, row.id)
+            self.progress.add(done=1)
+        else:
+            self.progress.add(failed=1)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    if target.exists():
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+__all__ = ["BatchEngine", "BatchOutcome", "JobSpec", "output_stem"]

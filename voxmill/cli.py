@@ -1,0 +1,337 @@
+"""The ``voxmill`` command: synthesize, transcribe, status, retry-failed, estimate, models, serve.
+
+Exit codes: 0 every item done; 1 some items failed (see ``voxmill status OUT``); 2 a usage, manifest or
+configuration problem (nothing was sent); 3 the API refused the key (the run stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS
+from voxmill.errors import ConfigError, VoxmillError
+from voxmill.estimate import PriceTable, estimate_manifest
+from voxmill.progress import ProgressBoard, watch
+from voxmill.report import describe_out_dir
+
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``voxmill`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"voxmill: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except VoxmillError as exc:
+        print(f"voxmill: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED_ITEMS
+    except KeyboardInterrupt:
+        print("voxmill: interrupted; rerun the same command to pick up where it stopped", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (model names and parameters come from the catalogue)."""
+    parser = argparse.ArgumentParser(prog="voxmill", description="Batch speech pipelines on Prefect.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    tts = sub.add_parser("synthesize", help="text manifest → audio files + results.parquet")
+    tts.add_argument("manifest", help="CSV, Parquet or JSONL with a 'text' column (path or fsspec URL)")
+    tts.add_argument("-o", "--out", required=True, type=Path, help="output directory (rerun it to resume)")
+    tts.add_argument("--model", choices=TTS_MODELS, help="default model for rows without one (higgs2p5)")
+    tts.add_argument("--voice", help="default voice for rows without one")
+    tts.add_argument("--format", default="wav", dest="output_format",
+                     help="output audio: wav, mp3, opus, flac, m4a (default wav)")
+    tts.add_argument("--sample-rate", type=int, help="output sample rate (default: as generated, 24000)")
+    tts.add_argument("--channels", type=int, choices=(1, 2), help="output channels (default 1)")
+    tts.add_argument("--bitrate", help="lossy bitrate, e.g. 128k")
+    tts.add_argument("--loudness", type=float, dest="loudness_lufs",
+                     help="normalise to this integrated loudness (LUFS, e.g. -16), true peak ≤ -1.5 dBTP")
+    tts.add_argument("--text-limit", type=int, dest="text_hard_limit",
+                     help="fail texts longer than this many characters (default: the model's limit)")
+    _add_param_option(tts)
+    _add_run_options(tts)
+    tts.set_defaults(handler=_cmd_synthesize)
+
+    asr = sub.add_parser("transcribe", help="audio manifest → transcripts (.txt/.srt/.vtt/.json) + results.parquet")
+    asr.add_argument("manifest", help="CSV, Parquet or JSONL with an 'audio' column")
+    asr.add_argument("-o", "--out", required=True, type=Path, help="output directory (rerun it to resume)")
+    asr.add_argument("--model", choices=ASR_MODELS, help=f"ASR model (default {ASR_MODELS[0]})")
+    asr.add_argument("--language", help="language code for rows without one (default en)")
+    asr.add_argument("--max-seconds", type=float,
+                     help="split longer files at silences (default VOXMILL_ASR_MAX_SECONDS or 600)")
+    _add_param_option(asr)
+    _add_run_options(asr)
+    asr.set_defaults(handler=_cmd_transcribe)
+
+    status = sub.add_parser("status", help="counts, failures by kind and audio hours of an output directory")
+    status.add_argument("out", type=Path)
+    status.add_argument("--failures", type=int, default=10, help="show this many failed rows (default 10)")
+    status.set_defaults(handler=_cmd_status)
+
+    retry = sub.add_parser("retry-failed", help="rerun only the failed items of an output directory")
+    retry.add_argument("out", type=Path)
+    _add_run_options(retry)
+    retry.set_defaults(handler=_cmd_retry_failed)
+
+    est = sub.add_parser("estimate", help="items, characters or audio minutes, expected duration and cost")
+    est.add_argument("manifest")
+    est.add_argument("--kind", choices=("tts", "asr"), help="default: from the columns (text → tts, audio → asr)")
+    est.add_argument("--model", help="model for rows without one")
+    est.add_argument("--prices", type=Path,
+                     help="JSON price table, e.g. {\"higgs2p5\": {\"per_1k_chars\": 0.015}, "
+                          "\"whisper_v3_turbo\": {\"per_minute\": 0.006}} (default: VOXMILL_PRICES)")
+    est.set_defaults(handler=_cmd_estimate)
+
+    demo = sub.add_parser("demo", help="the main job offline: synthesise manifests/demo_tts.csv, transcribe it back")
+    demo.add_argument("--manifest", default=str(Path(__file__).resolve().parent.parent / "manifests" / "demo_tts.csv"))
+    demo.add_argument("-o", "--out", type=Path, default=Path("demo-out"))
+    demo.add_argument("--format", default="mp3", dest="output_format")
+    demo.add_argument("--local-engine", choices=("real", "null"), default="real")
+    demo.add_argument("--verbose", action="store_true")
+    demo.set_defaults(handler=_cmd_demo, local=True, base_url=None)
+
+    models = sub.add_parser("models", help="the model catalogue: every model and parameter")
+    models.set_defaults(handler=_cmd_models)
+
+    from voxmill.server.cli import add_serve_parser
+
+    add_serve_parser(sub)
+    return parser
+
+
+def _add_param_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="default parameter for rows without it (repeatable; JSON values allowed)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--rps", type=float, help="requests per second (default VOXMILL_RPS: unlimited)")
+    group.add_argument("--rpm", type=float, help="requests per minute (default VOXMILL_RPM: unlimited)")
+    group.add_argument("--concurrency", type=int, help="requests in flight (default VOXMILL_CONCURRENCY or 4)")
+    group.add_argument("--batch-size", type=int, help="items per Prefect task (default: automatic, ≤ 200)")
+    group.add_argument("--no-retry-failed", action="store_true", help="skip items that failed in earlier runs")
+    group.add_argument("--base-url", help="API base URL (default VOXMILL_BASE_URL or the hosted API)")
+    group.add_argument("--local", action="store_true",
+                       help="use a local server started for this run (the default when no VOXMILL_API_KEY is set)")
+    group.add_argument("--local-engine", choices=("real", "null"), default="real",
+                       help="local server engines: real (piper/whisper) or null (instant, for plumbing tests)")
+    group.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    group.add_argument("--verbose", action="store_true", help="show Prefect's logs")
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--param {pair!r}: write it as NAME=VALUE")
+        try:
+            params[name] = json.loads(value) if value[:1] in "{[" else value
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--param {name}: value is not valid JSON ({exc.msg})") from None
+    return params
+
+
+# --- running flows -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _api_environment(args: argparse.Namespace) -> Iterator[None]:
+    """Point the run at the hosted API, or start a local server when asked or when there is no key."""
+    use_local = args.local or (not os.environ.get("VOXMILL_API_KEY") and not args.base_url)
+    if not use_local:
+        yield
+        return
+    from voxmill.server import ServerConfig, serve_in_thread
+
+    reason = "--local" if args.local else "no VOXMILL_API_KEY is set"
+    print(f"voxmill: {reason}: starting a local server ({args.local_engine} engines); "
+          "outputs are labelled as local in results.parquet", file=sys.stderr)
+    config = ServerConfig(token=os.urandom(12).hex(), engine=args.local_engine)
+    with serve_in_thread(config) as server:
+        saved = {k: os.environ.get(k) for k in ("VOXMILL_API_KEY", "VOXMILL_BASE_URL")}
+        os.environ["VOXMILL_API_KEY"] = server.token
+        os.environ["VOXMILL_BASE_URL"] = server.base_url
+        args.base_url = None
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _prepare_prefect(verbose: bool) -> None:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if not os.environ.get("PREFECT_API_URL"):
+        print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
+
+
+def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
+    _prepare_prefect(args.verbose)
+    board = ProgressBoard()
+    watch(board)
+    stop = threading.Event()
+    bar = None if args.no_progress or not sys.stderr.isatty() else threading.Thread(
+        target=_show_progress, args=(board, stop), daemon=True
+    )
+    with _api_environment(args):
+        kwargs.update(
+            requests_per_second=args.rps,
+            requests_per_minute=args.rpm,
+            max_concurrent=args.concurrency,
+            batch_size=args.batch_size,
+            retry_failed=not args.no_retry_failed,
+            base_url=args.base_url,
+        )
+        if bar:
+            bar.start()
+        try:
+            state = flow_fn(**kwargs, return_state=True)
+        finally:
+            stop.set()
+            if bar:
+                bar.join()
+            watch(None)
+    summary = state.result(raise_on_failure=False)
+    if isinstance(summary, BaseException):
+        raise summary
+    print(summary.headline())
+    print(f"results: {Path(summary.out_dir) / 'results.parquet'}")
+    if summary.stopped and "refused the key" in summary.stopped:
+        return EXIT_AUTH
+    if not summary.ok:
+        print(f"failures: {Path(summary.out_dir) / 'failures.parquet'} — `voxmill status {summary.out_dir}`; "
+              f"`voxmill retry-failed {summary.out_dir}` reruns them", file=sys.stderr)
+        return EXIT_FAILED_ITEMS
+    return EXIT_OK
+
+
+def _show_progress(board: ProgressBoard, stop: threading.Event) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("voxmill", total=None, detail="")
+        while not stop.wait(0.25):
+            snap = board.snapshot()
+            detail = (f"done {snap.done} · failed {snap.failed} · retrying {snap.retrying} · "
+                      f"skipped {snap.skipped} · {snap.rate_per_s:.1f}/s")
+            progress.update(task, total=snap.total or None, completed=snap.finished, detail=detail)
+        snap = board.snapshot()
+        progress.update(task, total=snap.total or None, completed=snap.finished)
+
+
+def _cmd_synthesize(args: argparse.Namespace) -> int:
+    from flows.synthesize import synthesize
+
+    params = _parse_params(args.param)
+    if args.voice:
+        params["voice"] = args.voice
+    return _run_flow(args, synthesize, dict(
+        manifest=args.manifest, out_dir=str(args.out), model=args.model, params=params,
+        output_format=args.output_format, sample_rate=args.sample_rate, channels=args.channels,
+        bitrate=args.bitrate, loudness_lufs=args.loudness_lufs, text_hard_limit=args.text_hard_limit,
+    ))
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from flows.transcribe import transcribe
+
+    return _run_flow(args, transcribe, dict(
+        manifest=args.manifest, out_dir=str(args.out), model=args.model, language=args.language,
+        params=_parse_params(args.param), max_seconds=args.max_seconds,
+    ))
+
+
+def _cmd_retry_failed(args: argparse.Namespace) -> int:
+    from voxmill.jobs import load_job_record
+
+    request = load_job_record(args.out)
+    common = dict(manifest=request.manifest, out_dir=str(args.out), model=request.defaults.model,
+                  params=dict(request.defaults.params), only_failed=True)
+    args.no_retry_failed = False
+    if request.kind == "tts":
+        from flows.synthesize import synthesize
+
+        out = request.output
+        return _run_flow(args, synthesize, dict(
+            common, output_format=out.format, sample_rate=out.sample_rate, channels=out.channels,
+            bitrate=out.bitrate, loudness_lufs=out.loudness_lufs, text_hard_limit=request.defaults.text_hard_limit,
+        ))
+    from flows.transcribe import transcribe
+
+    return _run_flow(args, transcribe, dict(common, max_seconds=request.asr_max_seconds))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    report = describe_out_dir(args.out, failures=args.failures)
+    print(report.text)
+    return EXIT_OK if report.failed == 0 else EXIT_FAILED_ITEMS
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    prices_path = args.prices or (Path(os.environ["VOXMILL_PRICES"]) if os.environ.get("VOXMILL_PRICES") else None)
+    prices = PriceTable.load(prices_path) if prices_path else PriceTable()
+    print(estimate_manifest(args.manifest, kind=args.kind, model=args.model, prices=prices).text())
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from flows.roundtrip import roundtrip
+
+    _prepare_prefect(args.verbose)
+    with _api_environment(args):
+        result = roundtrip(manifest=args.manifest, out_dir=str(args.out), output_format=args.output_format)
+    tts, asr, wer = result["tts"], result["asr"], result["wer"]
+    print(f"speech ({args.output_format}): {args.out / 'tts' / 'audio'}")
+    print(f"  {tts.headline()}")
+    print(f"  table: {args.out / 'tts' / 'results.parquet'}")
+    print(f"transcripts (.txt .srt .vtt .json): {args.out / 'asr' / 'transcripts'}")
+    print(f"  {asr.headline()}")
+    print(f"  table: {args.out / 'asr' / 'results.parquet'}")
+    print(f"round-trip WER over {wer.items} items: mean {wer.mean_wer:.3f}; worst "
+          + ", ".join(f"{i} {w:.3f}" for i, w in wer.worst))
+    return EXIT_OK if tts.ok and asr.ok else EXIT_FAILED_ITEMS
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    for spec in MODELS.values():
+        print(f"{spec.name} ({spec.kind}) — {spec.description}")
+        for param in spec.params:
+            print(f"  {param.name:<22} {param.summary()}")
+            print(f"  {'':<22} {param.description}")
+        print()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

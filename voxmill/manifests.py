@@ -1,0 +1,380 @@
+"""Manifests: CSV, Parquet and JSONL lists of work, read as a stream of typed items.
+
+A manifest is never held whole: rows arrive in record batches (pyarrow for CSV and Parquet, line by
+line for JSONL) and become :class:`WorkItem` records. A row that cannot be used becomes an item with a
+``problem`` (naming the row, the column and the fix), so the run records it as a failure and goes on;
+a manifest that cannot be read at all is a :class:`ConfigError` before any request.
+
+Columns
+- TTS: ``text`` (required), ``id``, ``model``, ``voice_ref`` (a WAV/MP3 to upload once and use as
+  ``voice_id``), any catalogue parameter of the model as its own column, or ``params`` (a JSON object).
+- ASR: ``audio`` (required: path or fsspec URL), ``id``, ``model``, ``language``, ``reference_text``.
+Precedence: a row's own column, then its ``params`` JSON, then the run's defaults. Empty cells count as
+absent. Columns that are no parameter of any model are ignored (reported once).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS, UPLOAD_FILE_TYPES, get_model, validate
+from voxmill.errors import ConfigError, VoxmillError
+
+JobKind = Literal["tts", "asr"]
+
+#: columns with a meaning of their own (not catalogue parameters)
+RESERVED_COLUMNS = {
+    "tts": {"id", "model", "params", "voice_ref", "text"},
+    "asr": {"id", "model", "params", "audio", "reference_text"},
+}
+REQUIRED_COLUMN = {"tts": "text", "asr": "audio"}
+_ALL_PARAMS = {p.name for m in MODELS.values() for p in m.params}
+DEFAULT_BATCH_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """What the run fills in where a row leaves a cell empty."""
+
+    model: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    text_hard_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ItemProblem:
+    """Why a row cannot be sent: an error kind for the ledger and a message naming row and column."""
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of work from one manifest row: validated parameters, or the problem that stops it."""
+
+    item_id: str
+    row: int
+    kind: JobKind
+    model: str
+    #: validated, coerced parameters (TTS: includes ``text``; ASR: excludes ``file``)
+    params: Mapping[str, Any]
+    audio: str | None = None
+    voice_ref: str | None = None
+    reference_text: str | None = None
+    problem: ItemProblem | None = None
+    warnings: tuple[str, ...] = ()
+    #: whether the id came from the manifest (else it is derived from the item key)
+    has_own_id: bool = True
+
+    @property
+    def label(self) -> str:
+        """How messages name this item."""
+        return f"row {self.row} (id {self.item_id!r})"
+
+
+def open_binary(source: str):
+    """Open a local path or fsspec URL for reading bytes; ConfigError naming the source if it can't be."""
+    try:
+        return fsspec.open(source, "rb").open()
+    except FileNotFoundError:
+        raise ConfigError(f"manifest {source!r} does not exist") from None
+    except (OSError, ValueError, ImportError) as exc:
+        raise ConfigError(f"cannot open {source!r}: {exc}") from None
+
+
+def manifest_format(source: str) -> str:
+    """csv, parquet or jsonl, from the file name (``.gz`` etc. are left to fsspec)."""
+    suffixes = [s.lower() for s in PurePosixPath(source.split("?")[0]).suffixes]
+    for suffix in reversed(suffixes):
+        if suffix in (".csv", ".tsv"):
+            return "csv"
+        if suffix in (".parquet", ".pq"):
+            return "parquet"
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            return "jsonl"
+    raise ConfigError(f"manifest {source!r}: unknown type; name it .csv, .parquet or .jsonl")
+
+
+def iter_record_batches(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Stream a manifest as record batches of string-typed (CSV, JSONL) or native (Parquet) columns."""
+    fmt = manifest_format(source)
+    if fmt == "parquet":
+        with open_binary(source) as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
+    elif fmt == "csv":
+        yield from _csv_batches(source, batch_rows)
+    else:
+        yield from _jsonl_batches(source, batch_rows)
+
+
+def _csv_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    with open_binary(source) as handle:
+        head = handle.read(64 * 1024)
+        try:
+            header_text = head.decode("utf-8-sig").splitlines()[0] if head else ""
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"manifest {source!r} is not UTF-8 text; re-save it as UTF-8 (e.g. `iconv -f cp1252 -t utf-8`)"
+            ) from None
+        if not header_text.strip():
+            raise ConfigError(f"manifest {source!r} is empty: it needs a header row")
+        delimiter = "\t" if source.lower().endswith(".tsv") else ","
+        columns = next(csv.reader([header_text], delimiter=delimiter))
+        handle.seek(0)
+        reader = pa_csv.open_csv(
+            handle,
+            read_options=pa_csv.ReadOptions(block_size=1 << 20),
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            # every column as text: ids like 007 keep their zeros, and the catalogue coerces types
+            convert_options=pa_csv.ConvertOptions(
+                column_types={c: pa.string() for c in columns}, strings_can_be_null=True
+            ),
+        )
+        try:
+            for batch in reader:
+                for start in range(0, batch.num_rows, batch_rows):
+                    yield batch.slice(start, batch_rows)
+        except pa.ArrowInvalid as exc:
+            text = str(exc)
+            if "UTF8" in text or "utf8" in text.lower():
+                raise ConfigError(
+                    f"manifest {source!r} is not valid UTF-8 text ({text}); re-save it as UTF-8"
+                ) from None
+            raise ConfigError(f"manifest {source!r} could not be parsed as CSV: {text}") from None
+
+
+def _jsonl_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    rows: list[dict[str, Any]] = []
+    with open_binary(source) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+        line_number = 0
+        try:
+            for line in text:
+                line_number += 1
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    value = {"__problem__": f"line {line_number} is not valid JSON ({exc.msg})"}
+                if not isinstance(value, dict):
+                    value = {"__problem__": f"line {line_number} is not a JSON object"}
+                rows.append({k: _jsonl_cell(v) for k, v in value.items()})
+                if len(rows) >= batch_rows:
+                    yield pa.RecordBatch.from_pylist(rows)
+                    rows = []
+        except UnicodeDecodeError:
+            raise ConfigError(f"manifest {source!r} line {line_number + 1} is not UTF-8; re-save it as UTF-8") from None
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows)
+
+
+def _jsonl_cell(value: Any) -> Any:
+    # nested objects travel as JSON text so every batch has a stable, simple schema
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if value is None or isinstance(value, str):
+        return value
+    return str(value) if not isinstance(value, bool) else ("true" if value else "false")
+
+
+@dataclass
+class ManifestReader:
+    """Turns a manifest into WorkItems, row by row, validating each against the catalogue."""
+
+    source: str
+    kind: JobKind
+    defaults: RunDefaults = field(default_factory=RunDefaults)
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    ignored_columns: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.defaults.model is not None:
+            allowed = TTS_MODELS if self.kind == "tts" else ASR_MODELS
+            if self.defaults.model not in allowed:
+                raise ConfigError(
+                    f"model {self.defaults.model!r} cannot {'synthesize' if self.kind == 'tts' else 'transcribe'}; "
+                    f"choose one of {', '.join(allowed)}"
+                )
+
+    def batches(self) -> Iterator[list[WorkItem]]:
+        """Items in manifest order, a record batch at a time."""
+        row = 0
+        checked_columns = False
+        for batch in iter_record_batches(self.source, self.batch_rows):
+            if not checked_columns:
+                self._check_columns(batch.schema.names)
+                checked_columns = True
+            items = []
+            for values in batch.to_pylist():
+                row += 1
+                items.append(self.item_from_row(row, values))
+            yield items
+        if not checked_columns:
+            raise ConfigError(f"manifest {self.source!r} has no rows")
+
+    def __iter__(self) -> Iterator[WorkItem]:
+        for items in self.batches():
+            yield from items
+
+    def _check_columns(self, names: list[str]) -> None:
+        required = REQUIRED_COLUMN[self.kind]
+        if required not in names:
+            raise ConfigError(
+                f"manifest {self.source!r} has no {required!r} column (columns: {', '.join(names)}); "
+                f"a {'TTS' if self.kind == 'tts' else 'ASR'} manifest needs one"
+            )
+        self.ignored_columns = {
+            n for n in names if n not in RESERVED_COLUMNS[self.kind] and n not in _ALL_PARAMS and n != "__problem__"
+        }
+
+    def item_from_row(self, row: int, values: Mapping[str, Any]) -> WorkItem:
+        """One WorkItem from one row; never raises for a bad row (the item carries the problem)."""
+        item_id = _cell(values.get("id"))
+        has_own_id = item_id is not None
+        item_id = str(item_id) if has_own_id else f"row-{row}"
+        model = _cell(values.get("model")) or self.defaults.model or _default_model(self.kind)
+        base = dict(item_id=item_id, row=row, kind=self.kind, model=str(model), params={}, has_own_id=has_own_id)
+        if values.get("__problem__"):
+            return WorkItem(**base, problem=ItemProblem("manifest", f"row {row}: {values['__problem__']}"))
+        try:
+            params = self._params(row, values)
+            return self._validated(base, row, values, params)
+        except VoxmillError as exc:
+            return WorkItem(**base, problem=ItemProblem(exc.kind, f"row {row} (id {item_id!r}): {exc.message}"))
+
+    def _params(self, row: int, values: Mapping[str, Any]) -> dict[str, Any]:
+        params: dict[str, Any] = {k: v for k, v in self.defaults.params.items() if v is not None}
+        raw_json = _cell(values.get("params"))
+        if raw_json is not None:
+            try:
+                extra = json.loads(raw_json) if isinstance(raw_json, str) else raw_json
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"column 'params' is not valid JSON ({exc.msg})") from None
+            if not isinstance(extra, dict):
+                raise ConfigError("column 'params' must hold a JSON object")
+            params.update({k: v for k, v in extra.items() if v is not None})
+        for name, value in values.items():
+            if name in _ALL_PARAMS and name not in ("file",) and _cell(value) is not None:
+                params[name] = value
+        return params
+
+    def _validated(self, base: dict[str, Any], row: int, values: Mapping[str, Any], params: dict[str, Any]) -> WorkItem:
+        model = base["model"]
+        spec = get_model(model)
+        if spec.kind != self.kind:
+            raise ConfigError(
+                f"model {model!r} is a {spec.kind.upper()} model, but this is a {self.kind.upper()} manifest"
+            )
+        if self.kind == "tts":
+            text = values.get("text")
+            params["text"] = "" if text is None else str(text)
+            voice_ref = _cell(values.get("voice_ref"))
+            if voice_ref is not None:
+                suffix = PurePosixPath(str(voice_ref)).suffix.lower().lstrip(".")
+                if suffix not in UPLOAD_FILE_TYPES:
+                    raise ConfigError(
+                        f"column 'voice_ref' = {voice_ref!r}: a voice reference must be one of "
+                        f"{', '.join(UPLOAD_FILE_TYPES)}"
+                    )
+                if "voice_id" in params:
+                    raise ConfigError("give either 'voice_ref' or 'voice_id', not both")
+                # the uploaded reference becomes a voice_id: validate as if it were there
+                params["voice_id"] = "voice-ref-pending"
+            request = validate(model, params, text_hard_limit=self.defaults.text_hard_limit)
+            validated = dict(request.params)
+            if voice_ref is not None:
+                del validated["voice_id"]
+            return WorkItem(**{**base, "params": validated}, voice_ref=voice_ref, warnings=request.warnings)
+        audio = _cell(values.get("audio"))
+        if audio is None:
+            raise ConfigError("column 'audio' is empty: give the path or URL of the audio file")
+        # the file itself is checked (exists, decodes, converted if needed) when the item is prepared
+        request = validate(model, {**params, "file": b""})
+        validated = {k: v for k, v in request.params.items() if k != "file"}
+        return WorkItem(
+            **{**base, "params": validated},
+            audio=str(audio),
+            reference_text=_cell(values.get("reference_text")),
+            warnings=request.warnings,
+        )
+
+
+def _default_model(kind: JobKind) -> str:
+    return "higgs2p5" if kind == "tts" else ASR_MODELS[0]
+
+
+def _cell(value: Any) -> Any:
+    """None for empty cells (None, "", whitespace-free NaN), else the value."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value if value.strip() != "" else None
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def find_duplicate_ids(source: str, kind: JobKind, batch_rows: int = DEFAULT_BATCH_ROWS) -> list[str]:
+    """Ids that appear more than once, found with one streaming pass holding 8 bytes per row."""
+    hashes = []
+    seen_rows = 0
+    for batch in iter_record_batches(source, batch_rows):
+        if "id" not in batch.schema.names:
+            return []
+        hashes.append(_hash_ids(batch.column("id").cast(pa.string()), seen_rows))
+        seen_rows += batch.num_rows
+    if not hashes:
+        return []
+    all_hashes = np.concatenate(hashes)
+    uniq, counts = np.unique(all_hashes, return_counts=True)
+    repeated = set(uniq[counts > 1].tolist())
+    if not repeated:
+        return []
+    # a second pass names them (only when there are duplicates)
+    names: dict[str, int] = {}
+    for batch in iter_record_batches(source, batch_rows):
+        ids = batch.column("id").cast(pa.string())
+        for value, digest in zip(ids.to_pylist(), _hash_ids(ids, 0).tolist(), strict=True):
+            if digest in repeated and value is not None:
+                names[value] = names.get(value, 0) + 1
+    return sorted(n for n, c in names.items() if c > 1)
+
+
+def _hash_ids(ids: pa.Array, first_row: int) -> np.ndarray:
+    out = np.empty(len(ids), dtype=np.uint64)
+    for i, value in enumerate(ids.to_pylist()):
+        if value is None or value == "":
+            # empty ids are not duplicates of each other: give each a distinct impossible hash
+            out[i] = np.uint64(first_row + i) | np.uint64(1 << 63)
+            continue
+        out[i] = int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little") & ((1 << 63) - 1)
+    return out
+
+
+__all__ = [
+    "DEFAULT_BATCH_ROWS",
+    "ItemProblem",
+    "JobKind",
+    "ManifestReader",
+    "RunDefaults",
+    "WorkItem",
+    "find_duplicate_ids",
+    "iter_record_batches",
+    "manifest_format",
+    "open_binary",
+]

@@ -1,0 +1,62 @@
+"""What an output directory holds: counts, failures by kind, audio hours (``voxmill status``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from voxmill.errors import ConfigError
+from voxmill.ledger import read_results
+
+
+@dataclass(frozen=True)
+class OutDirReport:
+    """Counts of an output directory's ledger and a readable text of them."""
+
+    done: int
+    failed: int
+    audio_hours: float
+    failures_by_kind: dict[str, int]
+    engines: dict[str, int]
+    text: str
+
+
+def describe_out_dir(out_dir: Path, *, failures: int = 10) -> OutDirReport:
+    """Read the ledger of ``out_dir`` (journals of a killed run included) and summarise it."""
+    if not Path(out_dir).exists():
+        raise ConfigError(f"{out_dir} does not exist")
+    table = read_results(Path(out_dir))
+    if table.num_rows == 0:
+        raise ConfigError(f"{out_dir} holds no results yet (no results.parquet or journal)")
+    statuses = Counter(table["status"].to_pylist())
+    failed = table.filter(pc.equal(table["status"], "failed"))
+    by_kind = Counter(failed["error_kind"].to_pylist())
+    done = table.filter(pc.equal(table["status"], "done"))
+    seconds = pc.sum(done["duration_s"]).as_py() or 0.0
+    engines = Counter(e or "?" for e in done["engine"].to_pylist())
+    lines = [
+        f"{out_dir}: {statuses.get('done', 0)} done, {statuses.get('failed', 0)} failed "
+        f"({table.num_rows} items); audio {seconds / 3600:.3f} h",
+    ]
+    if engines:
+        lines.append("engines: " + ", ".join(f"{name} ×{count}" for name, count in engines.most_common()))
+    if by_kind:
+        lines.append("failures by kind: " + ", ".join(f"{k} ×{n}" for k, n in by_kind.most_common()))
+        for row in failed.select(["id", "error_kind", "error_message"]).slice(0, failures).to_pylist():
+            lines.append(f"  {row['id']}: [{row['error_kind']}] {row['error_message']}")
+        if failed.num_rows > failures:
+            lines.append(f"  … {failed.num_rows - failures} more in failures.parquet")
+    return OutDirReport(
+        done=statuses.get("done", 0),
+        failed=statuses.get("failed", 0),
+        audio_hours=seconds / 3600,
+        failures_by_kind=dict(by_kind),
+        engines=dict(engines),
+        text="\n".join(lines),
+    )
+
+
+__all__ = ["OutDirReport", "describe_out_dir"]
