@@ -250,7 +250,7 @@ class BatchEngine:
         try:
             spec = get_model(item.model)
             accepted = spec.param_by_name["file"].file_types
-            prepared = await asyncio.to_thread(prepare_asr_input, source, accepted)
+            prepared = await asyncio.to_thread(prepare_asr_input, source, accepted, cache_dir=work_dir)
             info = await asyncio.to_thread(measure_file, Path(prepared), loudness=False)
             pieces = await asyncio.to_thread(split_on_silence, Path(prepared), self.job.asr_max_seconds, work_dir)
             results: list[TranscriptResult] = []
@@ -259,10 +259,12 @@ class BatchEngine:
                 results.append(await self._client.transcribe(request, item=item.label))
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
-        text, segments = stitch_transcripts(list(zip(pieces, results, strict=True)))
+        text, segments = stitch_transcripts(
+            (piece, result.text, result.segments) for piece, result in zip(pieces, results, strict=True)
+        )
         raw: dict[str, Any] = {
             "text": text,
-            "segments": [s.__dict__ for s in segments],
+            "segments": [s.to_dict() for s in segments],
             "pieces": [r.raw for r in results],
         }
         base = self.job.out_dir / "transcripts" / output_stem(item.item_id)

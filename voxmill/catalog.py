@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,8 @@ class Param:
     json_keys: tuple[Param, ...] = ()
     #: send the default even when the caller left it out (the API's default differs from what we want)
     send_default: bool = False
+    #: str parameters holding a URL: the schemes allowed
+    url_schemes: tuple[str, ...] = ()
 
     def coerce(self, value: Any, model: str) -> Any:
         """Turn a manifest value (often a string) into this parameter's type, or raise ValidationError."""
@@ -46,6 +48,12 @@ class Param:
         if self.type == "str":
             if not isinstance(value, str):
                 value = str(value)
+            if self.url_schemes:
+                scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+                if scheme not in self.url_schemes:
+                    raise ValidationError(
+                        f"{where} = {value!r} must be a {'/'.join(self.url_schemes)} URL", param=self.name
+                    )
             if self.choices is not None:
                 match = {c.lower(): c for c in self.choices}.get(value.strip().lower())
                 if match is None:
@@ -116,7 +124,8 @@ class Param:
                     param=f"{self.name}.{key}",
                 )
             if inner is not None:
-                result[key] = known[key].coerce(inner, model)
+                # errors inside the object name it: "parameter 'sampling.top_k'"
+                result[key] = replace(known[key], name=f"{self.name}.{key}").coerce(inner, model)
         return result
 
     def _file(self, value: Any, where: str) -> Any:
@@ -249,7 +258,9 @@ _TEXT = Param("text", "str", "The text to speak.", required=True)
 _STREAM = Param("stream", "bool", "Stream the audio (SSE); batch work uses false.", default=False)
 _SPEED = Param("speed", "float", "Speaking rate multiplier.", default=1.0, minimum=0.25, maximum=4.0)
 _VOICE_ID = Param("voice_id", "str", "A voice uploaded with /api/v1/generate/upload for this model.")
-_VOICE_URL = Param("voice_url", "str", "URL of a reference voice file (public http/https only).")
+_VOICE_URL = Param(
+    "voice_url", "str", "URL of a reference voice file (public http/https only).", url_schemes=("http", "https")
+)
 _VOICE_SETTINGS = Param("voice_settings", "json", "Voice settings object.", json_keys=(_SPEED,))
 
 HIGGS = ModelSpec(
@@ -306,7 +317,7 @@ CHATTERBOX = ModelSpec(
             file_types=("wav", "mp3", "m4a", "ogg"),
         ),
         _VOICE_ID,
-        Param("preset_url", "str", "URL of a preset voice (public http/https only)."),
+        Param("preset_url", "str", "URL of a preset voice (public http/https only).", url_schemes=("http", "https")),
         Param("exaggeration", "float", "Emotion exaggeration.", default=0.5, minimum=0.0, maximum=2.0),
         Param("temperature", "float", "Sampling temperature.", default=0.8, minimum=0.05, maximum=5.0),
         Param("diffusion_steps", "int", "Diffusion steps.", default=5, minimum=1, maximum=100),

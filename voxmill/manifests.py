@@ -86,12 +86,12 @@ class WorkItem:
         return f"row {self.row} (id {self.item_id!r})"
 
 
-def open_binary(source: str):
+def open_binary(source: str, what: str = "manifest"):
     """Open a local path or fsspec URL for reading bytes; ConfigError naming the source if it can't be."""
     try:
         return fsspec.open(source, "rb").open()
     except FileNotFoundError:
-        raise ConfigError(f"manifest {source!r} does not exist") from None
+        raise ConfigError(f"{what} {source!r} does not exist") from None
     except (OSError, ValueError, ImportError) as exc:
         raise ConfigError(f"cannot open {source!r}: {exc}") from None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from voxmill.errors import ConfigError
 from voxmill.ledger import DoneIndex, file_hash, item_key
 from voxmill.manifests import ItemProblem, ManifestReader, WorkItem, open_binary
 
@@ -41,9 +42,9 @@ def key_of(item: WorkItem) -> str:
     if item.kind == "tts":
         content = str(item.params.get("text", ""))
         if item.voice_ref:
-            content += "\x00voice_ref:" + file_hash(item.voice_ref, opener=open_binary)
+            content += "\x00voice_ref:" + file_hash(item.voice_ref, opener=lambda p: open_binary(p, "voice_ref file"))
     else:
-        content = "audio:" + file_hash(str(item.audio), opener=open_binary)
+        content = "audio:" + file_hash(str(item.audio), opener=lambda p: open_binary(p, "audio file"))
     return item_key(item.model, params, content)
 
 
@@ -80,20 +81,12 @@ def plan_items(
             continue
         try:
             key = key_of(item)
-        except FileNotFoundError as exc:
-            missing = exc.filename or item.audio or item.voice_ref
+        except (ConfigError, OSError, ValueError) as exc:
+            # a missing or unreadable audio/voice_ref file fails this row only
+            reason = exc.message if isinstance(exc, ConfigError) else f"cannot read its file: {exc}"
             counts.problems += 1
             counts.pending += 1
-            field = "voice_ref" if item.kind == "tts" else "audio"
-            problem = ItemProblem(
-                "invalid", f"{item.label}: {field} file {missing!r} does not exist; fix the path in the manifest"
-            )
-            yield PlannedItem(replace(item, problem=problem), _problem_key(item))
-            continue
-        except (OSError, ValueError) as exc:
-            counts.problems += 1
-            counts.pending += 1
-            problem = ItemProblem("invalid", f"{item.label}: cannot read its file: {exc}")
+            problem = ItemProblem("invalid", f"{item.label}: {reason}; fix the path in the manifest")
             yield PlannedItem(replace(item, problem=problem), _problem_key(item))
             continue
         if not item.has_own_id:

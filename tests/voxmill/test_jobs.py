@@ -1,0 +1,249 @@
+"""Jobs end to end without Prefect, against the local server over loopback: outputs, ledger, resume,
+no double billing, bad input, faults, auth."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+
+from voxmill.audio.measure import measure_file
+from voxmill.audio.transcode import OutputSpec
+from voxmill.errors import ConfigError
+from voxmill.jobs import JobRequest, run_job
+from voxmill.ledger import LEDGER_SCHEMA
+from voxmill.manifests import RunDefaults
+from voxmill.quality import word_error_rate
+from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings
+
+
+def settings_for(server, tmp_path, *, token=None, concurrency=8, **retry) -> Settings:
+    return Settings(
+        api_key=ApiKey(token or server.token),
+        base_url=server.base_url,
+        rate_limit=RateLimit(max_concurrent=concurrency),
+        retry=RetryPolicy(**{"initial_backoff": 0.02, "max_backoff": 0.2, **retry}),
+        cache_dir=tmp_path / "cache",
+    )
+
+
+def write_csv(path, rows, fieldnames=None):
+    fieldnames = fieldnames or list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog near the old stone bridge.",
+    "Bright stars filled the winter sky above the quiet mountain village.",
+    "She poured a cup of green tea and opened the morning newspaper.",
+]
+
+
+def test_tts_job_real_engines_mp3_and_ledger(real_server, tmp_path):
+    manifest = write_csv(tmp_path / "m.csv", [
+        {"id": "a", "model": "higgs2p5", "voice": "Linda", "text": SENTENCES[0]},
+        {"id": "b", "model": "chatterbox", "voice": "", "text": SENTENCES[1]},
+        {"id": "c", "model": "qwen3-tts", "voice": "Vivian", "text": SENTENCES[2]},
+    ])
+    out = tmp_path / "out"
+    request = JobRequest("tts", str(manifest), out, output=OutputSpec(format="mp3", sample_rate=44100))
+    summary = run_job(request, settings_for(real_server, tmp_path))
+    assert summary.ok and summary.done == 3, summary
+    table = pq.read_table(out / "results.parquet")
+    assert table.schema.names == LEDGER_SCHEMA.names
+    assert table.num_rows == 3
+    for row in table.to_pylist():
+        assert row["status"] == "done" and row["engine"].startswith("piper:")
+        info = measure_file(out / row["output_path"])
+        assert info.format == "mp3" and info.sample_rate == 44100 and info.channels == 1
+        words = len(row["text"].split())
+        assert words * 0.2 < info.duration_s < words * 0.8  # plausible speech duration
+        assert row["duration_s"] == pytest.approx(info.duration_s, abs=0.01)
+        assert row["sha256"] and row["bytes"] == (out / row["output_path"]).stat().st_size
+        assert row["lufs"] is not None and row["peak_dbfs"] is not None
+        assert row["attempts"] == 1 and row["http_status"] == 200 and row["credits_remaining"]
+
+
+def test_rerun_sends_nothing_and_changed_text_redoes_one(make_server, tmp_path):
+    server = make_server()
+    rows = [{"id": f"i{n}", "text": f"Sentence number {n} about apples."} for n in range(30)]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    request = JobRequest("tts", str(manifest), tmp_path / "out", batch_size=7)
+    settings = settings_for(server, tmp_path)
+    first = run_job(request, settings)
+    assert first.done == 30 and server.stats()["generations_total"] == 30
+    second = run_job(request, settings)
+    assert second.skipped_done == 30 and second.done == 0
+    assert server.stats()["generations_total"] == 30
+    rows[4]["text"] = "A changed sentence about pears."
+    write_csv(manifest, rows)
+    third = run_job(request, settings)
+    assert third.done == 1 and third.skipped_done == 29
+    stats = server.stats()
+    assert stats["generations_total"] == 31
+    assert max(stats["generations"].values()) == 1
+    table = pq.read_table(tmp_path / "out" / "results.parquet")
+    assert table.num_rows == 30  # still one row per item
+    assert "pears" in [r["text"] for r in table.to_pylist() if r["id"] == "i4"][0]
+
+
+def test_identical_items_are_paid_once(make_server, tmp_path):
+    server = make_server()
+    rows = [{"id": f"d{n}", "text": "Exactly the same words."} for n in range(5)]
+    rows.append({"id": "other", "text": "Different words."})
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out"), settings_for(server, tmp_path))
+    assert summary.ok and summary.done + summary.reused == 6
+    assert server.stats()["generations_total"] == 2
+    table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    reused = [r for r in table if r["reused_from"]]
+    assert len(reused) == 4
+    for row in table:
+        assert (tmp_path / "out" / row["output_path"]).exists()
+
+
+def test_transient_faults_retry_without_double_billing(make_server, tmp_path):
+    server = make_server(error_rate=0.3, seed=3)
+    rows = [{"id": f"i{n}", "text": f"Retry test sentence {n}."} for n in range(40)]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out"),
+                      settings_for(server, tmp_path, max_attempts=10))
+    assert summary.ok and summary.done == 40
+    stats = server.stats()
+    assert stats["generations_total"] == 40 and max(stats["generations"].values()) == 1
+    failures_seen = sum(v for k, v in stats["by_status"].items() if k.startswith("5"))
+    table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert sum(r["attempts"] for r in table) == 40 + failures_seen  # every 5xx was retried, nothing else
+
+
+def test_refused_key_stops_the_run(make_server, tmp_path):
+    server = make_server()
+    rows = [{"id": f"i{n}", "text": f"Sentence {n}."} for n in range(50)]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out", batch_size=5),
+                      settings_for(server, tmp_path, token="sk-WRONG-KEY-123", concurrency=2))
+    assert summary.stopped and "refused the key" in summary.stopped
+    assert not summary.ok
+    assert summary.done == 0 and summary.failed < 50
+    assert server.stats()["generations_total"] == 0
+
+
+def test_tts_bad_input_matrix(make_server, tmp_path):
+    server = make_server()
+    bad = {
+        "empty": {"text": ""},
+        "blank": {"text": "   "},
+        "too-long": {"text": "word " * 2000},
+        "unknown-model": {"text": "hi", "model": "no-such-model"},
+        "unknown-param": {"text": "hi", "params": json.dumps({"pitch": 3})},
+        "out-of-range": {"text": "hi", "model": "chatterbox", "params": json.dumps({"temperature": 99})},
+        "voice-and-id": {"text": "hi", "model": "qwen3-tts", "params": json.dumps({"voice": "Vivian", "voice_id": "x"})},
+        "missing-ref": {"text": "hi", "voice_ref": str(tmp_path / "nope.wav")},
+    }
+    rows = [{"id": "good1", "text": "A perfectly good sentence."}]
+    rows += [{"id": name, **values} for name, values in bad.items()]
+    rows.append({"id": "good2", "text": "Another good sentence."})
+    manifest = write_csv(tmp_path / "m.csv", rows, ["id", "text", "model", "params", "voice_ref"])
+    summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out"), settings_for(server, tmp_path))
+    assert summary.done == 2 and summary.failed == len(bad) and not summary.ok
+    assert server.stats()["generations_total"] == 2
+    failures = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()}
+    expected = {
+        "empty": "'text' is empty", "blank": "'text' is empty", "too-long": "over the limit",
+        "unknown-model": "unknown model", "unknown-param": "unknown parameter 'pitch'",
+        "out-of-range": "out of range", "voice-and-id": "cannot be combined", "missing-ref": "does not exist",
+    }
+    for name, needle in expected.items():
+        assert needle in failures[name]["error_message"], failures[name]
+        assert f"(id '{name}')" in failures[name]["error_message"]
+
+
+def test_upfront_errors(make_server, tmp_path):
+    server = make_server()
+    settings = settings_for(server, tmp_path)
+    dupes = write_csv(tmp_path / "d.csv", [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}])
+    with pytest.raises(ConfigError, match="duplicate ids: 'x'"):
+        run_job(JobRequest("tts", str(dupes), tmp_path / "o1"), settings)
+    no_column = write_csv(tmp_path / "n.csv", [{"id": "x", "words": "a"}])
+    with pytest.raises(ConfigError, match="no 'text' column"):
+        run_job(JobRequest("tts", str(no_column), tmp_path / "o2"), settings)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("id,text\n1,d\xe9j\xe0 vu\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="UTF-8"):
+        run_job(JobRequest("tts", str(latin), tmp_path / "o3"), settings)
+    assert server.stats()["requests"] == 0
+
+
+def _speech(server, text: str, path, fmt="wav"):
+    import httpx
+
+    response = httpx.post(f"{server.base_url}/api/v1/generate", headers=server.headers,
+                          files={"model": (None, "higgs2p5"), "text": (None, text)}, timeout=60)
+    response.raise_for_status()
+    raw = path.with_suffix(".src.wav")
+    raw.write_bytes(response.content)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(raw), str(path)], check=True)
+    return path
+
+
+def test_asr_bad_input_matrix_and_conversion(real_server, tmp_path):
+    good = _speech(real_server, SENTENCES[0], tmp_path / "good.wav")
+    flac = _speech(real_server, SENTENCES[1], tmp_path / "other.flac")  # not an API format: converted
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.mp3"
+    corrupt.write_bytes(b"\x00not audio at all" * 100)
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("this is not audio")
+    rows = [
+        {"id": "good", "audio": str(good), "reference_text": SENTENCES[0]},
+        {"id": "flac", "audio": str(flac), "reference_text": SENTENCES[1]},
+        {"id": "missing", "audio": str(tmp_path / "missing.wav")},
+        {"id": "empty", "audio": str(empty)},
+        {"id": "corrupt", "audio": str(corrupt)},
+        {"id": "text", "audio": str(text_file)},
+    ]
+    manifest = write_csv(tmp_path / "asr.csv", rows, ["id", "audio", "reference_text"])
+    out = tmp_path / "out"
+    summary = run_job(JobRequest("asr", str(manifest), out), settings_for(real_server, tmp_path))
+    assert summary.done == 2 and summary.failed == 4
+    table = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    for name in ("good", "flac"):
+        assert table[name]["wer"] <= 0.15, table[name]
+        assert word_error_rate(table[name]["transcript"], (out / table[name]["output_path"]).read_text()) == 0
+        for ext in ("srt", "vtt", "json"):
+            assert (out / "transcripts" / f"{name}.{ext}").stat().st_size > 0
+    assert "does not exist" in table["missing"]["error_message"]
+    for name in ("empty", "corrupt", "text"):
+        assert table[name]["status"] == "failed" and table[name]["error_kind"] == "invalid", table[name]
+        assert name in table[name]["error_message"] or table[name]["input"] in table[name]["error_message"]
+
+
+def test_long_audio_is_split_and_stitched(real_server, tmp_path):
+    parts = [_speech(real_server, s, tmp_path / f"p{i}.wav") for i, s in enumerate(SENTENCES)]
+    concat = tmp_path / "list.txt"
+    concat.write_text("".join(f"file '{p}'\n" for p in parts))
+    long_file = tmp_path / "long.wav"
+    # the sentences with a second of silence between them
+    filter_graph = "".join(f"[{i}:a]apad=pad_dur=1[a{i}];" for i in range(3)) + "[a0][a1][a2]concat=n=3:v=0:a=1"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *sum((["-i", str(p)] for p in parts), []),
+                    "-filter_complex", filter_graph, str(long_file)], check=True)
+    manifest = write_csv(tmp_path / "asr.csv", [{"id": "long", "audio": str(long_file),
+                                                 "reference_text": " ".join(SENTENCES)}])
+    out = tmp_path / "out"
+    summary = run_job(JobRequest("asr", str(manifest), out, asr_max_seconds=6), settings_for(real_server, tmp_path))
+    assert summary.ok
+    (row,) = pq.read_table(out / "results.parquet").to_pylist()
+    assert row["attempts"] >= 2  # more than one request: the file was split
+    assert row["wer"] <= 0.15
+    segments = json.loads((out / "transcripts" / "long.json").read_text())["segments"]
+    starts = [s["start"] for s in segments]
+    assert starts == sorted(starts) and segments[-1]["end"] > 6  # offsets carried past the first piece
+    assert segments[-1]["end"] <= row["duration_s"] + 0.05

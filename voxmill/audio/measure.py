@@ -1,0 +1,240 @@
+"""Measure audio files: what ffprobe says they are, how loud they are, and whether they are usable at all.
+
+Also home of the one small ffmpeg/ffprobe runner the other audio modules (``transcode``, ``split``) reuse,
+so every external call fails the same way: an :class:`~voxmill.errors.InvalidItem` naming the file and
+ffmpeg's own last words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voxmill.audio.formats import ffmpeg_path
+from voxmill.errors import ConfigError, InvalidItem
+
+#: BS.1770 gates 400 ms blocks: shorter clips have no integrated loudness
+MIN_LOUDNESS_SECONDS = 0.4
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What ffprobe found in a file: its container and its first audio stream."""
+
+    path: Path
+    #: our name for the format where we know it (wav, mp3, opus, m4a, ...), else ffprobe's first name
+    format: str
+    codec: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Measurements of one written audio file (what the ledger records about an output)."""
+
+    format: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+    bytes: int
+    sha256: str
+    #: integrated loudness (BS.1770); None for clips under 0.4 s, silence, or when not measured
+    lufs: float | None
+    #: sample peak in dBFS; None for digital silence or when not measured
+    peak_dbfs: float | None
+
+
+# --- the runner -----------------------------------------------------------------------------------------
+
+
+def ffprobe_path() -> str:
+    """The ffprobe binary (ships with ffmpeg), or a ConfigError telling how to install it."""
+    path = shutil.which("ffprobe")
+    if path is None:
+        raise ConfigError("ffprobe is not installed: `apt-get install ffmpeg` (or `make setup`)")
+    return path
+
+
+def ffmpeg_command(*args: str, loglevel: str = "error") -> list[str]:
+    """An ffmpeg command line with our fixed preamble (no stdin, no banner, quiet unless asked)."""
+    return [ffmpeg_path(), "-nostdin", "-hide_banner", "-nostats", "-loglevel", loglevel, *args]
+
+
+def run_tool(cmd: Sequence[str], *, what: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run ffmpeg/ffprobe; on failure raise InvalidItem ``"{what}: <ffmpeg's last lines>"``."""
+    result = subprocess.run(list(cmd), input=stdin, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise InvalidItem(f"{what}: {_stderr_tail(result.stderr)}")
+    return result
+
+
+def _stderr_tail(stderr: bytes) -> str:
+    lines = [line for line in stderr.decode("utf-8", "replace").strip().splitlines() if line.strip()]
+    return " ".join(lines[-3:])[:500] or "(no message)"
+
+
+# --- probing --------------------------------------------------------------------------------------------
+
+#: ffprobe format_name -> our format name (ogg depends on the codec, see _our_format)
+_FORMAT_NAMES = {
+    "wav": "wav",
+    "mp3": "mp3",
+    "flac": "flac",
+    "aac": "aac",
+    "matroska,webm": "webm",
+    "mov,mp4,m4a,3gp,3g2,mj2": "m4a",
+    "aiff": "aiff",
+}
+
+
+def _our_format(format_name: str, codec: str) -> str:
+    if format_name == "ogg":
+        return "opus" if codec == "opus" else "ogg"
+    return _FORMAT_NAMES.get(format_name, format_name.split(",")[0])
+
+
+def probe(path: Path) -> ProbeResult:
+    """Check that ``path`` is decodable audio and describe it; InvalidItem (naming file and fix) otherwise.
+
+    Catches a missing file, a zero-length file, bytes ffmpeg cannot parse, and a container without an
+    audio stream. It reads headers only: a file corrupt past its header passes here and fails at decode.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidItem(f"audio file {str(path)!r} does not exist; check the path in the manifest")
+    if path.stat().st_size == 0:
+        raise InvalidItem(f"audio file {str(path)!r} is empty (0 bytes); re-export it or drop the row")
+    cmd = [
+        ffprobe_path(), "-v", "error", "-of", "json",
+        "-show_entries", "format=format_name,duration:stream=codec_type,codec_name,sample_rate,channels,duration",
+        str(path),
+    ]
+    try:
+        result = run_tool(cmd, what=f"audio file {str(path)!r} is not readable audio")
+    except InvalidItem as exc:
+        raise InvalidItem(f"{exc.message}; re-export it or convert it with ffmpeg") from None
+    found = json.loads(result.stdout or b"{}")
+    audio = [s for s in found.get("streams", []) if s.get("codec_type") == "audio"]
+    if not audio:
+        raise InvalidItem(f"audio file {str(path)!r} has no audio stream; extract the audio track first")
+    stream = audio[0]
+    container = found.get("format", {})
+    duration = _float(container.get("duration")) or _float(stream.get("duration"))
+    rate = int(stream.get("sample_rate") or 0)
+    if duration is None or rate <= 0:
+        raise InvalidItem(
+            f"audio file {str(path)!r} has no usable duration or sample rate (corrupt?); re-export it"
+        )
+    codec = str(stream.get("codec_name", ""))
+    return ProbeResult(
+        path=path,
+        format=_our_format(str(container.get("format_name", "")), codec),
+        codec=codec,
+        duration_s=duration,
+        sample_rate=rate,
+        channels=int(stream.get("channels") or 1),
+    )
+
+
+def _float(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+# --- measuring ------------------------------------------------------------------------------------------
+
+
+def decode_float32(path: Path, *, sample_rate: int | None = None, channels: int | None = None) -> np.ndarray:
+    """Decode a whole file to float32 samples shaped (frames, channels), natively or at the asked rate.
+
+    Holds the whole clip in memory (4 bytes per sample): fine for outputs and ASR inputs, not for hours.
+    """
+    if sample_rate is None or channels is None:
+        info = probe(path)
+        sample_rate = sample_rate or info.sample_rate
+        channels = channels or info.channels
+    rate, chans = sample_rate, channels
+    cmd = ffmpeg_command("-i", str(path), "-vn", "-f", "f32le", "-ac", str(chans), "-ar", str(rate), "-")
+    result = run_tool(cmd, what=f"could not decode {str(path)!r}")
+    samples = np.frombuffer(result.stdout, dtype="<f4")
+    return samples[: len(samples) - len(samples) % chans].reshape(-1, chans)
+
+
+def loudness_lufs(samples: np.ndarray, sample_rate: int) -> float | None:
+    """Integrated loudness (BS.1770, pyloudnorm) of (frames, channels) float samples; None if unmeasurable."""
+    import pyloudnorm  # only measuring needs it
+
+    if len(samples) < MIN_LOUDNESS_SECONDS * sample_rate:
+        return None
+    value = float(pyloudnorm.Meter(sample_rate).integrated_loudness(samples.astype(np.float64)))
+    return value if math.isfinite(value) else None
+
+
+def peak_dbfs(samples: np.ndarray) -> float | None:
+    """Sample peak in dBFS; None for digital silence."""
+    if samples.size == 0:
+        return None
+    peak = float(np.max(np.abs(samples)))
+    return 20 * math.log10(peak) if peak > 0 else None
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def measure_file(path: Path, *, loudness: bool = True) -> AudioInfo:
+    """Describe a written audio file; ``loudness=False`` skips the decode (no LUFS, no peak).
+
+    Duration, rate and channels are ffprobe's; loudness and peak come from one float32 decode at the
+    file's own rate.
+    """
+    path = Path(path)
+    info = probe(path)
+    lufs = peak = None
+    if loudness:
+        samples = decode_float32(path, sample_rate=info.sample_rate, channels=info.channels)
+        lufs = loudness_lufs(samples, info.sample_rate)
+        peak = peak_dbfs(samples)
+    return AudioInfo(
+        format=info.format,
+        duration_s=info.duration_s,
+        sample_rate=info.sample_rate,
+        channels=info.channels,
+        bytes=path.stat().st_size,
+        sha256=file_sha256(path),
+        lufs=lufs,
+        peak_dbfs=peak,
+    )
+
+
+__all__ = [
+    "AudioInfo",
+    "ProbeResult",
+    "decode_float32",
+    "ffmpeg_command",
+    "ffprobe_path",
+    "file_sha256",
+    "loudness_lufs",
+    "measure_file",
+    "peak_dbfs",
+    "probe",
+    "run_tool",
+]

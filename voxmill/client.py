@@ -1,0 +1,727 @@
+"""The HTTP client of the audio API: one pooled ``httpx.AsyncClient``, one retry policy, typed results.
+
+Every request goes through a :class:`~voxmill.limiter.Limiter` slot; every failure becomes one of the
+errors in :mod:`voxmill.errors`:
+
+| what came back | error | retried |
+|---|---|---|
+| 401 / 403 / 402 | AuthError (the key was refused / no credits) | never: stop the run |
+| 400 / 404 / 413 / 415 / 422, other 4xx, 3xx | InvalidItem (first 500 bytes of the body) | never |
+| 429 | RateLimited (``retry_after`` from Retry-After) | yes, after exactly Retry-After |
+| 408 / 409 / 425 / 5xx, timeouts, resets | TransientError | yes, backoff with jitter |
+| 2xx whose body is not the asked audio / JSON | BadResponse | yes: a cut-off body is transient in practice |
+
+A Retry-After longer than ``RetryPolicy.max_retry_after`` ends the retries with RateLimited. The final
+error carries ``attempts`` and ``status``. The API key is only revealed to build the Authorization header
+(and the WebSocket's first message); error messages are our own, never an httpx message chained with its
+request, and any text that might echo the key is scrubbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import functools
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from voxmill.audio.formats import FORMATS, check_audio_body, detect_format
+from voxmill.catalog import UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest
+from voxmill.errors import (
+    AuthError,
+    BadResponse,
+    ConfigError,
+    InvalidItem,
+    RateLimited,
+    TransientError,
+    ValidationError,
+    VoxmillError,
+)
+from voxmill.limiter import AsyncRateLimiter, Limiter
+from voxmill.settings import RetryPolicy, Settings
+from voxmill.voices import VoiceCache, content_digest
+
+logger = logging.getLogger(__name__)
+
+GENERATE_PATH = "/api/v1/generate"
+UPLOAD_PATH = "/api/v1/generate/upload"
+STREAM_PATH = "/api/v1/generate/ws"
+ENGINE_HEADER = "x-voxmill-engine"
+CREDITS_HEADER = "x-credits-remaining"
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
+#: how much of an error body goes into a message
+_BODY_PREVIEW = 500
+_AUTH_STATUSES = frozenset({401, 403})
+_INVALID_STATUSES = frozenset({400, 404, 413, 415, 422})
+_TRANSIENT_STATUSES = frozenset({408, 409, 425})
+_RETRYABLE = (TransientError, RateLimited, BadResponse)
+_MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "m4a": "audio/mp4", "ogg": "audio/ogg", "webm": "audio/webm"}
+
+#: ``on_retry(item, error, attempt_number)``: called before each sleep between attempts
+RetryHook = Callable[[str | None, VoxmillError, int], None]
+
+
+@dataclass(frozen=True)
+class SpeechResult:
+    """Audio from a TTS model, checked to be complete audio in ``format``."""
+
+    audio: bytes
+    format: str
+    engine: str
+    request_id: str | None
+    credits_remaining: str | None
+    status: int
+    attempts: int
+    #: seconds of the successful attempt (request sent → body read), without waits and earlier tries
+    latency_s: float
+
+    def __repr__(self) -> str:
+        return (
+            f"SpeechResult(format={self.format!r}, bytes={len(self.audio)}, engine={self.engine!r}, "
+            f"attempts={self.attempts}, latency_s={self.latency_s:.3f})"
+        )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A timed piece of a transcript, in seconds."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class TranscriptResult:
+    """Text from an ASR model; ``raw`` keeps the whole JSON (or the text) as it came."""
+
+    text: str
+    language: str | None
+    duration: float | None
+    segments: tuple[Segment, ...]
+    raw: dict[str, Any] | str
+    engine: str
+    request_id: str | None
+    credits_remaining: str | None
+    status: int
+    attempts: int
+    latency_s: float
+
+
+class VoxmillClient:
+    """Talks to the audio API (hosted or the local server): ``async with VoxmillClient(settings) as c``.
+
+    One ``httpx.AsyncClient`` with a connection pool sized from ``max_concurrent`` serves every request;
+    ``limiter`` (default: an :class:`AsyncRateLimiter` from ``settings.rate_limit``) paces them and may be
+    shared with other clients. Raises ConfigError when ``settings`` has no API key.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        limiter: Limiter | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_retry: RetryHook | None = None,
+        voice_cache: VoiceCache | None = None,
+    ) -> None:
+        settings = settings if settings is not None else Settings.from_env()
+        if settings.api_key is None:
+            raise ConfigError(
+                "no API key: set VOXMILL_API_KEY to your Eigen AI key (export VOXMILL_API_KEY=...), "
+                "or point VOXMILL_BASE_URL at a local voxmill server and set VOXMILL_API_KEY to its key"
+            )
+        self.settings = settings
+        self.base_url = settings.base_url.rstrip("/")
+        self.limiter: Limiter = limiter if limiter is not None else AsyncRateLimiter(settings.rate_limit)
+        self.on_retry = on_retry
+        self.voice_cache = voice_cache if voice_cache is not None else VoiceCache.in_dir(settings.cache_dir)
+        #: attempts now waiting to be retried (for a "retrying" progress display)
+        self.retries_pending = 0
+        self._key = settings.api_key
+        self._secret = settings.api_key.reveal()
+        self._retry = settings.retry
+        self._uploads: dict[tuple[str, str], asyncio.Task[str]] = {}
+        # absolute URL objects: httpx re-parses and merges a relative path on every request otherwise
+        self._urls = {path: httpx.URL(self.base_url + path) for path in (GENERATE_PATH, UPLOAD_PATH)}
+        timeouts = settings.timeouts
+        pool = settings.rate_limit.max_concurrent
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {self._secret}", "Accept": "*/*"},
+            timeout=httpx.Timeout(
+                connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
+            ),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=30.0),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"VoxmillClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> VoxmillClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool and cancel uploads nobody awaits any more."""
+        for task in self._uploads.values():
+            task.cancel()
+        await self._http.aclose()
+
+    # --- generate ----------------------------------------------------------------------------------
+
+    async def generate(
+        self, request: ValidatedRequest, *, item: str | None = None
+    ) -> SpeechResult | TranscriptResult:
+        """POST ``/api/v1/generate`` (always multipart) with retries; the result type follows the model.
+
+        ``item`` labels error messages (a manifest row id). TTS with ``stream=true`` is refused: use
+        :meth:`stream_speech`.
+        """
+        if request.model.kind == "tts" and request.params.get("stream"):
+            raise InvalidItem(
+                f"{_label(item)}{request.model.name}: stream=true is not supported by generate(); "
+                f"use stream_speech() for streaming, or stream=false for batch work"
+            )
+        parts = await self._multipart(request, item)
+        parse = functools.partial(
+            self._speech if request.model.kind == "tts" else self._transcript, request, item=item
+        )
+        return await self._send(GENERATE_PATH, parts, parse, item)
+
+    async def synthesize(self, request: ValidatedRequest, *, item: str | None = None) -> SpeechResult:
+        """Text to speech; ``request`` must be for a TTS model."""
+        if request.model.kind != "tts":
+            raise ValidationError(
+                f"{_label(item)}{request.model.name} is a speech recognition model; use transcribe()",
+                param="model",
+            )
+        result = await self.generate(request, item=item)
+        assert isinstance(result, SpeechResult)
+        return result
+
+    async def transcribe(self, request: ValidatedRequest, *, item: str | None = None) -> TranscriptResult:
+        """Speech to text; ``request`` must be for an ASR model."""
+        if request.model.kind != "asr":
+            raise ValidationError(
+                f"{_label(item)}{request.model.name} is a text-to-speech model; use synthesize()",
+                param="model",
+            )
+        result = await self.generate(request, item=item)
+        assert isinstance(result, TranscriptResult)
+        return result
+
+    async def _multipart(self, request: ValidatedRequest, item: str | None) -> list[tuple[str, Any]]:
+        # text fields go through files= as (None, value): httpx only sends multipart when files is
+        # non-empty, and the API wants multipart even without a file
+        parts: list[tuple[str, Any]] = [(name, (None, value)) for name, value in request.form_fields().items()]
+        for name, value in request.files().items():
+            file_types = request.model.param_by_name[name].file_types
+            parts.append((name, await _file_part(name, value, file_types, item)))
+        return parts
+
+    def _speech(
+        self, request: ValidatedRequest, response: httpx.Response, latency: float, attempt: int, *, item: str | None
+    ) -> SpeechResult:
+        body = response.content
+        fmt = request.output_format
+        try:
+            check_audio_body(body, fmt)
+        except BadResponse as exc:
+            raise BadResponse(
+                f"{_label(item)}{request.model.name}: {exc.message}", status=response.status_code
+            ) from None
+        return SpeechResult(
+            audio=body,
+            format=fmt,
+            engine=self._engine(response, request.model.name),
+            request_id=_request_id(response),
+            credits_remaining=response.headers.get(CREDITS_HEADER),
+            status=response.status_code,
+            attempts=attempt,
+            latency_s=latency,
+        )
+
+    def _transcript(
+        self, request: ValidatedRequest, response: httpx.Response, latency: float, attempt: int, *, item: str | None
+    ) -> TranscriptResult:
+        model = request.model.name
+        common = dict(
+            engine=self._engine(response, model),
+            request_id=_request_id(response),
+            credits_remaining=response.headers.get(CREDITS_HEADER),
+            status=response.status_code,
+            attempts=attempt,
+            latency_s=latency,
+        )
+        if request.output_format == "text":
+            text = response.text
+            return TranscriptResult(
+                text=text.strip(), language=None, duration=None, segments=(), raw=text, **common
+            )
+        try:
+            raw = json.loads(response.content)
+        except ValueError:
+            raise BadResponse(
+                f"{_label(item)}{model}: response_format=json but the body is not JSON: "
+                f"{self._preview(response.content)!r}",
+                status=response.status_code,
+            ) from None
+        text = None
+        if isinstance(raw, dict):
+            text = raw.get("text")
+            if not isinstance(text, str):
+                text = raw.get("transcription")
+        if not isinstance(text, str):
+            raise BadResponse(
+                f"{_label(item)}{model}: the JSON response holds neither 'text' nor 'transcription': "
+                f"{self._preview(response.content)!r}",
+                status=response.status_code,
+            )
+        language = raw.get("language")
+        return TranscriptResult(
+            text=text.strip(),
+            language=language if isinstance(language, str) else None,
+            duration=_float_or_none(raw.get("duration")),
+            segments=_segments(raw.get("segments")),
+            raw=raw,
+            **common,
+        )
+
+    def _engine(self, response: httpx.Response, model: str) -> str:
+        return response.headers.get(ENGINE_HEADER) or f"hosted:{model}"
+
+    # --- upload ------------------------------------------------------------------------------------
+
+    async def upload_voice(self, model: str, reference: Path) -> str:
+        """The voice_id of ``reference`` for ``model``, uploading it only if the cache has none.
+
+        Cached on disk by (content sha256, model, base_url); concurrent calls for the same reference and
+        model share one request.
+        """
+        if model not in UPLOAD_MODELS:
+            raise ValidationError(
+                f"{model}: voice upload is for {', '.join(UPLOAD_MODELS)} only", param="model"
+            )
+        reference = Path(reference)
+        suffix = reference.suffix.lower().lstrip(".")
+        if suffix not in UPLOAD_FILE_TYPES:
+            raise ValidationError(
+                f"{model}: voice reference {reference.name!r} has type {suffix or '(none)'!r}; accepted: "
+                f"{', '.join(UPLOAD_FILE_TYPES)} (convert it first)",
+                param="voice_reference_file",
+            )
+        try:
+            data = await asyncio.to_thread(reference.read_bytes)
+        except OSError as exc:
+            raise InvalidItem(f"{model}: cannot read voice reference {str(reference)!r}: {exc.strerror}") from None
+        digest = content_digest(data)
+        cached = self.voice_cache.get(digest, model, self.base_url)
+        if cached is not None:
+            return cached
+        key = (digest, model)
+        task = self._uploads.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._upload(model, reference.name, suffix, data, digest))
+            self._uploads[key] = task
+            task.add_done_callback(functools.partial(self._upload_done, key))
+        # shield: one caller giving up must not cancel the upload the others wait for
+        return await asyncio.shield(task)
+
+    def _upload_done(self, key: tuple[str, str], task: asyncio.Task[str]) -> None:
+        self._uploads.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here so an upload whose waiters all gave up logs no warning
+
+    async def _upload(self, model: str, filename: str, suffix: str, data: bytes, digest: str) -> str:
+        parts = [
+            ("model", (None, model)),
+            ("voice_reference_file", (filename, data, _MIME.get(suffix, "application/octet-stream"))),
+        ]
+        item = f"voice upload {filename}"
+
+        def parse(response: httpx.Response, latency: float, attempt: int) -> str:
+            try:
+                voice_id = json.loads(response.content).get("voice_id")
+            except (ValueError, AttributeError):
+                voice_id = None
+            if not isinstance(voice_id, str) or not voice_id:
+                raise BadResponse(
+                    f"{item}: the response holds no 'voice_id': {self._preview(response.content)!r}",
+                    status=response.status_code,
+                )
+            return voice_id
+
+        voice_id: str = await self._send(UPLOAD_PATH, parts, parse, item)
+        self.voice_cache.put(digest, model, self.base_url, voice_id)
+        return voice_id
+
+    # --- the one request path ----------------------------------------------------------------------
+
+    async def _send(
+        self,
+        path: str,
+        parts: list[tuple[str, Any]],
+        parse: Callable[[httpx.Response, float, int], Any],
+        item: str | None,
+    ) -> Any:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.max_attempts),
+            wait=_Wait(self._retry),
+            retry=retry_if_exception(_Retryable(self._retry)),
+            before_sleep=functools.partial(self._before_sleep, item),
+            reraise=True,
+        )
+        limiter = self.limiter
+        waiting = False  # counted in retries_pending
+        try:
+            async for attempt in retrying:
+                if waiting:
+                    waiting = False
+                    self.retries_pending -= 1
+                number = attempt.retry_state.attempt_number
+                with attempt:
+                    try:
+                        async with limiter.slot():
+                            started = time.perf_counter()
+                            failure: VoxmillError | None = None
+                            try:
+                                response = await self._http.post(self._urls[path], files=parts)
+                            except httpx.HTTPError as exc:
+                                failure = self._transport_error(exc, item)
+                            if failure is not None:
+                                # raised outside the handler: no __context__ holding httpx's request
+                                raise failure
+                            latency = time.perf_counter() - started
+                        self._raise_for_status(response, item)
+                        result = parse(response, latency, number)
+                    except RateLimited as exc:
+                        # a Retry-After over the cap ends this item; it must not freeze every other one
+                        pause = exc.retry_after
+                        if pause is not None:
+                            pause = min(pause, self._retry.max_retry_after)
+                        limiter.slow_down(pause)
+                        exc.attempts = number
+                        raise
+                    except VoxmillError as exc:
+                        exc.attempts = number
+                        raise
+                    limiter.succeeded()
+                    return result
+                # the attempt failed: tenacity now either sleeps before the next one or re-raises
+                waiting = True
+                self.retries_pending += 1
+        finally:
+            if waiting:
+                self.retries_pending -= 1
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _before_sleep(self, item: str | None, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, VoxmillError):
+            logger.debug("%sattempt %d failed, retrying: %s", _label(item), state.attempt_number, error)
+            if self.on_retry is not None:
+                self.on_retry(item, error, state.attempt_number)
+
+    def _raise_for_status(self, response: httpx.Response, item: str | None) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        label = _label(item)
+        error: VoxmillError
+        if status in _AUTH_STATUSES:
+            error = AuthError(
+                f"{label}the API refused the key (HTTP {status}): check VOXMILL_API_KEY "
+                f"(and VOXMILL_BASE_URL={self.base_url})",
+                status=status,
+            )
+        elif status == 402:
+            error = AuthError(
+                f"{label}the API answered 402 Payment Required: the account behind VOXMILL_API_KEY has no "
+                f"credits left; {self._preview(response.content)!r}",
+                status=status,
+            )
+        elif status == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            wait = "no Retry-After" if retry_after is None else f"Retry-After {retry_after:g} s"
+            error = RateLimited(
+                f"{label}rate limited by the API (HTTP 429, {wait}); lower VOXMILL_RPS/VOXMILL_CONCURRENCY",
+                retry_after=retry_after,
+            )
+        elif status in _TRANSIENT_STATUSES or status >= 500:
+            error = TransientError(
+                f"{label}the API failed with HTTP {status}: {self._preview(response.content)!r}", status=status
+            )
+        elif 300 <= status < 400:
+            error = InvalidItem(
+                f"{label}the API redirected (HTTP {status}) to {response.headers.get('location')!r}: "
+                f"check VOXMILL_BASE_URL={self.base_url}",
+                status=status,
+            )
+        else:  # 400/404/413/415/422 and any other 4xx: this item as sent can never succeed
+            error = InvalidItem(
+                f"{label}the API rejected the request (HTTP {status}): {self._preview(response.content)!r}",
+                status=status,
+            )
+        raise error
+
+    def _transport_error(self, exc: httpx.HTTPError, item: str | None) -> VoxmillError:
+        label = _label(item)
+        reason = self._scrub(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return ConfigError(f"{label}cannot talk to {self.base_url} ({reason}): check VOXMILL_BASE_URL")
+        if isinstance(exc, httpx.TimeoutException):
+            error: VoxmillError = TransientError(
+                f"{label}request to {self.base_url} timed out ({reason}); raise VOXMILL_TIMEOUT if it keeps "
+                f"happening"
+            )
+        elif isinstance(exc, httpx.TransportError):
+            error = TransientError(f"{label}connection to {self.base_url} failed ({reason})")
+        else:  # decoding errors and the like: the body was not what it claimed to be
+            error = BadResponse(f"{label}unreadable response from {self.base_url} ({reason})")
+        return error
+
+    def _preview(self, body: bytes) -> str:
+        return self._scrub(body[:_BODY_PREVIEW].decode("utf-8", "replace"))
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret and self._secret in text else text
+
+    # --- streaming ---------------------------------------------------------------------------------
+
+    async def stream_speech(self, request: ValidatedRequest, *, item: str | None = None) -> AsyncIterator[bytes]:
+        """Raw PCM (16-bit, 24 kHz, mono) frames from the WebSocket endpoint, as they arrive.
+
+        Holds one limiter slot for the whole stream and does not retry (audio may already have been
+        consumed). Files cannot travel on the WebSocket: upload the reference and pass ``voice_id``.
+        """
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+        label = _label(item)
+        model = request.model.name
+        if request.model.kind != "tts":
+            raise ValidationError(f"{label}{model}: only text-to-speech models stream", param="model")
+        if request.files():
+            raise InvalidItem(
+                f"{label}{model}: files cannot be sent on the WebSocket "
+                f"({', '.join(request.files())}); upload the reference with upload_voice() and pass voice_id"
+            )
+        params: dict[str, Any] = {"model": model}
+        params.update((k, v) for k, v in request.params.items() if k != "stream")
+        url = _ws_url(self.base_url) + STREAM_PATH
+        timeouts = self.settings.timeouts
+        completed = False
+        async with self.limiter.slot():
+            try:
+                async with connect(
+                    url, open_timeout=timeouts.connect, close_timeout=5, max_size=None, compression=None
+                ) as socket:
+                    await socket.send(json.dumps({"token": self._secret, "model": model}))
+                    await socket.send(json.dumps(params))
+                    while True:
+                        try:
+                            message = await asyncio.wait_for(socket.recv(), timeouts.read)
+                        except TimeoutError:
+                            raise TransientError(
+                                f"{label}{model}: no data on the stream for {timeouts.read:g} s"
+                            ) from None
+                        if isinstance(message, bytes):
+                            yield message
+                            continue
+                        try:
+                            event = json.loads(message)
+                        except ValueError:
+                            continue
+                        if not isinstance(event, dict):
+                            continue
+                        kind = event.get("type")
+                        if kind == "complete":
+                            completed = True
+                            break
+                        if kind == "error":
+                            raise _stream_error(label, model, self._scrub(json.dumps(event)[:_BODY_PREVIEW]))
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in _AUTH_STATUSES:
+                    raise AuthError(
+                        f"{label}the API refused the key on the stream (HTTP {status}): check VOXMILL_API_KEY",
+                        status=status,
+                    ) from None
+                if status == 429:
+                    self.limiter.slow_down(None)
+                    raise RateLimited(f"{label}{model}: stream refused with HTTP 429") from None
+                if 400 <= status < 500:
+                    raise InvalidItem(f"{label}{model}: stream refused with HTTP {status}", status=status) from None
+                raise TransientError(f"{label}{model}: stream refused with HTTP {status}", status=status) from None
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                reason = self._scrub(exc.rcvd.reason if exc.rcvd is not None else "")
+                if code in (1008, 4001, 4003, 4401, 4403):
+                    raise AuthError(
+                        f"{label}the stream was closed with code {code} ({reason}): check VOXMILL_API_KEY"
+                    ) from None
+                raise TransientError(
+                    f"{label}{model}: the stream closed before 'complete' (code {code}, {reason!r})"
+                ) from None
+            except (OSError, WebSocketException, TimeoutError) as exc:
+                raise TransientError(
+                    f"{label}{model}: stream to {url} failed ({self._scrub(f'{type(exc).__name__}: {exc}')})"
+                ) from None
+        if completed:
+            self.limiter.succeeded()
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+class _Wait:
+    """Backoff: exactly Retry-After (+ ≤ 5 %, ≤ 0.1 s jitter) after a 429 that had one; else capped
+    exponential ``initial * 2**(n-1)`` spread by ±``jitter`` (a fraction of the backoff)."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            return error.retry_after + random.uniform(0.0, min(0.1, 0.05 * error.retry_after))
+        policy = self.policy
+        backoff = min(policy.max_backoff, policy.initial_backoff * 2 ** (state.attempt_number - 1))
+        spread = backoff * policy.jitter
+        return max(0.0, min(policy.max_backoff, backoff + random.uniform(-spread, spread)))
+
+
+class _Retryable:
+    """Retry TransientError, RateLimited (unless Retry-After is over the cap) and BadResponse."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.max_retry_after = policy.max_retry_after
+
+    def __call__(self, error: BaseException) -> bool:
+        if isinstance(error, RateLimited):
+            return error.retry_after is None or error.retry_after <= self.max_retry_after
+        return isinstance(error, _RETRYABLE)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP-date; None when absent or malformed."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return max(0.0, seconds)
+
+
+async def _file_part(name: str, value: Any, file_types: tuple[str, ...], item: str | None) -> tuple[str, bytes, str]:
+    """(filename, bytes, content type) of a file parameter given as a path, bytes or an open file."""
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+        detected = detect_format(data)
+        extension = FORMATS[detected].extension if detected in FORMATS else None
+        if extension not in file_types:
+            extension = file_types[0] if file_types else "bin"
+        return f"{name}.{extension}", data, _MIME.get(extension, "application/octet-stream")
+    if hasattr(value, "read"):
+        data = await asyncio.to_thread(value.read)
+        filename = Path(str(getattr(value, "name", name))).name
+    else:
+        path = Path(value)
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            raise InvalidItem(f"{_label(item)}cannot read {name} {str(path)!r}: {exc.strerror}") from None
+        filename = path.name
+    if isinstance(data, str):
+        raise InvalidItem(f"{_label(item)}{name}: the file was opened in text mode; open it with 'rb'")
+    extension = Path(filename).suffix.lower().lstrip(".")
+    return filename, bytes(data), _MIME.get(extension, "application/octet-stream")
+
+
+def _stream_error(label: str, model: str, detail: str) -> VoxmillError:
+    lowered = detail.lower()
+    if any(word in lowered for word in ("auth", "token", "api key", "unauthori", "forbidden")):
+        return AuthError(f"{label}the stream refused the key ({detail}): check VOXMILL_API_KEY")
+    return TransientError(f"{label}{model}: the stream reported an error: {detail}")
+
+
+def _ws_url(base_url: str) -> str:
+    if base_url.startswith("https://"):
+        return "wss://" + base_url[len("https://") :]
+    if base_url.startswith("http://"):
+        return "ws://" + base_url[len("http://") :]
+    return base_url
+
+
+def _label(item: str | None) -> str:
+    return f"{item}: " if item else ""
+
+
+def _request_id(response: httpx.Response) -> str | None:
+    headers = response.headers
+    for name in _REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _segments(value: Any) -> tuple[Segment, ...]:
+    if not isinstance(value, list):
+        return ()
+    segments = []
+    for entry in value:
+        if not isinstance(entry, Mapping):
+            continue
+        start, end = _float_or_none(entry.get("start")), _float_or_none(entry.get("end"))
+        text = entry.get("text")
+        if start is None or end is None or not isinstance(text, str):
+            continue
+        segments.append(Segment(start, end, text.strip()))
+    return tuple(segments)
+
+
+__all__ = [
+    "RetryHook",
+    "Segment",
+    "SpeechResult",
+    "TranscriptResult",
+    "VoxmillClient",
+    "parse_retry_after",
+]

@@ -1,0 +1,167 @@
+"""Running the local server: the ``voxmill serve`` subcommand, and :func:`serve_in_thread` for tests,
+benchmarks and the CLI's ``--local`` mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from voxmill.errors import ConfigError
+from voxmill.server.app import ServerConfig, create_app
+from voxmill.server.faults import FaultConfig
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+TOKEN_ENV = "VOXMILL_LOCAL_TOKEN"
+
+
+@dataclass
+class RunningServer:
+    """A local server running in a background thread; a context manager that stops it on exit."""
+
+    base_url: str
+    token: str
+    config: ServerConfig
+    _server: Any = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask uvicorn to finish and wait for its thread."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve_in_thread(
+    config: ServerConfig, host: str = DEFAULT_HOST, port: int = 0, *, start_timeout: float = 120.0
+) -> RunningServer:
+    """Start the server on a real socket in a daemon thread and return once it accepts connections.
+
+    ``port=0`` picks a free port. With ``config.preload`` the models are loaded before this returns.
+    """
+    import uvicorn
+
+    uv_config = uvicorn.Config(
+        create_app(config), host=host, port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
+    )
+    server = uvicorn.Server(uv_config)
+    thread = threading.Thread(target=server.run, name=f"voxmill-server-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise ConfigError(f"the local server did not start on {host}:{port} (see the log above)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise ConfigError(f"the local server did not start within {start_timeout:.0f} s")
+        time.sleep(0.01)
+    bound_host, bound_port = server.servers[0].sockets[0].getsockname()[:2]
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return RunningServer(f"http://{url_host}:{bound_port}", config.token, config, server, thread)
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``serve``: run the local server (same contract as the hosted API, offline engines, faults)."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the local API server (offline engines, fault injection)",
+        description="Serve the audio API's contract locally with piper (TTS) and faster-whisper (ASR).",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
+    parser.add_argument("--token", default=None,
+                        help=f"bearer token clients must send (default: ${TOKEN_ENV}, else a random one, printed)")
+    parser.add_argument("--engine", choices=("real", "null"), default="real",
+                        help="real: piper + faster-whisper; null: instant silence / fixed text (throughput tests)")
+    parser.add_argument("--piper-model", type=Path, default=None, help="piper .onnx voice (default: joe)")
+    parser.add_argument("--whisper-model", default=None, help="faster-whisper model name or path (default: tiny.en)")
+    parser.add_argument("--workers", type=int, default=2, help="engine calls at once (default %(default)s)")
+    parser.add_argument("--preload", action=argparse.BooleanOptionalAction, default=True,
+                        help="load the models before accepting requests (default: on)")
+    faults = parser.add_argument_group("fault injection (all off by default; change live with PUT /admin/faults)")
+    faults.add_argument("--latency-ms", type=float, default=0.0, help="fixed extra latency per request")
+    faults.add_argument("--jitter-ms", type=float, default=0.0, help="uniform random extra latency, up to this")
+    faults.add_argument("--rate-limit-rps", type=float, default=None, help="requests/s before answering 429")
+    faults.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 500/503")
+    faults.add_argument("--reset-rate", type=float, default=0.0, help="fraction whose connection is reset")
+    faults.add_argument("--truncate-rate", type=float, default=0.0, help="fraction of 200s with half a body")
+    faults.add_argument("--slow-body-rate", type=float, default=0.0, help="fraction of 200s trickled slowly")
+    faults.add_argument("--slow-body-seconds", type=float, default=2.0, help="how long a slow body takes")
+    faults.add_argument("--fail-first-n", type=int, default=0, help="first N tries of each request answer 503")
+    faults.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
+    parser.set_defaults(handler=run_serve)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig the ``serve`` flags describe (token: flag, env, or a fresh random one)."""
+    token = args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(16)
+    faults = FaultConfig(
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        rate_limit_rps=args.rate_limit_rps,
+        error_rate=args.error_rate,
+        reset_rate=args.reset_rate,
+        truncate_rate=args.truncate_rate,
+        slow_body_rate=args.slow_body_rate,
+        slow_body_seconds=args.slow_body_seconds,
+        fail_first_n=args.fail_first_n,
+        seed=args.seed,
+    )
+    return ServerConfig(
+        token=token,
+        engine=args.engine,
+        faults=faults,
+        piper_model=args.piper_model,
+        whisper_model=args.whisper_model,
+        engine_workers=args.workers,
+        preload=args.preload,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the server in the foreground until interrupted; the exit status."""
+    import uvicorn
+
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"voxmill local server on http://{args.host}:{args.port} (engine: {config.engine}, token: {config.token})",
+          flush=True)
+    if not _is_loopback(args.host):
+        print(f"warning: binding to {args.host}, not loopback: anyone who can reach this host can use the server "
+              "with the token above", file=sys.stderr, flush=True)
+    if config.preload and config.engine == "real":
+        print("loading models…", flush=True)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    return 0
+
+
+__all__ = ["RunningServer", "add_serve_parser", "config_from_args", "run_serve", "serve_in_thread"]

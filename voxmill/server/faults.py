@@ -1,0 +1,222 @@
+"""Fault injection for the local server: latency, rate limits, errors, resets, truncated and slow bodies.
+
+Faults apply to generate and upload requests only (HTTP and WebSocket), never to ``/admin``. Every fault is
+off by default. The configuration is set at start (CLI flags, :class:`FaultConfig`) and changed at run time
+with ``PUT /admin/faults``.
+
+Order of decisions for one request, so a test can reason about which fault it sees:
+
+1. rate limit (a token bucket: ``rate_limit_rps`` tokens per second, burst ``rate_limit_burst`` or
+   ``max(1, rps × 0.2)``): beyond it the request is answered 429 with an integer ``Retry-After`` and does no work;
+2. latency: ``latency_ms`` plus a uniform ``[0, jitter_ms]`` extra, slept before any work;
+3. one random draw picks at most one of: reset (``reset_rate``), error (``error_rate``; 500 and 503
+   alternate, so a 5xx fraction is exactly split);
+4. ``fail_first_n``: the first N requests of each distinct content hash answer 503 (deterministic retries);
+5. after the work, a 200 may be truncated (``truncate_rate``) or trickled (``slow_body_rate``), each with its
+   own draw; truncation wins when both hit.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
+from typing import Any, Mapping
+
+from voxmill.errors import ConfigError
+
+_RATES = ("error_rate", "reset_rate", "truncate_rate", "slow_body_rate")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Which faults the local server injects; every one is off by default."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    #: requests per second allowed; None or 0: no limit
+    rate_limit_rps: float | None = None
+    #: token bucket size; None: max(1, rate_limit_rps × 0.2)
+    rate_limit_burst: float | None = None
+    #: fraction of requests answered 500 or 503 (alternating)
+    error_rate: float = 0.0
+    #: fraction of requests whose TCP connection is dropped (RST) without any response
+    reset_rate: float = 0.0
+    #: fraction of 200s whose body is cut in half (Content-Length matches the cut body)
+    truncate_rate: float = 0.0
+    #: fraction of 200s whose body is trickled over ``slow_body_seconds``
+    slow_body_rate: float = 0.0
+    slow_body_seconds: float = 2.0
+    #: the first N requests of each distinct content hash answer 503
+    fail_first_n: int = 0
+    #: seed of the fault RNG (None: random)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in _RATES:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"fault {name} must be a fraction in [0, 1], got {value}")
+        if self.error_rate + self.reset_rate > 1.0:
+            raise ConfigError("fault error_rate + reset_rate must not exceed 1")
+        for name in ("latency_ms", "jitter_ms", "slow_body_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"fault {name} must be ≥ 0, got {getattr(self, name)}")
+        if self.rate_limit_rps is not None and self.rate_limit_rps < 0:
+            raise ConfigError(f"fault rate_limit_rps must be ≥ 0, got {self.rate_limit_rps}")
+        if self.rate_limit_burst is not None and self.rate_limit_burst < 1:
+            raise ConfigError(f"fault rate_limit_burst must be ≥ 1, got {self.rate_limit_burst}")
+        if self.fail_first_n < 0:
+            raise ConfigError(f"fault fail_first_n must be ≥ 0, got {self.fail_first_n}")
+
+    @property
+    def burst(self) -> float:
+        """The token bucket's size."""
+        if self.rate_limit_burst is not None:
+            return self.rate_limit_burst
+        return max(1.0, (self.rate_limit_rps or 0.0) * 0.2)
+
+    def updated(self, changes: Mapping[str, Any]) -> FaultConfig:
+        """A copy with some fields changed; ConfigError on an unknown key or a value of the wrong type."""
+        known = {f.name: f for f in fields(self)}
+        coerced: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key not in known:
+                raise ConfigError(f"unknown fault {key!r}; known: {', '.join(known)}")
+            coerced[key] = _coerce(key, value)
+        return replace(self, **coerced)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields."""
+        return asdict(self)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if value is None:
+        if key in ("rate_limit_rps", "rate_limit_burst", "seed"):
+            return None
+        raise ConfigError(f"fault {key!r} cannot be null")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"fault {key!r} must be a number, got {value!r}")
+    if key in ("fail_first_n", "seed"):
+        if value != int(value):
+            raise ConfigError(f"fault {key!r} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+class Fault(Enum):
+    """What happens to one request before its work is done."""
+
+    NONE = "none"
+    RESET = "reset"
+    ERROR_500 = "500"
+    ERROR_503 = "503"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The rate limiter's answer: admitted, or refused with a Retry-After in whole seconds."""
+
+    admitted: bool
+    retry_after: int = 0
+
+
+@dataclass(frozen=True)
+class BodyFault:
+    """What happens to a 200's body: cut in half, or trickled over ``slow_seconds``."""
+
+    truncate: bool = False
+    slow_seconds: float = 0.0
+
+
+class FaultInjector:
+    """Decides the faults of each request from a :class:`FaultConfig`; thread-safe, seeded."""
+
+    def __init__(self, config: FaultConfig | None = None) -> None:
+        self._lock = threading.Lock()
+        self._config = config or FaultConfig()
+        self._rng = random.Random(self._config.seed)
+        self._tokens = self._config.burst
+        self._stamp = time.monotonic()
+        self._errors = 0
+        self._seen: dict[str, int] = {}
+
+    @property
+    def config(self) -> FaultConfig:
+        """The configuration in force."""
+        return self._config
+
+    def configure(self, config: FaultConfig) -> None:
+        """Replace the configuration: reseeds, refills the bucket and forgets fail_first_n counts."""
+        with self._lock:
+            self._config = config
+            self._rng = random.Random(config.seed)
+            self._tokens = config.burst
+            self._stamp = time.monotonic()
+            self._errors = 0
+            self._seen.clear()
+
+    def reset_state(self) -> None:
+        """Forget fail_first_n counts and refill the bucket (``POST /admin/reset``)."""
+        self.configure(self._config)
+
+    def admit(self) -> Admission:
+        """Take one token from the bucket, or say how long until one is there."""
+        with self._lock:
+            rps = self._config.rate_limit_rps
+            if not rps:
+                return Admission(True)
+            now = time.monotonic()
+            self._tokens = min(self._config.burst, self._tokens + (now - self._stamp) * rps)
+            self._stamp = now
+            if self._tokens >= 1.0 - 1e-9:
+                self._tokens -= 1.0
+                return Admission(True)
+            return Admission(False, retry_after=max(1, math.ceil((1.0 - self._tokens) / rps)))
+
+    def delay_seconds(self) -> float:
+        """The latency to add to this request."""
+        with self._lock:
+            config = self._config
+            extra = self._rng.uniform(0.0, config.jitter_ms) if config.jitter_ms else 0.0
+            return (config.latency_ms + extra) / 1000.0
+
+    def draw(self) -> Fault:
+        """Reset, 500/503 or nothing, by one random draw."""
+        with self._lock:
+            config = self._config
+            if not (config.reset_rate or config.error_rate):
+                return Fault.NONE
+            roll = self._rng.random()
+            if roll < config.reset_rate:
+                return Fault.RESET
+            if roll < config.reset_rate + config.error_rate:
+                self._errors += 1
+                return Fault.ERROR_500 if self._errors % 2 else Fault.ERROR_503
+            return Fault.NONE
+
+    def fail_first(self, content_hash: str) -> bool:
+        """True while this content hash has been seen at most ``fail_first_n`` times."""
+        with self._lock:
+            if not self._config.fail_first_n:
+                return False
+            count = self._seen.get(content_hash, 0) + 1
+            self._seen[content_hash] = count
+            return count <= self._config.fail_first_n
+
+    def body_fault(self) -> BodyFault:
+        """Whether this 200's body is truncated or trickled."""
+        with self._lock:
+            config = self._config
+            truncate = bool(config.truncate_rate) and self._rng.random() < config.truncate_rate
+            slow = bool(config.slow_body_rate) and self._rng.random() < config.slow_body_rate
+            if truncate:
+                return BodyFault(truncate=True)
+            return BodyFault(slow_seconds=config.slow_body_seconds if slow else 0.0)
+
+
+__all__ = ["Admission", "BodyFault", "Fault", "FaultConfig", "FaultInjector"]

@@ -1,0 +1,92 @@
+"""Server-side counters, so a test can prove how many calls reached the server and how many were billed.
+
+A *generation* is counted when a 200 carrying generated content is handed to the server for sending,
+truncated bodies included: the hosted API bills the work it did even when the body is lost in transit, so a
+client that retries after a truncated body pays twice, and tests can see that. 429s, 5xx, resets and
+validation errors are never generations. Counting happens before the body is sent, so a client that has
+read its response always finds it in ``GET /admin/stats``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def request_content_hash(fields: Mapping[str, str], files: Mapping[str, bytes]) -> str:
+    """sha256 identifying a request's content: every text field (``model`` included) and each file's bytes.
+
+    Fields are taken exactly as sent (strings, before validation) in sorted order, files by the sha256 of
+    their bytes, so a client can compute the same hash from what it puts on the wire.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(fields):
+        digest.update(f"field\0{name}\0{fields[name]}\0".encode())
+    for name in sorted(files):
+        digest.update(f"file\0{name}\0{hashlib.sha256(files[name]).hexdigest()}\0".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class ServerStats:
+    """Counters of generate/upload traffic (admin requests are not counted); thread-safe."""
+
+    requests: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    resets: int = 0
+    generations: Counter[str] = field(default_factory=Counter)
+    uploads: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record_request(self) -> None:
+        """A generate or upload request arrived (HTTP or WebSocket)."""
+        with self._lock:
+            self.requests += 1
+
+    def record_status(self, status: int) -> None:
+        """A response with this status was sent (WebSocket sessions count as 101)."""
+        with self._lock:
+            self.by_status[str(status)] += 1
+
+    def record_reset(self) -> None:
+        """A connection was dropped without a response."""
+        with self._lock:
+            self.resets += 1
+
+    def record_generation(self, content_hash: str) -> None:
+        """A generation was done and its 200 handed over for sending."""
+        with self._lock:
+            self.generations[content_hash] += 1
+
+    def record_upload(self) -> None:
+        """A voice reference was accepted."""
+        with self._lock:
+            self.uploads += 1
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        with self._lock:
+            self.requests = 0
+            self.by_status.clear()
+            self.resets = 0
+            self.generations.clear()
+            self.uploads = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON body of ``GET /admin/stats``."""
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "by_status": dict(self.by_status),
+                "resets": self.resets,
+                "generations_total": sum(self.generations.values()),
+                "generations": dict(self.generations),
+                "uploads": self.uploads,
+            }
+
+
+__all__ = ["ServerStats", "request_content_hash"]
