@@ -181,15 +181,17 @@ def _api_environment(args: argparse.Namespace) -> Iterator[None]:
 
 
 def _prepare_prefect(verbose: bool) -> None:
+    """Settings Prefect must see before it is imported: a patient ephemeral start, quiet logs, no telemetry."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
     if not os.environ.get("PREFECT_API_URL"):
         print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
 
 
 def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
-    _prepare_prefect(args.verbose)
     board = ProgressBoard()
     watch(board)
     stop = threading.Event()
@@ -251,6 +253,7 @@ def _show_progress(board: ProgressBoard, stop: threading.Event) -> None:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> int:
+    _prepare_prefect(args.verbose)
     from flows.synthesize import synthesize
 
     params = _parse_params(args.param)
@@ -264,6 +267,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
+    _prepare_prefect(args.verbose)
     from flows.transcribe import transcribe
 
     return _run_flow(args, transcribe, dict(
@@ -273,6 +277,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def _cmd_retry_failed(args: argparse.Namespace) -> int:
+    _prepare_prefect(args.verbose)
     from voxmill.jobs import load_job_record
 
     request = load_job_record(args.out)
@@ -306,9 +311,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _prepare_prefect(args.verbose)
     from flows.roundtrip import roundtrip
 
-    _prepare_prefect(args.verbose)
     with _api_environment(args):
         result = roundtrip(manifest=args.manifest, out_dir=str(args.out), output_format=args.output_format)
     tts, asr, wer = result["tts"], result["asr"], result["wer"]

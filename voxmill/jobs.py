@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import pyarrow.compute as pc
 
-from voxmill.audio.transcode import OutputSpec
+from voxmill.audio.transcode import OutputSpec, remove_partial_outputs
 from voxmill.batch import BatchEngine, BatchOutcome, JobSpec
 from voxmill.errors import ConfigError
 from voxmill.ledger import Ledger
@@ -201,6 +201,7 @@ def open_job(
     ledger.lock()
     try:
         save_job_record(request)
+        remove_partial_outputs(request.out_dir)  # half-written files of a killed run
         ledger.compact()  # fold in what a killed run left in its journal
         board = progress or ProgressBoard()
         board.total = rows

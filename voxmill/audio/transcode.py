@@ -99,6 +99,18 @@ def atomic_output(target: Path) -> Iterator[Path]:
         raise
 
 
+def remove_partial_outputs(folder: Path) -> int:
+    """Delete the temp files :func:`atomic_output` leaves when a process is killed mid-write; how many.
+
+    Only safe while no other process writes into ``folder`` (the ledger's lock guarantees that).
+    """
+    removed = 0
+    for partial in Path(folder).rglob(".*.part"):
+        partial.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def write_bytes_atomic(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` atomically (see :func:`atomic_output`)."""
     with atomic_output(target) as temp:
@@ -229,6 +241,7 @@ __all__ = [
     "atomic_output",
     "loudnorm_filter",
     "prepare_asr_input",
+    "remove_partial_outputs",
     "transcode_audio",
     "write_bytes_atomic",
 ]
