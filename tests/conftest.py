@@ -3,6 +3,7 @@
 - ``real_server`` (session): piper + faster-whisper, models preloaded, faults off. A test that changes its
   faults restores them (``with real_server.faults(...)``) and must not rely on absolute counters without
   ``reset_stats()`` first.
+- ``prefect_api`` (session): a Prefect test harness; subprocesses given its URL skip Prefect's start.
 - ``make_server`` (function): a factory ``make_server(engine="null", **fault_fields)`` of fresh servers,
   stopped after the test; ``null_server`` is one such server with no faults.
 
@@ -12,6 +13,7 @@ Each server is a :class:`LocalServer` with ``base_url``, ``token``, ``headers``,
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -105,3 +107,17 @@ def make_server() -> Iterator[Callable[..., LocalServer]]:
 def null_server(make_server: Callable[..., LocalServer]) -> LocalServer:
     """A fresh null-engine server, no faults."""
     return make_server()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A Prefect test harness (temporary database and API) for the session; yields its API URL.
+
+    Subprocesses given ``PREFECT_API_URL`` use it too, so they skip Prefect's ~10–20 s ephemeral start.
+    """
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()

@@ -1,0 +1,101 @@
+"""The voxmill command: exit codes, status, estimate, retry-failed, models, serve's parser."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from voxmill.cli import EXIT_FAILED_ITEMS, EXIT_OK, EXIT_USAGE, main
+from voxmill.catalog import MODELS
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def cli_env(monkeypatch, prefect_api, tmp_path):
+    def point_at(server):
+        monkeypatch.setenv("VOXMILL_API_KEY", server.token)
+        monkeypatch.setenv("VOXMILL_BASE_URL", server.base_url)
+        monkeypatch.setenv("VOXMILL_CACHE_DIR", str(tmp_path / "cache"))
+
+    return point_at
+
+
+def test_synthesize_status_retry_failed(make_server, cli_env, tmp_path, capsys):
+    server = make_server()
+    cli_env(server)
+    manifest = write_csv(tmp_path / "m.csv", [
+        {"id": "a", "text": "First sentence."},
+        {"id": "b", "text": "Second sentence."},
+        {"id": "c", "text": "Third sentence."},
+    ])
+    out = tmp_path / "out"
+    server.set_faults(error_rate=1.0)  # everything fails: 503/500 until attempts run out
+    code = main(["synthesize", str(manifest), "-o", str(out), "--format", "flac", "--no-progress"])
+    assert code == EXIT_FAILED_ITEMS
+    err = capsys.readouterr().err
+    assert "retry-failed" in err
+    assert main(["status", str(out)]) == EXIT_FAILED_ITEMS
+    status = capsys.readouterr().out
+    assert "0 done, 3 failed" in status and "transient ×3" in status
+
+    server.clear_faults()
+    server.reset_stats()
+    assert main(["retry-failed", str(out), "--no-progress"]) == EXIT_OK
+    assert server.stats()["generations_total"] == 3
+    assert main(["status", str(out)]) == EXIT_OK
+    assert "3 done, 0 failed" in capsys.readouterr().out
+    assert sorted(p.suffix for p in (out / "audio").iterdir()) == [".flac"] * 3
+
+
+def test_usage_errors_exit_2_and_name_the_problem(tmp_path, capsys):
+    manifest = write_csv(tmp_path / "m.csv", [{"id": "a", "words": "no text column"}])
+    assert main(["estimate", str(manifest), "--kind", "tts"]) == EXIT_USAGE
+    assert "no 'text' column" in capsys.readouterr().err
+    assert main(["status", str(tmp_path / "nowhere")]) == EXIT_USAGE
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["retry-failed", str(tmp_path)]) == EXIT_USAGE
+    assert "job.json" in capsys.readouterr().err
+
+
+def test_estimate_counts_and_prices(tmp_path, capsys):
+    manifest = write_csv(tmp_path / "m.csv", [
+        {"id": "a", "model": "higgs2p5", "text": "one two three four five"},
+        {"id": "b", "model": "higgs2p5", "text": "six seven eight nine ten"},
+        {"id": "c", "model": "chatterbox", "text": "eleven twelve"},
+        {"id": "d", "model": "chatterbox", "text": ""},
+    ])
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"higgs2p5": {"per_1k_chars": 10.0}}))
+    assert main(["estimate", str(manifest), "--prices", str(prices)]) == EXIT_OK
+    out = capsys.readouterr().out
+    chars = len("one two three four five") + len("six seven eight nine ten")
+    assert f"higgs2p5: 2 items, {chars} chars, 10 words" in out
+    assert f"cost {chars * 10.0 / 1000:.2f}" in out
+    assert "chatterbox: 1 items" in out and "unknown (give --prices)" in out
+    assert "1 rows are invalid" in out
+
+
+def test_models_lists_the_catalogue(capsys):
+    assert main(["models"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for spec in MODELS.values():
+        assert spec.name in out
+        for param in spec.params:
+            assert param.name in out
+
+
+def test_help_names_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("synthesize", "transcribe", "status", "retry-failed", "estimate", "serve", "demo"):
+        assert command in out
