@@ -49,6 +49,7 @@ from voxmill.errors import (
 )
 from voxmill.limiter import AsyncRateLimiter, Limiter
 from voxmill.settings import RetryPolicy, Settings
+from voxmill.timing import TimedText
 from voxmill.voices import VoiceCache, content_digest
 
 logger = logging.getLogger(__name__)
@@ -92,13 +93,8 @@ class SpeechResult:
         )
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A timed piece of a transcript, in seconds."""
-
-    start: float
-    end: float
-    text: str
+#: the former name of :class:`~voxmill.timing.TimedText`, kept for existing imports
+Segment = TimedText
 
 
 @dataclass(frozen=True)
@@ -108,7 +104,7 @@ class TranscriptResult:
     text: str
     language: str | None
     duration: float | None
-    segments: tuple[Segment, ...]
+    segments: tuple[TimedText, ...]
     raw: dict[str, Any] | str
     engine: str
     request_id: str | None
@@ -531,7 +527,12 @@ class VoxmillClient:
         async with self.limiter.slot():
             try:
                 async with connect(
-                    url, open_timeout=timeouts.connect, close_timeout=5, max_size=None, compression=None
+                    url,
+                    open_timeout=timeouts.connect,
+                    close_timeout=5,
+                    max_size=None,
+                    compression=None,
+                    logger=_KeyWithholdingLogger(_WS_LOGGER, self._secret),
                 ) as socket:
                     await socket.send(json.dumps({"token": self._secret, "model": model}))
                     await socket.send(json.dumps(params))
@@ -665,6 +666,32 @@ async def _file_part(name: str, value: Any, file_types: tuple[str, ...], item: s
     return filename, bytes(data), _MIME.get(extension, "application/octet-stream")
 
 
+_WS_LOGGER = logging.getLogger("websockets.client")
+#: a logged text holding this many consecutive characters of the key is withheld
+_KEY_SLICE = 8
+
+
+class _KeyWithholdingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The WebSocket's logger: at DEBUG websockets logs every frame, the first one (which carries the key)
+    included, elided to its start and end; a record holding the key or any slice of it is withheld."""
+
+    def __init__(self, logger: logging.Logger, secret: str) -> None:
+        super().__init__(logger, {})
+        size = min(len(secret), _KEY_SLICE)
+        self._slices = frozenset(secret[i : i + size] for i in range(len(secret) - size + 1))
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            text = " ".join(map(str, (msg, *args)))
+        if any(piece in text for piece in self._slices):
+            text = "(a WebSocket message holding the API key, not logged)"
+        self.logger.log(level, text, **kwargs)
+
+
 def _stream_error(label: str, model: str, detail: str) -> VoxmillError:
     lowered = detail.lower()
     if any(word in lowered for word in ("auth", "token", "api key", "unauthori", "forbidden")):
@@ -702,7 +729,7 @@ def _float_or_none(value: Any) -> float | None:
         return None
 
 
-def _segments(value: Any) -> tuple[Segment, ...]:
+def _segments(value: Any) -> tuple[TimedText, ...]:
     if not isinstance(value, list):
         return ()
     segments = []
@@ -713,7 +740,7 @@ def _segments(value: Any) -> tuple[Segment, ...]:
         text = entry.get("text")
         if start is None or end is None or not isinstance(text, str):
             continue
-        segments.append(Segment(start, end, text.strip()))
+        segments.append(TimedText(start, end, text.strip()))
     return tuple(segments)
 
 

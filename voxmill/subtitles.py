@@ -1,8 +1,8 @@
 """Transcripts as files: timed text segments, SRT and WebVTT formatting, and the four files per item.
 
-A segment is a :class:`TimedText` (seconds from the start of the whole recording). ``to_srt`` and
-``to_vtt`` are pure formatters; :func:`write_transcript_files` writes ``.txt``, ``.srt``, ``.vtt`` and
-``.json`` beside each other, each atomically.
+A segment is a :class:`~voxmill.timing.TimedText` (seconds from the start of the whole recording),
+re-exported here. ``to_srt`` and ``to_vtt`` are pure formatters; :func:`write_transcript_files` writes
+``.txt``, ``.srt``, ``.vtt`` and ``.json`` beside each other, each atomically.
 """
 
 from __future__ import annotations
@@ -10,37 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from voxmill.audio.transcode import write_bytes_atomic
-from voxmill.errors import BadResponse
-
-
-@dataclass(frozen=True)
-class TimedText:
-    """A stretch of transcript: ``text`` spoken from ``start`` to ``end`` seconds."""
-
-    start: float
-    end: float
-    text: str
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TimedText:
-        """From an ASR segment like ``{"start": 0.0, "end": 1.5, "text": "Hello"}``; BadResponse if malformed."""
-        try:
-            return cls(float(data["start"]), float(data["end"]), str(data.get("text", "")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadResponse(f"transcript segment is not {{start, end, text}}: {dict(data)!r}"[:300]) from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape :meth:`from_dict` reads."""
-        return {"start": self.start, "end": self.end, "text": self.text}
-
-    def shifted(self, offset: float) -> TimedText:
-        """The same text ``offset`` seconds later."""
-        return TimedText(self.start + offset, self.end + offset, self.text)
+from voxmill.timing import TimedText
 
 
 def segments_from(raw: Mapping[str, Any]) -> list[TimedText]:

@@ -9,9 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from voxmill.catalog import MODELS, ModelSpec, Param, get_model, validate
+from voxmill.audio.formats import wav_bytes
 from voxmill.errors import InvalidItem, ValidationError
 
 #: free-text parameters: any string is a valid value, so there is no invalid one to build
@@ -242,3 +244,68 @@ def test_whisper_sends_language_and_format_defaults(tmp_path: Path):
 def test_qwen3_output_format_follows_response_format():
     assert validate("qwen3-tts", {"text": "hi", "response_format": "MP3"}).output_format == "mp3"
     assert validate("higgs2p5", {"text": "hi"}).output_format == "wav"
+
+
+@pytest.fixture(scope="module")
+def validating_server():
+    """A null-engine local server: it validates with the same catalogue before doing anything."""
+    from voxmill.server import ServerConfig, serve_in_thread
+
+    with serve_in_thread(ServerConfig(token="catalog-test", engine="null")) as server:
+        yield server
+
+
+_TINY_WAV = wav_bytes(np.zeros(4800, dtype="int16"), 24000)
+
+
+def _multipart(params: dict[str, Any]) -> list[tuple[str, Any]]:
+    parts: list[tuple[str, Any]] = []
+    for name, value in params.items():
+        if isinstance(value, Path):
+            parts.append((name, (value.name, _TINY_WAV)))
+        elif isinstance(value, (dict, list)):
+            parts.append((name, (None, json.dumps(value))))
+        elif isinstance(value, bool):
+            parts.append((name, (None, "true" if value else "false")))
+        else:
+            parts.append((name, (None, str(value))))
+    return parts
+
+
+@pytest.mark.parametrize(("model", "param", "why"), list(_invalid_cases()))
+def test_the_local_server_rejects_the_same_invalid_value(
+    validating_server, model: str, param: Param, why: str, tmp_path: Path
+):
+    import httpx
+
+    params = {"model": model, **base_params(MODELS[model], tmp_path)}
+    params[param.name] = dict(invalid_values(param, tmp_path))[why]
+    response = httpx.post(
+        f"{validating_server.base_url}/api/v1/generate",
+        headers={"Authorization": f"Bearer {validating_server.token}"},
+        files=_multipart(params),
+    )
+    assert response.status_code in (400, 422), response.text
+    body = response.json()
+    assert param.name in body["error"] and body["param"].split(".")[0] == param.name
+
+
+@pytest.mark.parametrize(("model", "param"), ALL_PARAMS, ids=PARAM_IDS)
+def test_the_local_server_accepts_every_valid_value(validating_server, model: str, param: Param, tmp_path: Path):
+    import httpx
+
+    params = {"model": model, **base_params(MODELS[model], tmp_path)}
+    value = valid_value(param, tmp_path)
+    if param.name == "voice_id":
+        return  # a voice_id must be one the server issued (tested with uploads)
+    params[param.name] = value
+    if param.name == "stream":
+        params[param.name] = False  # streaming goes over the WebSocket locally
+    if model == "qwen3-tts" and param.name in ("voice_url",) and "voice" in params:
+        del params["voice"]
+    response = httpx.post(
+        f"{validating_server.base_url}/api/v1/generate",
+        headers={"Authorization": f"Bearer {validating_server.token}"},
+        files=_multipart(params),
+    )
+    assert response.status_code == 200, response.text

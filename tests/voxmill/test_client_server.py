@@ -1,0 +1,431 @@
+"""The client against the local server over loopback: every fault kind, proved by server-side counters.
+
+The respx tests (``test_client.py``) pin the protocol; these check that what the client believes happened
+(``attempts``, the error it raises) matches what the server saw (``GET /admin/stats``). Null-engine
+servers keep them fast; the real server is used only where real audio matters (voice upload, streaming).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import LocalServer
+
+from voxmill.audio.formats import check_audio_body, wav_bytes
+from voxmill.catalog import MODELS, ValidatedRequest, validate
+from voxmill.client import SpeechResult, VoxmillClient
+from voxmill.errors import AuthError, BadResponse, InvalidItem, TransientError, VoxmillError
+from voxmill.limiter import AsyncRateLimiter
+from voxmill.server import ServerConfig, request_content_hash, serve_in_thread
+from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings, Timeouts
+
+SECRET = "sk-VOXMILL-SECRET-987"
+LONG_SECRET = "sk-VOXMILL-LONG-" + "0123456789abcdef" * 5
+#: bytes per second of the stream's PCM (16-bit, 24 kHz, mono)
+PCM_BYTES_PER_SECOND = 48_000
+
+
+def settings_for(
+    server: LocalServer,
+    tmp_path: Path,
+    *,
+    key: str | None = None,
+    read_timeout: float = 30.0,
+    **retry: Any,
+) -> Settings:
+    """Settings for ``server``: its own token unless ``key`` is given, fast backoff, no own rate limit."""
+    policy: dict[str, Any] = dict(max_attempts=4, initial_backoff=0.01, max_backoff=0.05, jitter=0.1)
+    policy.update(retry)
+    return Settings(
+        api_key=ApiKey(key or server.token),
+        base_url=server.base_url,
+        rate_limit=RateLimit(max_concurrent=4),
+        retry=RetryPolicy(**policy),
+        timeouts=Timeouts(connect=5.0, read=read_timeout, write=10.0, pool=10.0),
+        cache_dir=tmp_path / "cache",
+    )
+
+
+def tts(text: str = "Hello there.", **params: Any) -> ValidatedRequest:
+    return validate("higgs2p5", {"text": text, **params})
+
+
+def content_hash(request: ValidatedRequest) -> str:
+    """The server's id of a request without files: its form fields as the client sends them."""
+    assert not request.files()
+    return request_content_hash(request.form_fields(), {})
+
+
+def reference_wav(path: Path, seconds: float = 1.0, rate: int = 24_000) -> Path:
+    """A short tone: decodable audio for a voice reference."""
+    t = np.arange(int(seconds * rate)) / rate
+    path.write_bytes(wav_bytes((np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16), rate))
+    return path
+
+
+# --- 5xx and resets: retried, counted server-side ---------------------------------------------------
+
+
+async def test_503s_then_success_is_one_generation(make_server, tmp_path):
+    server = make_server(fail_first_n=2)
+    request = tts()
+    async with VoxmillClient(settings_for(server, tmp_path)) as client:
+        result = await client.synthesize(request)
+    check_audio_body(result.audio, "wav")
+    assert result.attempts == 3
+    stats = server.stats()
+    assert stats["requests"] == 3
+    assert stats["by_status"] == {"503": 2, "200": 1}
+    assert stats["generations"] == {content_hash(request): 1}
+
+
+async def test_500_and_503_exhaustion_is_transient_with_every_attempt_seen(make_server, tmp_path):
+    server = make_server(error_rate=1.0)
+    async with VoxmillClient(settings_for(server, tmp_path, max_attempts=3)) as client:
+        with pytest.raises(TransientError) as info:
+            await client.synthesize(tts(), item="row-7")
+    assert info.value.attempts == 3
+    assert info.value.status in (500, 503)
+    assert "row-7" in str(info.value)
+    stats = server.stats()
+    # error_rate alternates 500 and 503
+    assert stats["by_status"] == {"500": 2, "503": 1}
+    assert stats["requests"] == 3 and stats["generations_total"] == 0
+
+
+async def test_resets_are_retried_and_each_one_is_an_attempt(make_server, tmp_path):
+    server = make_server(reset_rate=1.0)
+
+    def heal_after_two(item: str | None, error: VoxmillError, attempt: int) -> None:
+        assert isinstance(error, TransientError)
+        if attempt == 2:
+            server.set_faults(reset_rate=0.0)
+
+    request = tts()
+    async with VoxmillClient(settings_for(server, tmp_path), on_retry=heal_after_two) as client:
+        result = await client.synthesize(request)
+    check_audio_body(result.audio, "wav")
+    assert result.attempts == 3
+    stats = server.stats()
+    assert stats["resets"] == result.attempts - 1 == 2
+    assert stats["requests"] == 3
+    assert stats["by_status"] == {"200": 1}
+    assert stats["generations"] == {content_hash(request): 1}
+
+
+async def test_random_resets_match_the_clients_extra_attempts(make_server, tmp_path):
+    server = make_server(reset_rate=0.5, seed=11)
+    requests = [tts(f"Sentence number {i}.") for i in range(12)]
+    async with VoxmillClient(settings_for(server, tmp_path, max_attempts=10)) as client:
+        results = [await client.synthesize(request) for request in requests]
+    extra = sum(r.attempts - 1 for r in results)
+    stats = server.stats()
+    assert extra > 0  # the seed does reset some
+    assert stats["resets"] == extra
+    assert stats["requests"] == sum(r.attempts for r in results)
+    assert stats["generations"] == {content_hash(r): 1 for r in requests}
+
+
+async def test_reset_exhaustion_is_transient(make_server, tmp_path):
+    server = make_server(reset_rate=1.0)
+    async with VoxmillClient(settings_for(server, tmp_path, max_attempts=3)) as client:
+        with pytest.raises(TransientError) as info:
+            await client.synthesize(tts())
+    assert info.value.attempts == 3
+    stats = server.stats()
+    assert (stats["requests"], stats["resets"], stats["generations_total"]) == (3, 3, 0)
+
+
+# --- bodies: truncated, slow ------------------------------------------------------------------------
+
+
+async def test_truncated_body_is_bad_response_and_each_try_is_billed(make_server, tmp_path):
+    server = make_server(truncate_rate=1.0)
+    request = tts()
+    async with VoxmillClient(settings_for(server, tmp_path, max_attempts=3)) as client:
+        with pytest.raises(BadResponse, match="truncated") as info:
+            await client.synthesize(request, item="row-3")
+    assert info.value.attempts == 3
+    assert "row-3" in str(info.value)
+    stats = server.stats()
+    # the server did the work three times: a cut-off body costs a generation each time
+    assert stats["by_status"] == {"200": 3}
+    assert stats["generations"] == {content_hash(request): 3}
+
+
+async def test_some_truncated_bodies_end_in_success_billed_per_attempt(make_server, tmp_path):
+    server = make_server(truncate_rate=0.5, seed=5)
+    requests = [tts(f"Line {i} of the script.") for i in range(10)]
+    async with VoxmillClient(settings_for(server, tmp_path, max_attempts=10)) as client:
+        results = [await client.synthesize(request) for request in requests]
+    for result in results:
+        check_audio_body(result.audio, "wav")
+    assert any(r.attempts > 1 for r in results)
+    stats = server.stats()
+    assert stats["generations"] == {content_hash(q): r.attempts for q, r in zip(requests, results)}
+    assert stats["by_status"] == {"200": sum(r.attempts for r in results)}
+
+
+async def test_slow_body_within_the_read_timeout_succeeds(make_server, tmp_path):
+    server = make_server(slow_body_rate=1.0, slow_body_seconds=0.3)
+    async with VoxmillClient(settings_for(server, tmp_path, read_timeout=5.0)) as client:
+        result = await client.synthesize(tts())
+    check_audio_body(result.audio, "wav")
+    assert result.attempts == 1
+    assert result.latency_s >= 0.3
+    assert server.stats()["requests"] == 1
+
+
+async def test_slow_body_beyond_the_read_timeout_is_transient_after_retries(make_server, tmp_path):
+    # ten pieces 0.1 s apart against a 0.05 s read timeout
+    server = make_server(slow_body_rate=1.0, slow_body_seconds=1.0)
+    request = tts()
+    settings = settings_for(server, tmp_path, read_timeout=0.05, max_attempts=2)
+    async with VoxmillClient(settings) as client:
+        with pytest.raises(TransientError, match="timed out") as info:
+            await client.synthesize(request)
+    assert info.value.attempts == 2
+    stats = server.stats()
+    assert stats["requests"] == 2
+    # billed before sending, so both abandoned bodies count
+    assert stats["generations"] == {content_hash(request): 2}
+
+
+# --- 429 and latency --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Exchange:
+    text: str
+    sent: float
+    answered: float
+    status: int
+    retry_after: float | None
+
+
+class RecordingTransport(httpx.AsyncHTTPTransport):
+    """A real transport that notes when each request left and its answer came back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exchanges: list[_Exchange] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = (await request.aread()).decode("utf-8", "replace")
+        text = body.split('name="text"\r\n\r\n', 1)[1].split("\r\n", 1)[0]
+        sent = time.monotonic()
+        response = await super().handle_async_request(request)
+        retry_after = response.headers.get("retry-after")
+        self.exchanges.append(
+            _Exchange(text, sent, time.monotonic(), response.status_code, float(retry_after) if retry_after else None)
+        )
+        return response
+
+
+async def test_429_waits_retry_after_and_bills_each_item_once(make_server, tmp_path):
+    server = make_server(rate_limit_rps=2.0, rate_limit_burst=1.0)
+    requests = [tts(f"Rate limited line {i}.") for i in range(3)]
+    transport = RecordingTransport()
+    settings = settings_for(server, tmp_path, max_attempts=6)
+    limiter = AsyncRateLimiter(settings.rate_limit)
+    assert limiter.configured_rate is None  # the client does not pace itself: only the server's 429s do
+    started = time.monotonic()
+    async with VoxmillClient(settings, limiter=limiter, transport=transport) as client:
+        results = await asyncio.gather(*(client.synthesize(request) for request in requests))
+    elapsed = time.monotonic() - started
+
+    assert all(isinstance(r, SpeechResult) for r in results)
+    assert limiter.slowdowns > 0
+    stats = server.stats()
+    assert stats["by_status"]["200"] == 3
+    assert stats["by_status"]["429"] == sum(r.attempts - 1 for r in results) >= 2
+    assert stats["generations"] == {content_hash(r): 1 for r in requests}  # no double billing
+
+    # every retry after a 429 left at least Retry-After seconds after that 429 came back
+    waits = []
+    for request in requests:
+        mine = [e for e in transport.exchanges if e.text == request.params["text"]]
+        for refused, retry in zip(mine, mine[1:]):
+            assert refused.status == 429 and refused.retry_after is not None and refused.retry_after >= 1
+            waits.append(retry.sent - refused.answered)
+            assert retry.sent - refused.answered >= refused.retry_after - 0.01
+    assert waits
+    # one admission per Retry-After window (burst 1): the third item lands ≥ 2 s in
+    assert elapsed >= 2.0 - 0.01
+
+
+async def test_latency_fault_shows_in_the_measured_latency(make_server, tmp_path):
+    server = make_server(latency_ms=300)
+    async with VoxmillClient(settings_for(server, tmp_path)) as client:
+        started = time.perf_counter()
+        result = await client.synthesize(tts())
+        elapsed = time.perf_counter() - started
+    assert result.attempts == 1
+    assert result.latency_s >= 0.3
+    assert elapsed >= result.latency_s
+
+
+# --- never retried: auth, invalid ------------------------------------------------------------------
+
+
+async def test_wrong_token_is_auth_error_without_retry(make_server, tmp_path):
+    server = make_server()
+    async with VoxmillClient(settings_for(server, tmp_path, key="not-the-token")) as client:
+        with pytest.raises(AuthError) as info:
+            await client.synthesize(tts())
+    assert (info.value.status, info.value.attempts) == (401, 1)
+    stats = server.stats()
+    assert stats["requests"] == 1 and stats["by_status"] == {"401": 1}
+
+
+async def test_server_side_422_is_invalid_item_without_retry(make_server, tmp_path):
+    server = make_server()
+    # past the client's validation: speed 10 breaks the catalogue's 0.25–4 range, which the server enforces
+    request = ValidatedRequest(MODELS["higgs2p5"], {"text": "Too fast.", "voice_settings": {"speed": 10.0}})
+    async with VoxmillClient(settings_for(server, tmp_path)) as client:
+        with pytest.raises(InvalidItem) as info:
+            await client.synthesize(request, item="row-9")
+    assert (info.value.status, info.value.attempts) == (422, 1)
+    assert "row-9" in str(info.value) and "speed" in str(info.value)
+    stats = server.stats()
+    assert stats["requests"] == 1 and stats["by_status"] == {"422": 1}
+    assert stats["generations_total"] == 0
+
+
+async def test_unknown_voice_id_is_invalid_item_without_retry(make_server, tmp_path):
+    server = make_server()
+    async with VoxmillClient(settings_for(server, tmp_path)) as client:
+        with pytest.raises(InvalidItem) as info:
+            await client.synthesize(tts(voice_id="higgs2p5-never-uploaded"))
+    assert (info.value.status, info.value.attempts) == (400, 1)
+    assert server.stats()["by_status"] == {"400": 1}
+
+
+# --- voice upload (real engine) ----------------------------------------------------------------------
+
+
+async def test_upload_voice_id_works_and_a_second_upload_makes_no_request(real_server, tmp_path):
+    real_server.reset_stats()
+    reference = reference_wav(tmp_path / "narrator.wav")
+    settings = settings_for(real_server, tmp_path)
+    async with VoxmillClient(settings) as client:
+        voice_id = await client.upload_voice("higgs2p5", reference)
+        result = await client.synthesize(tts("Cloned voice check.", voice_id=voice_id))
+    check_audio_body(result.audio, "wav")
+    assert result.engine != "null"
+    stats = real_server.stats()
+    assert stats["uploads"] == 1 and stats["by_status"] == {"200": 2}
+
+    # a fresh client with the same cache dir: the cached voice_id, no request at all
+    async with VoxmillClient(settings) as client:
+        assert await client.upload_voice("higgs2p5", reference) == voice_id
+    assert real_server.stats()["requests"] == stats["requests"]
+
+    # a voice_id belongs to one model: another model uploads again
+    async with VoxmillClient(settings) as client:
+        other = await client.upload_voice("chatterbox", reference)
+    assert other != voice_id
+    stats = real_server.stats()
+    assert stats["uploads"] == 2 and stats["requests"] == 3
+
+
+# --- WebSocket streaming (real engine) ----------------------------------------------------------------
+
+
+async def test_stream_speech_yields_pcm_of_plausible_length(real_server, tmp_path):
+    real_server.reset_stats()
+    text = "The quick brown fox jumps over the lazy dog."
+    async with VoxmillClient(settings_for(real_server, tmp_path)) as client:
+        chunks = [chunk async for chunk in client.stream_speech(tts(text))]
+    pcm = b"".join(chunks)
+    assert chunks and len(pcm) % 2 == 0
+    seconds = len(pcm) / PCM_BYTES_PER_SECOND
+    assert 1.0 < seconds < 8.0, seconds  # nine words
+    assert np.abs(np.frombuffer(pcm, "<i2")).max() > 1000  # speech, not silence
+    stats = real_server.stats()
+    assert stats["by_status"] == {"101": 1} and stats["generations_total"] == 1
+
+
+async def test_stream_speech_with_wrong_token_is_auth_error(real_server, tmp_path):
+    real_server.reset_stats()
+    async with VoxmillClient(settings_for(real_server, tmp_path, key="not-the-token")) as client:
+        with pytest.raises(AuthError):
+            async for _ in client.stream_speech(tts()):
+                pass
+    stats = real_server.stats()
+    assert stats["by_status"] == {"401": 1} and stats["generations_total"] == 0
+
+
+# --- the key never leaks --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secret_server() -> Iterator[LocalServer]:
+    """A null-engine server whose token is :data:`SECRET`, so requests get past auth to the faults."""
+    with serve_in_thread(ServerConfig(token=SECRET, engine="null")) as running:
+        yield LocalServer(running)
+
+
+def _all_text(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error)) + repr(error) + str(error) + repr(error.args)
+
+
+async def test_key_never_appears_in_logs_or_errors(secret_server, make_server, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore", "voxmill", "websockets"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    errors: list[VoxmillError] = []
+
+    async def failure(settings: Settings, make: Callable[[VoxmillClient], Any]) -> None:
+        async with VoxmillClient(settings) as client:
+            assert SECRET not in repr(client)
+            with pytest.raises(VoxmillError) as info:
+                await make(client)
+        errors.append(info.value)
+
+    async def drain(client: VoxmillClient) -> None:
+        async for _ in client.stream_speech(tts()):
+            pass
+
+    # the key refused, over HTTP and the WebSocket
+    other = make_server()
+    refused = settings_for(other, tmp_path, key=SECRET)
+    await failure(refused, lambda c: c.synthesize(tts(), item="row-1"))
+    await failure(refused, drain)
+    # a key long enough that websockets elides its frame in the log, leaving only a slice of the key
+    await failure(settings_for(other, tmp_path, key=LONG_SECRET), drain)
+    # the key accepted, then each fault until the attempts run out
+    accepted = settings_for(secret_server, tmp_path, max_attempts=2)
+    impatient = settings_for(secret_server, tmp_path, max_attempts=2, read_timeout=0.05)
+    assert accepted.api_key == ApiKey(SECRET)
+    for settings, faults in (
+        (accepted, dict(error_rate=1.0)),
+        (accepted, dict(reset_rate=1.0)),
+        (accepted, dict(truncate_rate=1.0)),
+        (impatient, dict(slow_body_rate=1.0, slow_body_seconds=1.0)),
+    ):
+        with secret_server.faults(**faults):
+            await failure(settings, lambda c: c.synthesize(tts(), item="row-2"))
+    await failure(accepted, lambda c: c.synthesize(tts(voice_id="unknown"), item="row-3"))
+
+    assert [type(e) for e in errors] == [
+        AuthError, AuthError, AuthError, TransientError, TransientError, BadResponse, TransientError, InvalidItem
+    ]
+    for error in errors:
+        assert SECRET not in _all_text(error) and LONG_SECRET not in _all_text(error)
+    # the logs were captured (so their silence about the key means something) and never hold it
+    assert "HTTP Request: POST" in caplog.text
+    assert SECRET not in caplog.text
+    for record in caplog.records:
+        assert SECRET not in record.getMessage()
+    assert not [LONG_SECRET[i : i + 8] for i in range(len(LONG_SECRET) - 7) if LONG_SECRET[i : i + 8] in caplog.text]
