@@ -17,6 +17,7 @@ import numpy as np
 
 from voxmill.catalog import TTS_SAMPLE_RATE
 from voxmill.errors import ConfigError, InvalidItem
+from voxmill.timing import TimedText
 
 #: the rate Whisper works at
 ASR_SAMPLE_RATE = 16000
@@ -30,22 +31,13 @@ class UndecodableAudio(InvalidItem):
 
 
 @dataclass(frozen=True)
-class Segment:
-    """One timed piece of a transcript, in seconds."""
-
-    start: float
-    end: float
-    text: str
-
-
-@dataclass(frozen=True)
 class Transcript:
     """What ASR returns: the text, the language used, the audio's duration and the timed segments."""
 
     text: str
     language: str
     duration: float
-    segments: tuple[Segment, ...] = field(default_factory=tuple)
+    segments: tuple[TimedText, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
         """The ``response_format=json`` body."""
@@ -53,7 +45,7 @@ class Transcript:
             "text": self.text,
             "language": self.language,
             "duration": round(self.duration, 3),
-            "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in self.segments],
+            "segments": [s.to_dict() for s in self.segments],
         }
 
 
@@ -180,7 +172,7 @@ class WhisperEngine:
         segments, info = model.transcribe(
             samples, language=language, beam_size=1, condition_on_previous_text=False
         )
-        parts = tuple(Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in segments)
+        parts = tuple(TimedText(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in segments)
         text = " ".join(p.text for p in parts if p.text)
         return Transcript(text=text, language=info.language, duration=samples.size / ASR_SAMPLE_RATE, segments=parts)
 
@@ -188,7 +180,6 @@ class WhisperEngine:
 __all__ = [
     "ASR_SAMPLE_RATE",
     "PiperEngine",
-    "Segment",
     "Transcript",
     "UndecodableAudio",
     "WhisperEngine",
