@@ -247,3 +247,41 @@ def test_long_audio_is_split_and_stitched(real_server, tmp_path):
     starts = [s["start"] for s in segments]
     assert starts == sorted(starts) and segments[-1]["end"] > 6  # offsets carried past the first piece
     assert segments[-1]["end"] <= row["duration_s"] + 0.05
+
+
+def test_voice_ref_is_uploaded_once_per_model(make_server, tmp_path):
+    from voxmill.audio.formats import wav_bytes
+    import numpy as np
+
+    server = make_server()
+    reference = tmp_path / "narrator.wav"
+    reference.write_bytes(wav_bytes((np.sin(np.arange(24000) / 8) * 8000).astype("int16"), 24000))
+    rows = [{"id": f"r{n}", "text": f"Cloned line {n}.", "voice_ref": str(reference), "model": m}
+            for n, m in enumerate(["higgs2p5", "higgs2p5", "higgs2p5", "chatterbox"])]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out"), settings_for(server, tmp_path))
+    assert summary.ok and summary.done == 4
+    stats = server.stats()
+    assert stats["uploads"] == 2  # one per (reference, model), not one per row
+    assert stats["generations_total"] == 4
+    # a rerun with a changed reference redoes those rows (the key covers the reference's bytes)
+    reference.write_bytes(wav_bytes((np.sin(np.arange(24000) / 5) * 8000).astype("int16"), 24000))
+    again = run_job(JobRequest("tts", str(manifest), tmp_path / "out"), settings_for(server, tmp_path))
+    assert again.done == 4 and server.stats()["uploads"] == 4
+
+
+def test_loudness_normalisation_and_fsspec_manifest(real_server, tmp_path):
+    import fsspec
+    import pyloudnorm  # noqa: F401  (measure_file uses it)
+
+    with fsspec.open("memory://voxmill-test/m.jsonl", "w") as handle:
+        handle.write(json.dumps({"id": "loud", "text": SENTENCES[2]}) + "\n")
+    out = tmp_path / "out"
+    request = JobRequest("tts", "memory://voxmill-test/m.jsonl", out,
+                         output=OutputSpec(format="wav", loudness_lufs=-16.0))
+    summary = run_job(request, settings_for(real_server, tmp_path))
+    assert summary.ok
+    (row,) = pq.read_table(out / "results.parquet").to_pylist()
+    info = measure_file(out / row["output_path"])
+    assert info.lufs == pytest.approx(-16.0, abs=1.0) and row["lufs"] == pytest.approx(info.lufs, abs=0.01)
+    assert info.peak_dbfs <= -1.0
