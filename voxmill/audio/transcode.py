@@ -7,14 +7,12 @@ ffmpeg conversion itself come from :mod:`voxmill.audio.formats`.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import re
 import secrets
 import tempfile
-import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from voxmill.audio.formats import FORMATS, audio_format, convert_file, wav_bytes
-from voxmill.audio.measure import AudioInfo, ffmpeg_command, file_sha256, measure_file, probe, run_tool
+from voxmill.audio.measure import (
+    AudioInfo,
+    ffmpeg_command,
+    file_sha256,
+    measure_file,
+    measure_wav_bytes,
+    pcm16_wav_layout,
+    probe,
+    run_tool,
+)
 from voxmill.errors import ConfigError, InvalidItem
 
 #: raw PCM from the API: 16-bit little-endian mono at this rate unless told otherwise
@@ -141,13 +148,15 @@ def transcode_audio(
         raise InvalidItem(f"{target.name}: no audio bytes to write")
 
     if source_fmt == "wav" and spec.format == "wav" and spec.loudness_lufs is None:
-        header = _wav_header(data)
-        if header is not None and (spec.sample_rate or header[0]) == header[0] and (
-            spec.channels or header[1]
-        ) == header[1]:
+        layout = pcm16_wav_layout(data)
+        if layout is not None and (spec.sample_rate or layout.sample_rate) == layout.sample_rate and (
+            spec.channels or layout.channels
+        ) == layout.channels:
+            # measured from the bytes in hand: the file is exactly these bytes
+            info = measure_wav_bytes(data, target)
+            assert info is not None
             with atomic_output(target) as temp:
                 temp.write_bytes(data)
-                info = measure_file(temp)
             return info
 
     with tempfile.TemporaryDirectory(prefix="voxmill-transcode-") as work:
@@ -165,17 +174,6 @@ def transcode_audio(
                 filters=filters,
             )
             return measure_file(temp)
-
-
-def _wav_header(data: bytes) -> tuple[int, int] | None:
-    """(rate, channels) of a 16-bit PCM WAV, None if it is anything else."""
-    try:
-        with wave.open(io.BytesIO(data), "rb") as reader:
-            if reader.getsampwidth() != 2 or reader.getnframes() == 0:
-                return None
-            return reader.getframerate(), reader.getnchannels()
-    except (wave.Error, EOFError):
-        return None
 
 
 def loudnorm_filter(source: Path, target_lufs: float, true_peak_db: float) -> str | None:
