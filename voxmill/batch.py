@@ -43,6 +43,8 @@ from voxmill.subtitles import write_transcript_files
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: WAV bodies up to this size (~1.3 s at 24 kHz) are written on the loop thread, not in a worker
+_INLINE_WRITE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,11 @@ class BatchEngine:
         result: SpeechResult = await self._client.synthesize(request, item=item.label)
         spec = self.job.output
         target = self.job.out_dir / "audio" / f"{output_stem(item.item_id)}.{audio_format(spec.format).extension}"
-        info = await asyncio.to_thread(transcode_audio, result.audio, result.format, target, spec)
+        if len(result.audio) <= _INLINE_WRITE_BYTES and result.format == spec.format == "wav" and not spec.loudness_lufs:
+            # a short WAV kept as it is: writing it costs less than the hop to a worker thread
+            info = transcode_audio(result.audio, result.format, target, spec)
+        else:
+            info = await asyncio.to_thread(transcode_audio, result.audio, result.format, target, spec)
         self.progress.add(audio_seconds=info.duration_s)
         return LedgerRow(
             **self._base(item, key, started),
