@@ -184,6 +184,7 @@ def _prepare_prefect(verbose: bool) -> None:
     """Settings Prefect must see before it is imported: a patient ephemeral start, quiet logs, no telemetry."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
@@ -242,9 +243,11 @@ def _show_progress(board: ProgressBoard, stop: threading.Event) -> None:
         TimeRemainingColumn(),
         transient=False,
     ) as progress:
-        task = progress.add_task("voxmill", total=None, detail="")
+        task = progress.add_task("voxmill", total=None, detail="starting…")
         while not stop.wait(0.25):
             snap = board.snapshot()
+            if not snap.total:
+                continue  # Prefect and the manifest checks are still starting
             detail = (f"done {snap.done} · failed {snap.failed} · retrying {snap.retrying} · "
                       f"skipped {snap.skipped} · {snap.rate_per_s:.1f}/s")
             progress.update(task, total=snap.total or None, completed=snap.finished, detail=detail)

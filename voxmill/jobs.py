@@ -205,6 +205,7 @@ def open_job(
         ledger.compact()  # fold in what a killed run left in its journal
         board = progress or ProgressBoard()
         board.total = rows
+        board.started_at = time.monotonic()  # rates and ETA count from here, not from process start
         job = JobSpec(
             kind=request.kind,
             out_dir=request.out_dir,
