@@ -29,6 +29,7 @@ demo: setup
 	$(BIN)/voxmill demo
 
 test: setup
+	$(BIN)/ruff check voxmill tasks flows tests bench
 	$(BIN)/python -m pytest
 
 bench: setup

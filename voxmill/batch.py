@@ -223,7 +223,8 @@ class BatchEngine:
         result: SpeechResult = await self._client.synthesize(request, item=item.label)
         spec = self.job.output
         target = self.job.out_dir / "audio" / f"{output_stem(item.item_id)}.{audio_format(spec.format).extension}"
-        if len(result.audio) <= _INLINE_WRITE_BYTES and result.format == spec.format == "wav" and not spec.loudness_lufs:
+        small_wav = len(result.audio) <= _INLINE_WRITE_BYTES and result.format == spec.format == "wav"
+        if small_wav and not spec.loudness_lufs:
             # a short WAV kept as it is: writing it costs less than the hop to a worker thread
             info = transcode_audio(result.audio, result.format, target, spec)
         else:

@@ -3,11 +3,9 @@ requested format and rate, one ledger row per item, and the flow's final state t
 
 from __future__ import annotations
 
-import json
-
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from manifest_files import write_manifest
 
 from voxmill.audio.measure import measure_file
 from voxmill.ledger import LEDGER_SCHEMA
@@ -29,18 +27,6 @@ def api_env(monkeypatch, prefect_api):
     return point_at
 
 
-def write_manifest(path, rows):
-    fmt = path.suffix.lstrip(".")
-    if fmt == "csv":
-        pa.csv.write_csv(pa.Table.from_pylist(rows), path)
-    elif fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    else:
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-import pyarrow.csv  # noqa: E402  (pa.csv above)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
@@ -49,7 +35,8 @@ def test_tts_and_asr_flows_every_manifest_format(real_server, api_env, tmp_path,
     from flows.transcribe import transcribe
 
     api_env(real_server)
-    rows = [{"id": f"{fmt}-{i}", "text": t, "model": m} for i, (t, m) in enumerate(zip(TEXTS, ["higgs2p5", "qwen3-tts"]))]
+    models = ["higgs2p5", "qwen3-tts"]
+    rows = [{"id": f"{fmt}-{i}", "text": t, "model": m} for i, (t, m) in enumerate(zip(TEXTS, models))]
     manifest = write_manifest(tmp_path / f"tts.{fmt}", rows)
     out = tmp_path / "tts"
     state = synthesize(manifest=str(manifest), out_dir=str(out), output_format="opus", params={}, return_state=True)

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from voxmill.catalog import MODELS, ModelSpec, Param, get_model, validate
 from voxmill.audio.formats import wav_bytes
+from voxmill.catalog import MODELS, ModelSpec, Param, get_model, validate
 from voxmill.errors import InvalidItem, ValidationError
 
 #: free-text parameters: any string is a valid value, so there is no invalid one to build

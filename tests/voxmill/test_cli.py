@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
+from manifest_files import write_manifest
 
-from voxmill.cli import EXIT_FAILED_ITEMS, EXIT_OK, EXIT_USAGE, main
 from voxmill.catalog import MODELS
-
-
-def write_csv(path, rows):
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+from voxmill.cli import EXIT_FAILED_ITEMS, EXIT_OK, EXIT_USAGE, main
 
 
 @pytest.fixture
@@ -32,7 +24,7 @@ def cli_env(monkeypatch, prefect_api, tmp_path):
 def test_synthesize_status_retry_failed(make_server, cli_env, tmp_path, capsys):
     server = make_server()
     cli_env(server)
-    manifest = write_csv(tmp_path / "m.csv", [
+    manifest = write_manifest(tmp_path / "m.csv", [
         {"id": "a", "text": "First sentence."},
         {"id": "b", "text": "Second sentence."},
         {"id": "c", "text": "Third sentence."},
@@ -57,7 +49,7 @@ def test_synthesize_status_retry_failed(make_server, cli_env, tmp_path, capsys):
 
 
 def test_usage_errors_exit_2_and_name_the_problem(tmp_path, capsys):
-    manifest = write_csv(tmp_path / "m.csv", [{"id": "a", "words": "no text column"}])
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "words": "no text column"}])
     assert main(["estimate", str(manifest), "--kind", "tts"]) == EXIT_USAGE
     assert "no 'text' column" in capsys.readouterr().err
     assert main(["status", str(tmp_path / "nowhere")]) == EXIT_USAGE
@@ -67,7 +59,7 @@ def test_usage_errors_exit_2_and_name_the_problem(tmp_path, capsys):
 
 
 def test_estimate_counts_and_prices(tmp_path, capsys):
-    manifest = write_csv(tmp_path / "m.csv", [
+    manifest = write_manifest(tmp_path / "m.csv", [
         {"id": "a", "model": "higgs2p5", "text": "one two three four five"},
         {"id": "b", "model": "higgs2p5", "text": "six seven eight nine ten"},
         {"id": "c", "model": "chatterbox", "text": "eleven twelve"},

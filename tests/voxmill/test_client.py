@@ -7,8 +7,8 @@ import json
 import logging
 import time
 import traceback
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 
 import httpx

@@ -3,19 +3,18 @@ no double billing, bad input, faults, auth."""
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 
 import pyarrow.parquet as pq
 import pytest
+from manifest_files import write_manifest
 
 from voxmill.audio.measure import measure_file
 from voxmill.audio.transcode import OutputSpec
 from voxmill.errors import ConfigError
 from voxmill.jobs import JobRequest, run_job
 from voxmill.ledger import LEDGER_SCHEMA
-from voxmill.manifests import RunDefaults
 from voxmill.quality import word_error_rate
 from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings
 
@@ -30,15 +29,6 @@ def settings_for(server, tmp_path, *, token=None, concurrency=8, **retry) -> Set
     )
 
 
-def write_csv(path, rows, fieldnames=None):
-    fieldnames = fieldnames or list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the old stone bridge.",
     "Bright stars filled the winter sky above the quiet mountain village.",
@@ -47,7 +37,7 @@ SENTENCES = [
 
 
 def test_tts_job_real_engines_mp3_and_ledger(real_server, tmp_path):
-    manifest = write_csv(tmp_path / "m.csv", [
+    manifest = write_manifest(tmp_path / "m.csv", [
         {"id": "a", "model": "higgs2p5", "voice": "Linda", "text": SENTENCES[0]},
         {"id": "b", "model": "chatterbox", "voice": "", "text": SENTENCES[1]},
         {"id": "c", "model": "qwen3-tts", "voice": "Vivian", "text": SENTENCES[2]},
@@ -74,7 +64,7 @@ def test_tts_job_real_engines_mp3_and_ledger(real_server, tmp_path):
 def test_rerun_sends_nothing_and_changed_text_redoes_one(make_server, tmp_path):
     server = make_server()
     rows = [{"id": f"i{n}", "text": f"Sentence number {n} about apples."} for n in range(30)]
-    manifest = write_csv(tmp_path / "m.csv", rows)
+    manifest = write_manifest(tmp_path / "m.csv", rows)
     request = JobRequest("tts", str(manifest), tmp_path / "out", batch_size=7)
     settings = settings_for(server, tmp_path)
     first = run_job(request, settings)
@@ -83,7 +73,7 @@ def test_rerun_sends_nothing_and_changed_text_redoes_one(make_server, tmp_path):
     assert second.skipped_done == 30 and second.done == 0
     assert server.stats()["generations_total"] == 30
     rows[4]["text"] = "A changed sentence about pears."
-    write_csv(manifest, rows)
+    write_manifest(manifest, rows)
     third = run_job(request, settings)
     assert third.done == 1 and third.skipped_done == 29
     stats = server.stats()
@@ -98,7 +88,7 @@ def test_identical_items_are_paid_once(make_server, tmp_path):
     server = make_server()
     rows = [{"id": f"d{n}", "text": "Exactly the same words."} for n in range(5)]
     rows.append({"id": "other", "text": "Different words."})
-    manifest = write_csv(tmp_path / "m.csv", rows)
+    manifest = write_manifest(tmp_path / "m.csv", rows)
     summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out"), settings_for(server, tmp_path))
     assert summary.ok and summary.done + summary.reused == 6
     assert server.stats()["generations_total"] == 2
@@ -112,7 +102,7 @@ def test_identical_items_are_paid_once(make_server, tmp_path):
 def test_transient_faults_retry_without_double_billing(make_server, tmp_path):
     server = make_server(error_rate=0.3, seed=3)
     rows = [{"id": f"i{n}", "text": f"Retry test sentence {n}."} for n in range(40)]
-    manifest = write_csv(tmp_path / "m.csv", rows)
+    manifest = write_manifest(tmp_path / "m.csv", rows)
     summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out"),
                       settings_for(server, tmp_path, max_attempts=10))
     assert summary.ok and summary.done == 40
@@ -126,7 +116,7 @@ def test_transient_faults_retry_without_double_billing(make_server, tmp_path):
 def test_refused_key_stops_the_run(make_server, tmp_path):
     server = make_server()
     rows = [{"id": f"i{n}", "text": f"Sentence {n}."} for n in range(50)]
-    manifest = write_csv(tmp_path / "m.csv", rows)
+    manifest = write_manifest(tmp_path / "m.csv", rows)
     summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out", batch_size=5),
                       settings_for(server, tmp_path, token="sk-WRONG-KEY-123", concurrency=2))
     assert summary.stopped and "refused the key" in summary.stopped
@@ -144,13 +134,14 @@ def test_tts_bad_input_matrix(make_server, tmp_path):
         "unknown-model": {"text": "hi", "model": "no-such-model"},
         "unknown-param": {"text": "hi", "params": json.dumps({"pitch": 3})},
         "out-of-range": {"text": "hi", "model": "chatterbox", "params": json.dumps({"temperature": 99})},
-        "voice-and-id": {"text": "hi", "model": "qwen3-tts", "params": json.dumps({"voice": "Vivian", "voice_id": "x"})},
+        "voice-and-id": {"text": "hi", "model": "qwen3-tts",
+                         "params": json.dumps({"voice": "Vivian", "voice_id": "x"})},
         "missing-ref": {"text": "hi", "voice_ref": str(tmp_path / "nope.wav")},
     }
     rows = [{"id": "good1", "text": "A perfectly good sentence."}]
     rows += [{"id": name, **values} for name, values in bad.items()]
     rows.append({"id": "good2", "text": "Another good sentence."})
-    manifest = write_csv(tmp_path / "m.csv", rows, ["id", "text", "model", "params", "voice_ref"])
+    manifest = write_manifest(tmp_path / "m.csv", rows, ["id", "text", "model", "params", "voice_ref"])
     summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out"), settings_for(server, tmp_path))
     assert summary.done == 2 and summary.failed == len(bad) and not summary.ok
     assert server.stats()["generations_total"] == 2
@@ -168,10 +159,10 @@ def test_tts_bad_input_matrix(make_server, tmp_path):
 def test_upfront_errors(make_server, tmp_path):
     server = make_server()
     settings = settings_for(server, tmp_path)
-    dupes = write_csv(tmp_path / "d.csv", [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}])
+    dupes = write_manifest(tmp_path / "d.csv", [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}])
     with pytest.raises(ConfigError, match="duplicate ids: 'x'"):
         run_job(JobRequest("tts", str(dupes), tmp_path / "o1"), settings)
-    no_column = write_csv(tmp_path / "n.csv", [{"id": "x", "words": "a"}])
+    no_column = write_manifest(tmp_path / "n.csv", [{"id": "x", "words": "a"}])
     with pytest.raises(ConfigError, match="no 'text' column"):
         run_job(JobRequest("tts", str(no_column), tmp_path / "o2"), settings)
     latin = tmp_path / "latin.csv"
@@ -210,7 +201,7 @@ def test_asr_bad_input_matrix_and_conversion(real_server, tmp_path):
         {"id": "corrupt", "audio": str(corrupt)},
         {"id": "text", "audio": str(text_file)},
     ]
-    manifest = write_csv(tmp_path / "asr.csv", rows, ["id", "audio", "reference_text"])
+    manifest = write_manifest(tmp_path / "asr.csv", rows, ["id", "audio", "reference_text"])
     out = tmp_path / "out"
     summary = run_job(JobRequest("asr", str(manifest), out), settings_for(real_server, tmp_path))
     assert summary.done == 2 and summary.failed == 4
@@ -235,7 +226,7 @@ def test_long_audio_is_split_and_stitched(real_server, tmp_path):
     filter_graph = "".join(f"[{i}:a]apad=pad_dur=1[a{i}];" for i in range(3)) + "[a0][a1][a2]concat=n=3:v=0:a=1"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *sum((["-i", str(p)] for p in parts), []),
                     "-filter_complex", filter_graph, str(long_file)], check=True)
-    manifest = write_csv(tmp_path / "asr.csv", [{"id": "long", "audio": str(long_file),
+    manifest = write_manifest(tmp_path / "asr.csv", [{"id": "long", "audio": str(long_file),
                                                  "reference_text": " ".join(SENTENCES)}])
     out = tmp_path / "out"
     summary = run_job(JobRequest("asr", str(manifest), out, asr_max_seconds=6), settings_for(real_server, tmp_path))
@@ -250,15 +241,16 @@ def test_long_audio_is_split_and_stitched(real_server, tmp_path):
 
 
 def test_voice_ref_is_uploaded_once_per_model(make_server, tmp_path):
-    from voxmill.audio.formats import wav_bytes
     import numpy as np
+
+    from voxmill.audio.formats import wav_bytes
 
     server = make_server()
     reference = tmp_path / "narrator.wav"
     reference.write_bytes(wav_bytes((np.sin(np.arange(24000) / 8) * 8000).astype("int16"), 24000))
     rows = [{"id": f"r{n}", "text": f"Cloned line {n}.", "voice_ref": str(reference), "model": m}
             for n, m in enumerate(["higgs2p5", "higgs2p5", "higgs2p5", "chatterbox"])]
-    manifest = write_csv(tmp_path / "m.csv", rows)
+    manifest = write_manifest(tmp_path / "m.csv", rows)
     summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out"), settings_for(server, tmp_path))
     assert summary.ok and summary.done == 4
     stats = server.stats()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from manifest_files import write_manifest
 
 from voxmill.errors import ConfigError
 from voxmill.manifests import ManifestReader, RunDefaults, find_duplicate_ids
@@ -18,25 +17,13 @@ ROWS = [
 ]
 
 
-def write_manifest(tmp_path, fmt, rows):
-    path = tmp_path / f"m.{fmt}"
-    if fmt == "csv":
-        import csv
-
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    elif fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    else:
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def write_rows(tmp_path, fmt, rows):
+    return write_manifest(tmp_path / f"m.{fmt}", rows)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
 def test_reads_every_format_with_defaults(tmp_path, fmt):
-    path = write_manifest(tmp_path, fmt, ROWS)
+    path = write_rows(tmp_path, fmt, ROWS)
     items = list(ManifestReader(str(path), "tts", RunDefaults(model="higgs2p5", params={"voice": "Jack"})))
     assert [i.item_id for i in items] == ["001", "002", "003"]  # leading zeros kept
     assert [i.model for i in items] == ["qwen3-tts", "higgs2p5", "chatterbox"]
@@ -51,7 +38,7 @@ def test_reads_every_format_with_defaults(tmp_path, fmt):
 def test_column_beats_params_json_beats_defaults(tmp_path):
     rows = [{"id": "a", "text": "x y z", "model": "qwen3-tts", "voice": "Ryan",
              "params": json.dumps({"voice": "Eric", "instructions": "slowly"})}]
-    path = write_manifest(tmp_path, "csv", rows)
+    path = write_rows(tmp_path, "csv", rows)
     (item,) = ManifestReader(str(path), "tts", RunDefaults(params={"instructions": "fast", "voice": "Aiden"}))
     assert item.params["voice"] == "Ryan"
     assert item.params["instructions"] == "slowly"
@@ -72,8 +59,9 @@ def test_column_beats_params_json_beats_defaults(tmp_path):
     ],
 )
 def test_bad_rows_become_problems_naming_row_and_cause(tmp_path, row, needle):
-    rows = [{"id": "good", "text": "A fine row.", "model": "", "params": ""}, {"id": "bad", "model": "", "params": "", **row}]
-    path = write_manifest(tmp_path, "csv", rows)
+    rows = [{"id": "good", "text": "A fine row.", "model": "", "params": ""},
+            {"id": "bad", "model": "", "params": "", **row}]
+    path = write_rows(tmp_path, "csv", rows)
     good, bad = ManifestReader(str(path), "tts")
     assert good.problem is None
     assert bad.problem is not None
@@ -82,7 +70,7 @@ def test_bad_rows_become_problems_naming_row_and_cause(tmp_path, row, needle):
 
 
 def test_missing_required_column_is_an_upfront_error(tmp_path):
-    path = write_manifest(tmp_path, "csv", [{"id": "1", "words": "hi"}])
+    path = write_rows(tmp_path, "csv", [{"id": "1", "words": "hi"}])
     with pytest.raises(ConfigError, match="no 'text' column"):
         list(ManifestReader(str(path), "tts"))
 
@@ -96,16 +84,16 @@ def test_non_utf8_csv_is_an_upfront_error(tmp_path):
 
 def test_duplicate_ids_are_found_and_named(tmp_path):
     rows = [{"id": str(i % 7), "text": f"t{i}"} for i in range(20)]
-    path = write_manifest(tmp_path, "parquet", rows)
+    path = write_rows(tmp_path, "parquet", rows)
     assert find_duplicate_ids(str(path), "tts") == [str(i) for i in range(7)]
-    unique = write_manifest(tmp_path, "jsonl", [{"id": str(i), "text": "t"} for i in range(20)])
+    unique = write_rows(tmp_path, "jsonl", [{"id": str(i), "text": "t"} for i in range(20)])
     assert find_duplicate_ids(str(unique), "tts") == []
 
 
 def test_asr_rows(tmp_path):
     rows = [{"id": "a", "audio": "x.wav", "language": "", "reference_text": "hello"},
             {"id": "b", "audio": "", "language": "en", "reference_text": ""}]
-    path = write_manifest(tmp_path, "csv", rows)
+    path = write_rows(tmp_path, "csv", rows)
     a, b = ManifestReader(str(path), "asr")
     assert a.audio == "x.wav" and a.params == {"language": "en", "response_format": "json"}
     assert a.reference_text == "hello"

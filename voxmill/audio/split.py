@@ -105,7 +105,7 @@ def split_on_silence(
     silences = detect_silences(path, min_silence_s=min_silence_s, noise_db=noise_db)
     bounds = [0.0, *plan_cuts(duration, silences, max_seconds), duration]
     pieces = []
-    for index, (start, end) in enumerate(zip(bounds, bounds[1:])):
+    for index, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
         target = Path(out_dir) / f"{path.stem}.part{index:03d}.wav"
         with atomic_output(target) as temp:
             # -ss/-to before -i: fast input seeking, still sample-accurate because we re-encode
