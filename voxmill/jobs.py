@@ -202,7 +202,8 @@ def open_job(
     try:
         save_job_record(request)
         remove_partial_outputs(request.out_dir)  # half-written files of a killed run
-        ledger.compact()  # fold in what a killed run left in its journal
+        if ledger.has_journal_rows():
+            ledger.compact()  # fold in what a killed run left in its journal
         board = progress or ProgressBoard()
         board.total = rows
         board.started_at = time.monotonic()  # rates and ETA count from here, not from process start

@@ -167,28 +167,29 @@ class DoneIndex:
     """
 
     def __init__(self, keys: list[str], ids: list[str], ledger: Ledger | None = None) -> None:
-        self._set(pa.array(keys, pa.string()), pa.array(ids, pa.string()))
+        self._build([(pa.array(keys, pa.string()), pa.array(ids, pa.string()))])
         self._overlay: dict[tuple[int, int], int] = {}
         self._ledger = ledger
 
     @classmethod
-    def from_table(cls, table: pa.Table, ledger: Ledger | None = None) -> DoneIndex:
-        """The index of a table's ``key`` and ``id`` columns, built column-wise (no list of a million strings)."""
+    def from_chunks(cls, chunks: Iterable[tuple[pa.Array, pa.Array]], ledger: Ledger | None = None) -> DoneIndex:
+        """The index of (keys, ids) column chunks, streamed: memory stays at 24 bytes per done item."""
         index = cls.__new__(cls)
-        index._set(table["key"].combine_chunks(), table["id"].combine_chunks())
+        index._build(chunks)
         index._overlay = {}
         index._ledger = ledger
         return index
 
-    def _set(self, keys: pa.Array, ids: pa.Array) -> None:
+    def _build(self, chunks: Iterable[tuple[pa.Array, pa.Array]]) -> None:
         his, los, id_bits = [], [], []
-        for start in range(0, len(keys), _INDEX_SLICE):
-            key_slice = keys.slice(start, _INDEX_SLICE)
-            hi, lo = _key_bits_array(key_slice)
-            his.append(hi)
-            los.append(lo)
-            id_bits.append(np.fromiter((_id_bits(i) for i in ids.slice(start, _INDEX_SLICE).to_pylist()),
-                                       dtype=np.uint64, count=len(key_slice)))
+        for keys, ids in chunks:
+            for start in range(0, len(keys), _INDEX_SLICE):
+                key_slice = keys.slice(start, _INDEX_SLICE)
+                hi, lo = _key_bits_array(key_slice)
+                his.append(hi)
+                los.append(lo)
+                id_bits.append(np.fromiter((_id_bits(i) for i in ids.slice(start, _INDEX_SLICE).to_pylist()),
+                                           dtype=np.uint64, count=len(key_slice)))
         hi = np.concatenate(his) if his else np.empty(0, np.uint64)
         lo = np.concatenate(los) if los else np.empty(0, np.uint64)
         order = np.lexsort((lo, hi))
@@ -337,10 +338,29 @@ class Ledger:
                     yield {k: v for k, v in row.items() if k in names}
 
     def done_index(self) -> DoneIndex:
-        """The keys of every item done so far (what a rerun must not send again)."""
-        table = self.read(columns=["id", "key", "status"])  # a million full rows would be ~1 GB
-        done = table.filter(pc.equal(table["status"], "done"))
-        return DoneIndex.from_table(done, ledger=self)
+        """The keys of every item done so far (what a rerun must not send again).
+
+        Streamed from results.parquet a record batch at a time, then the journals. No latest-per-id pass
+        is needed: a done key is never sent again, so a done row is never superseded for the same key.
+        """
+        return DoneIndex.from_chunks(self._done_chunks(), ledger=self)
+
+    def _done_chunks(self) -> Iterator[tuple[pa.Array, pa.Array]]:
+        columns = ["id", "key", "status"]
+        results = self.out_dir / RESULTS_FILE
+        if results.exists():
+            for batch in pq.ParquetFile(results).iter_batches(batch_size=_INDEX_SLICE, columns=columns):
+                done = batch.filter(pc.equal(batch.column("status"), "done"))
+                yield done.column("key"), done.column("id")
+        rows = [r for r in self._journal_rows(columns) if r.get("status") == "done"]
+        if rows:
+            yield pa.array([r["key"] for r in rows], pa.string()), pa.array([r["id"] for r in rows], pa.string())
+
+    def has_journal_rows(self) -> bool:
+        """Whether any journal holds rows not yet folded into results.parquet."""
+        return self.journal_dir.exists() and any(
+            p.stat().st_size > 0 for p in self.journal_dir.glob("journal-*.jsonl")
+        )
 
     def failed_ids(self) -> set[str]:
         """Ids whose latest outcome is a failure."""
