@@ -91,3 +91,43 @@ def test_help_names_the_commands(capsys):
     out = capsys.readouterr().out
     for command in ("synthesize", "transcribe", "status", "retry-failed", "estimate", "serve", "demo"):
         assert command in out
+
+
+def test_serve_starts_on_loopback_with_a_generated_token(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "VOXMILL_LOCAL_TOKEN"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "voxmill.cli", "serve", "--engine", "null", "--port", str(port), "--no-preload"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        banner = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in banner and "engine: null" in banner
+        token = banner.rsplit("token: ", 1)[1].rstrip(")\n")
+        assert len(token) >= 16
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.post(f"http://127.0.0.1:{port}/api/v1/generate",
+                                      headers={"Authorization": f"Bearer {token}"},
+                                      files={"model": (None, "higgs2p5"), "text": (None, "hi")})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert response.status_code == 200 and response.content[:4] == b"RIFF"
+        assert response.headers["x-voxmill-engine"] == "null"
+        unauthorised = httpx.post(f"http://127.0.0.1:{port}/api/v1/generate", files={"model": (None, "higgs2p5")})
+        assert unauthorised.status_code == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
