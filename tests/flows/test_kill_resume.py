@@ -92,6 +92,7 @@ def test_sigkill_at_several_points_then_resume(make_server, prefect_api, tmp_pat
             f"{item_id} generated {generations[content]}× but in flight at only {lost_to_kills} kill(s)"
         )
     paid_twice = sum(n - 1 for n in generations.values())
+    print(f"in flight at each kill: {[len(b) for b in in_flight_at_kill]}; generated twice: {paid_twice}")
     assert paid_twice <= sum(len(b) for b in in_flight_at_kill)
     assert all(len(b) <= 2 * CONCURRENCY for b in in_flight_at_kill), in_flight_at_kill
 

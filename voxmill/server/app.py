@@ -444,8 +444,9 @@ def create_app(config: ServerConfig) -> Starlette:
         if not service.authorized(request.headers.get("authorization")):
             return _finish(_Reply(401, "missing or wrong bearer token (Authorization: Bearer <token>)"), headers)
         try:
-            await service.pre_work_faults()
+            # the body is read first, as a real API does: a client that hangs up later is still billed
             form = await _read_form(request)
+            await service.pre_work_faults()
             response = await handler(form, headers)
         except _Reply as reply:
             return _finish(reply, headers)
