@@ -8,13 +8,10 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.job import run_job_in_flow
-from tasks.outcome import summary_state
-from tasks.settings import resolve_settings
+from tasks.job import run_flow_job
 from voxmill.audio.transcode import OutputSpec
 from voxmill.jobs import JobRequest
 from voxmill.manifests import RunDefaults
-from voxmill.progress import active_board
 
 WORKERS = 4
 
@@ -45,13 +42,6 @@ def synthesize(
     ``model``/``params`` are run defaults for cells a row leaves empty. Rerunning on the same ``out_dir``
     sends only what is not done yet. Ends Failed (with counts) when any item failed.
     """
-    settings = resolve_settings(
-        base_url=base_url,
-        requests_per_second=requests_per_second,
-        requests_per_minute=requests_per_minute,
-        max_concurrent=max_concurrent,
-        api_key_block=api_key_block,
-    )
     request = JobRequest(
         kind="tts",
         manifest=manifest,
@@ -69,4 +59,11 @@ def synthesize(
         batch_size=batch_size,
         workers=WORKERS,
     )
-    return summary_state(run_job_in_flow(request, settings, active_board()))
+    return run_flow_job(
+        request,
+        base_url=base_url,
+        requests_per_second=requests_per_second,
+        requests_per_minute=requests_per_minute,
+        max_concurrent=max_concurrent,
+        api_key_block=api_key_block,
+    )

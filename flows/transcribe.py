@@ -8,12 +8,9 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.job import run_job_in_flow
-from tasks.outcome import summary_state
-from tasks.settings import resolve_settings
+from tasks.job import run_flow_job
 from voxmill.jobs import JobRequest
 from voxmill.manifests import RunDefaults
-from voxmill.progress import active_board
 
 WORKERS = 4
 
@@ -41,13 +38,6 @@ def transcribe(
     (default VOXMILL_ASR_MAX_SECONDS) are split at silences and their transcripts stitched with the
     right time offsets. Rows with ``reference_text`` get a WER. Ends Failed when any item failed.
     """
-    settings = resolve_settings(
-        base_url=base_url,
-        requests_per_second=requests_per_second,
-        requests_per_minute=requests_per_minute,
-        max_concurrent=max_concurrent,
-        api_key_block=api_key_block,
-    )
     defaults = dict(params or {})
     if language:
         defaults["language"] = language
@@ -62,4 +52,11 @@ def transcribe(
         workers=WORKERS,
         asr_max_seconds=max_seconds,
     )
-    return summary_state(run_job_in_flow(request, settings, active_board()))
+    return run_flow_job(
+        request,
+        base_url=base_url,
+        requests_per_second=requests_per_second,
+        requests_per_minute=requests_per_minute,
+        max_concurrent=max_concurrent,
+        api_key_block=api_key_block,
+    )

@@ -5,11 +5,14 @@ from __future__ import annotations
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from tasks.batches import Batch, process_batch, register_engine, unregister_engine
+from tasks.outcome import summary_state
+from tasks.settings import resolve_settings
 from voxmill.batch import BatchOutcome
 from voxmill.jobs import JobRequest, RunSummary, fan_out, finish_job, open_job
-from voxmill.progress import ProgressBoard
+from voxmill.progress import ProgressBoard, active_board
 from voxmill.settings import Settings
 
 
@@ -61,3 +64,23 @@ def run_job_in_flow(request: JobRequest, settings: Settings, progress: ProgressB
     )
     logger.info(summary.headline())
     return summary
+
+
+def run_flow_job(
+    request: JobRequest,
+    *,
+    base_url: str | None,
+    requests_per_second: float | None,
+    requests_per_minute: float | None,
+    max_concurrent: int | None,
+    api_key_block: str | None,
+) -> State:
+    """What every job flow does: settings from env + its parameters, run the job, the truthful final state."""
+    settings = resolve_settings(
+        base_url=base_url,
+        requests_per_second=requests_per_second,
+        requests_per_minute=requests_per_minute,
+        max_concurrent=max_concurrent,
+        api_key_block=api_key_block,
+    )
+    return summary_state(run_job_in_flow(request, settings, active_board()))
