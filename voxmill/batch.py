@@ -12,6 +12,7 @@ one) and in the set of keys in flight; a duplicate waits for the first and reuse
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -73,8 +74,6 @@ def output_stem(item_id: str) -> str:
     cleaned = _UNSAFE.sub("_", item_id)[:120] or "item"
     if cleaned == item_id:
         return cleaned
-    import hashlib
-
     return f"{cleaned}-{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
 
 
