@@ -31,7 +31,7 @@ from voxmill.audio.split import split_on_silence, stitch_transcripts
 from voxmill.audio.transcode import OutputSpec, prepare_asr_input, transcode_audio
 from voxmill.catalog import ValidatedRequest, get_model
 from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
-from voxmill.errors import AuthError, VoxmillError
+from voxmill.errors import AuthError, VoxmillError, labelled
 from voxmill.ledger import DoneIndex, Ledger, LedgerRow, utc_now
 from voxmill.limiter import AsyncRateLimiter
 from voxmill.manifests import JobKind, WorkItem, open_binary
@@ -208,7 +208,7 @@ class BatchEngine:
             self.stop_reason = f"the API refused the key ({exc.message}); fix VOXMILL_API_KEY and rerun"
             return self._failed_row(item, key, exc.kind, exc.message, started, exc)
         except VoxmillError as exc:
-            return self._failed_row(item, key, exc.kind, f"{item.label}: {exc.message}", started, exc)
+            return self._failed_row(item, key, exc.kind, labelled(item.label, exc.message), started, exc)
         except Exception as exc:  # a bug must not take the batch down with it: record it
             log.exception("unexpected error on %s", item.label)
             return self._failed_row(item, key, "internal", f"{item.label}: {type(exc).__name__}: {exc}", started)

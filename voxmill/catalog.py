@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from voxmill.errors import ValidationError
+from voxmill.errors import ForbiddenCharacter, UnspeakableText, ValidationError
 
 ParamType = Literal["str", "int", "float", "bool", "json", "file"]
 ModelKind = Literal["tts", "asr"]
@@ -448,7 +449,9 @@ def validate(
     if spec.kind == "tts":
         text = coerced["text"]
         if not text.strip():
-            raise ValidationError(f"{model}: parameter 'text' is empty (only whitespace)", param="text")
+            raise UnspeakableText(f"{model}: parameter 'text' is empty (only whitespace); nothing to speak",
+                                  param="text")
+        check_speakable(text, model)
         hard = text_hard_limit if text_hard_limit is not None else spec.text_hard_limit
         if hard is not None and len(text) > hard:
             raise ValidationError(
@@ -465,6 +468,32 @@ def validate(
         if problem:
             raise ValidationError(f"{model}: {problem} (rule: {rule_name})", param=rule_name.split()[0])
     return ValidatedRequest(spec, coerced, tuple(warnings))
+
+
+#: C0 and C1 control characters and DEL, except tab, newline and carriage return
+_FORBIDDEN_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: a letter or digit of any script (``\w`` without the underscore)
+_SPEAKABLE = re.compile(r"[^\W_]")
+
+
+def check_speakable(text: str, model: str) -> None:
+    """Raise unless ``text`` can become speech: no NUL or other C0/C1 control (tab, newline and return
+    are fine), and at least one letter or digit (not only punctuation, symbols or zero-width characters).
+    """
+    control = _FORBIDDEN_CONTROL.search(text)
+    if control is not None:
+        raise ForbiddenCharacter(
+            f"{model}: parameter 'text' holds the control character U+{ord(control.group()):04X} at position "
+            f"{control.start()}; remove it from the text (only tab, newline and return are allowed)",
+            param="text",
+        )
+    if _SPEAKABLE.search(text) is None:
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise UnspeakableText(
+            f"{model}: parameter 'text' = {shown!r} has no letters or digits, so nothing can be spoken "
+            f"(only punctuation, symbols, spaces or invisible characters); fix or drop the row",
+            param="text",
+        )
 
 
 def _is_empty(value: Any) -> bool:
@@ -503,6 +532,7 @@ __all__ = [
     "UPLOAD_FILE_TYPES",
     "UPLOAD_MODELS",
     "ValidatedRequest",
+    "check_speakable",
     "get_model",
     "model_table_markdown",
     "validate",

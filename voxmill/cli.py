@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -188,8 +189,15 @@ def _prepare_prefect(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).addFilter(_drop_voxmill_tracebacks)
     if not os.environ.get("PREFECT_API_URL"):
         print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
+
+
+def _drop_voxmill_tracebacks(record: logging.LogRecord) -> bool:
+    """Prefect logs a flow stopped by a voxmill error with its traceback; ``main`` prints the message alone."""
+    return not (record.exc_info and isinstance(record.exc_info[1], VoxmillError))
 
 
 def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:

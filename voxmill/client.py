@@ -10,6 +10,7 @@ errors in :mod:`voxmill.errors`:
 | 429 | RateLimited (``retry_after`` from Retry-After) | yes, after exactly Retry-After |
 | 408 / 409 / 425 / 5xx, timeouts, resets | TransientError | yes, backoff with jitter |
 | 2xx whose body is not the asked audio / JSON | BadResponse | yes: a cut-off body is transient in practice |
+| 2xx audio with no samples | EmptyAudio | once more, then the item fails ``empty_audio`` |
 
 A Retry-After longer than ``RetryPolicy.max_retry_after`` ends the retries with RateLimited. The final
 error carries ``attempts`` and ``status``. The API key is only revealed to build the Authorization header
@@ -41,16 +42,18 @@ from voxmill.errors import (
     AuthError,
     BadResponse,
     ConfigError,
+    EmptyAudio,
     InvalidItem,
     RateLimited,
     TransientError,
     ValidationError,
     VoxmillError,
 )
+from voxmill.identity import content_hash
 from voxmill.limiter import AsyncRateLimiter, Limiter
 from voxmill.settings import RetryPolicy, Settings
 from voxmill.timing import TimedText
-from voxmill.voices import VoiceCache, content_digest
+from voxmill.voices import VoiceCache
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ _AUTH_STATUSES = frozenset({401, 403})
 _INVALID_STATUSES = frozenset({400, 404, 413, 415, 422})
 _TRANSIENT_STATUSES = frozenset({408, 409, 425})
 _RETRYABLE = (TransientError, RateLimited, BadResponse)
+#: an empty-audio 200 is tried this often in all: once more in case it was a glitch, never as if transient
+EMPTY_AUDIO_ATTEMPTS = 2
 _MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "m4a": "audio/mp4", "ogg": "audio/ogg", "webm": "audio/webm"}
 
 #: ``on_retry(item, error, attempt_number)``: called before each sleep between attempts
@@ -240,7 +245,7 @@ class VoxmillClient:
         try:
             check_audio_body(body, fmt)
         except BadResponse as exc:
-            raise BadResponse(
+            raise type(exc)(  # EmptyAudio stays EmptyAudio: it is retried at most once
                 f"{_label(item)}{request.model.name}: {exc.message}", status=response.status_code
             ) from None
         return SpeechResult(
@@ -327,7 +332,7 @@ class VoxmillClient:
             data = await asyncio.to_thread(reference.read_bytes)
         except OSError as exc:
             raise InvalidItem(f"{model}: cannot read voice reference {str(reference)!r}: {exc.strerror}") from None
-        digest = content_digest(data)
+        digest = content_hash(data)
         cached = self.voice_cache.get(digest, model, self.base_url)
         if cached is not None:
             return cached
@@ -618,6 +623,8 @@ class _Retryable:
     def __call__(self, error: BaseException) -> bool:
         if isinstance(error, RateLimited):
             return error.retry_after is None or error.retry_after <= self.max_retry_after
+        if isinstance(error, EmptyAudio):
+            return error.attempts < EMPTY_AUDIO_ATTEMPTS
         return isinstance(error, _RETRYABLE)
 
 

@@ -48,6 +48,18 @@ class ValidationError(InvalidItem):
         self.param = param
 
 
+class UnspeakableText(ValidationError):
+    """A TTS text with nothing to speak (only punctuation, symbols, whitespace or zero-width characters)."""
+
+    kind = "unspeakable"
+
+
+class ForbiddenCharacter(ValidationError):
+    """A TTS text holding a NUL or another control character (C0/C1, except tab, newline, return)."""
+
+    kind = "forbidden_char"
+
+
 class RateLimited(VoxmillError):
     """The API answered 429; ``retry_after`` (seconds) says how long to wait when it said so."""
 
@@ -72,13 +84,28 @@ class BadResponse(VoxmillError):
     kind = "bad_response"
 
 
+class EmptyAudio(BadResponse):
+    """A 2xx whose audio holds no samples: retried at most once, then the item fails with this kind."""
+
+    kind = "empty_audio"
+
+
+def labelled(label: str, message: str) -> str:
+    """``message`` prefixed with ``label`` once: a message that already starts with it is returned as is."""
+    return message if message.startswith(label) else f"{label}: {message}"
+
+
 __all__ = [
     "AuthError",
     "BadResponse",
     "ConfigError",
+    "EmptyAudio",
+    "ForbiddenCharacter",
     "InvalidItem",
     "RateLimited",
     "TransientError",
+    "UnspeakableText",
     "ValidationError",
     "VoxmillError",
+    "labelled",
 ]

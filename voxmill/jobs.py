@@ -25,7 +25,7 @@ from voxmill.audio.transcode import OutputSpec, remove_partial_outputs
 from voxmill.batch import BatchEngine, BatchOutcome, JobSpec
 from voxmill.errors import ConfigError
 from voxmill.ledger import Ledger
-from voxmill.manifests import JobKind, ManifestReader, RunDefaults, find_duplicate_ids, iter_record_batches
+from voxmill.manifests import JobKind, ManifestReader, RunDefaults, iter_record_batches
 from voxmill.plan import PlanCounts, PlannedItem, plan_items
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
@@ -181,20 +181,14 @@ def open_job(
     flow_run_id: str | None = None,
     client_factory: Callable[[Settings], Any] | None = None,
 ) -> OpenJob:
-    """Check the manifest (readable, required column, unique ids), lock the output, start the engine."""
+    """Check the manifest (readable, required column), lock the output, start the engine."""
     if settings.api_key is None:
         raise ConfigError(
             "no API key: set VOXMILL_API_KEY, or run against the local server "
             "(`voxmill serve`, or the CLI's --local flag)"
         )
-    # reading the first batch checks the columns up front, before any request
-    reader = ManifestReader(request.manifest, request.kind, request.defaults)
-    next(iter(reader.batches()))
-    duplicates = find_duplicate_ids(request.manifest, request.kind)
-    if duplicates:
-        shown = ", ".join(repr(d) for d in duplicates[:10])
-        more = f" and {len(duplicates) - 10} more" if len(duplicates) > 10 else ""
-        raise ConfigError(f"manifest {request.manifest!r} has duplicate ids: {shown}{more}; ids must be unique")
+    # the columns up front, then one whole pass (count_rows): a parse error anywhere stops before any request
+    ManifestReader(request.manifest, request.kind, request.defaults).check_header()
     rows = count_rows(request.manifest)
     request.out_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(request.out_dir)

@@ -19,11 +19,10 @@ text or parameter is a new key and only that item is redone.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,37 +34,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from voxmill.errors import ConfigError
+from voxmill.identity import id_hash64
 
 RESULTS_FILE = "results.parquet"
 FAILURES_FILE = "failures.parquet"
 JOURNAL_DIR = "ledger"
-_HASH_CHUNK = 1 << 20
-
-
-def content_hash(data: bytes | str) -> str:
-    """sha256 hex of text (UTF-8) or bytes."""
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
-
-
-def file_hash(path: str, opener=None) -> str:
-    """sha256 hex of a file's bytes, streamed (a path or, with ``opener``, an fsspec URL)."""
-    digest = hashlib.sha256()
-    handle = opener(path) if opener else open(path, "rb")
-    with handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def item_key(model: str, params: Mapping[str, Any], content: str) -> str:
-    """The item's identity: sha256 of the model, its effective parameters and its content's hash.
-
-    ``content`` is the text for TTS (with a voice reference's hash appended) or the audio file's
-    sha256 for ASR. Parameters are serialised canonically, so their order does not matter.
-    """
-    payload = json.dumps({"m": model, "p": params, "c": content}, sort_keys=True, separators=(",", ":"),
-                         ensure_ascii=False, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def utc_now() -> str:
@@ -130,7 +103,7 @@ def _key_bits(key: str) -> tuple[int, int]:
 
 
 def _id_bits(item_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
+    return id_hash64(item_id)
 
 
 _HEX_VALUES = np.full(256, 255, dtype=np.uint8)
@@ -196,6 +169,7 @@ class DoneIndex:
         # three contiguous arrays: searchsorted on a field of a structured array copies it on every call
         self._hi, self._lo = hi[order], lo[order]
         self._ids = (np.concatenate(id_bits) if id_bits else np.empty(0, np.uint64))[order]
+        self._sorted_ids: np.ndarray | None = None  # built by has_id, for retry-failed's counts
 
     def __len__(self) -> int:
         return len(self._hi) + len(self._overlay)
@@ -216,6 +190,14 @@ class DoneIndex:
     def has_key(self, key: str) -> bool:
         """Whether some item with this key is done."""
         return self._find(key) is not None
+
+    def has_id(self, item_id: str) -> bool:
+        """Whether an item with this id was done before this run (8 more bytes per done item, on first use)."""
+        if self._sorted_ids is None:
+            self._sorted_ids = np.sort(self._ids)
+        bits = np.uint64(_id_bits(item_id))
+        index = int(self._sorted_ids.searchsorted(bits))
+        return index < len(self._sorted_ids) and self._sorted_ids[index] == bits
 
     def done_as(self, key: str, item_id: str) -> bool:
         """Whether this very item (same key, same id) is done."""
@@ -406,9 +388,6 @@ __all__ = [
     "DoneIndex",
     "Ledger",
     "LedgerRow",
-    "content_hash",
-    "file_hash",
-    "item_key",
     "read_results",
     "rows_from_table",
     "utc_now",

@@ -16,22 +16,21 @@ absent. Columns that are no parameter of any model are ignored (reported once).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS, UPLOAD_FILE_TYPES, get_model, validate
 from voxmill.errors import ConfigError, VoxmillError
+from voxmill.identity import id_hash64
 
 JobKind = Literal["tts", "asr"]
 
@@ -96,17 +95,24 @@ def open_binary(source: str, what: str = "manifest"):
         raise ConfigError(f"cannot open {source!r}: {exc}") from None
 
 
-def manifest_format(source: str) -> str:
-    """csv, parquet or jsonl, from the file name (``.gz`` etc. are left to fsspec)."""
+_FORMAT_OF_SUFFIX = {
+    ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+}
+
+
+def manifest_format_suffix(source: str) -> str:
+    """The suffix that names the manifest's type (``.csv`` of ``m.csv.gz``; ``.gz`` etc. are left to fsspec)."""
     suffixes = [s.lower() for s in PurePosixPath(source.split("?")[0]).suffixes]
     for suffix in reversed(suffixes):
-        if suffix in (".csv", ".tsv"):
-            return "csv"
-        if suffix in (".parquet", ".pq"):
-            return "parquet"
-        if suffix in (".jsonl", ".ndjson", ".json"):
-            return "jsonl"
-    raise ConfigError(f"manifest {source!r}: unknown type; name it .csv, .parquet or .jsonl")
+        if suffix in _FORMAT_OF_SUFFIX:
+            return suffix
+    raise ConfigError(f"manifest {source!r}: unknown type; name it .csv, .tsv, .parquet or .jsonl")
+
+
+def manifest_format(source: str) -> str:
+    """csv, parquet or jsonl, from the file name (``.gz`` etc. are left to fsspec)."""
+    return _FORMAT_OF_SUFFIX[manifest_format_suffix(source)]
 
 
 def iter_record_batches(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
@@ -114,7 +120,13 @@ def iter_record_batches(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> It
     fmt = manifest_format(source)
     if fmt == "parquet":
         with open_binary(source) as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
+            try:
+                yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
+            except (pa.ArrowException, OSError) as exc:
+                raise ConfigError(
+                    f"manifest {source!r} is not a readable Parquet file ({exc}); write it again, "
+                    f"or give the rows as CSV or JSONL"
+                ) from None
     elif fmt == "csv":
         yield from _csv_batches(source, batch_rows)
     else:
@@ -122,39 +134,74 @@ def iter_record_batches(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> It
 
 
 def _csv_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """CSV/TSV rows as string columns (empty cells null), with Python's C csv parser in strict mode.
+
+    Every problem is a ConfigError naming the file, the line and the fix: bytes that are not UTF-8 (on
+    any line), a row with more or fewer cells than the header (an unquoted comma), a quote that is never
+    closed (never a silent merge of the following rows).
+    """
+    delimiter = "\t" if manifest_format_suffix(source) == ".tsv" else ","
     with open_binary(source) as handle:
-        head = handle.read(64 * 1024)
+        lines = _utf8_lines(handle, source)
+        reader = csv.reader(lines, delimiter=delimiter, strict=True)
+        where = f"manifest {source!r}"
+        record_start = 1
         try:
-            header_text = head.decode("utf-8-sig").splitlines()[0] if head else ""
-        except UnicodeDecodeError:
-            raise ConfigError(
-                f"manifest {source!r} is not UTF-8 text; re-save it as UTF-8 (e.g. `iconv -f cp1252 -t utf-8`)"
-            ) from None
-        if not header_text.strip():
-            raise ConfigError(f"manifest {source!r} is empty: it needs a header row")
-        delimiter = "\t" if source.lower().endswith(".tsv") else ","
-        columns = next(csv.reader([header_text], delimiter=delimiter))
-        handle.seek(0)
-        reader = pa_csv.open_csv(
-            handle,
-            read_options=pa_csv.ReadOptions(block_size=1 << 20),
-            parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            # every column as text: ids like 007 keep their zeros, and the catalogue coerces types
-            convert_options=pa_csv.ConvertOptions(
-                column_types={c: pa.string() for c in columns}, strings_can_be_null=True
-            ),
-        )
-        try:
-            for batch in reader:
-                for start in range(0, batch.num_rows, batch_rows):
-                    yield batch.slice(start, batch_rows)
-        except pa.ArrowInvalid as exc:
-            text = str(exc)
-            if "UTF8" in text or "utf8" in text.lower():
+            header = next(reader, None)
+            if not header or not any(c.strip() for c in header):
+                raise ConfigError(f"{where} is empty: it needs a header row (e.g. id,text)")
+            columns = [c.strip() for c in header]
+            cells: list[list[str | None]] = [[] for _ in columns]
+            record_start = reader.line_num + 1
+            for values in reader:
+                if not values:  # a blank line
+                    record_start = reader.line_num + 1
+                    continue
+                if len(values) != len(columns):
+                    raise ConfigError(_cell_count_message(where, record_start, len(values), columns, delimiter))
+                for column, value in zip(cells, values, strict=True):
+                    column.append(value if value != "" else None)
+                record_start = reader.line_num + 1
+                if len(cells[0]) >= batch_rows:
+                    yield _string_batch(columns, cells)
+                    cells = [[] for _ in columns]
+        except csv.Error as exc:
+            if "end of data" in str(exc):
                 raise ConfigError(
-                    f"manifest {source!r} is not valid UTF-8 text ({text}); re-save it as UTF-8"
+                    f"{where} line {record_start}: a quoted value opened on this line is never closed, so every "
+                    f"line after it would merge into one text; close the quote (write a quote inside a quoted "
+                    f"text as two quotes: \"\")"
                 ) from None
-            raise ConfigError(f"manifest {source!r} could not be parsed as CSV: {text}") from None
+            raise ConfigError(
+                f"{where} line {reader.line_num}: not valid CSV ({exc}); quote values that hold the delimiter, "
+                f"quotes or line breaks, and double any quote inside a quoted value"
+            ) from None
+        if cells[0]:
+            yield _string_batch(columns, cells)
+
+
+def _utf8_lines(handle, source: str) -> Iterator[str]:
+    """The file's lines as text; a ConfigError naming the line and byte offset of the first non-UTF-8 byte."""
+    for number, raw in enumerate(handle, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"manifest {source!r} line {number} is not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                f"{exc.start + 1}, perhaps cp1252/latin-1); re-save the file as UTF-8 "
+                f"(e.g. `iconv -f cp1252 -t utf-8 in.csv > out.csv`)"
+            ) from None
+
+
+def _cell_count_message(where: str, line: int, count: int, columns: list[str], delimiter: str) -> str:
+    name = "tab" if delimiter == "\t" else "comma"
+    fix = (f"a {name} inside a value needs the value in double quotes (\"like{delimiter} this\")"
+           if count > len(columns) else "every row needs a value (or an empty cell) for each column")
+    return f"{where} line {line}: {count} cells where the header has {len(columns)} ({', '.join(columns)}); {fix}"
+
+
+def _string_batch(columns: list[str], cells: list[list[str | None]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in cells], names=columns)
 
 
 def _jsonl_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -201,6 +248,8 @@ class ManifestReader:
     defaults: RunDefaults = field(default_factory=RunDefaults)
     batch_rows: int = DEFAULT_BATCH_ROWS
     ignored_columns: set[str] = field(default_factory=set)
+    #: hashes of ids used more than once (found by a first pass when iteration starts); None: not yet known
+    repeated_ids: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         if self.defaults.model is not None:
@@ -211,18 +260,37 @@ class ManifestReader:
                     f"choose one of {', '.join(allowed)}"
                 )
 
+    def check_header(self) -> None:
+        """Read the first batch only: the file opens, parses and has the required column (ConfigError if not)."""
+        for batch in iter_record_batches(self.source, self.batch_rows):
+            self._check_columns(batch.schema.names)
+            return
+        raise ConfigError(f"manifest {self.source!r} has no rows")
+
     def batches(self) -> Iterator[list[WorkItem]]:
-        """Items in manifest order, a record batch at a time."""
+        """Items in manifest order, a record batch at a time.
+
+        An id used again after its first row makes that later row a ``duplicate_id`` problem (the first
+        one runs); the later row's ledger id is suffixed so it never overwrites the first one's outcome.
+        """
         row = 0
         checked_columns = False
+        first_row_of: dict[str, int] = {}  # only ids that are repeated
         for batch in iter_record_batches(self.source, self.batch_rows):
             if not checked_columns:
                 self._check_columns(batch.schema.names)
                 checked_columns = True
+                if self.repeated_ids is None:
+                    self.repeated_ids = repeated_id_hashes(self.source, self.batch_rows)
             items = []
             for values in batch.to_pylist():
                 row += 1
-                items.append(self.item_from_row(row, values))
+                item = self.item_from_row(row, values)
+                if item.has_own_id and self.repeated_ids and id_hash64(item.item_id) in self.repeated_ids:
+                    first = first_row_of.setdefault(item.item_id, row)
+                    if first != row:
+                        item = _duplicate(item, first)
+                items.append(item)
             yield items
         if not checked_columns:
             raise ConfigError(f"manifest {self.source!r} has no rows")
@@ -314,6 +382,13 @@ class ManifestReader:
         )
 
 
+def _duplicate(item: WorkItem, first_row: int) -> WorkItem:
+    message = (f"{item.label}: the id {item.item_id!r} is already used by row {first_row}, which runs; "
+               f"this row does not (give it an id of its own to run it)")
+    return replace(item, item_id=f"{item.item_id} (duplicate, row {item.row})", params={},
+                   problem=ItemProblem("duplicate_id", message))
+
+
 def _default_model(kind: JobKind) -> str:
     return "higgs2p5" if kind == "tts" else ASR_MODELS[0]
 
@@ -329,41 +404,31 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def find_duplicate_ids(source: str, kind: JobKind, batch_rows: int = DEFAULT_BATCH_ROWS) -> list[str]:
-    """Ids that appear more than once, found with one streaming pass holding 8 bytes per row."""
-    hashes = []
-    seen_rows = 0
+def repeated_id_hashes(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> frozenset[int]:
+    """64-bit hashes of the ids that occur more than once: one streaming pass holding 8 bytes per row."""
+    chunks = []
     for batch in iter_record_batches(source, batch_rows):
         if "id" not in batch.schema.names:
-            return []
-        hashes.append(_hash_ids(batch.column("id").cast(pa.string()), seen_rows))
-        seen_rows += batch.num_rows
-    if not hashes:
-        return []
-    all_hashes = np.concatenate(hashes)
-    uniq, counts = np.unique(all_hashes, return_counts=True)
-    repeated = set(uniq[counts > 1].tolist())
+            return frozenset()
+        ids = batch.column("id").cast(pa.string()).to_pylist()
+        chunks.append(np.fromiter((id_hash64(v) for v in ids if _cell(v) is not None), dtype=np.uint64))
+    if not chunks:
+        return frozenset()
+    hashes = np.sort(np.concatenate(chunks))
+    return frozenset(int(h) for h in np.unique(hashes[1:][hashes[1:] == hashes[:-1]]))
+
+
+def find_duplicate_ids(source: str, kind: JobKind, batch_rows: int = DEFAULT_BATCH_ROWS) -> list[str]:
+    """Ids that appear more than once, sorted (a second pass names them only when there are any)."""
+    repeated = repeated_id_hashes(source, batch_rows)
     if not repeated:
         return []
-    # a second pass names them (only when there are duplicates)
-    names: dict[str, int] = {}
+    counts: dict[str, int] = {}
     for batch in iter_record_batches(source, batch_rows):
-        ids = batch.column("id").cast(pa.string())
-        for value, digest in zip(ids.to_pylist(), _hash_ids(ids, 0).tolist(), strict=True):
-            if digest in repeated and value is not None:
-                names[value] = names.get(value, 0) + 1
-    return sorted(n for n, c in names.items() if c > 1)
-
-
-def _hash_ids(ids: pa.Array, first_row: int) -> np.ndarray:
-    out = np.empty(len(ids), dtype=np.uint64)
-    for i, value in enumerate(ids.to_pylist()):
-        if value is None or value == "":
-            # empty ids are not duplicates of each other: give each a distinct impossible hash
-            out[i] = np.uint64(first_row + i) | np.uint64(1 << 63)
-            continue
-        out[i] = int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little") & ((1 << 63) - 1)
-    return out
+        for value in batch.column("id").cast(pa.string()).to_pylist():
+            if _cell(value) is not None and id_hash64(value) in repeated:
+                counts[value] = counts.get(value, 0) + 1
+    return sorted(n for n, c in counts.items() if c > 1)
 
 
 __all__ = [
@@ -374,6 +439,7 @@ __all__ = [
     "RunDefaults",
     "WorkItem",
     "find_duplicate_ids",
+    "repeated_id_hashes",
     "iter_record_batches",
     "manifest_format",
     "open_binary",

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from voxmill.errors import ConfigError
-from voxmill.ledger import DoneIndex, file_hash, item_key
+from voxmill.identity import file_hash, item_key
+from voxmill.ledger import DoneIndex
 from voxmill.manifests import ItemProblem, ManifestReader, WorkItem, open_binary
 
 
@@ -71,7 +72,13 @@ def plan_items(
     for item in reader:
         counts.rows += 1
         was_failed = item.item_id in failed_ids
-        if only_failed and not was_failed or not retry_failed and was_failed:
+        if only_failed and not was_failed:
+            if done.has_id(item.item_id):
+                counts.skipped_done += 1
+            else:
+                counts.skipped_failed += 1
+            continue
+        if not retry_failed and was_failed:
             counts.skipped_failed += 1
             continue
         if item.problem is not None:

@@ -8,7 +8,6 @@ merging what other processes wrote meanwhile.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,11 +20,6 @@ logger = logging.getLogger(__name__)
 
 CACHE_FILE_NAME = "voice_ids.json"
 _VERSION = 1
-
-
-def content_digest(data: bytes) -> str:
-    """sha256 hex digest of a reference's bytes: the cache identifies files by content, not by path."""
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -128,4 +122,4 @@ def _entry_dict(entry: CachedVoice) -> dict[str, object]:
     }
 
 
-__all__ = ["CACHE_FILE_NAME", "CachedVoice", "VoiceCache", "content_digest"]
+__all__ = ["CACHE_FILE_NAME", "CachedVoice", "VoiceCache"]

@@ -17,6 +17,7 @@ def cli_env(monkeypatch, prefect_api, tmp_path):
         monkeypatch.setenv("VOXMILL_API_KEY", server.token)
         monkeypatch.setenv("VOXMILL_BASE_URL", server.base_url)
         monkeypatch.setenv("VOXMILL_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setenv("VOXMILL_MAX_ATTEMPTS", "2")  # failures fail fast: not 6 tries with default backoff
 
     return point_at
 
@@ -46,6 +47,37 @@ def test_synthesize_status_retry_failed(make_server, cli_env, tmp_path, capsys):
     assert main(["status", str(out)]) == EXIT_OK
     assert "3 done, 0 failed" in capsys.readouterr().out
     assert sorted(p.suffix for p in (out / "audio").iterdir()) == [".flac"] * 3
+
+
+def test_retry_failed_reports_true_counts(make_server, cli_env, tmp_path, capsys):
+    server = make_server()
+    cli_env(server)
+    manifest = write_manifest(tmp_path / "m.csv", [
+        {"id": "a", "text": "First sentence."},
+        {"id": "b", "text": "..."},
+        {"id": "c", "text": "Third sentence."},
+    ])
+    out = tmp_path / "out"
+    assert main(["synthesize", str(manifest), "-o", str(out), "--no-progress"]) == EXIT_FAILED_ITEMS
+    assert "2 done, 0 reused, 1 failed, 0 already done, of 3 rows" in capsys.readouterr().out
+    assert main(["retry-failed", str(out), "--no-progress"]) == EXIT_FAILED_ITEMS
+    assert "0 done, 0 reused, 1 failed, 2 already done, of 3 rows" in capsys.readouterr().out
+    assert server.stats()["generations_total"] == 2  # the unspeakable row was never sent
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    (b"id,text\nr1,fine\nr2,Hello, world\n", "line 3: 3 cells where the header has 2"),
+    (b'id,text\nr1,"never closed\nr2,next\n', "line 2: a quoted value opened on this line is never closed"),
+])
+def test_bad_csv_exits_2_with_line_and_no_traceback(make_server, cli_env, tmp_path, capsys, data, needle):
+    server = make_server()
+    cli_env(server)
+    manifest = tmp_path / "bad.csv"
+    manifest.write_bytes(data)
+    assert main(["synthesize", str(manifest), "-o", str(tmp_path / "out"), "--no-progress"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert needle in err and str(manifest) in err and "Traceback" not in err
+    assert server.stats()["requests"] == 0
 
 
 def test_usage_errors_exit_2_and_name_the_problem(tmp_path, capsys):

@@ -23,6 +23,7 @@ from voxmill.errors import (
     AuthError,
     BadResponse,
     ConfigError,
+    EmptyAudio,
     InvalidItem,
     RateLimited,
     TransientError,
@@ -234,6 +235,19 @@ async def test_non_audio_200_is_bad_response_after_retries(api, client):
         await client.synthesize(tts(), item="row-9")
     assert route.call_count == 3 and info.value.attempts == 3
     assert "row-9" in str(info.value)
+
+
+@pytest.mark.parametrize("body", [b"", wav_bytes(np.zeros(0, dtype=np.int16), 24000)], ids=["no-body", "no-samples"])
+async def test_empty_audio_200_is_tried_twice_then_fails_as_empty_audio(api, tmp_path, body):
+    route = api.post(GENERATE).respond(200, content=body)
+    async with VoxmillClient(make_settings(tmp_path, max_attempts=6)) as client:
+        with pytest.raises(EmptyAudio) as info:
+            await client.synthesize(tts(), item="row 4 (id 'a')")
+    assert route.call_count == 2 and info.value.attempts == 2 and info.value.kind == "empty_audio"
+    assert str(info.value).count("row 4 (id 'a')") == 1
+    route.side_effect = [httpx.Response(200, content=body), httpx.Response(200, content=WAV)]
+    async with VoxmillClient(make_settings(tmp_path, max_attempts=6)) as client:
+        assert (await client.synthesize(tts())).attempts == 2
 
 
 async def test_truncated_wav_is_bad_response(api, client):

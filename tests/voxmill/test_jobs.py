@@ -159,9 +159,6 @@ def test_tts_bad_input_matrix(make_server, tmp_path):
 def test_upfront_errors(make_server, tmp_path):
     server = make_server()
     settings = settings_for(server, tmp_path)
-    dupes = write_manifest(tmp_path / "d.csv", [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}])
-    with pytest.raises(ConfigError, match="duplicate ids: 'x'"):
-        run_job(JobRequest("tts", str(dupes), tmp_path / "o1"), settings)
     no_column = write_manifest(tmp_path / "n.csv", [{"id": "x", "words": "a"}])
     with pytest.raises(ConfigError, match="no 'text' column"):
         run_job(JobRequest("tts", str(no_column), tmp_path / "o2"), settings)

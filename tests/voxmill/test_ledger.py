@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from voxmill.errors import ConfigError
-from voxmill.ledger import LEDGER_SCHEMA, Ledger, LedgerRow, item_key
+from voxmill.identity import item_key
+from voxmill.ledger import LEDGER_SCHEMA, Ledger, LedgerRow
 
 
 def row(item_id, status="done", key=None, **extra):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxmill.errors import BadResponse, ConfigError, InvalidItem
+from voxmill.errors import BadResponse, ConfigError, EmptyAudio, InvalidItem
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def check_audio_body(data: bytes, expected_format: str) -> None:
     """
     fmt = expected_format.lower()
     if not data:
-        raise BadResponse(f"empty body where {fmt} audio was expected")
+        raise EmptyAudio(f"empty body where {fmt} audio was expected")
     if fmt == "pcm":
         if len(data) % 2:
             raise BadResponse(f"PCM body of {len(data)} bytes is not whole 16-bit samples (truncated?)")
@@ -115,8 +115,8 @@ def _check_wav_complete(data: bytes) -> None:
             # 0 and 0xFFFFFFFF are used by streaming writers that did not know the size
             if size not in (0, 0xFFFFFFFF) and have < size:
                 raise BadResponse(f"WAV body is truncated: data chunk declares {size} bytes, {have} arrived")
-            if size == 0 and have == 0:
-                raise BadResponse("WAV body holds no audio samples")
+            if have == 0 and size in (0, 0xFFFFFFFF):
+                raise EmptyAudio("WAV body holds no audio samples (the text may have nothing to speak)")
             return
         offset += 8 + size + (size & 1)
     raise BadResponse("WAV body has no data chunk (truncated?)")

@@ -7,7 +7,6 @@ ffmpeg's own last words.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -21,6 +20,7 @@ import numpy as np
 
 from voxmill.audio.formats import ffmpeg_path
 from voxmill.errors import ConfigError, InvalidItem
+from voxmill.identity import content_hash, file_hash
 
 #: BS.1770 gates 400 ms blocks: shorter clips have no integrated loudness
 MIN_LOUDNESS_SECONDS = 0.4
@@ -192,15 +192,6 @@ def peak_dbfs(samples: np.ndarray) -> float | None:
     return 20 * math.log10(peak) if peak > 0 else None
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Pcm16Wav:
     """Where the samples of a 16-bit PCM WAV are: rate, channels and the data chunk's bounds."""
@@ -284,7 +275,7 @@ def measure_wav_bytes(data: bytes, path: Path, *, loudness: bool = True) -> Audi
         sample_rate=layout.sample_rate,
         channels=layout.channels,
         bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=content_hash(data),
         lufs=lufs,
         peak_dbfs=peak,
     )
@@ -324,7 +315,7 @@ def measure_file(path: Path, *, loudness: bool = True) -> AudioInfo:
         sample_rate=info.sample_rate,
         channels=info.channels,
         bytes=path.stat().st_size,
-        sha256=file_sha256(path),
+        sha256=file_hash(path),
         lufs=lufs,
         peak_dbfs=peak,
     )
@@ -336,7 +327,6 @@ __all__ = [
     "decode_float32",
     "ffmpeg_command",
     "ffprobe_path",
-    "file_sha256",
     "loudness_lufs",
     "measure_file",
     "peak_dbfs",

@@ -24,7 +24,6 @@ from voxmill.audio.formats import FORMATS, audio_format, convert_file, wav_bytes
 from voxmill.audio.measure import (
     AudioInfo,
     ffmpeg_command,
-    file_sha256,
     measure_file,
     measure_wav_bytes,
     pcm16_wav_layout,
@@ -32,6 +31,7 @@ from voxmill.audio.measure import (
     run_tool,
 )
 from voxmill.errors import ConfigError, InvalidItem
+from voxmill.identity import file_hash
 
 #: raw PCM from the API: 16-bit little-endian mono at this rate unless told otherwise
 PCM_RATE = 24000
@@ -225,7 +225,7 @@ def prepare_asr_input(path: Path, accepted: tuple[str, ...], *, cache_dir: Path 
     if out_format is None:
         raise ConfigError(f"none of the accepted file types ({', '.join(accepted)}) is a format voxmill can write")
     folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "voxmill-asr-inputs"
-    digest = file_sha256(path)[:16]
+    digest = file_hash(path)[:16]
     converted = folder / f"{path.stem}-{digest}.{FORMATS[out_format].extension}"
     if converted.is_file() and converted.stat().st_size > 0:
         return converted

@@ -1,0 +1,50 @@
+"""Identity: every key and hash voxmill derives, in one place.
+
+- :func:`item_key` — an item's identity (model + effective parameters + content), the ledger's ``key``;
+- :func:`content_hash` / :func:`file_hash` — sha256 hex of text, bytes or a (streamed) file;
+- :func:`id_hash64` — 64 bits of an item id, for indexes that hold millions of ids in 8 bytes each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+_HASH_CHUNK = 1 << 20
+
+
+def content_hash(data: bytes | str) -> str:
+    """sha256 hex of text (UTF-8) or bytes."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def file_hash(path: str | Path, opener: Callable[[str], IO[bytes]] | None = None) -> str:
+    """sha256 hex of a file's bytes, streamed (a path or, with ``opener``, an fsspec URL)."""
+    digest = hashlib.sha256()
+    handle = opener(str(path)) if opener else open(path, "rb")
+    with handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def item_key(model: str, params: Mapping[str, Any], content: str) -> str:
+    """The item's identity: sha256 of the model, its effective parameters and its content.
+
+    ``content`` is the text for TTS (with a voice reference's hash appended) or ``audio:<sha256>`` of
+    the audio file for ASR. Parameters are serialised canonically, so their order does not matter.
+    """
+    payload = json.dumps({"m": model, "p": params, "c": content}, sort_keys=True, separators=(",", ":"),
+                         ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def id_hash64(item_id: str) -> int:
+    """An unsigned 64-bit hash of an item id (blake2b): 8 bytes per id in resume and duplicate indexes."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
+
+
+__all__ = ["content_hash", "file_hash", "id_hash64", "item_key"]
