@@ -60,6 +60,18 @@ class ForbiddenCharacter(ValidationError):
     kind = "forbidden_char"
 
 
+class TruncatedAudio(InvalidItem):
+    """An input audio file holds less than its header declares (cut off in a copy or download)."""
+
+    kind = "truncated_audio"
+
+
+class TooShortAudio(InvalidItem):
+    """An input audio file shorter than the minimum worth sending (a transcript of it would be noise)."""
+
+    kind = "too_short"
+
+
 class RateLimited(VoxmillError):
     """The API answered 429; ``retry_after`` (seconds) says how long to wait when it said so."""
 
@@ -103,7 +115,9 @@ __all__ = [
     "ForbiddenCharacter",
     "InvalidItem",
     "RateLimited",
+    "TooShortAudio",
     "TransientError",
+    "TruncatedAudio",
     "UnspeakableText",
     "ValidationError",
     "VoxmillError",

@@ -6,6 +6,8 @@ Jobs run against a null-engine local server over loopback; the server's own coun
 
 from __future__ import annotations
 
+import subprocess
+
 import pyarrow.parquet as pq
 import pytest
 from manifest_files import write_manifest
@@ -109,3 +111,34 @@ def test_quoted_commas_quotes_and_line_breaks_are_kept(tmp_path):
     items = list(ManifestReader(str(manifest), "tts"))
     assert [(i.item_id, i.params["text"], i.row) for i in items] == [
         ("007", "Hello, world", 1), ("8", 'She said "hi"\nthen left.', 2), ("9", "end", 3)]
+
+
+def _tone(path, seconds: float, *extra: str):
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency=300:duration={seconds}",
+                    "-ar", "24000", *extra, str(path)], check=True)
+    return path
+
+
+def test_truncated_and_too_short_audio_fail_their_rows(null_server, tmp_path):
+    good_wav = _tone(tmp_path / "good.wav", 3)
+    good_mp3 = _tone(tmp_path / "good.mp3", 3)
+    cut_wav = tmp_path / "cut.wav"
+    cut_wav.write_bytes(good_wav.read_bytes()[:1000])  # the header still says 3 s
+    cut_mp3 = tmp_path / "cut.mp3"
+    cut_mp3.write_bytes(good_mp3.read_bytes()[: good_mp3.stat().st_size * 2 // 3])
+    blip = _tone(tmp_path / "blip.wav", 0.05)
+    rows = [{"id": name, "audio": str(path)} for name, path in
+            [("good-wav", good_wav), ("good-mp3", good_mp3), ("cut-wav", cut_wav), ("cut-mp3", cut_mp3),
+             ("blip", blip)]]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    summary = run_job(JobRequest("asr", str(manifest), out), settings_for(null_server, tmp_path))
+    assert summary.done == 2 and summary.failed == 3
+    assert null_server.stats()["generations_total"] == 2
+    failures = {r["id"]: r for r in pq.read_table(out / "failures.parquet").to_pylist()}
+    assert failures["cut-wav"]["error_kind"] == "truncated_audio"
+    assert "declares 3.000 s but it holds 0.0" in failures["cut-wav"]["error_message"]
+    assert failures["cut-mp3"]["error_kind"] == "truncated_audio"
+    assert failures["blip"]["error_kind"] == "too_short" and "0.050 s" in failures["blip"]["error_message"]
+    for failure in failures.values():
+        assert failure["error_message"].startswith("row ") and str(tmp_path) in failure["error_message"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from voxmill.audio.formats import ffmpeg_path
-from voxmill.errors import ConfigError, InvalidItem
+from voxmill.errors import ConfigError, InvalidItem, TooShortAudio, TruncatedAudio
 from voxmill.identity import content_hash, file_hash
 
 #: BS.1770 gates 400 ms blocks: shorter clips have no integrated loudness
@@ -153,6 +153,66 @@ def _float(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+#: shortest ASR input worth a request, seconds
+MIN_ASR_SECONDS = 0.1
+#: a file may decode this much shorter than its header says before it counts as truncated
+_TRUNCATION_TOLERANCE_S = 0.1
+
+
+def check_complete(probed: ProbeResult, *, min_seconds: float = MIN_ASR_SECONDS) -> None:
+    """Raise unless the file holds what its header declares and lasts ``min_seconds`` or more.
+
+    WAV: the data chunk's declared size against the bytes the file holds. MP3: the duration ffprobe reads
+    from the header (Xing/Info frame count) against the frames actually there. TruncatedAudio or
+    TooShortAudio, naming the file, both durations and the fix.
+    """
+    where = f"audio file {str(probed.path)!r}"
+    actual = probed.duration_s
+    declared = None
+    if probed.format == "wav":
+        declared = _wav_declared_seconds(probed.path)
+    elif probed.codec == "mp3":
+        actual = _mp3_frames_seconds(probed)
+        declared = probed.duration_s
+    if declared is not None and actual < declared - _TRUNCATION_TOLERANCE_S:
+        raise TruncatedAudio(
+            f"{where} is truncated: its header declares {declared:.3f} s but it holds {actual:.3f} s; "
+            f"copy or download it again"
+        )
+    if actual < min_seconds:
+        raise TooShortAudio(
+            f"{where} lasts {actual:.3f} s, under the minimum of {min_seconds} s; drop the row or re-export it"
+        )
+
+
+def _wav_declared_seconds(path: Path) -> float | None:
+    """Seconds the WAV header's data chunk declares (None if unknown: streaming size, not PCM-like)."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    offset, byte_rate = 12, 0
+    while offset + 8 <= len(head):
+        chunk_id, size = struct.unpack_from("<4sI", head, offset)
+        if chunk_id == b"fmt " and offset + 16 <= len(head):
+            byte_rate = struct.unpack_from("<I", head, offset + 16)[0]
+        elif chunk_id == b"data":
+            return size / byte_rate if byte_rate and size not in (0, 0xFFFFFFFF) else None
+        offset += 8 + size + (size & 1)
+    return None
+
+
+def _mp3_frames_seconds(probed: ProbeResult) -> float:
+    """Seconds of the MP3 frames actually in the file (counted by ffprobe without decoding)."""
+    cmd = [ffprobe_path(), "-v", "error", "-count_packets", "-select_streams", "a:0", "-of", "json",
+           "-show_entries", "stream=nb_read_packets", str(probed.path)]
+    found = json.loads(run_tool(cmd, what=f"audio file {str(probed.path)!r} is not readable audio").stdout or b"{}")
+    streams = found.get("streams") or [{}]
+    packets = int(streams[0].get("nb_read_packets") or 0)
+    samples_per_frame = 1152 if probed.sample_rate >= 32000 else 576  # MPEG-1 vs MPEG-2/2.5 layer III
+    return packets * samples_per_frame / probed.sample_rate
 
 
 # --- measuring ------------------------------------------------------------------------------------------
@@ -324,6 +384,8 @@ def measure_file(path: Path, *, loudness: bool = True) -> AudioInfo:
 __all__ = [
     "AudioInfo",
     "ProbeResult",
+    "MIN_ASR_SECONDS",
+    "check_complete",
     "decode_float32",
     "ffmpeg_command",
     "ffprobe_path",

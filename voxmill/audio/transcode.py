@@ -23,6 +23,7 @@ import numpy as np
 from voxmill.audio.formats import FORMATS, audio_format, convert_file, wav_bytes
 from voxmill.audio.measure import (
     AudioInfo,
+    check_complete,
     ffmpeg_command,
     measure_file,
     measure_wav_bytes,
@@ -212,12 +213,13 @@ def _is_number(value: object) -> bool:
 def prepare_asr_input(path: Path, accepted: tuple[str, ...], *, cache_dir: Path | None = None) -> Path:
     """Return a file the ASR API accepts: ``path`` itself, or a 16 kHz mono WAV converted from it.
 
-    ``path`` is validated with :func:`probe` first (InvalidItem for missing, empty, corrupt, no audio).
+    ``path`` is validated with :func:`probe` first (InvalidItem for missing, empty, corrupt, no audio), then
+    :func:`check_complete` (TruncatedAudio, TooShortAudio).
     Converted copies are named by content hash in ``cache_dir`` (default: a voxmill folder in the system
     temp dir), so a rerun reuses them; the caller owns cleaning that folder.
     """
     path = Path(path)
-    probe(path)
+    check_complete(probe(path))
     accepted = tuple(a.lower().lstrip(".") for a in accepted)
     if path.suffix.lower().lstrip(".") in accepted:
         return path
