@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[local,dev]'
+	@# warm uv's cache with a plain install: tests/test_packaging.py installs from it offline
+	rm -rf $(VENV)/plain && $(BIN)/uv venv -q --python $(BIN)/python $(VENV)/plain && \
+	  $(BIN)/uv pip install -q --python $(VENV)/plain/bin/python . && rm -rf $(VENV)/plain build
 	@touch $(STAMP)
 
 demo: setup
