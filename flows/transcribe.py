@@ -32,7 +32,7 @@ def transcribe(
     base_url: str | None = None,
     api_key_block: str | None = None,
 ):
-    """Transcribe every row of ``manifest`` (an ``audio`` column of paths/URLs) into ``out_dir``.
+    """Transcribe every row of ``manifest`` (an ``audio`` column, or a folder or glob of audio files) into ``out_dir``.
 
     Files in formats the API does not take are converted first; files longer than ``max_seconds``
     (default VOXMILL_ASR_MAX_SECONDS) are split at silences and their transcripts stitched with the

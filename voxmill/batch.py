@@ -37,7 +37,7 @@ from voxmill.limiter import AsyncRateLimiter
 from voxmill.manifests import JobKind, WorkItem, open_binary
 from voxmill.plan import PlannedItem
 from voxmill.progress import ProgressBoard
-from voxmill.quality import word_error_rate
+from voxmill.quality import transcript_qc, word_error_rate
 from voxmill.settings import Settings
 from voxmill.subtitles import write_transcript_files
 
@@ -257,7 +257,7 @@ class BatchEngine:
             spec = get_model(item.model)
             accepted = spec.param_by_name["file"].file_types
             prepared = await asyncio.to_thread(prepare_asr_input, source, accepted, cache_dir=work_dir)
-            info = await asyncio.to_thread(measure_file, Path(prepared), loudness=False)
+            info = await asyncio.to_thread(measure_file, Path(prepared))  # peak and LUFS: for QC
             pieces = await asyncio.to_thread(split_on_silence, Path(prepared), self.job.asr_max_seconds, work_dir)
             results: list[TranscriptResult] = []
             for piece in pieces:
@@ -276,6 +276,7 @@ class BatchEngine:
         base = self.job.out_dir / "transcripts" / output_stem(item.item_id)
         paths = await asyncio.to_thread(write_transcript_files, base, text, segments, raw)
         last = results[-1]
+        qc = transcript_qc(text, info.duration_s, info.peak_dbfs)
         return LedgerRow(
             **self._base(item, key, started),
             status="done",
@@ -293,6 +294,11 @@ class BatchEngine:
             transcript=text,
             language=last.language or item.params.get("language"),
             wer=round(word_error_rate(item.reference_text, text), 4) if item.reference_text else None,
+            qc_compression_ratio=qc.compression_ratio,
+            qc_chars_per_s=qc.chars_per_s,
+            qc_flags=qc.flags_text,
+            lufs=info.lufs,
+            peak_dbfs=info.peak_dbfs,
             credits_remaining=last.credits_remaining,
             request_id=last.request_id,
         )

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     tts.set_defaults(handler=_cmd_synthesize)
 
     asr = sub.add_parser("transcribe", help="audio manifest → transcripts (.txt/.srt/.vtt/.json) + results.parquet")
-    asr.add_argument("manifest", help="CSV, Parquet or JSONL with an 'audio' column")
+    asr.add_argument("manifest", help="CSV, Parquet or JSONL with an 'audio' column, or a folder or quoted glob "
+                                      "of audio files ('corpus/**/*.flac': ids are the relative paths)")
     asr.add_argument("-o", "--out", required=True, type=Path, help="output directory (rerun it to resume)")
     asr.add_argument("--model", choices=ASR_MODELS, help=f"ASR model (default {ASR_MODELS[0]})")
     asr.add_argument("--language", help="language code for rows without one (default en)")

@@ -79,6 +79,11 @@ class LedgerRow:
     transcript: str | None = None
     language: str | None = None
     wer: float | None = None
+    #: ASR hallucination signals (voxmill.quality.transcript_qc): compression ratio, characters per
+    #: second, and the flags that fired (repetitive, too_fast, too_slow, text_on_silence), comma-separated
+    qc_compression_ratio: float | None = None
+    qc_chars_per_s: float | None = None
+    qc_flags: str | None = None
     credits_remaining: str | None = None
     request_id: str | None = None
     reused_from: str | None = None
@@ -295,7 +300,7 @@ class Ledger:
         parts: list[pa.Table] = []
         results = self.out_dir / RESULTS_FILE
         if results.exists():
-            parts.append(pq.read_table(results, columns=columns).cast(schema))
+            parts.append(_conform(pq.read_table(results, columns=_present(results, schema.names)), schema))
         journal_rows = list(self._journal_rows(schema.names))
         if journal_rows:
             parts.append(pa.Table.from_pylist(journal_rows, schema=schema))
@@ -348,6 +353,19 @@ class Ledger:
         """Ids whose latest outcome is a failure."""
         table = self.read()
         return set(table.filter(pc.equal(table["status"], "failed"))["id"].to_pylist())
+
+
+def _present(results: Path, names: list[str]) -> list[str]:
+    """Those of ``names`` that ``results`` holds (a ledger written before a column was added lacks it)."""
+    held = set(pq.read_schema(results).names)
+    return [n for n in names if n in held]
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in ``schema``: columns it lacks are added as nulls, in schema order, types cast."""
+    columns = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in schema]
+    return pa.table(columns, schema=schema)
 
 
 def _latest_per_id(table: pa.Table) -> pa.Table:

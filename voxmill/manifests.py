@@ -18,9 +18,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import fsspec
@@ -116,7 +118,10 @@ def manifest_format(source: str) -> str:
 
 
 def iter_record_batches(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Stream a manifest as record batches of string-typed (CSV, JSONL) or native (Parquet) columns."""
+    """Stream a manifest as record batches of string-typed (CSV, JSONL, corpus) or native (Parquet) columns."""
+    if is_corpus(source):
+        yield from _corpus_batches(source, batch_rows)
+        return
     fmt = manifest_format(source)
     if fmt == "parquet":
         with open_binary(source) as handle:
@@ -178,6 +183,98 @@ def _csv_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
             ) from None
         if cells[0]:
             yield _string_batch(columns, cells)
+
+
+#: what a folder given as an ASR corpus contributes: files with these suffixes (any case)
+CORPUS_AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".webm", ".aac", ".mp4"})
+_GLOB_MAGIC = re.compile(r"[*?\[]")
+
+
+def is_corpus(source: str) -> bool:
+    """Whether ``source`` is a local folder or glob of audio files (an ASR corpus) rather than a manifest file."""
+    if "://" in source:
+        return False
+    return bool(_GLOB_MAGIC.search(source)) or Path(source).is_dir()
+
+
+def iter_corpus(source: str) -> Iterator[tuple[str, Path]]:
+    """(id, path) of each file of a folder (audio suffixes only) or glob (``'corpus/**/*.flac'``), streamed
+    in a stable order (names sorted at each level, hidden entries skipped); ids are paths relative to the
+    folder, or to the glob's fixed leading folders."""
+    parts = PurePosixPath(source).parts
+    fixed = next((i for i, part in enumerate(parts) if _GLOB_MAGIC.search(part)), len(parts))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    pattern = "/".join(parts[fixed:])
+    matches = _glob_regex(pattern).match if pattern else None
+    depth = None if not pattern or "**" in pattern else pattern.count("/") + 1
+    if not base.is_dir():
+        raise ConfigError(f"corpus {source!r}: folder {str(base)!r} does not exist")
+    for relative, path in _walk_sorted(base, "", depth):
+        if matches(relative) if matches else path.suffix.lower() in CORPUS_AUDIO_SUFFIXES:
+            yield relative, path
+
+
+def _walk_sorted(folder: Path, prefix: str, depth: int | None) -> Iterator[tuple[str, Path]]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise ConfigError(f"corpus folder {str(folder)!r} cannot be listed: {exc.strerror}") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        relative = prefix + entry.name
+        if entry.is_dir():
+            if depth is None or depth > 1:
+                yield from _walk_sorted(Path(entry.path), relative + "/", None if depth is None else depth - 1)
+        elif entry.is_file():
+            yield relative, Path(entry.path)
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob over relative POSIX paths as a regex: ``**`` spans folders, ``*`` and ``?`` stay within one."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _corpus_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    ids: list[str] = []
+    paths: list[str] = []
+    found = 0
+    for item_id, path in iter_corpus(source):
+        found += 1
+        ids.append(item_id)
+        paths.append(str(path))
+        if len(ids) >= batch_rows:
+            yield pa.RecordBatch.from_arrays([pa.array(ids, pa.string()), pa.array(paths, pa.string())],
+                                             names=["id", "audio"])
+            ids, paths = [], []
+    if ids:
+        yield pa.RecordBatch.from_arrays([pa.array(ids, pa.string()), pa.array(paths, pa.string())],
+                                         names=["id", "audio"])
+    if not found:
+        raise ConfigError(f"corpus {source!r} matched no audio files; check the folder or quote the glob "
+                          f"('corpus/**/*.flac') so the shell does not expand it")
 
 
 def _utf8_lines(handle, source: str) -> Iterator[str]:
@@ -439,6 +536,8 @@ __all__ = [
     "RunDefaults",
     "WorkItem",
     "find_duplicate_ids",
+    "is_corpus",
+    "iter_corpus",
     "repeated_id_hashes",
     "iter_record_batches",
     "manifest_format",

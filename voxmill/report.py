@@ -43,6 +43,10 @@ def describe_out_dir(out_dir: Path, *, failures: int = 10) -> OutDirReport:
     ]
     if engines:
         lines.append("engines: " + ", ".join(f"{name} ×{count}" for name, count in engines.most_common()))
+    qc_flags = Counter(f for cell in done["qc_flags"].to_pylist() if cell for f in cell.split(","))
+    if qc_flags:
+        lines.append("transcripts flagged by QC (qc_flags column): "
+                     + ", ".join(f"{k} ×{n}" for k, n in qc_flags.most_common()))
     if by_kind:
         lines.append("failures by kind: " + ", ".join(f"{k} ×{n}" for k, n in by_kind.most_common()))
         for row in failed.select(["id", "error_kind", "error_message"]).slice(0, failures).to_pylist():

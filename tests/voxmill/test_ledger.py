@@ -88,3 +88,18 @@ def test_compaction_is_atomic(tmp_path):
     leftovers = [p for p in os.listdir(tmp_path) if ".tmp" in p]
     assert leftovers == []
     ledger.close()
+
+
+def test_results_written_before_the_qc_columns_still_resume(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.append(row("a", key=hexkey(1)))
+    ledger.compact()
+    ledger.close()
+    qc_columns = ["qc_compression_ratio", "qc_chars_per_s", "qc_flags"]
+    old = pq.read_table(tmp_path / "results.parquet").drop_columns(qc_columns)
+    pq.write_table(old, tmp_path / "results.parquet")
+    reopened = Ledger(tmp_path)
+    table = reopened.read()
+    assert table.schema == LEDGER_SCHEMA and table["qc_flags"].to_pylist() == [None]
+    assert reopened.done_index().done_as(hexkey(1), "a")
+    reopened.close()

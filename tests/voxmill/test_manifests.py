@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 from manifest_files import write_manifest
 
 from voxmill.errors import ConfigError
-from voxmill.manifests import ManifestReader, RunDefaults, find_duplicate_ids
+from voxmill.jobs import JobRequest, run_job
+from voxmill.ledger import read_results
+from voxmill.manifests import ManifestReader, RunDefaults, find_duplicate_ids, iter_corpus
+from voxmill.report import describe_out_dir
+from voxmill.settings import ApiKey, RetryPolicy, Settings
 
 ROWS = [
     {"id": "001", "text": "Hello there.", "model": "qwen3-tts", "voice": "Vivian"},
@@ -27,8 +32,8 @@ def test_reads_every_format_with_defaults(tmp_path, fmt):
     items = list(ManifestReader(str(path), "tts", RunDefaults(model="higgs2p5", params={"voice": "Jack"})))
     assert [i.item_id for i in items] == ["001", "002", "003"]  # leading zeros kept
     assert [i.model for i in items] == ["qwen3-tts", "higgs2p5", "chatterbox"]
-    assert items[0].params == {"text": "Hello there.", "voice": "Vivian", "language": "Auto",
-                               "response_format": "wav"} or items[0].params["voice"] == "Vivian"
+    # the row's own values only: catalogue defaults are left to the API (none is marked send_default)
+    assert items[0].params == {"text": "Hello there.", "voice": "Vivian"}
     assert items[1].params["voice"] == "Jack"  # empty cell → run default
     # chatterbox has no 'voice' parameter: the run default does not fit that row
     assert items[2].problem is not None and "'voice'" in items[2].problem.message
@@ -105,3 +110,51 @@ def test_unknown_manifest_type_and_missing_file(tmp_path):
         list(ManifestReader(str(tmp_path / "m.xlsx"), "tts"))
     with pytest.raises(ConfigError, match="does not exist"):
         list(ManifestReader(str(tmp_path / "missing.csv"), "tts"))
+
+
+def _tone(path, seconds, volume="1"):
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency=300:duration={seconds}",
+                    "-af", f"volume={volume}", "-ar", "16000", str(path)], check=True)
+    return path
+
+
+def test_corpus_folder_and_glob_are_sources_in_stable_order(tmp_path):
+    corpus = tmp_path / "corpus"
+    for name in ["b/2.flac", "b/10.flac", "a/x.wav", "a/notes.txt", "top.mp3", ".hidden/h.wav", "a/deep/y.flac"]:
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_bytes(b"")
+    every = ["a/deep/y.flac", "a/x.wav", "b/10.flac", "b/2.flac", "top.mp3"]
+    assert [i.item_id for i in ManifestReader(str(corpus), "asr")] == every
+    assert [i for i, _ in iter_corpus(f"{corpus}/**/*.flac")] == ["a/deep/y.flac", "b/10.flac", "b/2.flac"]
+    assert [i for i, _ in iter_corpus(f"{corpus}/*/*.flac")] == ["b/10.flac", "b/2.flac"]
+    assert [i for i, _ in iter_corpus(f"{corpus}/b/[0-9].flac")] == ["2.flac"]
+    items = list(ManifestReader(f"{corpus}/**/*.flac", "asr", batch_rows=2))
+    assert [i.audio for i in items] == [str(corpus / i.item_id) for i in items]
+    with pytest.raises(ConfigError, match="matched no audio files"):
+        list(ManifestReader(f"{corpus}/**/*.ogg", "asr"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        list(ManifestReader(f"{tmp_path}/nowhere/*.wav", "asr"))
+
+
+def test_corpus_job_carries_qc_columns(null_server, tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "s1").mkdir(parents=True)
+    _tone(corpus / "s1" / "tone.flac", 2)
+    _tone(corpus / "s1" / "hush.flac", 2, volume="0.001")  # about -78 dBFS
+    _tone(corpus / "loud.wav", 1)
+    settings = Settings(api_key=ApiKey(null_server.token), base_url=null_server.base_url,
+                        retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.05), cache_dir=tmp_path / "cache")
+    out = tmp_path / "out"
+    summary = run_job(JobRequest("asr", f"{corpus}/**/*.flac", out), settings)
+    assert summary.done == 2 and summary.failed == 0
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert set(rows) == {"s1/hush.flac", "s1/tone.flac"}
+    # the null engine answers the same text for any audio: on near-silence that is a hallucination
+    assert rows["s1/hush.flac"]["qc_flags"] == "text_on_silence"
+    assert rows["s1/tone.flac"]["qc_flags"] is None and rows["s1/tone.flac"]["peak_dbfs"] > -20
+    for row in rows.values():
+        assert row["qc_chars_per_s"] == pytest.approx(len(row["transcript"]) / row["duration_s"], abs=0.01)
+        assert row["qc_compression_ratio"] > 0
+    assert "text_on_silence ×1" in describe_out_dir(out).text
+    again = run_job(JobRequest("asr", f"{corpus}/**/*.flac", out), settings)
+    assert again.skipped_done == 2 and null_server.stats()["generations_total"] == 2
