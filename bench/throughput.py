@@ -273,14 +273,13 @@ def phase_prefect(args: argparse.Namespace) -> dict:
 def write_big_job(manifest: Path, ledger_dir: Path, rows: int, done_every: int) -> None:
     """A Parquet TTS manifest of ``rows`` rows and a results.parquet marking every ``done_every``-th row done.
 
-    Keys come from :func:`voxmill.ledger.item_key` exactly as :func:`voxmill.plan.key_of` builds them for a
+    Keys come from :func:`voxmill.identity.item_key` exactly as :func:`voxmill.plan.key_of` builds them for a
     row with only ``id`` and ``text`` (checked against ``key_of`` on the first rows).
     """
-    import hashlib
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from voxmill.identity import item_key
     from voxmill.ledger import LEDGER_SCHEMA, RESULTS_FILE
     from voxmill.manifests import ManifestReader
     from voxmill.plan import key_of
@@ -288,12 +287,7 @@ def write_big_job(manifest: Path, ledger_dir: Path, rows: int, done_every: int) 
     ids = [f"item-{i}" for i in range(rows)]
     texts = [text_of(i) for i in range(rows)]
     pq.write_table(pa.table({"id": ids, "text": texts}), manifest, row_group_size=65536)
-    # item_key(MODEL, {}, text), inlined: the same canonical JSON, without a call per row
-    keys = [
-        hashlib.sha256(json.dumps({"m": MODEL, "p": {}, "c": t}, sort_keys=True, separators=(",", ":"),
-                                  ensure_ascii=False).encode()).hexdigest()
-        for t in texts
-    ]
+    keys = [item_key(MODEL, {}, t) for t in texts]
     reader = ManifestReader(str(manifest), "tts")
     for index, item in zip(range(3), reader, strict=False):
         assert key_of(item) == keys[index], "benchmark keys drifted from voxmill.plan.key_of"
