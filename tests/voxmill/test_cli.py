@@ -163,3 +163,24 @@ def test_serve_starts_on_loopback_with_a_generated_token(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_transcribe_takes_a_folder_or_a_glob(make_server, cli_env, tmp_path, capsys):
+    import subprocess
+
+    from voxmill.ledger import read_results
+
+    server = make_server()
+    cli_env(server)
+    corpus = tmp_path / "corpus"
+    (corpus / "day1").mkdir(parents=True)
+    for hz, name in ((300, "day1/b.flac"), (400, "day1/a.flac"), (500, "c.wav")):  # distinct content: no reuse
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency={hz}:duration=1",
+                        str(corpus / name)], check=True)
+    out = tmp_path / "out"
+    assert main(["transcribe", f"{corpus}/**/*.flac", "-o", str(out), "--no-progress"]) == EXIT_OK
+    assert "2 done" in capsys.readouterr().out
+    assert main(["transcribe", str(corpus), "-o", str(out), "--no-progress"]) == EXIT_OK
+    assert "1 done, 0 reused, 0 failed, 2 already done, of 3 rows" in capsys.readouterr().out
+    assert sorted(read_results(out)["id"].to_pylist()) == ["c.wav", "day1/a.flac", "day1/b.flac"]
+    assert server.stats()["generations_total"] == 3
