@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from voxmill.audio.formats import audio_format
-from voxmill.audio.measure import measure_file
+from voxmill.audio.measure import file_peak_dbfs, measure_file
 from voxmill.audio.split import split_on_silence, stitch_transcripts
 from voxmill.audio.transcode import OutputSpec, prepare_asr_input, transcode_audio
 from voxmill.catalog import ValidatedRequest, get_model
@@ -257,7 +257,8 @@ class BatchEngine:
             spec = get_model(item.model)
             accepted = spec.param_by_name["file"].file_types
             prepared = await asyncio.to_thread(prepare_asr_input, source, accepted, cache_dir=work_dir)
-            info = await asyncio.to_thread(measure_file, Path(prepared))  # peak and LUFS: for QC
+            info = await asyncio.to_thread(measure_file, Path(prepared), loudness=False)
+            peak = await asyncio.to_thread(file_peak_dbfs, Path(prepared))  # QC: text on near-silence
             pieces = await asyncio.to_thread(split_on_silence, Path(prepared), self.job.asr_max_seconds, work_dir)
             results: list[TranscriptResult] = []
             for piece in pieces:
@@ -276,7 +277,7 @@ class BatchEngine:
         base = self.job.out_dir / "transcripts" / output_stem(item.item_id)
         paths = await asyncio.to_thread(write_transcript_files, base, text, segments, raw)
         last = results[-1]
-        qc = transcript_qc(text, info.duration_s, info.peak_dbfs)
+        qc = transcript_qc(text, info.duration_s, peak)
         return LedgerRow(
             **self._base(item, key, started),
             status="done",
@@ -297,8 +298,7 @@ class BatchEngine:
             qc_compression_ratio=qc.compression_ratio,
             qc_chars_per_s=qc.chars_per_s,
             qc_flags=qc.flags_text,
-            lufs=info.lufs,
-            peak_dbfs=info.peak_dbfs,
+            peak_dbfs=peak,
             credits_remaining=last.credits_remaining,
             request_id=last.request_id,
         )

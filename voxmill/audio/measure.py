@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import struct
 import subprocess
@@ -244,6 +245,17 @@ def loudness_lufs(samples: np.ndarray, sample_rate: int) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def file_peak_dbfs(path: Path) -> float | None:
+    """Sample peak of a whole file in dBFS, streamed through ffmpeg's volumedetect (constant memory, unlike
+    :func:`decode_float32`: fine for hours of ASR input); None for digital silence."""
+    cmd = ffmpeg_command("-i", str(path), "-vn", "-af", "volumedetect", "-f", "null", "-", loglevel="info")
+    result = run_tool(cmd, what=f"could not decode {str(path)!r}")
+    found = re.search(rb"max_volume: (-?[0-9.]+|-inf) dB", result.stderr)
+    if found is None or found.group(1) == b"-inf":
+        return None
+    return float(found.group(1))
+
+
 def peak_dbfs(samples: np.ndarray) -> float | None:
     """Sample peak in dBFS; None for digital silence."""
     if samples.size == 0:
@@ -388,6 +400,7 @@ __all__ = [
     "check_complete",
     "decode_float32",
     "ffmpeg_command",
+    "file_peak_dbfs",
     "ffprobe_path",
     "loudness_lufs",
     "measure_file",
