@@ -518,7 +518,9 @@ def repeated_id_hashes(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> fro
         chunks.append(np.fromiter((id_hash64(v) for v in ids if _cell(v) is not None), dtype=np.uint64))
     if not chunks:
         return frozenset()
-    hashes = np.sort(np.concatenate(chunks))
+    hashes = np.concatenate(chunks)
+    del chunks
+    hashes.sort()  # in place: the pass peaks at 16 bytes per row, then holds only the repeated ones
     return frozenset(int(h) for h in np.unique(hashes[1:][hashes[1:] == hashes[:-1]]))
 
 
