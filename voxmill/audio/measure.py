@@ -158,8 +158,10 @@ def _float(value: object) -> float | None:
 
 #: shortest ASR input worth a request, seconds
 MIN_ASR_SECONDS = 0.1
-#: a file may decode this much shorter than its header says before it counts as truncated
+#: a file may hold this much less than its header says (seconds, or a fraction of the declared duration,
+#: whichever is more: a header's estimate is not exact) before it counts as truncated
 _TRUNCATION_TOLERANCE_S = 0.1
+_TRUNCATION_TOLERANCE_SHARE = 0.01
 
 
 def check_complete(probed: ProbeResult, *, min_seconds: float = MIN_ASR_SECONDS) -> None:
@@ -177,7 +179,8 @@ def check_complete(probed: ProbeResult, *, min_seconds: float = MIN_ASR_SECONDS)
     elif probed.codec == "mp3":
         actual = _mp3_frames_seconds(probed)
         declared = probed.duration_s
-    if declared is not None and actual < declared - _TRUNCATION_TOLERANCE_S:
+    if declared is not None and actual < declared - max(_TRUNCATION_TOLERANCE_S,
+                                                        _TRUNCATION_TOLERANCE_SHARE * declared):
         raise TruncatedAudio(
             f"{where} is truncated: its header declares {declared:.3f} s but it holds {actual:.3f} s; "
             f"copy or download it again"
