@@ -396,7 +396,7 @@ def test_stats_count_requests_statuses_generations_and_uploads(null_server):
     assert stats["uploads"] == 1
     null_server.reset_stats()
     assert null_server.stats() == {"requests": 0, "by_status": {}, "resets": 0, "generations_total": 0,
-                                   "generations": {}, "uploads": 0}
+                                   "generations": {}, "uploads": 0, "empty_audio": 0}
     credits = generate(null_server, tts).headers["x-credits-remaining"]
     assert credits == "999999"
 
