@@ -547,6 +547,8 @@ def create_app(config: ServerConfig) -> Starlette:
             body, media_type = await service.encode(samples, fmt), MEDIA_TYPES[fmt]
         fault = service.faults.body_fault()
         headers["x-credits-remaining"] = str(service.bill(content_hash))
+        if fault.truncate:
+            service.stats.record_truncation(content_hash)
         return _deliver(body, media_type, headers, fault)
 
     async def upload_work(form: _Form, headers: dict[str, str]) -> Response:
@@ -695,6 +697,7 @@ async def _stream(service: _Service, websocket: WebSocket) -> None:
         fault = service.faults.body_fault()
         credits = service.bill(content_hash)
         if fault.truncate:
+            service.stats.record_truncation(content_hash)
             pcm = pcm[: len(pcm) // 2]
         chunks = [pcm[i : i + WS_CHUNK_BYTES] for i in range(0, len(pcm), WS_CHUNK_BYTES)]
         for chunk in chunks:

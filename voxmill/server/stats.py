@@ -40,6 +40,8 @@ class ServerStats:
     by_status: Counter[str] = field(default_factory=Counter)
     resets: int = 0
     generations: Counter[str] = field(default_factory=Counter)
+    #: generations whose body was cut short by the ``truncate`` fault, by content hash (billed all the same)
+    truncations: Counter[str] = field(default_factory=Counter)
     uploads: int = 0
     #: 200s whose generated audio holds no samples (the real engine on unspeakable text); also generations
     empty_audio: int = 0
@@ -65,6 +67,11 @@ class ServerStats:
         with self._lock:
             self.generations[content_hash] += 1
 
+    def record_truncation(self, content_hash: str) -> None:
+        """A generation's body is being sent cut short (fault ``truncate``)."""
+        with self._lock:
+            self.truncations[content_hash] += 1
+
     def record_empty_audio(self) -> None:
         """A generation produced no samples (it is billed like any other, as a real API may)."""
         with self._lock:
@@ -82,6 +89,7 @@ class ServerStats:
             self.by_status.clear()
             self.resets = 0
             self.generations.clear()
+            self.truncations.clear()
             self.uploads = 0
             self.empty_audio = 0
 
@@ -94,6 +102,8 @@ class ServerStats:
                 "resets": self.resets,
                 "generations_total": sum(self.generations.values()),
                 "generations": dict(self.generations),
+                "truncations_total": sum(self.truncations.values()),
+                "truncations": dict(self.truncations),
                 "uploads": self.uploads,
                 "empty_audio": self.empty_audio,
             }
