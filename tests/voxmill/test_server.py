@@ -272,6 +272,9 @@ def test_null_engine_answers_valid_audio_and_a_fixed_transcript(null_server):
     asr = generate(null_server, {"model": "whisper_v3_turbo"}, files={"file": ("a.wav", tone_wav(1.5))})
     assert asr.json()["text"] == NULL_TRANSCRIPT
     assert asr.json()["duration"] == pytest.approx(1.5)
+    # a truncated WAV: the duration of what arrived (as the real engine decodes it), not its header's claim
+    cut = generate(null_server, {"model": "whisper_v3_turbo"}, files={"file": ("a.wav", tone_wav(1.5)[:24045])})
+    assert cut.json()["duration"] == pytest.approx(0.5)
     started = time.perf_counter()
     with httpx.Client(headers=null_server.headers) as client:
         for _ in range(50):

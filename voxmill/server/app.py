@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import ipaddress
 import json
 import logging
@@ -32,7 +31,6 @@ import socket
 import struct
 import threading
 import uuid
-import wave
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,10 +48,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from voxmill.audio.formats import convert_bytes, wav_bytes
+from voxmill.audio.formats import convert_bytes, read_wav, wav_bytes
 from voxmill.catalog import TTS_SAMPLE_RATE, UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest, validate
-from voxmill.errors import ConfigError, InvalidItem, ValidationError
-from voxmill.server.engines import PiperEngine, Transcript, WhisperEngine, decode_audio
+from voxmill.errors import BadResponse, ConfigError, InvalidItem, ValidationError
+from voxmill.server.engines import ASR_SAMPLE_RATE, PiperEngine, Transcript, WhisperEngine, decode_audio
 from voxmill.server.faults import BodyFault, Fault, FaultConfig, FaultInjector
 from voxmill.server.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -233,15 +231,15 @@ class _Service:
         return await self.in_thread(lambda: asr.transcribe(data, language))
 
     async def _null_duration(self, data: bytes) -> float:
+        """Seconds of audio that arrived (not what a header claims): PCM WAV directly, else decoded."""
         try:
-            with wave.open(io.BytesIO(data), "rb") as reader:
-                frames, rate = reader.getnframes(), reader.getframerate()
-        except (wave.Error, EOFError):
-            samples = await self.in_thread(lambda: decode_audio(data))
-            return samples.size / 16000
-        if frames == 0:
+            samples, rate, channels = read_wav(data)
+        except BadResponse:
+            decoded = await self.in_thread(lambda: decode_audio(data))
+            return decoded.size / ASR_SAMPLE_RATE
+        if samples.size == 0:
             raise _Reply(400, "the uploaded audio holds no samples", param="file")
-        return frames / rate
+        return samples.size / channels / rate
 
     # --- billing ------------------------------------------------------------------------------------
 
