@@ -110,10 +110,12 @@ def test_unspeakable_text_is_an_empty_200_that_the_stats_count(real_server):
 # --- upload cap --------------------------------------------------------------------------------------------
 
 
-def test_defaults_are_a_cap_and_a_deadline():
-    config = ServerConfig(token="t")
-    assert config.max_upload_bytes == DEFAULT_MAX_UPLOAD_BYTES == 50 * MiB
-    assert config.body_timeout_s == DEFAULT_BODY_TIMEOUT_S > 0
+def test_the_default_cap_refuses_a_declared_60_mib_body(null_server):
+    assert ServerConfig(token="t").body_timeout_s == DEFAULT_BODY_TIMEOUT_S > 0
+    sock = open_raw(null_server, {"Content-Length": str(DEFAULT_MAX_UPLOAD_BYTES + 10 * MiB)})
+    reply = read_response(sock)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 413") and b"the cap is 52,428,800 bytes" in reply, reply[:300]
 
 
 def test_declared_oversize_is_413_at_once_without_reading_the_body(capped_server):
