@@ -202,11 +202,14 @@ class _Service:
             self.asr.transcribe(wav_bytes(samples, TTS_SAMPLE_RATE))
 
     async def speak(self, text: str, speed: float) -> np.ndarray | None:
-        """24 kHz int16 samples; None from the null engine (its bodies are precomputed)."""
+        """24 kHz int16 samples (an empty result counted in the stats); None from the null engine (precomputed)."""
         if self.tts is None:
             return None
         tts = self.tts
-        return await self.in_thread(lambda: tts.synthesize(text, speed))
+        samples = await self.in_thread(lambda: tts.synthesize(text, speed))
+        if samples.size == 0:
+            self.stats.record_empty_audio()
+        return samples
 
     async def encode(self, samples: np.ndarray | None, fmt: str) -> bytes:
         """The body in ``fmt``: WAV and PCM directly, anything else through ffmpeg (in the pool)."""
@@ -247,9 +250,11 @@ class _Service:
     def credits(self) -> int:
         return self._credits
 
-    def bill(self, content_hash: str) -> int:
-        """Count a generation and take one credit; the credits left."""
+    def bill(self, content_hash: str, *, truncated: bool = False) -> int:
+        """Count a generation (and whether its body is sent cut short) and take one credit; the credits left."""
         self.stats.record_generation(content_hash)
+        if truncated:
+            self.stats.record_truncation(content_hash)
         with self._credits_lock:
             self._credits -= 1
             return self._credits
@@ -539,14 +544,10 @@ def create_app(config: ServerConfig) -> Starlette:
             headers.update(service.voice_headers(request))
             speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
             samples = await service.speak(request.params["text"], speed)
-            if samples is not None and samples.size == 0:
-                service.stats.record_empty_audio()
             fmt = request.output_format
             body, media_type = await service.encode(samples, fmt), MEDIA_TYPES[fmt]
         fault = service.faults.body_fault()
-        headers["x-credits-remaining"] = str(service.bill(content_hash))
-        if fault.truncate:
-            service.stats.record_truncation(content_hash)
+        headers["x-credits-remaining"] = str(service.bill(content_hash, truncated=fault.truncate))
         return _deliver(body, media_type, headers, fault)
 
     async def upload_work(form: _Form, headers: dict[str, str]) -> Response:
@@ -689,13 +690,10 @@ async def _stream(service: _Service, websocket: WebSocket) -> None:
                                    "engine": engine, **notes})
         speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
         samples = await service.speak(request.params["text"], speed)
-        if samples is not None and samples.size == 0:
-            service.stats.record_empty_audio()
         pcm = await service.encode(samples, "pcm")
         fault = service.faults.body_fault()
-        credits = service.bill(content_hash)
+        credits = service.bill(content_hash, truncated=fault.truncate)
         if fault.truncate:
-            service.stats.record_truncation(content_hash)
             pcm = pcm[: len(pcm) // 2]
         chunks = [pcm[i : i + WS_CHUNK_BYTES] for i in range(0, len(pcm), WS_CHUNK_BYTES)]
         for chunk in chunks:
