@@ -14,7 +14,8 @@ bad files mixed in (truncated, not audio, empty, wrong extension).
 Accounting uses the server's own counters (``GET /admin/stats``): generations per content hash, and the
 truncated ones among them. Billed generations minus items = truncations (a body cut in transit is billed and
 retried) + duplicates (an item the server generated in full but the killed client never recorded). An item is
-*in flight at a kill* when the server had generated it in full and the ledger did not have it done. Checks:
+*in flight at a kill* when the server generated it in full during the killed run and the ledger did not have it
+done. Checks:
 nothing lost (every item done, its audio decodes), every item generated at least once, and each item's
 duplicates ≤ the kills it was in flight at. Exit status 1 when a check fails; ``--json`` writes the numbers.
 """
@@ -228,6 +229,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
     out, log = work / "tts-out", work / "tts.log"
     runs: list[RunRecord] = []
     in_flight: list[set[str]] = []
+    before = ServerCounts(Counter(), Counter(), {}, 0)
     started = time.perf_counter()
     for number, fraction in enumerate(args.kill_at, start=1):
         run_started = time.perf_counter()
@@ -241,8 +243,10 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         time.sleep(0.5)  # let the server finish what the dead client had asked for
         counts = server_counts(server)
         done, failed = ledger_state(out)
-        flying = {item for item, h in hash_of.items() if counts.full(h) > 0 and item not in done}
+        # generated whole during this run, yet not recorded as done
+        flying = {item for item, h in hash_of.items() if counts.full(h) > before.full(h) and item not in done}
         in_flight.append(flying)
+        before = counts
         runs.append(RunRecord(number, "killed", time.perf_counter() - run_started, len(done), dict(failed),
                               in_flight=len(flying)))
         print(f"  run {number}: killed at {len(done)} done, {len(flying)} in flight ({load()})", file=sys.stderr)
