@@ -1,7 +1,7 @@
 """Chaos suite (a benchmark, not a test): a TTS job under injected faults, killed with SIGKILL and rerun.
 
     .venv/bin/python bench/chaos.py                 # 10,000 items, two kills, through the CLI (~5 min on 2 cores)
-    .venv/bin/python bench/chaos.py --quick         # 300 items, the same story in under a minute
+    .venv/bin/python bench/chaos.py --quick         # 200 items, the same story in under a minute
     .venv/bin/python bench/chaos.py --via run_job   # voxmill.jobs.run_job in a subprocess instead of the CLI
 
 The local server (``voxmill serve --engine null``) runs in its own process with 20% 5xx, 5% connection
@@ -47,8 +47,8 @@ from throughput import ServerProcess, load, markdown_table  # noqa: E402
 
 MODEL = "higgs2p5"
 FAULTS = {"error_rate": 0.20, "reset_rate": 0.05, "truncate_rate": 0.05, "jitter_ms": 40.0}
-#: the 429 bursts: this rate limit (req/s, burst 1) for BURST_SECONDS out of every BURST_EVERY seconds
-BURST_RPS, BURST_SECONDS, BURST_EVERY = 2.0, 3.0, 8.0
+#: the 429 bursts: this rate limit (req/s, burst 1) for ``--burst-seconds`` out of every BURST_EVERY seconds
+BURST_RPS, BURST_EVERY = 2.0, 8.0
 #: bad files of the ASR corpus: name → what is wrong with it
 BAD_AUDIO = {
     "truncated.wav": "a WAV cut after 1,000 bytes",
@@ -95,15 +95,16 @@ def set_faults(server: ServerProcess, **fields: Any) -> None:
 class RateLimitBursts:
     """A thread that switches a low rate limit on for a moment every few seconds (429 bursts)."""
 
-    def __init__(self, server: ServerProcess) -> None:
+    def __init__(self, server: ServerProcess, seconds: float) -> None:
         self.server = server
+        self.seconds = seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-429-bursts", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(BURST_EVERY - BURST_SECONDS):
+        while not self._stop.wait(BURST_EVERY - self.seconds):
             set_faults(self.server, rate_limit_rps=BURST_RPS, rate_limit_burst=1)
-            self._stop.wait(BURST_SECONDS)
+            self._stop.wait(self.seconds)
             set_faults(self.server, rate_limit_rps=None)
 
     def __enter__(self) -> RateLimitBursts:
@@ -420,7 +421,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     try:
         set_faults(server, **FAULTS)
         runner = JobRunner(args, server)
-        with RateLimitBursts(server):
+        with RateLimitBursts(server, args.burst_seconds):
             tts = run_tts(args, server, runner, work)
             asr = run_asr(args, runner, work)
     finally:
@@ -440,11 +441,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="server latency before jitter")
     parser.add_argument("--kill-at", type=lambda s: [float(x) for x in s.split(",")], default=[1 / 3, 2 / 3],
                         help="fractions of the items generated at which to SIGKILL (default: 1/3, 2/3)")
+    parser.add_argument("--burst-seconds", type=float, default=3.0,
+                        help=f"length of each 429 burst, one every {BURST_EVERY:g} s (default %(default)s)")
     parser.add_argument("--max-reruns", type=int, default=3, help="reruns after the kills, until all done")
     parser.add_argument("--run-timeout", type=float, default=1800.0, help="seconds one rerun may take")
     parser.add_argument("--asr-good", type=int, default=20, help="good files in the ASR corpus")
     parser.add_argument("--decode-sample", type=int, default=500, help="done items whose audio is decoded")
-    parser.add_argument("--quick", action="store_true", help="300 items and a small corpus (make test's size)")
+    parser.add_argument("--quick", action="store_true", help="200 items and a small corpus (make test's size)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     parser.add_argument("--work-dir", help="where manifests and outputs go (default: a temp dir)")
     # internal: one run_job run in this process
@@ -453,7 +456,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.items, args.asr_good, args.decode_sample = min(args.items, 300), min(args.asr_good, 4), 300
+        args.items, args.asr_good, args.decode_sample = min(args.items, 200), min(args.asr_good, 4), 200
+        args.burst_seconds = min(args.burst_seconds, 2.0)
     return args
 
 
