@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: setup demo test bench clean system-deps
+.PHONY: setup demo test bench chaos clean system-deps
 
 setup: system-deps $(STAMP)
 
@@ -37,6 +37,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/throughput.py
+
+chaos: setup
+	$(BIN)/python bench/chaos.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -272,6 +272,9 @@ def test_null_engine_answers_valid_audio_and_a_fixed_transcript(null_server):
     asr = generate(null_server, {"model": "whisper_v3_turbo"}, files={"file": ("a.wav", tone_wav(1.5))})
     assert asr.json()["text"] == NULL_TRANSCRIPT
     assert asr.json()["duration"] == pytest.approx(1.5)
+    # a truncated WAV: the duration of what arrived (as the real engine decodes it), not its header's claim
+    cut = generate(null_server, {"model": "whisper_v3_turbo"}, files={"file": ("a.wav", tone_wav(1.5)[:24045])})
+    assert cut.json()["duration"] == pytest.approx(0.5)
     started = time.perf_counter()
     with httpx.Client(headers=null_server.headers) as client:
         for _ in range(50):
@@ -328,8 +331,9 @@ def test_truncated_body_is_a_valid_response_with_a_short_wav(make_server):
     assert declared > len(response.content) - 44
     with pytest.raises(BadResponse, match="truncated"):
         check_audio_body(response.content, "wav")
-    # billed: the server did the work
-    assert server.stats()["generations"] == {request_content_hash(fields, {}): 1}
+    # billed: the server did the work; and counted as a truncation, so a test can split extra generations
+    stats = server.stats()
+    assert stats["generations"] == stats["truncations"] == {request_content_hash(fields, {}): 1}
 
 
 def test_slow_body_trickles_over_the_set_time(make_server):
@@ -396,7 +400,8 @@ def test_stats_count_requests_statuses_generations_and_uploads(null_server):
     assert stats["uploads"] == 1
     null_server.reset_stats()
     assert null_server.stats() == {"requests": 0, "by_status": {}, "resets": 0, "generations_total": 0,
-                                   "generations": {}, "uploads": 0}
+                                   "generations": {}, "truncations_total": 0, "truncations": {}, "uploads": 0,
+                                   "empty_audio": 0}
     credits = generate(null_server, tts).headers["x-credits-remaining"]
     assert credits == "999999"
 

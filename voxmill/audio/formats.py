@@ -134,12 +134,18 @@ def wav_bytes(samples: np.ndarray, sample_rate: int, channels: int = 1) -> bytes
 
 
 def read_wav(data: bytes) -> tuple[np.ndarray, int, int]:
-    """(int16 samples, sample rate, channels) of a 16-bit PCM WAV body."""
-    with wave.open(io.BytesIO(data), "rb") as reader:
-        if reader.getsampwidth() != 2:
-            raise BadResponse(f"WAV sample width is {8 * reader.getsampwidth()} bits, expected 16")
-        frames = reader.readframes(reader.getnframes())
-        return np.frombuffer(frames, dtype="<i2"), reader.getframerate(), reader.getnchannels()
+    """(int16 samples, sample rate, channels) of a 16-bit PCM WAV body: the whole frames that are there
+    (a truncated body gives fewer than its header claims); BadResponse if it is not 16-bit PCM WAV."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as reader:
+            if reader.getsampwidth() != 2:
+                raise BadResponse(f"WAV sample width is {8 * reader.getsampwidth()} bits, expected 16")
+            frames = reader.readframes(reader.getnframes())
+            channels = reader.getnchannels()
+            usable = len(frames) - len(frames) % (2 * channels)
+            return np.frombuffer(frames[:usable], dtype="<i2"), reader.getframerate(), channels
+    except (wave.Error, EOFError) as exc:
+        raise BadResponse(f"not a PCM WAV body ({exc or type(exc).__name__})") from None
 
 
 def ffmpeg_path() -> str:

@@ -14,20 +14,23 @@ Differences from the hosted API, on purpose:
   addresses (or ``localhost``) are refused with 400; host names are not resolved (no network).
 - WebSocket outcomes are counted in ``by_status`` under the HTTP status they stand for; a completed
   stream counts as ``"101"``.
+- request bodies are capped (``max_upload_bytes``, 413) and must arrive within ``body_timeout_s`` (408):
+  see :mod:`voxmill.server.limits`. A TTS text holding NUL or another control character is a 400
+  (``param: text``); text with nothing to speak is a 200 with an empty WAV, counted in ``empty_audio``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import ipaddress
 import json
+import logging
+import re
 import socket
 import struct
 import threading
 import uuid
-import wave
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,14 +48,23 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from voxmill.audio.formats import convert_bytes, wav_bytes
+from voxmill.audio.formats import convert_bytes, read_wav, wav_bytes
 from voxmill.catalog import TTS_SAMPLE_RATE, UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest, validate
-from voxmill.errors import ConfigError, InvalidItem, ValidationError
-from voxmill.server.engines import PiperEngine, Transcript, WhisperEngine, decode_audio
+from voxmill.errors import BadResponse, ConfigError, InvalidItem, ValidationError
+from voxmill.server.engines import ASR_SAMPLE_RATE, PiperEngine, Transcript, WhisperEngine, decode_audio
 from voxmill.server.faults import BodyFault, Fault, FaultConfig, FaultInjector
+from voxmill.server.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    BodyTimeout,
+    BodyTooLarge,
+    LimitedReceive,
+    check_declared_length,
+)
 from voxmill.server.stats import ServerStats, request_content_hash
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 NULL_ENGINE = "null"
 NULL_TRANSCRIPT = "null engine transcript"
@@ -70,6 +82,8 @@ _RAW_SEND = "voxmill.raw_send"
 _REFERENCE_FILES = ("voice_reference_file", "audio_prompt_file")
 _REFERENCE_URLS = ("voice_url", "preset_url")
 _LOCAL_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
+#: C0 controls except tab, newline and return; DEL; C1 controls
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,10 @@ class ServerConfig:
     #: load (and warm up) the models at start instead of on the first request
     preload: bool = False
     initial_credits: int = 1_000_000
+    #: largest request body accepted (bytes); larger ones are answered 413 without being buffered
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    #: seconds a whole request body may take to arrive (slow or short bodies are answered 408); 0: no limit
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -98,6 +116,10 @@ class ServerConfig:
             raise ConfigError(f"engine must be 'real' or 'null', got {self.engine!r}")
         if self.engine_workers < 1:
             raise ConfigError(f"engine_workers must be ≥ 1, got {self.engine_workers}")
+        if self.max_upload_bytes < 1:
+            raise ConfigError(f"max_upload_bytes must be ≥ 1, got {self.max_upload_bytes}")
+        if self.body_timeout_s < 0:
+            raise ConfigError(f"body_timeout_s must be ≥ 0 (0: no limit), got {self.body_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -180,11 +202,14 @@ class _Service:
             self.asr.transcribe(wav_bytes(samples, TTS_SAMPLE_RATE))
 
     async def speak(self, text: str, speed: float) -> np.ndarray | None:
-        """24 kHz int16 samples; None from the null engine (its bodies are precomputed)."""
+        """24 kHz int16 samples (an empty result counted in the stats); None from the null engine (precomputed)."""
         if self.tts is None:
             return None
         tts = self.tts
-        return await self.in_thread(lambda: tts.synthesize(text, speed))
+        samples = await self.in_thread(lambda: tts.synthesize(text, speed))
+        if samples.size == 0:
+            self.stats.record_empty_audio()
+        return samples
 
     async def encode(self, samples: np.ndarray | None, fmt: str) -> bytes:
         """The body in ``fmt``: WAV and PCM directly, anything else through ffmpeg (in the pool)."""
@@ -209,15 +234,15 @@ class _Service:
         return await self.in_thread(lambda: asr.transcribe(data, language))
 
     async def _null_duration(self, data: bytes) -> float:
+        """Seconds of audio that arrived (not what a header claims): PCM WAV directly, else decoded."""
         try:
-            with wave.open(io.BytesIO(data), "rb") as reader:
-                frames, rate = reader.getnframes(), reader.getframerate()
-        except (wave.Error, EOFError):
-            samples = await self.in_thread(lambda: decode_audio(data))
-            return samples.size / 16000
-        if frames == 0:
+            samples, rate, channels = read_wav(data)
+        except BadResponse:
+            decoded = await self.in_thread(lambda: decode_audio(data))
+            return decoded.size / ASR_SAMPLE_RATE
+        if samples.size == 0:
             raise _Reply(400, "the uploaded audio holds no samples", param="file")
-        return frames / rate
+        return samples.size / channels / rate
 
     # --- billing ------------------------------------------------------------------------------------
 
@@ -225,9 +250,11 @@ class _Service:
     def credits(self) -> int:
         return self._credits
 
-    def bill(self, content_hash: str) -> int:
-        """Count a generation and take one credit; the credits left."""
+    def bill(self, content_hash: str, *, truncated: bool = False) -> int:
+        """Count a generation (and whether its body is sent cut short) and take one credit; the credits left."""
         self.stats.record_generation(content_hash)
+        if truncated:
+            self.stats.record_truncation(content_hash)
         with self._credits_lock:
             self._credits -= 1
             return self._credits
@@ -240,6 +267,16 @@ class _Service:
             self._credits = self.config.initial_credits
 
     # --- checks shared by HTTP and WebSocket ----------------------------------------------------------
+
+    @staticmethod
+    def check_text(request: ValidatedRequest) -> None:
+        """A TTS text holding NUL or another control character (tab, newline, return allowed) is a 400."""
+        text = str(request.params.get("text", ""))
+        found = _CONTROL_CHARACTERS.search(text)
+        if found is not None:
+            raise _Reply(400, f"text holds the control character U+{ord(found.group()):04X} at offset "
+                              f"{found.start()}; remove control characters (only tab and newlines are allowed)",
+                         param="text")
 
     def authorized(self, header_or_token: str | None, *, bearer: bool = True) -> bool:
         if not header_or_token:
@@ -351,6 +388,8 @@ async def _read_form(request: Request) -> _Form:
         raise _Reply(415, "send the request as multipart/form-data (even without a file)")
     try:
         form = await request.form()
+    except (BodyTooLarge, BodyTimeout):
+        raise
     except Exception as exc:  # malformed multipart: python-multipart's own errors
         raise _Reply(400, f"could not parse the multipart body: {exc}") from None
     fields: dict[str, str] = {}
@@ -441,24 +480,39 @@ def create_app(config: ServerConfig) -> Starlette:
     async def guarded(request: Request, handler: Callable[[_Form, dict[str, str]], Any]) -> Response:
         headers = {"x-request-id": uuid.uuid4().hex, "x-voxmill-engine": service.engine_label(None)}
         service.stats.record_request()
+        body = LimitedReceive(request.receive, config.max_upload_bytes, config.body_timeout_s)
         if not service.authorized(request.headers.get("authorization")):
-            return _finish(_Reply(401, "missing or wrong bearer token (Authorization: Bearer <token>)"), headers)
+            return await _finish(_Reply(401, "missing or wrong bearer token (Authorization: Bearer <token>)"),
+                                 headers, body)
         try:
+            check_declared_length(request.headers.get("content-length"), config.max_upload_bytes)
             # the body is read first, as a real API does: a client that hangs up later is still billed
-            form = await _read_form(request)
+            form = await _read_form(Request(request.scope, body))
             await service.pre_work_faults()
             response = await handler(form, headers)
         except _Reply as reply:
-            return _finish(reply, headers)
+            return await _finish(reply, headers, body)
+        except BodyTooLarge as exc:
+            return await _finish(_Reply(413, str(exc)), headers, body, drain=False)
+        except BodyTimeout as exc:
+            return await _finish(_Reply(408, str(exc)), headers, body, drain=False)
         except _Drop:
             service.stats.record_reset()
             return _ResetResponse()
+        except Exception:  # an engine or library failure: still a counted, JSON 500 (never a bare one)
+            log.exception("unhandled error answering %s", request.url.path)
+            reply = _Reply(500, "internal error in the local server (its log has the traceback)")
+            return await _finish(reply, headers, body)
         service.stats.record_status(response.status_code)
         return response
 
-    def _finish(reply: _Reply, headers: dict[str, str]) -> Response:
+    async def _finish(reply: _Reply, headers: dict[str, str], body: LimitedReceive, *, drain: bool = True) -> Response:
+        """The JSON error response; a body not read to its end is drained within the cap and deadline
+        (so the client reads this answer, not a reset), else the connection closes after the answer."""
         service.stats.record_status(reply.status)
         headers = {**headers, **reply.headers, "x-credits-remaining": str(service.credits)}
+        if not body.complete and not (drain and await body.drain()):
+            headers["connection"] = "close"
         return JSONResponse(reply.body(), status_code=reply.status, headers=headers)
 
     async def generate_work(form: _Form, headers: dict[str, str]) -> Response:
@@ -486,13 +540,14 @@ def create_app(config: ServerConfig) -> Starlette:
             else:
                 body, media_type = json.dumps(transcript.to_json()).encode(), "application/json"
         else:
+            service.check_text(request)
             headers.update(service.voice_headers(request))
             speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
             samples = await service.speak(request.params["text"], speed)
             fmt = request.output_format
             body, media_type = await service.encode(samples, fmt), MEDIA_TYPES[fmt]
         fault = service.faults.body_fault()
-        headers["x-credits-remaining"] = str(service.bill(content_hash))
+        headers["x-credits-remaining"] = str(service.bill(content_hash, truncated=fault.truncate))
         return _deliver(body, media_type, headers, fault)
 
     async def upload_work(form: _Form, headers: dict[str, str]) -> Response:
@@ -628,6 +683,7 @@ async def _stream(service: _Service, websocket: WebSocket) -> None:
         request = service.validate(model, params)
         if request.model.kind != "tts":
             raise _Reply(400, f"{model} is not a text-to-speech model; the WebSocket streams TTS only", param="model")
+        service.check_text(request)
         notes = service.voice_headers(request)
         engine = service.engine_label("tts")
         await websocket.send_json({"type": "progress", "stage": "synthesizing", "request_id": request_id,
@@ -636,7 +692,7 @@ async def _stream(service: _Service, websocket: WebSocket) -> None:
         samples = await service.speak(request.params["text"], speed)
         pcm = await service.encode(samples, "pcm")
         fault = service.faults.body_fault()
-        credits = service.bill(content_hash)
+        credits = service.bill(content_hash, truncated=fault.truncate)
         if fault.truncate:
             pcm = pcm[: len(pcm) // 2]
         chunks = [pcm[i : i + WS_CHUNK_BYTES] for i in range(0, len(pcm), WS_CHUNK_BYTES)]
@@ -665,6 +721,11 @@ async def _stream(service: _Service, websocket: WebSocket) -> None:
         await drop_connection(websocket.scope, websocket.send)
     except WebSocketDisconnect:
         pass
+    except Exception:  # an engine or library failure: counted, and the client told, like an HTTP 500
+        log.exception("unhandled error in a WebSocket stream")
+        if counted:
+            service.stats.record_status(500)
+        await websocket.close(1011, "internal error in the local server")
 
 
 async def _receive_object(websocket: WebSocket) -> dict[str, Any]:

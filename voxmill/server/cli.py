@@ -19,6 +19,7 @@ from typing import Any
 from voxmill.errors import ConfigError
 from voxmill.server.app import ServerConfig, create_app
 from voxmill.server.faults import FaultConfig
+from voxmill.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_UPLOAD_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -95,6 +96,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=2, help="engine calls at once (default %(default)s)")
     parser.add_argument("--preload", action=argparse.BooleanOptionalAction, default=True,
                         help="load the models before accepting requests (default: on)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+                        help="largest request body in MiB; larger ones get 413 (default %(default)g)")
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                        help="seconds a request body may take to arrive, else 408 (0: no limit; default %(default)g)")
     faults = parser.add_argument_group("fault injection (all off by default; change live with PUT /admin/faults)")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="fixed extra latency per request")
     faults.add_argument("--jitter-ms", type=float, default=0.0, help="uniform random extra latency, up to this")
@@ -132,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         whisper_model=args.whisper_model,
         engine_workers=args.workers,
         preload=args.preload,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        body_timeout_s=args.body_timeout,
     )
 
 

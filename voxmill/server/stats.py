@@ -3,8 +3,9 @@
 A *generation* is counted when a 200 carrying generated content is handed to the server for sending,
 truncated bodies included: the hosted API bills the work it did even when the body is lost in transit, so a
 client that retries after a truncated body pays twice, and tests can see that. 429s, 5xx, resets and
-validation errors are never generations. Counting happens before the body is sent, so a client that has
-read its response always finds it in ``GET /admin/stats``.
+validation errors are never generations. ``by_status`` counts every answered status, 413/408 body refusals
+and unexpected 500s included; ``empty_audio`` counts 200s whose audio holds no samples. Counting happens
+before the body is sent, so a client that has read its response always finds it in ``GET /admin/stats``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class ServerStats:
     by_status: Counter[str] = field(default_factory=Counter)
     resets: int = 0
     generations: Counter[str] = field(default_factory=Counter)
+    #: generations whose body was cut short by the ``truncate`` fault, by content hash (billed all the same)
+    truncations: Counter[str] = field(default_factory=Counter)
     uploads: int = 0
+    #: 200s whose generated audio holds no samples (the real engine on unspeakable text); also generations
+    empty_audio: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record_request(self) -> None:
@@ -62,6 +67,16 @@ class ServerStats:
         with self._lock:
             self.generations[content_hash] += 1
 
+    def record_truncation(self, content_hash: str) -> None:
+        """A generation's body is being sent cut short (fault ``truncate``)."""
+        with self._lock:
+            self.truncations[content_hash] += 1
+
+    def record_empty_audio(self) -> None:
+        """A generation produced no samples (it is billed like any other, as a real API may)."""
+        with self._lock:
+            self.empty_audio += 1
+
     def record_upload(self) -> None:
         """A voice reference was accepted."""
         with self._lock:
@@ -74,7 +89,9 @@ class ServerStats:
             self.by_status.clear()
             self.resets = 0
             self.generations.clear()
+            self.truncations.clear()
             self.uploads = 0
+            self.empty_audio = 0
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON body of ``GET /admin/stats``."""
@@ -85,7 +102,10 @@ class ServerStats:
                 "resets": self.resets,
                 "generations_total": sum(self.generations.values()),
                 "generations": dict(self.generations),
+                "truncations_total": sum(self.truncations.values()),
+                "truncations": dict(self.truncations),
                 "uploads": self.uploads,
+                "empty_audio": self.empty_audio,
             }
 
 
