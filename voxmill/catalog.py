@@ -418,12 +418,14 @@ def get_model(name: str) -> ModelSpec:
 
 
 def validate(
-    model: str, params: Mapping[str, Any], *, text_hard_limit: int | None = None
+    model: str, params: Mapping[str, Any], *, text_hard_limit: int | None = None, speakable: bool = True
 ) -> ValidatedRequest:
     """Check and coerce ``params`` for ``model``; raise ValidationError naming parameter, value and rule.
 
     Empty values (None, "", NaN) count as absent, so manifest columns may be blank. Defaults marked
-    ``send_default`` are filled in; other defaults are left to the API.
+    ``send_default`` are filled in; other defaults are left to the API. ``speakable=False`` skips the
+    has-letters check (the local server answers such texts as the API does: with empty audio); control
+    characters are always refused.
     """
     spec = get_model(model)
     coerced: dict[str, Any] = {}
@@ -451,7 +453,9 @@ def validate(
         if not text.strip():
             raise UnspeakableText(f"{model}: parameter 'text' is empty (only whitespace); nothing to speak",
                                   param="text")
-        check_speakable(text, model)
+        check_control_characters(text, model)
+        if speakable:
+            check_speakable(text, model)
         hard = text_hard_limit if text_hard_limit is not None else spec.text_hard_limit
         if hard is not None and len(text) > hard:
             raise ValidationError(
@@ -476,10 +480,9 @@ _FORBIDDEN_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPEAKABLE = re.compile(r"[^\W_]")
 
 
-def check_speakable(text: str, model: str) -> None:
-    """Raise unless ``text`` can become speech: no NUL or other C0/C1 control (tab, newline and return
-    are fine), and at least one letter or digit (not only punctuation, symbols or zero-width characters).
-    """
+def check_control_characters(text: str, model: str) -> None:
+    """Raise ForbiddenCharacter if ``text`` holds NUL, another C0/C1 control or DEL (tab, newline and
+    return are fine)."""
     control = _FORBIDDEN_CONTROL.search(text)
     if control is not None:
         raise ForbiddenCharacter(
@@ -487,6 +490,11 @@ def check_speakable(text: str, model: str) -> None:
             f"{control.start()}; remove it from the text (only tab, newline and return are allowed)",
             param="text",
         )
+
+
+def check_speakable(text: str, model: str) -> None:
+    """Raise UnspeakableText unless ``text`` has at least one letter or digit (not only punctuation,
+    symbols or zero-width characters)."""
     if _SPEAKABLE.search(text) is None:
         shown = text if len(text) <= 40 else text[:40] + "…"
         raise UnspeakableText(
@@ -532,6 +540,7 @@ __all__ = [
     "UPLOAD_FILE_TYPES",
     "UPLOAD_MODELS",
     "ValidatedRequest",
+    "check_control_characters",
     "check_speakable",
     "get_model",
     "model_table_markdown",

@@ -26,7 +26,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import re
 import socket
 import struct
 import threading
@@ -50,7 +49,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxmill.audio.formats import convert_bytes, read_wav, wav_bytes
 from voxmill.catalog import TTS_SAMPLE_RATE, UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest, validate
-from voxmill.errors import BadResponse, ConfigError, InvalidItem, ValidationError
+from voxmill.errors import BadResponse, ConfigError, ForbiddenCharacter, InvalidItem, ValidationError
 from voxmill.server.engines import ASR_SAMPLE_RATE, PiperEngine, Transcript, WhisperEngine, decode_audio
 from voxmill.server.faults import BodyFault, Fault, FaultConfig, FaultInjector
 from voxmill.server.limits import (
@@ -82,8 +81,6 @@ _RAW_SEND = "voxmill.raw_send"
 _REFERENCE_FILES = ("voice_reference_file", "audio_prompt_file")
 _REFERENCE_URLS = ("voice_url", "preset_url")
 _LOCAL_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
-#: C0 controls except tab, newline and return; DEL; C1 controls
-_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -268,16 +265,6 @@ class _Service:
 
     # --- checks shared by HTTP and WebSocket ----------------------------------------------------------
 
-    @staticmethod
-    def check_text(request: ValidatedRequest) -> None:
-        """A TTS text holding NUL or another control character (tab, newline, return allowed) is a 400."""
-        text = str(request.params.get("text", ""))
-        found = _CONTROL_CHARACTERS.search(text)
-        if found is not None:
-            raise _Reply(400, f"text holds the control character U+{ord(found.group()):04X} at offset "
-                              f"{found.start()}; remove control characters (only tab and newlines are allowed)",
-                         param="text")
-
     def authorized(self, header_or_token: str | None, *, bearer: bool = True) -> bool:
         if not header_or_token:
             return False
@@ -313,7 +300,9 @@ class _Service:
 
     def validate(self, model: str, params: Mapping[str, Any]) -> ValidatedRequest:
         try:
-            return validate(model, params, text_hard_limit=self.config.text_hard_limit)
+            return validate(model, params, text_hard_limit=self.config.text_hard_limit, speakable=False)
+        except ForbiddenCharacter as exc:
+            raise _Reply(400, exc.message, param=exc.param) from None
         except ValidationError as exc:
             raise _Reply(400 if exc.param == "model" else 422, exc.message, param=exc.param) from None
 
@@ -540,7 +529,6 @@ def create_app(config: ServerConfig) -> Starlette:
             else:
                 body, media_type = json.dumps(transcript.to_json()).encode(), "application/json"
         else:
-            service.check_text(request)
             headers.update(service.voice_headers(request))
             speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
             samples = await service.speak(request.params["text"], speed)
@@ -683,7 +671,6 @@ async def _stream(service: _Service, websocket: WebSocket) -> None:
         request = service.validate(model, params)
         if request.model.kind != "tts":
             raise _Reply(400, f"{model} is not a text-to-speech model; the WebSocket streams TTS only", param="model")
-        service.check_text(request)
         notes = service.voice_headers(request)
         engine = service.engine_label("tts")
         await websocket.send_json({"type": "progress", "stage": "synthesizing", "request_id": request_id,
