@@ -47,7 +47,7 @@ from voxmill.errors import (
     ValidationError,
     VoxmillError,
 )
-from voxmill.limiter import AsyncRateLimiter, Limiter
+from voxmill.limiter import Limiter, build_limiter
 from voxmill.settings import RetryPolicy, Settings
 from voxmill.timing import TimedText
 from voxmill.voices import VoiceCache, content_digest
@@ -118,7 +118,7 @@ class VoxmillClient:
     """Talks to the audio API (hosted or the local server): ``async with VoxmillClient(settings) as c``.
 
     One ``httpx.AsyncClient`` with a connection pool sized from ``max_concurrent`` serves every request;
-    ``limiter`` (default: an :class:`AsyncRateLimiter` from ``settings.rate_limit``) paces them and may be
+    ``limiter`` (default: :func:`~voxmill.limiter.build_limiter` of ``settings``) paces them and may be
     shared with other clients. Raises ConfigError when ``settings`` has no API key.
     """
 
@@ -139,7 +139,7 @@ class VoxmillClient:
             )
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
-        self.limiter: Limiter = limiter if limiter is not None else AsyncRateLimiter(settings.rate_limit)
+        self.limiter: Limiter = limiter if limiter is not None else build_limiter(settings)
         self.on_retry = on_retry
         self.voice_cache = voice_cache if voice_cache is not None else VoiceCache.in_dir(settings.cache_dir)
         #: attempts now waiting to be retried (for a "retrying" progress display)

@@ -8,6 +8,7 @@ servers keep them fast; the real server is used only where real audio matters (v
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import traceback
@@ -237,8 +238,8 @@ async def test_429_waits_retry_after_and_bills_each_item_once(make_server, tmp_p
     requests = [tts(f"Rate limited line {i}.") for i in range(3)]
     transport = RecordingTransport()
     settings = settings_for(server, tmp_path, max_attempts=6)
-    limiter = AsyncRateLimiter(settings.rate_limit)
-    assert limiter.configured_rate is None  # the client does not pace itself: only the server's 429s do
+    limiter = AsyncRateLimiter(dataclasses.replace(settings.rate_limit, adaptive=False))
+    assert limiter.current_rate is None  # the client does not pace itself: only the server's 429s do
     started = time.monotonic()
     async with VoxmillClient(settings, limiter=limiter, transport=transport) as client:
         results = await asyncio.gather(*(client.synthesize(request) for request in requests))
