@@ -364,7 +364,7 @@ class BatchEngine:
         if self.limiter is not None:
             self.progress.api_rate = self.limiter.current_rate
         if row.status == "done":
-            self.done_index.add(row.key, row.id)
+            self.done_index.add(row.key, row.id, row)
             self.progress.add(done=1)
         else:
             self.progress.add(failed=1)
