@@ -430,3 +430,22 @@ async def test_key_never_appears_in_logs_or_errors(secret_server, make_server, t
     for record in caplog.records:
         assert SECRET not in record.getMessage()
     assert not [LONG_SECRET[i : i + 8] for i in range(len(LONG_SECRET) - 7) if LONG_SECRET[i : i + 8] in caplog.text]
+
+
+# --- connections: one lane per request in flight ------------------------------------------------------
+
+
+async def test_each_request_in_flight_has_its_own_reused_connection(make_server, tmp_path):
+    from voxmill.lanes import LaneTransport
+
+    server = make_server(latency_ms=20, fail_first_n=1)  # every item: a 503 first, then a 200
+    settings = settings_for(server, tmp_path).with_(rate_limit=RateLimit(max_concurrent=4, adaptive=False))
+    async with VoxmillClient(settings) as client:
+        results = await asyncio.gather(*(client.synthesize(tts(f"Lane line {i}.")) for i in range(40)))
+        lanes = client._http._transport
+        assert isinstance(lanes, LaneTransport)
+        # at most one connection per concurrent request, each kept alive and reused, and every lane back
+        assert len(lanes._all) <= 4 and len(lanes._free) == len(lanes._all)
+    assert all(r.attempts == 2 for r in results)
+    stats = server.stats()
+    assert stats["by_status"] == {"503": 40, "200": 40}
