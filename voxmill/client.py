@@ -47,7 +47,7 @@ from voxmill.errors import (
     VoxmillError,
 )
 from voxmill.lanes import LaneTransport
-from voxmill.limiter import Limiter, build_limiter
+from voxmill.limiter import AsyncRateLimiter, Limiter, build_limiter
 from voxmill.settings import RetryPolicy, Settings
 from voxmill.timing import TimedText
 from voxmill.voices import VoiceCache, content_digest
@@ -140,7 +140,10 @@ class VoxmillClient:
             )
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
-        self.limiter: Limiter = limiter if limiter is not None else build_limiter(settings)
+        self._own_limiter: AsyncRateLimiter | None = None
+        if limiter is None:
+            limiter = self._own_limiter = build_limiter(settings)
+        self.limiter: Limiter = limiter
         self.on_retry = on_retry
         self.voice_cache = voice_cache if voice_cache is not None else VoiceCache.in_dir(settings.cache_dir)
         #: attempts now waiting to be retried (for a "retrying" progress display)
@@ -176,10 +179,12 @@ class VoxmillClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool and cancel uploads nobody awaits any more."""
+        """Close the connections, cancel uploads nobody awaits any more, hand what the limiter learned on."""
         for task in self._uploads.values():
             task.cancel()
         await self._http.aclose()
+        if self._own_limiter is not None:
+            self._own_limiter.close()  # what it learned goes to the shared budget
 
     # --- generate ----------------------------------------------------------------------------------
 
