@@ -25,6 +25,7 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -137,10 +138,12 @@ class RateControl:
         if self.born is None:
             self.born = now
         history = self.history
-        if history and now - history[-1][0] < 0.05:
+        if history and abs(now - history[-1][0]) < 0.05:
             history[-1][1] += count  # coalesce: the history stays short at any rate
-        else:
+        elif not history or now > history[-1][0]:
             history.append([now, float(count)])
+        else:  # another process reported later successes first
+            bisect.insort(history, [now, float(count)])
         while history and history[0][0] < now - HISTORY_S:
             history.pop(0)
         grow = count if grow is None else grow

@@ -8,7 +8,7 @@ requests went; the source turns that into the one :class:`~voxmill.rate.control.
 The file source keeps the control in ``CACHE_DIR/rate/<budget id>.json`` (the id hashes the key and the base
 URL; the key itself is never written) and updates it under an ``fcntl`` lock. Tokens are leased in bulk
 (about ``LEASE_SECONDS`` of the rate per lease), so the lock is taken a few times per second per process,
-not per request; successes are reported with the next lease; a 429 is written at once, so one process's
+not per request; successes are reported (with their times) at the next lease; a 429 is written at once, so one process's
 429 slows every process at its next lease (≤ ``LEASE_SECONDS`` later). The file outlives the run: the next
 run on the same API starts from the learned rate.
 """
@@ -117,8 +117,8 @@ class FileSource:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.base_url = base_url
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._successes = 0
-        self._grown = 0
+        #: successes not yet written: [wall time, successes, of which waited for the rate], ~50 ms apart
+        self._pending: list[list[float]] = []
         self._ceiling = ceiling
         self._epoch = 0
         self._local_epoch = 0
@@ -149,8 +149,14 @@ class FileSource:
         return Lease(first - offset, interval, count, self.epoch)
 
     def succeeded(self, grew: bool, ceiling: float | None) -> None:
-        self._successes += 1
-        self._grown += 1 if grew else 0
+        # kept with their times, so the shared history measures the admitted rate as well as one process's
+        now = time.time()
+        pending = self._pending
+        if pending and now - pending[-1][0] < 0.05:
+            pending[-1][1] += 1
+            pending[-1][2] += grew
+        else:
+            pending.append([now, 1, 1 if grew else 0])
         self._ceiling = ceiling
 
     def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
@@ -168,7 +174,7 @@ class FileSource:
         return min(self._rate, ceiling) if ceiling is not None else self._rate
 
     def flush(self) -> None:
-        if self._successes:
+        if self._pending:
             self._update(lambda control, now: None)
 
     def _update(self, change) -> float:  # type: ignore[no-untyped-def]
@@ -180,9 +186,9 @@ class FileSource:
             now = time.time()
             offset = now - time.monotonic()
             control = self._load(fd)
-            if self._successes:
-                control.succeeded(now, self._successes, self._grown, self._ceiling)
-                self._successes = self._grown = 0
+            for at, successes, grown in self._pending:
+                control.succeeded(at, int(successes), int(grown), self._ceiling)
+            self._pending.clear()
             change(control, now)
             body = json.dumps({"base_url": self.base_url, "control": control.to_dict()}).encode()
             os.pwrite(fd, body, 0)
