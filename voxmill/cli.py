@@ -253,7 +253,7 @@ def _show_progress(board: ProgressBoard, stop: threading.Event) -> None:
             detail = (f"done {snap.done} · failed {snap.failed} · retrying {snap.retrying} · "
                       f"skipped {snap.skipped} · {snap.rate_per_s:.1f}/s")
             if snap.api_rate is not None:
-                detail += f" · API limit {snap.api_rate:.1f}/s"
+                detail += f" · API rate {snap.api_rate:.1f}/s"
             progress.update(task, total=snap.total or None, completed=snap.finished, detail=detail)
         snap = board.snapshot()
         progress.update(task, total=snap.total or None, completed=snap.finished)
