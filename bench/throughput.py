@@ -12,7 +12,11 @@ Phases
 - baseline: asyncio + one httpx.AsyncClient + a token bucket at the same rate and concurrency, posting the
   same multipart TTS requests and writing each body to a file.
 - voxmill: ``voxmill.jobs.run_job`` on an N-row CSV manifest (manifest checks, plan, batches, ledger,
-  output files, compaction: everything a user's run does).
+  output files, compaction: everything a user's run does), ``--rps`` given (a ceiling: it starts there).
+- adaptive: the same with no rate given and nothing learned yet (a fresh cache directory): voxmill has to
+  find the server's limit on its own (slow start, then holding just under the limit).
+- cli: the same job through ``voxmill synthesize`` in a subprocess (Prefect's ephemeral API start included
+  in "whole", excluded in "job only", read from the CLI's summary line).
 - prefect (optional): the same job through ``flows.synthesize.synthesize``.
 - rss: manifest reading + validation + keying + resume-skipping over generated Parquet manifests of
   several sizes, half of each already done in its ledger; peak RSS per size.
@@ -233,22 +237,50 @@ def write_csv_manifest(path: Path, rows: int, start: int = 0) -> None:
         writer.writerows((f"item-{i}", text_of(i)) for i in range(start, start + rows))
 
 
-def voxmill_settings(args: argparse.Namespace):
+def voxmill_settings(args: argparse.Namespace, rps: float | None = None):
+    """Settings of a phase; the rate budget (learned rates) lives next to the phase's output."""
     from voxmill.settings import ApiKey, RateLimit, Settings
 
     return Settings(api_key=ApiKey(args.token), base_url=args.base_url,
-                    rate_limit=RateLimit(requests_per_second=args.rps, max_concurrent=args.concurrency))
+                    rate_limit=RateLimit(requests_per_second=rps, max_concurrent=args.concurrency),
+                    cache_dir=Path(args.out_dir).with_name(Path(args.out_dir).name + "-cache"))
 
 
-def phase_voxmill(args: argparse.Namespace) -> dict:
+def phase_voxmill(args: argparse.Namespace, rate_given: bool = True) -> dict:
     from voxmill.jobs import JobRequest, run_job
 
     request = JobRequest("tts", args.manifest, Path(args.out_dir), batch_size=args.batch_size, workers=args.workers)
-    settings = voxmill_settings(args)
+    settings = voxmill_settings(args, rps=args.rps if rate_given else None)
     with Measured() as m:
         summary = run_job(request, settings)
     return {"wall_s": m.wall, "cpu_s": m.cpu, "done": summary.done, "failed": summary.failed,
-            "skipped_done": summary.skipped_done, "rows": summary.rows, "peak_rss_mb": peak_rss_mb()}
+            "skipped_done": summary.skipped_done, "rows": summary.rows, "peak_rss_mb": peak_rss_mb(),
+            "api_rate": summary.api_rate}
+
+
+def phase_adaptive(args: argparse.Namespace) -> dict:
+    return phase_voxmill(args, rate_given=False)
+
+
+def phase_cli(args: argparse.Namespace) -> dict:
+    """``voxmill synthesize`` as a user types it; "job only" is the run time its summary line reports."""
+    import re
+
+    env = {**os.environ, "VOXMILL_API_KEY": args.token, "PYTHONPATH": str(ROOT),
+           "VOXMILL_CACHE_DIR": str(Path(args.out_dir).with_name(Path(args.out_dir).name + "-cache"))}
+    cmd = [sys.executable, "-m", "voxmill.cli", "synthesize", args.manifest, "-o", args.out_dir,
+           "--rps", str(args.rps), "--concurrency", str(args.concurrency), "--base-url", args.base_url,
+           "--no-progress"]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    with Measured() as m:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"voxmill synthesize exited with {done.returncode}")
+    headline = re.search(r"(\d+) done, .* rows in ([0-9.]+)s", done.stdout)
+    return {"wall_s": m.wall, "cpu_s": m.cpu, "done": int(headline.group(1)) if headline else None,
+            "steady_wall_s": float(headline.group(2)) if headline else None, "peak_rss_mb": peak_rss_mb()}
 
 
 def phase_prefect(args: argparse.Namespace) -> dict:
@@ -342,8 +374,8 @@ def phase_rerun(args: argparse.Namespace) -> dict:
             "rows": summary.rows, "peak_rss_mb": peak_rss_mb()}
 
 
-PHASES = {"baseline": phase_baseline, "voxmill": phase_voxmill, "prefect": phase_prefect, "rss": phase_rss,
-          "rerun": phase_rerun}
+PHASES = {"baseline": phase_baseline, "voxmill": phase_voxmill, "adaptive": phase_adaptive, "cli": phase_cli,
+          "prefect": phase_prefect, "rss": phase_rss, "rerun": phase_rerun}
 
 
 # --- orchestration --------------------------------------------------------------------------------------
@@ -397,6 +429,11 @@ def orchestrate(args: argparse.Namespace) -> None:
                                                out_dir=work / "baseline-out")
             results["voxmill"] = measured_run(server, "voxmill", args, manifest=manifest,
                                               out_dir=work / "voxmill-out", batch_size=args.batch_size)
+            results["adaptive"] = measured_run(server, "adaptive", args, manifest=manifest,
+                                               out_dir=work / "adaptive-out", batch_size=args.batch_size)
+            if not args.no_cli:
+                results["cli"] = measured_run(server, "cli", args, manifest=manifest, out_dir=work / "cli-out",
+                                              batch_size=args.batch_size)
             load_at["throughput"] = load()
             if args.prefect:
                 results["prefect"] = measured_run(server, "prefect", args, manifest=manifest,
@@ -479,6 +516,11 @@ def print_throughput(args: argparse.Namespace, results: dict, checks: list[tuple
 
     throughput_row("baseline (asyncio+httpx+bucket)", base)
     throughput_row("voxmill run_job", results["voxmill"])
+    throughput_row("voxmill run_job, no rate given (adaptive)", results["adaptive"])
+    if "cli" in results:
+        throughput_row("voxmill CLI (whole)", results["cli"])
+        if results["cli"].get("steady_wall_s"):
+            throughput_row("voxmill CLI (job only)", results["cli"], "steady_wall_s")
     if "prefect" in results:
         throughput_row("voxmill Prefect flow (whole)", results["prefect"])
         if results["prefect"].get("steady_wall_s"):
@@ -500,6 +542,18 @@ def print_throughput(args: argparse.Namespace, results: dict, checks: list[tuple
         ("every item generated once", vox["server"]["generations_total"] == args.items,
          f"{vox['server']['generations_total']} of {args.items}"),
     ]
+    adaptive = results["adaptive"]
+    adaptive_rate = adaptive["done"] / adaptive["wall_s"]
+    checks.append(("no rate given: ≥ 90% of the limit", adaptive_rate / args.rps >= 0.90,
+                   f"{100 * adaptive_rate / args.rps:.1f}%, learned {adaptive.get('api_rate')} req/s, "
+                   f"{adaptive['server']['by_status'].get('429', 0)} 429s"))
+    cli = results.get("cli")
+    if cli and cli.get("steady_wall_s") and cli.get("done"):
+        cli_rate = cli["done"] / cli["steady_wall_s"]
+        checks += [
+            ("CLI (job only) ≥ 95% of the limit", cli_rate / args.rps >= 0.95, f"{100 * cli_rate / args.rps:.1f}%"),
+            ("CLI (job only) ≥ 0.95× baseline", cli_rate / base_rate >= 0.95, f"{cli_rate / base_rate:.3f}×"),
+        ]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -519,6 +573,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rss-rows", type=int, default=1_000_000, help="largest manifest of the RSS phase")
     parser.add_argument("--rerun-items", type=int, default=100_000, help="rows of the finished job rerun")
     parser.add_argument("--prefect", action="store_true", help="also run the job through the Prefect flow")
+    parser.add_argument("--no-cli", action="store_true", help="skip the run through the voxmill CLI")
     parser.add_argument("--parts", default="throughput,rerun,rss",
                         help="comma-separated parts to run: throughput, rerun, rss (default: all)")
     parser.add_argument("--quick", action="store_true", help="small numbers for a smoke run")

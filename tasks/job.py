@@ -57,6 +57,7 @@ def run_job_in_flow(request: JobRequest, settings: Settings, progress: ProgressB
                 ("not attempted", summary.not_attempted),
                 ("failures by kind", ", ".join(f"{k}: {v}" for k, v in summary.failures_by_kind.items()) or "-"),
                 ("audio hours", round(summary.audio_seconds / 3600, 4)),
+                ("API rate (req/s)", summary.api_rate if summary.api_rate is not None else "unlimited"),
                 ("output", summary.out_dir),
             )
         ],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from voxmill.settings import ApiKey, RateLimit, Settings
+from dataclasses import replace
+
+from voxmill.settings import ApiKey, Settings
 
 
 def resolve_settings(
@@ -21,7 +23,8 @@ def resolve_settings(
         settings = settings.with_(api_key=ApiKey(Secret.load(api_key_block).get()))
     limit = settings.rate_limit
     settings = settings.with_(
-        rate_limit=RateLimit(
+        rate_limit=replace(
+            limit,
             requests_per_second=requests_per_second or limit.requests_per_second,
             requests_per_minute=requests_per_minute or limit.requests_per_minute,
             max_concurrent=max_concurrent or limit.max_concurrent,

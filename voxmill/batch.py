@@ -33,7 +33,7 @@ from voxmill.catalog import ValidatedRequest, get_model
 from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
 from voxmill.errors import AuthError, VoxmillError, labelled
 from voxmill.ledger import DoneIndex, Ledger, LedgerRow, utc_now
-from voxmill.limiter import AsyncRateLimiter
+from voxmill.limiter import AsyncRateLimiter, build_limiter
 from voxmill.manifests import JobKind, WorkItem, open_binary
 from voxmill.plan import PlannedItem
 from voxmill.progress import ProgressBoard
@@ -104,6 +104,8 @@ class BatchEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._client: VoxmillClient | None = None
+        #: the run's limiter (None with a ``client_factory``): its learned rate goes into the progress board
+        self.limiter: AsyncRateLimiter | None = None
         self._scratch = Path(tempfile.mkdtemp(prefix="voxmill-"))
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -127,8 +129,8 @@ class BatchEngine:
     async def _make_client(self) -> VoxmillClient:
         if self._client_factory is not None:
             return self._client_factory(self.settings)
-        limiter = AsyncRateLimiter(self.settings.rate_limit)
-        return VoxmillClient(self.settings, limiter=limiter, on_retry=self._on_retry)
+        self.limiter = build_limiter(self.settings)
+        return VoxmillClient(self.settings, limiter=self.limiter, on_retry=self._on_retry)
 
     def close(self) -> None:
         """Close the client, stop the loop thread, remove scratch files."""
@@ -136,6 +138,9 @@ class BatchEngine:
             return
         if self._client is not None:
             self._call(self._client.aclose())
+        if self.limiter is not None:
+            self.limiter.close()
+            self.progress.api_rate = self.limiter.current_rate
         self._loop.call_soon_threadsafe(self._loop.stop)
         assert self._thread is not None
         self._thread.join(timeout=10)
@@ -362,8 +367,10 @@ class BatchEngine:
 
     def _record(self, row: LedgerRow) -> None:
         self.ledger.append(row)
+        if self.limiter is not None:
+            self.progress.api_rate = self.limiter.current_rate
         if row.status == "done":
-            self.done_index.add(row.key, row.id)
+            self.done_index.add(row.key, row.id, row)
             self.progress.add(done=1)
         else:
             self.progress.add(failed=1)

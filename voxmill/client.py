@@ -1,16 +1,15 @@
 """The HTTP client of the audio API: one pooled ``httpx.AsyncClient``, one retry policy, typed results.
 
-Every request goes through a :class:`~voxmill.limiter.Limiter` slot; every failure becomes one of the
-errors in :mod:`voxmill.errors`:
-
-| what came back | error | retried |
-|---|---|---|
-| 401 / 403 / 402 | AuthError (the key was refused / no credits) | never: stop the run |
-| 400 / 404 / 413 / 415 / 422, other 4xx, 3xx | InvalidItem (first 500 bytes of the body) | never |
-| 429 | RateLimited (``retry_after`` from Retry-After) | yes, after exactly Retry-After |
-| 408 / 409 / 425 / 5xx, timeouts, resets | TransientError | yes, backoff with jitter |
-| 2xx whose body is not the asked audio / JSON | BadResponse | yes: a cut-off body is transient in practice |
-| 2xx audio with no samples | EmptyAudio | once more, then the item fails ``empty_audio`` |
+One request path, layered the httpx way: :meth:`VoxmillClient._send` builds the request once →
+``_with_retries`` (the one tenacity policy) → ``_attempt`` (status table, parsing, limiter feedback) →
+``_send_limited`` (a :class:`~voxmill.limiter.Limiter` slot and the timing) → the transport (one
+keep-alive connection per request in flight: :mod:`voxmill.lanes`). :data:`STATUS_TABLE` is the code
+that turns statuses into :mod:`voxmill.errors`: 401/403/402 → AuthError (stop the run); 429 →
+RateLimited (retried after at least Retry-After; the limiter lowers its rate); 408/409/425/5xx →
+TransientError (retried with backoff and jitter), like timeouts and resets; 3xx and other 4xx →
+InvalidItem (never retried). A 2xx whose body is not the asked audio/JSON is BadResponse (retried: a
+cut-off body is transient in practice);
+a 2xx audio with no samples is EmptyAudio (tried once more, then the item fails ``empty_audio``).
 
 A Retry-After longer than ``RetryPolicy.max_retry_after`` ends the retries with RateLimited. The final
 error carries ``attempts`` and ``status``. The API key is only revealed to build the Authorization header
@@ -27,11 +26,11 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -50,7 +49,8 @@ from voxmill.errors import (
     VoxmillError,
 )
 from voxmill.identity import content_hash
-from voxmill.limiter import AsyncRateLimiter, Limiter
+from voxmill.lanes import LaneTransport
+from voxmill.limiter import AsyncRateLimiter, Limiter, build_limiter
 from voxmill.settings import RetryPolicy, Settings
 from voxmill.timing import TimedText
 from voxmill.voices import VoiceCache
@@ -63,11 +63,12 @@ STREAM_PATH = "/api/v1/generate/ws"
 ENGINE_HEADER = "x-voxmill-engine"
 CREDITS_HEADER = "x-credits-remaining"
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
+#: an idle keep-alive connection is closed after this many seconds
+KEEPALIVE_EXPIRY_S = 30.0
 #: how much of an error body goes into a message
 _BODY_PREVIEW = 500
 _AUTH_STATUSES = frozenset({401, 403})
-_INVALID_STATUSES = frozenset({400, 404, 413, 415, 422})
-_TRANSIENT_STATUSES = frozenset({408, 409, 425})
+T = TypeVar("T")
 _RETRYABLE = (TransientError, RateLimited, BadResponse)
 #: an empty-audio 200 is tried this often in all: once more in case it was a glitch, never as if transient
 EMPTY_AUDIO_ATTEMPTS = 2
@@ -122,9 +123,9 @@ class TranscriptResult:
 class VoxmillClient:
     """Talks to the audio API (hosted or the local server): ``async with VoxmillClient(settings) as c``.
 
-    One ``httpx.AsyncClient`` with a connection pool sized from ``max_concurrent`` serves every request;
-    ``limiter`` (default: an :class:`AsyncRateLimiter` from ``settings.rate_limit``) paces them and may be
-    shared with other clients. Raises ConfigError when ``settings`` has no API key.
+    One ``httpx.AsyncClient`` (one keep-alive connection per request in flight, up to ``max_concurrent``)
+    serves every request; ``limiter`` (default: :func:`~voxmill.limiter.build_limiter` of ``settings``)
+    paces them and may be shared with other clients. Raises ConfigError when ``settings`` has no API key.
     """
 
     def __init__(
@@ -144,7 +145,10 @@ class VoxmillClient:
             )
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
-        self.limiter: Limiter = limiter if limiter is not None else AsyncRateLimiter(settings.rate_limit)
+        self._own_limiter: AsyncRateLimiter | None = None
+        if limiter is None:
+            limiter = self._own_limiter = build_limiter(settings)
+        self.limiter: Limiter = limiter
         self.on_retry = on_retry
         self.voice_cache = voice_cache if voice_cache is not None else VoiceCache.in_dir(settings.cache_dir)
         #: attempts now waiting to be retried (for a "retrying" progress display)
@@ -156,15 +160,15 @@ class VoxmillClient:
         # absolute URL objects: httpx re-parses and merges a relative path on every request otherwise
         self._urls = {path: httpx.URL(self.base_url + path) for path in (GENERATE_PATH, UPLOAD_PATH)}
         timeouts = settings.timeouts
-        pool = settings.rate_limit.max_concurrent
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {self._secret}", "Accept": "*/*"},
             timeout=httpx.Timeout(
                 connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
             ),
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=30.0),
-            transport=transport,
+            transport=transport if transport is not None else LaneTransport.for_limits(
+                settings.rate_limit.max_concurrent, keepalive_expiry=KEEPALIVE_EXPIRY_S
+            ),
             follow_redirects=False,
         )
 
@@ -180,10 +184,12 @@ class VoxmillClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool and cancel uploads nobody awaits any more."""
+        """Close the connections, cancel uploads nobody awaits any more, hand what the limiter learned on."""
         for task in self._uploads.values():
             task.cancel()
         await self._http.aclose()
+        if self._own_limiter is not None:
+            self._own_limiter.close()  # what it learned goes to the shared budget
 
     # --- generate ----------------------------------------------------------------------------------
 
@@ -373,7 +379,7 @@ class VoxmillClient:
         self.voice_cache.put(digest, model, self.base_url, voice_id)
         return voice_id
 
-    # --- the one request path ----------------------------------------------------------------------
+    # --- the one request path: retries → limiter and timing → transport → status table → parse ------
 
     async def _send(
         self,
@@ -382,6 +388,13 @@ class VoxmillClient:
         parse: Callable[[httpx.Response, float, int], Any],
         item: str | None,
     ) -> Any:
+        """POST ``parts`` as multipart to ``path``, retried by the one policy; ``parse``'s result."""
+        request = self._http.build_request("POST", self._urls[path], files=parts)
+        request.read()  # the body in one piece: one socket write, and every retry resends it as is
+        return await self._with_retries(functools.partial(self._attempt, request, parse, item), item)
+
+    async def _with_retries(self, attempt: Callable[[int], Awaitable[T]], item: str | None) -> T:
+        """Run ``attempt(number)`` until it succeeds or the retry policy gives up (then its error)."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.max_attempts),
             wait=_Wait(self._retry),
@@ -389,42 +402,14 @@ class VoxmillClient:
             before_sleep=functools.partial(self._before_sleep, item),
             reraise=True,
         )
-        limiter = self.limiter
         waiting = False  # counted in retries_pending
         try:
-            async for attempt in retrying:
+            async for state in retrying:
                 if waiting:
                     waiting = False
                     self.retries_pending -= 1
-                number = attempt.retry_state.attempt_number
-                with attempt:
-                    try:
-                        async with limiter.slot():
-                            started = time.perf_counter()
-                            failure: VoxmillError | None = None
-                            try:
-                                response = await self._http.post(self._urls[path], files=parts)
-                            except httpx.HTTPError as exc:
-                                failure = self._transport_error(exc, item)
-                            if failure is not None:
-                                # raised outside the handler: no __context__ holding httpx's request
-                                raise failure
-                            latency = time.perf_counter() - started
-                        self._raise_for_status(response, item)
-                        result = parse(response, latency, number)
-                    except RateLimited as exc:
-                        # a Retry-After over the cap ends this item; it must not freeze every other one
-                        pause = exc.retry_after
-                        if pause is not None:
-                            pause = min(pause, self._retry.max_retry_after)
-                        limiter.slow_down(pause)
-                        exc.attempts = number
-                        raise
-                    except VoxmillError as exc:
-                        exc.attempts = number
-                        raise
-                    limiter.succeeded()
-                    return result
+                with state:
+                    return await attempt(state.retry_state.attempt_number)
                 # the attempt failed: tenacity now either sleeps before the next one or re-raises
                 waiting = True
                 self.retries_pending += 1
@@ -433,54 +418,54 @@ class VoxmillClient:
                 self.retries_pending -= 1
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
+    async def _attempt(
+        self,
+        request: httpx.Request,
+        parse: Callable[[httpx.Response, float, int], Any],
+        item: str | None,
+        number: int,
+    ) -> Any:
+        """One try: the response through the status table and ``parse``; the limiter hears how it went."""
+        try:
+            response, latency = await self._send_limited(request, item)
+            error = error_for_status(response, item, self.base_url, self._preview)
+            if error is not None:
+                raise error
+            result = parse(response, latency, number)
+        except RateLimited as exc:
+            # a Retry-After over the cap ends this item; it must not freeze every other one
+            pause = exc.retry_after
+            if pause is not None:
+                pause = min(pause, self._retry.max_retry_after)
+            self.limiter.slow_down(pause)
+            exc.attempts = number
+            raise
+        except VoxmillError as exc:
+            exc.attempts = number
+            raise
+        self.limiter.succeeded()
+        return result
+
+    async def _send_limited(self, request: httpx.Request, item: str | None) -> tuple[httpx.Response, float]:
+        """Send inside a limiter slot; the response (body read) and the seconds it took."""
+        async with self.limiter.slot():
+            started = time.perf_counter()
+            failure: VoxmillError | None = None
+            try:
+                response = await self._http.send(request)
+            except httpx.HTTPError as exc:
+                failure = self._transport_error(exc, item)
+            if failure is not None:
+                # raised outside the handler: no __context__ holding httpx's request
+                raise failure
+            return response, time.perf_counter() - started
+
     def _before_sleep(self, item: str | None, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, VoxmillError):
             logger.debug("%sattempt %d failed, retrying: %s", _label(item), state.attempt_number, error)
             if self.on_retry is not None:
                 self.on_retry(item, error, state.attempt_number)
-
-    def _raise_for_status(self, response: httpx.Response, item: str | None) -> None:
-        status = response.status_code
-        if 200 <= status < 300:
-            return
-        label = _label(item)
-        error: VoxmillError
-        if status in _AUTH_STATUSES:
-            error = AuthError(
-                f"{label}the API refused the key (HTTP {status}): check VOXMILL_API_KEY "
-                f"(and VOXMILL_BASE_URL={self.base_url})",
-                status=status,
-            )
-        elif status == 402:
-            error = AuthError(
-                f"{label}the API answered 402 Payment Required: the account behind VOXMILL_API_KEY has no "
-                f"credits left; {self._preview(response.content)!r}",
-                status=status,
-            )
-        elif status == 429:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            wait = "no Retry-After" if retry_after is None else f"Retry-After {retry_after:g} s"
-            error = RateLimited(
-                f"{label}rate limited by the API (HTTP 429, {wait}); lower VOXMILL_RPS/VOXMILL_CONCURRENCY",
-                retry_after=retry_after,
-            )
-        elif status in _TRANSIENT_STATUSES or status >= 500:
-            error = TransientError(
-                f"{label}the API failed with HTTP {status}: {self._preview(response.content)!r}", status=status
-            )
-        elif 300 <= status < 400:
-            error = InvalidItem(
-                f"{label}the API redirected (HTTP {status}) to {response.headers.get('location')!r}: "
-                f"check VOXMILL_BASE_URL={self.base_url}",
-                status=status,
-            )
-        else:  # 400/404/413/415/422 and any other 4xx: this item as sent can never succeed
-            error = InvalidItem(
-                f"{label}the API rejected the request (HTTP {status}): {self._preview(response.content)!r}",
-                status=status,
-            )
-        raise error
 
     def _transport_error(self, exc: httpx.HTTPError, item: str | None) -> VoxmillError:
         label = _label(item)
@@ -626,6 +611,65 @@ class _Retryable:
         if isinstance(error, EmptyAudio):
             return error.attempts < EMPTY_AUDIO_ATTEMPTS
         return isinstance(error, _RETRYABLE)
+
+
+# --- the status table --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusRule:
+    """A row of :data:`STATUS_TABLE`: the statuses it covers, the error they become, the message.
+
+    ``message`` is formatted with ``label`` (the item), ``status``, ``base_url``, ``body`` (the first
+    500 bytes, key scrubbed), ``location`` (a redirect's target) and ``wait`` (a 429's Retry-After).
+    """
+
+    statuses: Container[int]
+    error: type[VoxmillError]
+    message: str
+
+
+#: what each non-2xx status means; the first row that covers a status wins
+STATUS_TABLE: tuple[StatusRule, ...] = (
+    StatusRule(frozenset({401, 403}), AuthError,
+               "{label}the API refused the key (HTTP {status}): check VOXMILL_API_KEY "
+               "(and VOXMILL_BASE_URL={base_url})"),
+    StatusRule(frozenset({402}), AuthError,
+               "{label}the API answered 402 Payment Required: the account behind VOXMILL_API_KEY has no credits "
+               "left; {body!r}"),
+    StatusRule(frozenset({429}), RateLimited,
+               "{label}rate limited by the API (HTTP 429, {wait}); voxmill slows down on its own: if this persists, "
+               "lower VOXMILL_CONCURRENCY or VOXMILL_RPS"),
+    StatusRule(frozenset({408, 409, 425}), TransientError, "{label}the API failed with HTTP {status}: {body!r}"),
+    StatusRule(range(500, 600), TransientError, "{label}the API failed with HTTP {status}: {body!r}"),
+    StatusRule(range(300, 400), InvalidItem,
+               "{label}the API redirected (HTTP {status}) to {location!r}: check VOXMILL_BASE_URL={base_url}"),
+    # 400/404/413/415/422 and any other status: this item as sent can never succeed
+    StatusRule(range(0, 1000), InvalidItem, "{label}the API rejected the request (HTTP {status}): {body!r}"),
+)
+
+
+def error_for_status(
+    response: httpx.Response, item: str | None, base_url: str, preview: Callable[[bytes], str]
+) -> VoxmillError | None:
+    """The error :data:`STATUS_TABLE` makes of ``response`` (None for a 2xx)."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return None
+    rule = next(rule for rule in STATUS_TABLE if status in rule.statuses)
+    retry_after = parse_retry_after(response.headers.get("retry-after")) if status == 429 else None
+    message = rule.message.format(
+        label=_label(item),
+        status=status,
+        base_url=base_url,
+        body=preview(response.content),
+        location=response.headers.get("location"),
+        wait="no Retry-After" if retry_after is None else f"Retry-After {retry_after:g} s",
+    )
+    if rule.error is RateLimited:
+        return RateLimited(message, retry_after=retry_after)
+    return rule.error(message, status=status)
+
 
 
 def parse_retry_after(value: str | None) -> float | None:

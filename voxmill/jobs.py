@@ -70,6 +70,8 @@ class RunSummary:
     stopped: str | None = None
     ledger_done: int = 0
     ledger_failed: int = 0
+    #: the API rate the limiter held at the end, requests per second (learned unless fixed; None: unlimited)
+    api_rate: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -289,6 +291,7 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
         stopped=job.engine.stop_reason,
         ledger_done=statuses.get("done", 0),
         ledger_failed=statuses.get("failed", 0),
+        api_rate=round(job.progress.api_rate, 3) if job.progress.api_rate is not None else None,
     )
 
 

@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -140,22 +141,27 @@ class DoneIndex:
     """The keys of done items, 24 bytes each (128 bits of key + 64 of id hash), for resume at scale.
 
     A million done items take ~24 MB instead of ~300 MB of Python strings. Items finished during this
-    run are kept in a small overlay. ``output_of`` (for reusing an identical item's output) reads the
-    ledger, which is rare.
+    run are kept in a small overlay. :meth:`row_of` (for reusing an identical item's output) answers from
+    the last ``RECENT_ROWS`` rows done in this run, else from the ledger as read once (read again only
+    for a row of this run that has left the recent ones).
     """
 
     def __init__(self, keys: list[str], ids: list[str], ledger: Ledger | None = None) -> None:
         self._build([(pa.array(keys, pa.string()), pa.array(ids, pa.string()))])
+        self._init_rows(ledger)
+
+    def _init_rows(self, ledger: Ledger | None) -> None:
         self._overlay: dict[tuple[int, int], int] = {}
         self._ledger = ledger
+        self._recent: OrderedDict[str, LedgerRow] = OrderedDict()
+        self._read: pa.Table | None = None
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[tuple[pa.Array, pa.Array]], ledger: Ledger | None = None) -> DoneIndex:
         """The index of (keys, ids) column chunks, streamed: memory stays at 24 bytes per done item."""
         index = cls.__new__(cls)
         index._build(chunks)
-        index._overlay = {}
-        index._ledger = ledger
+        index._init_rows(ledger)
         return index
 
     def _build(self, chunks: Iterable[tuple[pa.Array, pa.Array]]) -> None:
@@ -208,17 +214,37 @@ class DoneIndex:
         """Whether this very item (same key, same id) is done."""
         return self._find(key) == _id_bits(item_id)
 
-    def add(self, key: str, item_id: str) -> None:
-        """Remember an item finished in this run."""
+    def add(self, key: str, item_id: str, row: LedgerRow | None = None) -> None:
+        """Remember an item finished in this run (and its row, for :meth:`row_of`)."""
         self._overlay[_key_bits(key)] = _id_bits(item_id)
+        if row is not None:
+            recent = self._recent
+            recent[key] = row
+            if len(recent) > RECENT_ROWS:
+                recent.popitem(last=False)
 
     def row_of(self, key: str) -> LedgerRow | None:
-        """The ledger row of a done item with this key (reads the ledger)."""
+        """The ledger row of a done item with this key (None: none is done)."""
+        row = self._recent.get(key)
+        if row is not None:
+            return row
         if self._ledger is None:
             return None
-        table = self._ledger.read()
-        match = table.filter(pc.and_(pc.equal(table["key"], key), pc.equal(table["status"], "done"))).to_pylist()
-        return LedgerRow(**match[-1]) if match else None
+        if self._read is not None:
+            row = _done_row(self._read, key)
+            if row is not None:
+                return row
+        self._read = self._ledger.read()  # first use, or a row of this run no longer among the recent ones
+        return _done_row(self._read, key)
+
+
+#: rows done in this run that :meth:`DoneIndex.row_of` answers from memory
+RECENT_ROWS = 4096
+
+
+def _done_row(table: pa.Table, key: str) -> LedgerRow | None:
+    match = table.filter(pc.and_(pc.equal(table["key"], key), pc.equal(table["status"], "done"))).to_pylist()
+    return LedgerRow(**match[-1]) if match else None
 
 
 class Ledger:

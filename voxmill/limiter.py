@@ -1,30 +1,30 @@
-"""Request pacing: a rate (GCRA) and a concurrency cap, slowed down by 429s and recovered by successes.
+"""Request pacing: a concurrency cap plus start times from a rate budget that learns the API's limit.
 
 :class:`Limiter` is the interface the client and the batch engine use; :class:`AsyncRateLimiter` is the
-in-process implementation. A cross-process or cross-machine limiter only has to provide the same three
-methods.
+implementation for one event loop, and :func:`build_limiter` builds the one a run uses from its settings.
+Where the start times come from is a :class:`~voxmill.rate.sources.TokenSource`: this process alone, or
+every process on the machine that uses the same key and base URL (the default). How the rate adapts is
+:mod:`voxmill.rate.control`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from voxmill.settings import RateLimit
+from voxmill.rate.control import DEFAULT_BURST, RateControl
+from voxmill.rate.sources import FileSource, Lease, LocalSource, TokenSource
+from voxmill.settings import RateLimit, Settings
 
-#: pause after a 429 that carried no Retry-After, in seconds
-DEFAULT_PAUSE = 1.0
-#: each 429 (outside an ongoing pause) multiplies the current rate by this
-SLOWDOWN_FACTOR = 0.8
-#: the current rate never drops below this fraction of the configured rate
-MIN_RATE_FRACTION = 0.05
-#: each success adds this fraction of the configured rate back, up to the configured rate
-RECOVERY_FRACTION = 0.02
-#: requests that may start back to back after an idle period (GCRA burst tolerance)
-DEFAULT_BURST = 2
+log = logging.getLogger(__name__)
+
+#: weight of the newest grant in the "requests wait for the rate" average
+_PACED_WEIGHT = 0.2
 
 
 @runtime_checkable
@@ -36,47 +36,52 @@ class Limiter(Protocol):
         ...
 
     def slow_down(self, retry_after: float | None) -> None:
-        """A 429 was seen: pause new slots (``retry_after`` seconds, or a default) and lower the rate."""
+        """A 429 was seen: lower the rate (a long ``retry_after`` also pauses every new slot)."""
         ...
 
     def succeeded(self) -> None:
-        """A request went through: a slowed-down limiter recovers a little."""
+        """A request went through: the rate may grow."""
         ...
 
 
 class AsyncRateLimiter:
-    """In-process limiter for one event loop: GCRA pacing plus an ``asyncio.Semaphore`` concurrency cap.
+    """Limiter for one event loop: an ``asyncio.Semaphore`` concurrency cap and start times leased from a
+    :class:`~voxmill.rate.sources.TokenSource`.
 
-    Pacing reserves the next free start time (``max(next_free, now - burst_window)``) and sleeps once
-    until it, so a sustained run gets the configured rate exactly, without polling. After an idle period
-    up to ``burst`` requests may start at once (default 2); after that, starts are spaced ``1/rate``.
+    A slot takes the concurrency slot first, then queues (FIFO) for the next start time: only the head of
+    the queue holds a booking, so a rate that grows or is cut applies from the very next start, and a head
+    whose booking was voided while it slept (a cut or a pause) books again. After an idle period up to
+    ``burst`` requests may start at once (GCRA burst tolerance); after that, starts are spaced ``1 / rate``.
 
-    A slot takes the concurrency slot first and then the rate reservation, so at most ``max_concurrent``
-    reservations are outstanding and a slow-down or pause reaches the next requests at once rather than
-    after a long queue of pre-booked start times.
-
-    ``slow_down`` pauses every new start until ``now + retry_after`` (1 s when the 429 gave no
-    Retry-After) and multiplies the rate by 0.8 (floor: 5 % of the configured rate). Several 429s
-    arriving inside one pause (requests that were already in flight) lower the rate only once.
-    ``succeeded`` adds 2 % of the configured rate back. With no configured rate only the concurrency
-    cap and the pause apply.
+    With ``rate_limit.adaptive`` (the default) the rate is learned (:mod:`voxmill.rate.control`) and
+    ``rate_limit.rate_per_second`` is a ceiling; without it the rate is fixed at that value (None: only the
+    concurrency cap). Without a ``source`` the budget is this limiter's own.
 
     The semaphore is created lazily in the loop that first uses it (the limiter is usually built outside
     any loop); it is rebuilt when a different loop uses the limiter.
     """
 
-    def __init__(self, rate_limit: RateLimit | None = None, *, burst: int = DEFAULT_BURST) -> None:
+    def __init__(
+        self, rate_limit: RateLimit | None = None, *, source: TokenSource | None = None, burst: int = DEFAULT_BURST
+    ) -> None:
         rate_limit = rate_limit or RateLimit()
         if burst < 1:
             raise ValueError(f"burst must be ≥ 1, got {burst}")
-        self.configured_rate: float | None = rate_limit.rate_per_second
+        self.ceiling: float | None = rate_limit.rate_per_second
         self.max_concurrent: int = rate_limit.max_concurrent
         self.burst = burst
-        self._rate: float | None = self.configured_rate
-        self._interval = 1.0 / self._rate if self._rate else 0.0
-        self._next_free = 0.0
-        self._paused_until = 0.0
+        if source is None:
+            control = (
+                RateControl.starting(self.ceiling) if rate_limit.adaptive else RateControl.fixed_at(self.ceiling)
+            )
+            source = LocalSource(control)
+        self.source: TokenSource = source
+        self._lease = Lease(0.0, 0.0, 0, -1)
+        self._next_start = 0.0
+        self._left = 0
+        self._paced = 1.0
         self._semaphore: asyncio.Semaphore | None = None
+        self._queue: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slot = _Slot(self)
         #: slots handed out so far
@@ -87,58 +92,53 @@ class AsyncRateLimiter:
         self.in_flight = 0
 
     def __repr__(self) -> str:
-        rate = "unlimited" if self._rate is None else f"{self._rate:.3g}/s"
-        return f"AsyncRateLimiter(rate={rate}, max_concurrent={self.max_concurrent})"
+        rate = self.current_rate
+        shown = "unlimited" if rate is None else f"{rate:.3g}/s"
+        return f"AsyncRateLimiter(rate={shown}, max_concurrent={self.max_concurrent})"
 
     @property
     def current_rate(self) -> float | None:
         """Requests per second allowed now (None: unlimited)."""
-        return self._rate
-
-    @property
-    def paused_for(self) -> float:
-        """Seconds left in the current 429 pause (0 when not paused)."""
-        return max(0.0, self._paused_until - time.monotonic())
+        rate = self.source.rate(self.ceiling)
+        return None if math.isinf(rate) else rate
 
     def slot(self) -> AbstractAsyncContextManager[None]:
         """Wait for a rate token and a concurrency slot: ``async with limiter.slot(): ...``."""
         return self._slot
 
     def slow_down(self, retry_after: float | None) -> None:
-        """Pause new slots for ``retry_after`` seconds (default 1 s) and lower the rate by 20 %."""
+        """A 429: the budget cuts its rate (once per episode); a Retry-After over 2 s pauses every start."""
         self.slowdowns += 1
-        now = time.monotonic()
-        pause = DEFAULT_PAUSE if retry_after is None else max(0.0, retry_after)
-        already_paused = self._paused_until > now
-        self._paused_until = max(self._paused_until, now + pause)
-        if self._rate is not None and not already_paused:
-            self._set_rate(max(self._rate * SLOWDOWN_FACTOR, self.configured_rate * MIN_RATE_FRACTION))
+        rate = self.source.rate(self.ceiling)
+        # 429s of requests already in flight keep arriving for about their latency (Little: in flight / rate)
+        hold = 1.5 * self.in_flight / rate if rate and not math.isinf(rate) else 0.0
+        self.source.rate_limited(retry_after, hold)
 
     def succeeded(self) -> None:
-        """Move the rate 2 % of the configured rate back towards it."""
-        rate = self._rate
-        configured = self.configured_rate
-        if rate is not None and rate < configured:
-            self._set_rate(min(configured, rate + configured * RECOVERY_FRACTION))
+        """A request went through; the rate grows when requests have been waiting for it."""
+        self.source.succeeded(self._paced > 0.5, self.ceiling)
 
-    def _set_rate(self, rate: float) -> None:
-        self._rate = rate
-        self._interval = 1.0 / rate
+    def close(self) -> None:
+        """Hand what is still buffered to the shared budget (the learned rate outlives the run)."""
+        self.source.flush()
 
-    def _semaphore_for_loop(self) -> asyncio.Semaphore:
+    def _for_loop(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop or self._semaphore is None:
+        if loop is not self._loop or self._semaphore is None or self._queue is None:
             self._loop = loop
             self._semaphore = asyncio.Semaphore(self.max_concurrent)
-        return self._semaphore
+            self._queue = asyncio.Lock()
+        return self._semaphore, self._queue
 
     async def _acquire(self) -> None:
-        semaphore = self._semaphore if self._loop is asyncio.get_running_loop() else None
-        if semaphore is None:
-            semaphore = self._semaphore_for_loop()
+        if self._loop is asyncio.get_running_loop() and self._semaphore is not None and self._queue is not None:
+            semaphore, queue = self._semaphore, self._queue
+        else:
+            semaphore, queue = self._for_loop()
         await semaphore.acquire()
         try:
-            await self._wait_turn()
+            async with queue:
+                await self._wait_turn()
         except BaseException:
             semaphore.release()
             raise
@@ -146,27 +146,30 @@ class AsyncRateLimiter:
         self.in_flight += 1
 
     async def _wait_turn(self) -> None:
+        source = self.source
         while True:
-            now = time.monotonic()
-            start = self._paused_until if self._paused_until > now else now
-            interval = self._interval
-            if interval:
-                # GCRA: the schedule may lag behind now by (burst - 1) intervals, which is the burst
-                start = max(start, self._next_free, now - (self.burst - 1) * interval)
-                self._next_free = start + interval
-            delay = start - now
+            lease = self._lease
+            if self._left <= 0 or lease.epoch != source.epoch:
+                lease = self._lease = source.lease(self.ceiling, self.burst)
+                self._next_start, self._left = lease.first, lease.count
+            start = self._next_start
+            self._next_start = start + lease.interval
+            self._left -= 1
+            delay = start - time.monotonic()
             if delay <= 0:
+                self._paced *= 1.0 - _PACED_WEIGHT
                 return
             try:
                 await asyncio.sleep(delay)
             except BaseException:
-                # give the reservation back when it is still the last one, so a cancel leaves no gap
-                if interval and self._next_free == start + interval:
-                    self._next_free = start
+                # give the start back when it is still the next one, so a cancel leaves no gap
+                if self._lease is lease and self._next_start == start + lease.interval:
+                    self._next_start, self._left = start, self._left + 1
                 raise
-            if self._paused_until <= time.monotonic():
+            if lease.epoch == source.epoch:
+                self._paced = self._paced * (1.0 - _PACED_WEIGHT) + _PACED_WEIGHT
                 return
-            # a 429 arrived while we slept: book again after the pause
+            # the budget was cut or paused while we slept: book again at the new rate
 
     def _release(self) -> None:
         self.in_flight -= 1
@@ -191,4 +194,24 @@ class _Slot:
         self._limiter._release()
 
 
-__all__ = ["AsyncRateLimiter", "Limiter"]
+def build_limiter(settings: Settings) -> AsyncRateLimiter:
+    """The limiter of a run (one per process and event loop), from picklable ``settings``.
+
+    Adaptive and shared (the defaults): the budget lives in ``settings.cache_dir/rate`` and is shared with
+    every process on this machine using the same key and base URL; it falls back to this process alone
+    (with a warning) when the cache directory cannot be written.
+    """
+    rate_limit = settings.rate_limit
+    source: TokenSource | None = None
+    if rate_limit.adaptive and rate_limit.shared and settings.api_key is not None:
+        try:
+            source = FileSource.for_api(
+                settings.cache_dir, settings.api_key.reveal(), settings.base_url, rate_limit.rate_per_second
+            )
+        except OSError as exc:
+            log.warning("cannot share the rate budget through %s (%s); this process keeps its own",
+                        settings.cache_dir, exc.strerror)
+    return AsyncRateLimiter(rate_limit, source=source)
+
+
+__all__ = ["AsyncRateLimiter", "Limiter", "build_limiter"]

@@ -18,6 +18,8 @@ class ProgressBoard:
     retrying: int = 0
     in_flight: int = 0
     audio_seconds: float = 0.0
+    #: the rate the limiter allows now, requests per second (learned from the API; None: unlimited)
+    api_rate: float | None = None
     started_at: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -42,6 +44,7 @@ class ProgressBoard:
                 retrying=self.retrying,
                 in_flight=self.in_flight,
                 audio_seconds=self.audio_seconds,
+                api_rate=self.api_rate,
                 elapsed_s=elapsed,
                 rate_per_s=rate,
                 eta_s=remaining / rate if rate > 0 else None,
@@ -59,6 +62,7 @@ class ProgressSnapshot:
     retrying: int
     in_flight: int
     audio_seconds: float
+    api_rate: float | None
     elapsed_s: float
     rate_per_s: float
     eta_s: float | None

@@ -4,7 +4,9 @@
 |---|---|---|
 | VOXMILL_API_KEY | Bearer key for the hosted API | none: use the local server |
 | VOXMILL_BASE_URL | API base URL | https://api-web.eigenai.com |
-| VOXMILL_RPS / VOXMILL_RPM | requests per second / minute | unlimited / unlimited |
+| VOXMILL_RPS / VOXMILL_RPM | requests per second / minute: a ceiling for the learned rate | none / none |
+| VOXMILL_ADAPTIVE_RATE | learn the API's rate limit (0: a fixed rate, VOXMILL_RPS or unlimited) | 1 |
+| VOXMILL_SHARED_RATE | one rate budget per key and base URL for every process on this machine | 1 |
 | VOXMILL_CONCURRENCY | requests in flight at once | 4 |
 | VOXMILL_MAX_ATTEMPTS | tries per request (first one included) | 6 |
 | VOXMILL_TIMEOUT | read timeout per request, seconds | 180 |
@@ -55,11 +57,17 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class RateLimit:
-    """How fast requests may go: a token bucket (per second and/or per minute) and a concurrency cap."""
+    """How fast requests may go: a rate (per second and/or per minute) and a concurrency cap.
+
+    ``adaptive``: the rate is learned from the API's answers and the given rates are a ceiling; ``shared``:
+    every process on this machine with the same key and base URL draws from one budget (``cache_dir/rate``).
+    """
 
     requests_per_second: float | None = None
     requests_per_minute: float | None = None
     max_concurrent: int = 4
+    adaptive: bool = True
+    shared: bool = True
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -126,6 +134,8 @@ class Settings:
                 requests_per_second=_number(env, "VOXMILL_RPS"),
                 requests_per_minute=_number(env, "VOXMILL_RPM"),
                 max_concurrent=int(_number(env, "VOXMILL_CONCURRENCY") or 4),
+                adaptive=_flag(env, "VOXMILL_ADAPTIVE_RATE", True),
+                shared=_flag(env, "VOXMILL_SHARED_RATE", True),
             ),
             retry=RetryPolicy(max_attempts=int(_number(env, "VOXMILL_MAX_ATTEMPTS") or 6)),
             timeouts=Timeouts(read=_number(env, "VOXMILL_TIMEOUT") or 180.0),
@@ -137,6 +147,17 @@ class Settings:
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields replaced."""
         return replace(self, **changes)
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a switch: use 1 or 0")
 
 
 def _number(env: Mapping[str, str], name: str) -> float | None:

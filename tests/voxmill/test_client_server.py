@@ -8,6 +8,7 @@ servers keep them fast; the real server is used only where real audio matters (v
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import traceback
@@ -237,8 +238,8 @@ async def test_429_waits_retry_after_and_bills_each_item_once(make_server, tmp_p
     requests = [tts(f"Rate limited line {i}.") for i in range(3)]
     transport = RecordingTransport()
     settings = settings_for(server, tmp_path, max_attempts=6)
-    limiter = AsyncRateLimiter(settings.rate_limit)
-    assert limiter.configured_rate is None  # the client does not pace itself: only the server's 429s do
+    limiter = AsyncRateLimiter(dataclasses.replace(settings.rate_limit, adaptive=False))
+    assert limiter.current_rate is None  # the client does not pace itself: only the server's 429s do
     started = time.monotonic()
     async with VoxmillClient(settings, limiter=limiter, transport=transport) as client:
         results = await asyncio.gather(*(client.synthesize(request) for request in requests))
@@ -429,3 +430,22 @@ async def test_key_never_appears_in_logs_or_errors(secret_server, make_server, t
     for record in caplog.records:
         assert SECRET not in record.getMessage()
     assert not [LONG_SECRET[i : i + 8] for i in range(len(LONG_SECRET) - 7) if LONG_SECRET[i : i + 8] in caplog.text]
+
+
+# --- connections: one lane per request in flight ------------------------------------------------------
+
+
+async def test_each_request_in_flight_has_its_own_reused_connection(make_server, tmp_path):
+    from voxmill.lanes import LaneTransport
+
+    server = make_server(latency_ms=20, fail_first_n=1)  # every item: a 503 first, then a 200
+    settings = settings_for(server, tmp_path).with_(rate_limit=RateLimit(max_concurrent=4, adaptive=False))
+    async with VoxmillClient(settings) as client:
+        results = await asyncio.gather(*(client.synthesize(tts(f"Lane line {i}.")) for i in range(40)))
+        lanes = client._http._transport
+        assert isinstance(lanes, LaneTransport)
+        # at most one connection per concurrent request, each kept alive and reused, and every lane back
+        assert len(lanes._all) <= 4 and len(lanes._free) == len(lanes._all)
+    assert all(r.attempts == 2 for r in results)
+    stats = server.stats()
+    assert stats["by_status"] == {"503": 40, "200": 40}

@@ -103,3 +103,23 @@ def test_results_written_before_the_qc_columns_still_resume(tmp_path):
     assert table.schema == LEDGER_SCHEMA and table["qc_flags"].to_pylist() == [None]
     assert reopened.done_index().done_as(hexkey(1), "a")
     reopened.close()
+
+
+def test_row_of_reads_the_ledger_at_most_once_per_run(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path)
+    for n in range(50):
+        ledger.append(row(f"old{n}", key=hexkey(n), output_path=f"audio/old{n}.wav"))
+    ledger.compact()
+    index = ledger.done_index()
+    reads = []
+    real_read = Ledger.read
+    monkeypatch.setattr(Ledger, "read", lambda self, *a, **k: reads.append(1) or real_read(self, *a, **k))
+    for n in range(50):  # identical items done in earlier runs: one read, then answered from it
+        assert index.row_of(hexkey(n)).output_path == f"audio/old{n}.wav"
+    this_run = row("new", key=hexkey(500), output_path="audio/new.wav")
+    ledger.append(this_run)
+    index.add(this_run.key, this_run.id, this_run)
+    assert index.row_of(hexkey(500)) == this_run  # done in this run: from memory
+    assert index.row_of(hexkey(999)) is None  # never done: one more read to be sure
+    assert len(reads) == 2
+    ledger.close()

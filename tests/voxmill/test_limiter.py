@@ -1,27 +1,36 @@
-"""The limiter: measured pacing, the concurrency cap, 429 pauses and recovery."""
+"""The limiter and its rate budget: pacing, the concurrency cap, learning a limit, sharing it across processes.
+
+The adaptive rule is tested on :class:`RateControl` with explicit clocks (pure and instant); the limiter's
+pacing with real sleeps; the shared budget with two sources on one file. End-to-end learning against the
+local server is in ``test_rate_adaptive.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 
 import pytest
 
-from voxmill.limiter import AsyncRateLimiter, Limiter
-from voxmill.settings import RateLimit
+from voxmill.limiter import AsyncRateLimiter, Limiter, build_limiter
+from voxmill.rate import FileSource, LocalSource, RateControl, budget_id
+from voxmill.rate.control import INITIAL_RATE, PROBE_GROWTH, SLOW_START_DOUBLING_S
+from voxmill.settings import ApiKey, RateLimit, Settings
 
 
-def limiter(rate: float | None = None, concurrent: int = 8, **kwargs) -> AsyncRateLimiter:
-    return AsyncRateLimiter(RateLimit(requests_per_second=rate, max_concurrent=concurrent), **kwargs)
+def fixed(rate: float | None = None, concurrent: int = 8, **kwargs) -> AsyncRateLimiter:
+    """A limiter at a fixed rate (adaptation off)."""
+    return AsyncRateLimiter(RateLimit(requests_per_second=rate, max_concurrent=concurrent, adaptive=False), **kwargs)
 
 
 def test_is_a_limiter():
-    assert isinstance(limiter(10), Limiter)
+    assert isinstance(fixed(10), Limiter)
 
 
-async def test_pacing_is_precise():
-    lim = limiter(100, concurrent=8)
-    deadline = time.monotonic() + 1.0
+async def count_starts(lim: AsyncRateLimiter, seconds: float, workers: int, hold: float = 0.002) -> list[float]:
+    deadline = time.monotonic() + seconds
     started: list[float] = []
 
     async def worker():
@@ -31,35 +40,29 @@ async def test_pacing_is_precise():
                 if now >= deadline:
                     return
                 started.append(now)
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(hold)
+            lim.succeeded()
 
-    await asyncio.gather(*(worker() for _ in range(8)))
-    assert 95 <= len(started) <= 105
-    # after the burst, starts are spaced one interval apart
-    gaps = [b - a for a, b in zip(sorted(started)[lim.burst:], sorted(started)[lim.burst + 1 :])]
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return started
+
+
+async def test_pacing_is_precise():
+    lim = fixed(100, concurrent=8)
+    started = sorted(await count_starts(lim, 1.0, 8))
+    assert 95 <= len(started) <= 102
+    gaps = [b - a for a, b in zip(started[1:], started[2:])]
     assert sum(gaps) / len(gaps) == pytest.approx(0.01, rel=0.05)
 
 
 async def test_sustained_high_rate():
-    lim = limiter(500, concurrent=32)
-    start = time.monotonic()
-    deadline = start + 0.5
-    before_deadline = 0
-
-    async def worker():
-        nonlocal before_deadline
-        while time.monotonic() < deadline:
-            async with lim.slot():
-                if time.monotonic() < deadline:
-                    before_deadline += 1
-                await asyncio.sleep(0.005)
-
-    await asyncio.gather(*(worker() for _ in range(32)))
-    assert 0.98 * 250 <= before_deadline <= 250 + lim.burst
+    lim = fixed(500, concurrent=32)
+    started = await count_starts(lim, 0.5, 32, hold=0.005)
+    assert 0.97 * 250 <= len(started) <= 252
 
 
 async def test_concurrency_cap_never_exceeded():
-    lim = limiter(None, concurrent=3)
+    lim = fixed(None, concurrent=3)
     in_flight = peak = 0
 
     async def job():
@@ -76,70 +79,52 @@ async def test_concurrency_cap_never_exceeded():
 
 
 async def test_slot_released_on_error():
-    lim = limiter(None, concurrent=1)
+    lim = fixed(None, concurrent=1)
     with pytest.raises(RuntimeError):
         async with lim.slot():
             raise RuntimeError("boom")
     await asyncio.wait_for(lim.slot().__aenter__(), 0.5)
 
 
-async def test_slow_down_pauses_and_lowers_rate():
-    lim = limiter(100)
-    lim.slow_down(0.3)
-    assert lim.slowdowns == 1 and lim.current_rate == pytest.approx(80)
+async def test_unlimited_fixed_rate_only_caps_concurrency():
+    lim = fixed(None, concurrent=4)
     start = time.monotonic()
-    async with lim.slot():
-        waited = time.monotonic() - start
-    assert waited >= 0.3
+    for _ in range(1000):
+        async with lim.slot():
+            pass
+    assert time.monotonic() - start < 0.5 and lim.current_rate is None
 
 
-async def test_slow_down_reaches_a_request_already_waiting():
-    lim = limiter(5, concurrent=4, burst=1)
+async def test_adaptive_slow_start_doubles_while_requests_wait():
+    lim = AsyncRateLimiter(RateLimit(max_concurrent=8))
+    assert lim.current_rate == INITIAL_RATE
+    started = await count_starts(lim, 1.5, 8)
+    # doubling every 0.35 s from 4/s: far more than the 6 starts of a steady 4/s, and a rate well above it
+    assert len(started) > 2 * 1.5 * INITIAL_RATE and lim.current_rate > 4 * INITIAL_RATE
+
+
+async def test_adaptive_rate_never_passes_the_ceiling():
+    lim = AsyncRateLimiter(RateLimit(requests_per_second=50, max_concurrent=8))
+    assert lim.current_rate == 50  # nothing learned: a run with a ceiling starts at it
+    started = await count_starts(lim, 0.6, 8)
+    assert len(started) <= 0.6 * 50 + 2 and lim.current_rate == 50
+
+
+async def test_a_cut_reaches_the_request_already_waiting():
+    lim = AsyncRateLimiter(RateLimit(requests_per_second=5, max_concurrent=4))
     async with lim.slot():
         pass
     start = time.monotonic()
     waiter = asyncio.create_task(lim.slot().__aenter__())  # booked for +0.2 s
     await asyncio.sleep(0.05)
-    lim.slow_down(0.5)
+    lim.slow_down(1.0)  # the cut voids the booking: it books again, one new interval later
     await waiter
-    assert time.monotonic() - start >= 0.55
+    assert time.monotonic() - start >= 0.05 + 1 / lim.current_rate - 0.01
+    assert lim.current_rate < 5 and lim.slowdowns == 1
 
 
-async def test_slow_down_default_pause_and_once_per_pause():
-    lim = limiter(100)
-    lim.slow_down(None)
-    assert 0.9 < lim.paused_for <= 1.0
-    lim.slow_down(0.5)  # in-flight requests answering 429 inside the same pause: rate drops once
-    assert lim.current_rate == pytest.approx(80) and lim.slowdowns == 2
-
-
-def test_rate_floor_and_recovery():
-    lim = limiter(100)
-    for _ in range(40):
-        lim._paused_until = 0.0  # each 429 in its own pause
-        lim.slow_down(0.0)
-    assert lim.current_rate == pytest.approx(5.0)
-    for _ in range(10):
-        lim.succeeded()
-    assert lim.current_rate == pytest.approx(25.0)
-    for _ in range(100):
-        lim.succeeded()
-    assert lim.current_rate == 100
-
-
-async def test_unlimited_rate_only_caps_concurrency():
-    lim = limiter(None, concurrent=4)
-    start = time.monotonic()
-    for _ in range(1000):
-        async with lim.slot():
-            pass
-    assert time.monotonic() - start < 0.5
-    lim.slow_down(None)
-    assert lim.current_rate is None and lim.paused_for > 0.9
-
-
-async def test_cancelled_waiter_gives_reservation_back():
-    lim = limiter(2, concurrent=4, burst=1)
+async def test_cancelled_waiter_gives_its_start_back():
+    lim = fixed(2, concurrent=4)
     async with lim.slot():
         pass
     waiter = asyncio.create_task(lim.slot().__aenter__())
@@ -155,7 +140,7 @@ async def test_cancelled_waiter_gives_reservation_back():
 
 
 def test_usable_from_successive_event_loops():
-    lim = limiter(1000, concurrent=2)
+    lim = fixed(1000, concurrent=2)
 
     async def use():
         await asyncio.gather(*(_hold(lim) for _ in range(5)))
@@ -171,11 +156,168 @@ async def _hold(lim: AsyncRateLimiter) -> None:
 
 
 async def test_slot_cpu_cost_is_small():
-    lim = limiter(1e9, concurrent=8)
+    lim = fixed(1e9, concurrent=8)
     n = 20000
     start = time.process_time()
     for _ in range(n):
         async with lim.slot():
             pass
+        lim.succeeded()
     per_slot = (time.process_time() - start) / n
-    assert per_slot < 20e-6
+    assert per_slot < 25e-6
+
+
+# --- the adaptive rule, with explicit clocks --------------------------------------------------------
+
+
+def feed(control: RateControl, start: float, seconds: float, rate: float, grow: bool = True) -> float:
+    """Report successes at ``rate`` per second for ``seconds``; returns the end time."""
+    step = 1.0 / rate
+    now = start
+    while now < start + seconds:
+        control.succeeded(now, 1, 1 if grow else 0)
+        now += step
+    return now
+
+
+def test_slow_start_doubles_every_period():
+    control = RateControl()
+    now = 0.0
+    while now < 3 * SLOW_START_DOUBLING_S:  # successes at the rate in force
+        control.succeeded(now)
+        now += 1.0 / control.rate
+    assert 6 * INITIAL_RATE <= control.rate <= 16 * INITIAL_RATE  # ≈ 8×, coarse at a few requests
+
+
+def test_a_429_cuts_to_what_the_api_admitted_once_per_episode():
+    control = RateControl(rate=16.0)
+    now = feed(control, 100.0, 2.0, 10.0, grow=False)  # the API admitted 10/s while we asked 16/s
+    assert control.rate_limited(now, 1.0, hold_s=0.5)
+    assert control.limit_seen and 8.0 <= control.rate <= 9.5
+    cut = control.rate
+    assert not control.rate_limited(now + 0.2, 1.0, hold_s=0.5)  # in-flight 429s of the same episode
+    assert control.rate == cut and control.cuts == 1
+    assert control.rate_limited(now + 1.0, 1.0, hold_s=0.5)  # a new episode cuts again
+    assert control.rate < cut
+
+
+def test_one_cut_at_most_halves_and_never_below_the_floor():
+    control = RateControl(rate=100.0)
+    now = feed(control, 0.0, 1.0, 2.0, grow=False)
+    control.rate_limited(now, None, hold_s=0.0)
+    assert control.rate == pytest.approx(45.0)  # max(2, 100 × 0.5) × 0.9
+    for step in range(60):
+        control.rate_limited(now + 10 + step * 10, None, hold_s=0.0)
+    assert control.rate == pytest.approx(0.05)
+
+
+def test_probing_grows_slowly_then_faster_without_429s():
+    control = RateControl(rate=10.0, limit_seen=True, last_cut=0.0)
+    feed(control, 0.0, 5.0, 10.0)
+    assert control.rate == pytest.approx(10 * (1 + PROBE_GROWTH) ** 5, rel=0.03)  # ≈ 2 %/s near a known limit
+    before = control.rate
+    feed(control, 30.0, 1.0, before)  # 30 s after the cut: the growth has doubled twice
+    assert control.rate / before - 1 == pytest.approx(4 * PROBE_GROWTH, rel=0.15)
+
+
+def test_no_growth_when_the_rate_is_not_what_holds_requests_back():
+    control = RateControl(rate=10.0)
+    feed(control, 0.0, 3.0, 5.0, grow=False)
+    assert control.rate == 10.0
+
+
+def test_ceiling_caps_growth():
+    control = RateControl(rate=10.0)
+    for i in range(100):
+        control.succeeded(i * 0.01, 1, 1, ceiling=12.0)
+    assert control.rate == 12.0 and control.allowed(8.0) == 8.0
+
+
+def test_long_retry_after_pauses_every_start_short_one_does_not():
+    control = RateControl(rate=10.0)
+    control.rate_limited(50.0, 1.0, hold_s=0.0)
+    first, _ = control.take(50.0, 1, None)
+    assert first < 50.5
+    control.rate_limited(60.0, 30.0, hold_s=0.0)
+    first, _ = control.take(60.0, 1, None)
+    assert first >= 90.0
+
+
+def test_fixed_rate_never_adapts():
+    control = RateControl.fixed_at(10.0)
+    feed(control, 0.0, 2.0, 10.0)
+    assert not control.rate_limited(5.0, 1.0, hold_s=0.0)
+    assert control.rate == 10.0
+
+
+def test_control_round_trips_through_json():
+    control = RateControl(rate=7.5, limit_seen=True, cuts=3)
+    feed(control, 0.0, 1.0, 5.0)
+    again = RateControl.from_dict(json.loads(json.dumps(control.to_dict())))
+    assert again == control
+
+
+# --- the shared budget ------------------------------------------------------------------------------
+
+
+def seeded_budget(tmp_path, rate: float) -> str:
+    path = tmp_path / "budget.json"
+    path.write_text(json.dumps({"base_url": "http://x", "control": RateControl(rate=rate, limit_seen=True,
+                                                                                last_cut=time.time()).to_dict()}))
+    return str(path)
+
+
+async def test_two_sources_on_one_file_share_one_rate(tmp_path):
+    path = seeded_budget(tmp_path, 40.0)
+    limiters = [AsyncRateLimiter(RateLimit(max_concurrent=8), source=FileSource(path, "http://x")) for _ in range(2)]
+    counts = await asyncio.gather(*(count_starts(lim, 1.0, 8) for lim in limiters))
+    total = sum(len(c) for c in counts)
+    assert 36 <= total <= 40 * 1.03 + 4  # one budget of ~40/s (it may probe ≈ 2 %/s upward), not two
+    assert min(len(c) for c in counts) >= 12  # both got a share
+
+
+async def test_a_429_in_one_process_slows_the_other(tmp_path):
+    path = seeded_budget(tmp_path, 40.0)
+    one, other = FileSource(path, "http://x"), FileSource(path, "http://x")
+    for _ in range(20):
+        one.succeeded(True, None)  # reported with the next write: the admitted rate is ~known
+    one.rate_limited(1.0, hold_s=0.0)
+    other.lease(None, 1)  # the other process learns it at its next lease
+    assert other.rate(None) < 40.0 and other.rate(None) == one.rate(None)
+
+
+def test_budget_file_never_holds_the_key(tmp_path):
+    key = "sk-VERY-SECRET-KEY-123"
+    settings = Settings(api_key=ApiKey(key), base_url="http://127.0.0.1:9", cache_dir=tmp_path)
+    lim = build_limiter(settings)
+    assert isinstance(lim.source, FileSource)
+    lim.close()
+    (budget,) = (tmp_path / "rate").iterdir()
+    assert budget.name == f"{budget_id(key, 'http://127.0.0.1:9')}.json"
+    assert key not in budget.read_text() and "SECRET" not in budget.name
+
+
+def test_next_run_starts_from_the_learned_rate(tmp_path):
+    settings = Settings(api_key=ApiKey("k"), base_url="http://127.0.0.1:9", cache_dir=tmp_path)
+    first = build_limiter(settings)
+    assert first.current_rate == INITIAL_RATE
+    source = first.source
+    assert isinstance(source, FileSource)
+    for _ in range(50):
+        source.succeeded(False, None)
+    source.rate_limited(None, 0.0)
+    learned = first.current_rate
+    assert learned != INITIAL_RATE
+    assert build_limiter(settings).current_rate == pytest.approx(learned)
+
+
+def test_build_limiter_modes(tmp_path, caplog):
+    base = Settings(api_key=ApiKey("k"), base_url="http://127.0.0.1:9", cache_dir=tmp_path)
+    assert isinstance(build_limiter(base.with_(rate_limit=RateLimit(shared=False))).source, LocalSource)
+    fixed_limiter = build_limiter(base.with_(rate_limit=RateLimit(requests_per_second=3, adaptive=False)))
+    assert isinstance(fixed_limiter.source, LocalSource) and fixed_limiter.current_rate == 3
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with caplog.at_level(logging.WARNING):
+        fallback = build_limiter(base.with_(cache_dir=blocked))
+    assert isinstance(fallback.source, LocalSource) and "keeps its own" in caplog.text

@@ -1,0 +1,7 @@
+"""Rate budgets: the adaptive rate (:mod:`~voxmill.rate.control`) and where tokens come from
+(:mod:`~voxmill.rate.sources`: one process, or every process on the machine sharing a key and base URL)."""
+
+from voxmill.rate.control import RateControl
+from voxmill.rate.sources import FileSource, Lease, LocalSource, TokenSource, budget_id
+
+__all__ = ["FileSource", "Lease", "LocalSource", "RateControl", "TokenSource", "budget_id"]

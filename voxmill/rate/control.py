@@ -1,0 +1,209 @@
+"""The adaptive rate: what rate to send at, learned from successes and 429s, and the schedule of start times.
+
+:class:`RateControl` is plain data plus pure methods (every method takes ``now``), so one implementation
+serves both the in-process budget and the file-shared one (which loads it, updates it under a lock and
+stores it back). It knows nothing of asyncio, files or HTTP.
+
+How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
+
+- **Slow start** (no 429 seen yet on this API): the rate doubles every ``SLOW_START_DOUBLING_S`` while
+  requests succeed and the rate is what holds them back.
+- **On a 429** (at most one cut per episode: 429s of requests already in flight when the rate was cut do
+  not cut again): the new rate is ``BACKOFF`` × the rate the API actually admitted over the last moments
+  (never below half the current rate per cut, nor below ``MIN_RATE``). Measuring what was admitted, not
+  only multiplying the current rate, brings the rate to the API's limit in one or two cuts, even when the
+  limit drops a lot mid-run.
+- **Congestion avoidance** (after a 429): the rate climbs quickly (``FAST_RECOVERY``) back to just under
+  the admitted rate measured at the cut, then grows ``PROBE_GROWTH`` per second near the limit, and that
+  growth doubles for every further ``PROBE_ACCELERATE_S`` without a 429, so a limit raised mid-run is found
+  again. The rate thus spends most of its time within a few percent of the limit, with one 429 every few
+  seconds at most.
+- The rate only grows while it is the bottleneck (requests wait for it): a run held back by its
+  concurrency or by the work itself never inflates a rate it does not use.
+- A user's ``--rps``/``--rpm`` is a ceiling; with nothing learned yet, a run with a ceiling starts at it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: requests per second of a first run on an API nothing is known about
+INITIAL_RATE = 4.0
+#: the rate never goes below this (requests per second)
+MIN_RATE = 0.05
+#: slow start doubles the rate this often (seconds) while requests succeed
+SLOW_START_DOUBLING_S = 0.35
+#: after a cut, the rate is this fraction of the rate the API was measured to admit
+BACKOFF = 0.9
+#: one cut lowers the rate by at most this factor
+MAX_CUT = 0.5
+#: relative growth per second in congestion avoidance
+PROBE_GROWTH = 0.02
+#: after a cut, the rate climbs back at this relative growth per second up to RECOVER_TO × the measured limit
+FAST_RECOVERY = 0.25
+RECOVER_TO = 0.97
+#: the probing growth doubles every this many seconds without a 429
+PROBE_ACCELERATE_S = 10.0
+#: successes are remembered this long for measuring the admitted rate (seconds)
+HISTORY_S = 5.0
+#: the admitted rate is measured over about this many of the latest successes
+MEASURE_REQUESTS = 16.0
+#: a Retry-After up to this long (seconds) is a per-request floor only; a longer one pauses every request
+SHORT_RETRY_AFTER_S = 2.0
+#: how far the schedule may lag behind now (seconds, at most one interval): a late wake-up is caught up
+#: instead of lost, which matters at hundreds of requests per second
+SCHEDULE_SLACK_S = 0.01
+#: requests that may start back to back after an idle period (GCRA burst tolerance): 1, because an API's
+#: own bucket may hold a single token (the local server's does below 10 req/s), and under load the
+#: schedule keeps its pace anyway (a late wake-up does not move the next booking)
+DEFAULT_BURST = 1
+
+
+@dataclass
+class RateControl:
+    """The learned rate of one API budget and its schedule; mutable, serialisable with :meth:`to_dict`."""
+
+    #: requests per second allowed now
+    rate: float = INITIAL_RATE
+    #: a 429 has been seen on this budget (congestion avoidance instead of slow start)
+    limit_seen: bool = False
+    #: earliest start of the next token (GCRA)
+    next_free: float = 0.0
+    #: no token starts before this (a long Retry-After)
+    paused_until: float = 0.0
+    #: when the rate was last cut, and until when further 429s belong to that cut's episode
+    last_cut: float = 0.0
+    hold_until: float = 0.0
+    #: the rate climbs fast up to this after a cut (just under the limit measured then)
+    recover_to: float = 0.0
+    #: bumped at every cut or pause: start times booked under an older epoch are booked again
+    epoch: int = 0
+    #: (time, successes) reports of the last HISTORY_S seconds
+    history: list[list[float]] = field(default_factory=list)
+    #: when this budget was first used (the measuring window never reaches before it)
+    born: float | None = None
+    cuts: int = 0
+    #: a fixed rate (adaptation switched off): 429s never cut it and successes never raise it
+    fixed: bool = False
+
+    @classmethod
+    def starting(cls, ceiling: float | None) -> RateControl:
+        """A control nothing is known about yet: at the ceiling when there is one, else in slow start."""
+        return cls(rate=ceiling) if ceiling is not None else cls()
+
+    @classmethod
+    def fixed_at(cls, rate: float | None) -> RateControl:
+        """A rate that never adapts (None: unlimited, only long Retry-After pauses apply)."""
+        return cls(rate=rate if rate is not None else math.inf, fixed=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RateControl:
+        """The inverse of :meth:`to_dict`; unknown keys are ignored (a newer version wrote them)."""
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields."""
+        return asdict(self)
+
+    # --- the schedule -----------------------------------------------------------------------------
+
+    def allowed(self, ceiling: float | None) -> float:
+        """The rate in force: the learned rate under the caller's ceiling."""
+        return min(self.rate, ceiling) if ceiling is not None else self.rate
+
+    def take(self, now: float, count: int, ceiling: float | None, burst: int = DEFAULT_BURST) -> tuple[float, float]:
+        """Reserve ``count`` consecutive start times: ``(first start, interval)``; starts are
+        ``first + i * interval``. The schedule may lag ``burst - 1`` intervals (a burst) plus a wake-up's
+        lateness behind ``now``."""
+        if self.born is None:
+            self.born = now
+        interval = 1.0 / self.allowed(ceiling)
+        # the schedule may fall behind by a wake-up's lateness (≤ SCHEDULE_SLACK_S) and catch it up
+        lag = (burst - 1) * interval + min(interval, SCHEDULE_SLACK_S)
+        start = max(self.next_free, now - lag, self.paused_until)
+        self.next_free = start + count * interval
+        return start, interval
+
+    # --- feedback ---------------------------------------------------------------------------------
+
+    def succeeded(self, now: float, count: int = 1, grow: int | None = None, ceiling: float | None = None) -> None:
+        """``count`` requests went through; ``grow`` of them (default all) had waited for the rate, so the
+        rate grows by them (never past ``ceiling``: a rate nobody may use is not learned)."""
+        if count <= 0:
+            return
+        if self.born is None:
+            self.born = now
+        history = self.history
+        if history and abs(now - history[-1][0]) < 0.05:
+            history[-1][1] += count  # coalesce: the history stays short at any rate
+        elif not history or now > history[-1][0]:
+            history.append([now, float(count)])
+        else:  # another process reported later successes first
+            bisect.insort(history, [now, float(count)])
+        while history and history[0][0] < now - HISTORY_S:
+            history.pop(0)
+        grow = count if grow is None else grow
+        rate = self.rate
+        if grow <= 0 or self.fixed or (ceiling is not None and rate >= ceiling):
+            return
+        if not self.limit_seen:
+            self.rate = rate * 2.0 ** (grow / (rate * SLOW_START_DOUBLING_S))
+        else:
+            if rate < self.recover_to:
+                growth = FAST_RECOVERY
+            else:
+                quiet = max(0.0, now - self.last_cut - PROBE_ACCELERATE_S)
+                growth = PROBE_GROWTH * 2.0 ** min(quiet / PROBE_ACCELERATE_S, 6.0)
+            self.rate = rate + grow * growth  # grow ≈ rate × dt: relative growth `growth` per second
+        if ceiling is not None:
+            self.rate = min(self.rate, ceiling)
+
+    def rate_limited(self, now: float, retry_after: float | None, hold_s: float) -> bool:
+        """A 429: cut the rate once per episode; a long Retry-After pauses every start. True if cut.
+
+        ``hold_s``: how long 429s of requests already in flight may keep arriving (≈ their latency).
+        """
+        if retry_after is not None and retry_after > SHORT_RETRY_AFTER_S:
+            if now + retry_after > self.paused_until:
+                self.paused_until = now + retry_after
+                self.epoch += 1
+        if now < self.hold_until or self.fixed:
+            return False
+        admitted = self.admitted_rate(now)
+        base = max(min(self.rate, admitted) if admitted > 0 else self.rate, self.rate * MAX_CUT)
+        self.rate = max(MIN_RATE, base * BACKOFF)
+        self.recover_to = base * RECOVER_TO
+        self.limit_seen = True
+        self.last_cut = now
+        self.hold_until = now + max(hold_s, 2.0 / self.rate, 0.1)
+        self.epoch += 1
+        self.cuts += 1
+        # booked starts at the old rate are void: the next start is one new interval after now
+        self.next_free = min(self.next_free, now + 1.0 / self.rate)
+        return True
+
+    def admitted_rate(self, now: float) -> float:
+        """Successes per second over the last ~MEASURE_REQUESTS successes (0 when too little is known).
+
+        Sized by a count of successes, not by time, so the measurement is as steady at 2 req/s as at 200.
+        The window opens at the report just before the counted ones, so it holds exactly what it counts.
+        """
+        counted = 0.0
+        opened = now
+        for at, count in reversed(self.history):
+            opened = at
+            if counted >= MEASURE_REQUESTS:
+                break
+            counted += count
+        else:
+            if not self.history:
+                return 0.0
+            counted -= self.history[0][1]  # ran out of history: the oldest report only opens the window
+        return counted / (now - opened) if counted > 0 and now > opened else 0.0
+
+
+__all__ = ["DEFAULT_BURST", "INITIAL_RATE", "RateControl", "SHORT_RETRY_AFTER_S"]

@@ -1,0 +1,213 @@
+"""Where rate tokens come from: one process (:class:`LocalSource`) or every process on this machine that
+uses the same API key and base URL (:class:`FileSource`).
+
+A source hands out *leases*: ``count`` consecutive start times spaced one interval apart, on this process's
+``time.monotonic()`` clock. The limiter spreads a lease over its waiting requests and reports back how
+requests went; the source turns that into the one :class:`~voxmill.rate.control.RateControl` of the budget.
+
+The file source keeps the control in ``CACHE_DIR/rate/<budget id>.json`` (the id hashes the key and the base
+URL; the key itself is never written) and updates it under an ``fcntl`` lock. Tokens are leased in bulk
+(about ``LEASE_SECONDS`` of the rate per lease), so the lock is taken a few times per second per process,
+not per request; successes are reported (with their times) at the next lease; a 429 is written at once, so one process's
+429 slows every process at its next lease (≤ ``LEASE_SECONDS`` later). The file outlives the run: the next
+run on the same API starts from the learned rate.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from voxmill.rate.control import RateControl
+
+log = logging.getLogger(__name__)
+
+#: a file-source lease covers about this many seconds of the budget's rate
+LEASE_SECONDS = 0.2
+#: and at most this many tokens
+MAX_LEASE = 64
+
+
+@dataclass(frozen=True)
+class Lease:
+    """``count`` start times ``first + i * interval`` (monotonic clock), booked under ``epoch``."""
+
+    first: float
+    interval: float
+    count: int
+    epoch: int
+
+
+class TokenSource(Protocol):
+    """What :class:`~voxmill.limiter.AsyncRateLimiter` needs from a budget."""
+
+    def lease(self, ceiling: float | None, burst: int) -> Lease:
+        """Book the next start times of the budget for this process."""
+        ...
+
+    def succeeded(self, grew: bool, ceiling: float | None) -> None:
+        """One request went through; ``grew``: it had waited for the rate (the rate may grow)."""
+        ...
+
+    def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
+        """One request was answered 429."""
+        ...
+
+    @property
+    def epoch(self) -> int:
+        """Changes when booked start times become void (a cut or a pause)."""
+        ...
+
+    def rate(self, ceiling: float | None) -> float:
+        """The rate in force for this process, requests per second."""
+        ...
+
+    def flush(self) -> None:
+        """Write whatever is still buffered (the end of a run)."""
+        ...
+
+
+class LocalSource:
+    """The budget of one process: the control in memory, one token per lease (exact spacing)."""
+
+    def __init__(self, control: RateControl | None = None) -> None:
+        self.control = control if control is not None else RateControl()
+
+    def lease(self, ceiling: float | None, burst: int) -> Lease:
+        first, interval = self.control.take(time.monotonic(), 1, ceiling, burst)
+        return Lease(first, interval, 1, self.control.epoch)
+
+    def succeeded(self, grew: bool, ceiling: float | None) -> None:
+        self.control.succeeded(time.monotonic(), 1, 1 if grew else 0, ceiling)
+
+    def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
+        self.control.rate_limited(time.monotonic(), retry_after, hold_s)
+
+    @property
+    def epoch(self) -> int:
+        return self.control.epoch
+
+    def rate(self, ceiling: float | None) -> float:
+        return self.control.allowed(ceiling)
+
+    def flush(self) -> None:
+        return None
+
+
+def budget_id(api_key: str, base_url: str) -> str:
+    """The name of a budget: a hash of the key and the base URL (the key cannot be read back from it)."""
+    return hashlib.sha256(f"voxmill-rate\0{api_key}\0{base_url.rstrip('/')}".encode()).hexdigest()[:24]
+
+
+class FileSource:
+    """The budget shared by every process on this machine with the same key and base URL (see module doc).
+
+    Times in the file are wall-clock (``time.time()``), converted to this process's monotonic clock per lease.
+    """
+
+    def __init__(self, path: Path, base_url: str, ceiling: float | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.base_url = base_url
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        #: successes not yet written: [wall time, successes, of which waited for the rate], ~50 ms apart
+        self._pending: list[list[float]] = []
+        self._ceiling = ceiling
+        self._epoch = 0
+        self._local_epoch = 0
+        self._rate = 0.0
+        self._update(lambda control, now: None)
+
+    @classmethod
+    def for_api(cls, cache_dir: Path, api_key: str, base_url: str, ceiling: float | None = None) -> FileSource:
+        """The shared budget of ``api_key`` at ``base_url``, kept under ``cache_dir/rate``."""
+        return cls(Path(cache_dir) / "rate" / f"{budget_id(api_key, base_url)}.json", base_url, ceiling)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
+
+    def lease(self, ceiling: float | None, burst: int) -> Lease:
+        booked: list[tuple[float, float, int]] = []
+
+        def take(control: RateControl, now: float) -> None:
+            count = max(1, min(MAX_LEASE, round(control.allowed(ceiling) * LEASE_SECONDS)))
+            first, interval = control.take(now, count, ceiling, burst)
+            booked.append((first, interval, count))
+
+        offset = self._update(take)
+        first, interval, count = booked[0]
+        return Lease(first - offset, interval, count, self.epoch)
+
+    def succeeded(self, grew: bool, ceiling: float | None) -> None:
+        # kept with their times, so the shared history measures the admitted rate as well as one process's
+        now = time.time()
+        pending = self._pending
+        if pending and now - pending[-1][0] < 0.05:
+            pending[-1][1] += 1
+            pending[-1][2] += grew
+        else:
+            pending.append([now, 1, 1 if grew else 0])
+        self._ceiling = ceiling
+
+    def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
+        def cut(control: RateControl, now: float) -> None:
+            control.rate_limited(now, retry_after, hold_s)
+
+        self._update(cut)
+        self._local_epoch += 1  # this process's leases are void at once, whoever cut
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch + self._local_epoch
+
+    def rate(self, ceiling: float | None) -> float:
+        return min(self._rate, ceiling) if ceiling is not None else self._rate
+
+    def flush(self) -> None:
+        if self._pending:
+            self._update(lambda control, now: None)
+
+    def _update(self, change) -> float:  # type: ignore[no-untyped-def]
+        """Lock, load, apply buffered reports and ``change(control, now)``, store, unlock; returns the
+        wall − monotonic clock offset used."""
+        fd = self._fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            now = time.time()
+            offset = now - time.monotonic()
+            control = self._load(fd)
+            for at, successes, grown in self._pending:
+                control.succeeded(at, int(successes), int(grown), self._ceiling)
+            self._pending.clear()
+            change(control, now)
+            body = json.dumps({"base_url": self.base_url, "control": control.to_dict()}).encode()
+            os.pwrite(fd, body, 0)
+            os.ftruncate(fd, len(body))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        self._epoch = control.epoch
+        self._rate = control.rate
+        return offset
+
+    def _load(self, fd: int) -> RateControl:
+        size = os.fstat(fd).st_size
+        raw = os.pread(fd, size, 0) if size else b""
+        if raw:
+            try:
+                return RateControl.from_dict(json.loads(raw)["control"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("rate budget %s was unreadable; starting it afresh", self.path)
+        return RateControl.starting(self._ceiling)
+
+
+__all__ = ["FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource", "budget_id"]
