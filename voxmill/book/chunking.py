@@ -19,8 +19,10 @@ from voxmill.errors import ConfigError
 
 #: words after which a full stop does not end a sentence
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr st prof sr jr mt vs etc e.g i.e no vol fig ch p pp gen col capt lt sgt rev hon esq".split()
+    "mr mrs ms dr st prof sr jr mt vs etc e.g i.e gen col capt lt sgt rev hon esq".split()
 )
+#: abbreviations only before a number ("No. 5", "p. 12")
+_NUMBERED = frozenset("no vol fig ch p pp".split())
 _CLOSERS = "\"'”’)]»"
 _SENTENCE_END = re.compile(r"[.!?…]+$")
 _CLAUSE_END = re.compile(r"[,;:—–]$")
@@ -62,8 +64,11 @@ def _ends_sentence(word: str, following: str) -> bool:
     if not _SENTENCE_END.search(bare):
         return False
     stem = bare.rstrip(".!?…").lower()
-    if bare.endswith(".") and not bare.endswith("..") and (stem in _ABBREVIATIONS or re.fullmatch(r"[a-z]", stem)):
-        return False  # "Mr. Smith", "J. R. Tolkien"
+    if bare.endswith(".") and not bare.endswith(".."):
+        if stem in _ABBREVIATIONS or re.fullmatch(r"[a-z]", stem) and stem != "i":
+            return False  # "Mr. Smith", "J. R. Tolkien"
+        if stem in _NUMBERED and following[:1].isdigit():
+            return False  # "No. 5"
     start = following.lstrip("\"'“‘([«—-")
     return bool(start) and (start[0].isupper() or start[0].isdigit() or start != following)
 

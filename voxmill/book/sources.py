@@ -83,9 +83,23 @@ def read_text(path: Path, text: str) -> Book:
     sections.append(current)
     if licence:
         sections.append(Section("Project Gutenberg licence", _paragraphs(licence), kind="copyright-page"))
-    # a contents page of heading lines gives sections holding only their heading: not chapters
-    sections = [s for s in sections if s.kind or len(s.paragraphs) > 1]
+    sections = _fold_contents(sections)
     return Book(str(path), title.strip(), author, chapters=number_chapters(sections))
+
+
+def _fold_contents(sections: list[Section]) -> list[Section]:
+    """Heading-only sections right after a contents heading are its entries; other heading-only ones go."""
+    folded: list[Section] = []
+    in_contents = False
+    for section in sections:
+        heading_only = not section.kind and len(section.paragraphs) <= 1
+        if heading_only and in_contents:
+            folded[-1].paragraphs.extend(section.paragraphs)
+            continue
+        in_contents = skip_reason(section.title, None) == "contents"
+        if in_contents or not heading_only:
+            folded.append(section)
+    return [s for s in folded if s.kind or len(s.paragraphs) > 1]
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -363,7 +377,8 @@ def read_epub(path: Path) -> Book:
         first = starts[(doc, "")]
         if doc in entered or first >= len(blocks) or doc_of_block[first] != doc:
             continue
-        heading = next((b.text for b in blocks[first:] if b.heading), blocks[first].text)
+        own = blocks[first: first + doc_of_block[first:].count(doc)]
+        heading = next((b.text for b in own if b.heading), own[0].text)
         if types.get(doc) or skip_reason(heading, None):
             located.append((heading, first, 0, doc))
     located.sort(key=lambda entry: entry[1])  # stable: TOC order among entries at one place
