@@ -16,9 +16,11 @@ from voxmill.audio.measure import decode_float32, loudness_lufs, measure_file
 from voxmill.audio.split import detect_silences
 from voxmill.book.chunking import ChunkLimits, chunk_chapter, rejoin
 from voxmill.book.pipeline import AudiobookRequest, make_audiobook
+from voxmill.book.qc import QcOptions
 from voxmill.book.sources import read_book
 from voxmill.jobs import JobRequest, run_job
 from voxmill.ledger import read_results
+from voxmill.report import describe_out_dir
 from voxmill.settings import ApiKey, RetryPolicy, Settings
 
 NARRATIVE = ["Chapter 1: The Keeper", "The Letter", "Chapter 2: The Map", "Chapter 3: The Island"]
@@ -121,11 +123,41 @@ def test_a_failed_chunk_stops_the_book_and_names_it(make_server, tmp_path):
     assert "not done" in result.headline()
 
 
+def test_qc_retakes_bad_chunks_bills_every_take_and_keeps_the_best(null_server, tmp_path):
+    # the null engine speaks silence and transcribes "null engine transcript": every chunk is bad
+    book_path = write_epub(tmp_path / "island.epub")
+    out = tmp_path / "out"
+    request = AudiobookRequest(book=str(book_path), out_dir=out, model="chatterbox", chapters="5,6",
+                               loudness_lufs=None, qc=QcOptions(enabled=True, retakes=2))
+    result = make_audiobook(request, _settings(null_server))
+    assert result.ok and result.qc is not None
+    chunks = result.chunks
+    stats = null_server.stats()
+    # every take of every chunk billed: 3 × chunks distinct speech requests (text + seed); the null engine's
+    # audio is the same bytes for every chunk, so each take's transcription job pays for it once
+    assert stats["generations_total"] == 3 * chunks + 3 and len(stats["generations"]) == 3 * chunks + 1
+    assert result.qc.retakes == 2 * chunks and result.qc.checked == chunks and result.qc.over_threshold == chunks
+    takes = pq.read_table(out / "qc.parquet").to_pylist()
+    assert sorted({t["take"] for t in takes}) == [0, 1, 2] and len(takes) == 3 * chunks
+    # chatterbox has a seed: each retake is a different request (seed = take number)
+    seeds = {json.loads(row["params"]).get("seed") for row in read_results(out / "qc" / "take-2").to_pylist()}
+    assert seeds == {2}
+    rows = pq.read_table(out / "chunks.parquet").to_pylist()
+    assert {(r["take"], r["takes"], r["wer"]) for r in rows} == {(0, 3, 1.0)}  # a tie keeps the first take
+    status = describe_out_dir(out).text  # what `voxmill status` prints
+    assert f"QC: {chunks} chunks transcribed back, mean WER 1.000, {2 * chunks} retakes" in status
+
+    null_server.reset_stats()  # a rerun resumes every take: nothing is paid again
+    again = make_audiobook(request, _settings(null_server))
+    assert again.ok and null_server.stats()["generations_total"] == 0
+
+
 @pytest.mark.slow
 def test_one_chapter_with_the_real_engines(real_server, tmp_path):
     book_path = write_epub(tmp_path / "island.epub")
     out = tmp_path / "out"
-    request = AudiobookRequest(book=str(book_path), out_dir=out, chapters="6", chapter_format="mp3")
+    request = AudiobookRequest(book=str(book_path), out_dir=out, chapters="6", chapter_format="mp3",
+                               qc=QcOptions(enabled=True, retakes=1))
     result = make_audiobook(request, _settings(real_server))
     assert result.ok, result.headline()
     chapter = pq.read_table(out / "chapters.parquet").to_pylist()[5]
@@ -145,6 +177,10 @@ def test_one_chapter_with_the_real_engines(real_server, tmp_path):
                       _settings(real_server))
     assert summary.ok
     assert read_results(tmp_path / "asr").to_pylist()[0]["wer"] <= 0.15
+    # QC: every chunk transcribed back is good, so no retake was made
+    assert result.qc.checked == result.chunks and result.qc.retakes == 0
+    rows = pq.read_table(out / "chunks.parquet").to_pylist()
+    assert all(r["wer"] <= 0.15 and 8 < r["chars_per_s"] < 25 for r in rows), rows
 
     # subtitles end where the speech ends (the chapter's tail silence starts)
     last_cue_end = _last_cue_end((out / f"{chapter['file']}.srt").read_text())

@@ -22,6 +22,7 @@ from typing import Any
 from voxmill.book.chunking import ChunkLimits, chunk_chapter
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, make_audiobook, slug
+from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
 from voxmill.book.sources import BOOK_TYPES, read_book
 from voxmill.catalog import TTS_MODELS
 from voxmill.errors import ConfigError
@@ -68,6 +69,11 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--title", help="book title (one book only; default: from the book)")
     parser.add_argument("--author", help="author (one book only; default: from the book)")
     parser.add_argument("--prices", type=Path, help="JSON price table for --list (default VOXMILL_PRICES)")
+    parser.add_argument("--qc", action="store_true", help="transcribe every chunk back: WER and chars/s per chunk")
+    parser.add_argument("--retakes", type=int, default=0,
+                        help="with --qc: regenerate chunks over the WER threshold up to N times (best take kept)")
+    parser.add_argument("--qc-wer", type=float, default=DEFAULT_MAX_WER,
+                        help=f"with --qc: the WER above which a chunk is retaken (default {DEFAULT_MAX_WER})")
     run = parser.add_argument_group("run")
     run.add_argument("--rps", type=float, help="requests per second (default VOXMILL_RPS: unlimited)")
     run.add_argument("--rpm", type=float, help="requests per minute (default VOXMILL_RPM: unlimited)")
@@ -144,6 +150,7 @@ def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> Audiobook
         params=params, chapter_format=args.chapter_format, loudness_lufs=args.loudness, true_peak_db=args.true_peak,
         bitrate=args.bitrate, chapters=args.chapters, exclude=args.exclude, title=args.title or entry.title,
         author=args.author or entry.author,
+        qc=QcOptions(enabled=args.qc or args.retakes > 0, retakes=args.retakes, max_wer=args.qc_wer),
     )
 
 
@@ -222,6 +229,8 @@ def run_audiobook_command(args: argparse.Namespace) -> int:
         for request in requests:
             result = make_audiobook(request, settings, run_chunks=_runner(settings, args.no_progress))
             print(result.headline())
+            if result.qc:
+                print("\n".join(result.qc.lines()))
             failed += 0 if result.ok else 1
     return EXIT_OK if failed == 0 else EXIT_FAILED
 

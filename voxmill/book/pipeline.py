@@ -8,7 +8,8 @@ The job runner is injected: :func:`voxmill.jobs.run_job` here and in the CLI, Pr
 
 The book folder then holds, beside the engine's ``results.parquet`` (one row per chunk):
 ``<title>.m4b``, ``chapters/NNN <title>.<fmt|srt|vtt>``, ``chapters.parquet``, ``chunks.parquet`` and
-``audiobook.json`` (the summary, QC included).
+``audiobook.json`` (the summary, QC included). With QC on, every chunk is transcribed back and the bad
+ones retaken (:mod:`voxmill.book.qc`); the best take of each chunk is the one assembled.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ from voxmill.book.m4b import (
     write_m4b,
 )
 from voxmill.book.model import Book, Chapter, Chunk
+from voxmill.book.qc import ChunkQc, QcOptions, QcSummary, check_chunks, done_rows
 from voxmill.book.sources import read_book
 from voxmill.catalog import TTS_MODELS, TTS_SAMPLE_RATE
 from voxmill.errors import ConfigError
 from voxmill.jobs import JobRequest, RunSummary, run_job
-from voxmill.ledger import read_results, write_table
+from voxmill.ledger import write_table
 from voxmill.manifests import RunDefaults
 from voxmill.settings import Settings
 from voxmill.subtitles import to_srt, to_vtt
@@ -79,6 +81,7 @@ class AudiobookRequest:
     author: str | None = None
     workers: int = 4
     pauses: Pauses = field(default_factory=Pauses)
+    qc: QcOptions = field(default_factory=QcOptions)
 
     def __post_init__(self) -> None:
         if self.model not in TTS_MODELS:
@@ -118,6 +121,7 @@ class AudiobookResult:
     missing: tuple[str, ...]
     summary: RunSummary
     timings: dict[str, float]
+    qc: QcSummary | None = None
 
     @property
     def ok(self) -> bool:
@@ -172,10 +176,11 @@ def make_audiobook(
     )
     timings = {"plan_s": time.monotonic() - started}
     clock = time.monotonic()
-    summary = (run_chunks or (lambda job_request: run_job(job_request, settings)))(job)
+    run = run_chunks or (lambda job_request: run_job(job_request, settings))
+    summary = run(job)
     timings["requests_s"] = time.monotonic() - clock
 
-    rows = _done_rows(out_dir, all_chunks)
+    rows = done_rows(out_dir, all_chunks)
     missing = tuple(c.item_id for c in all_chunks if c.item_id not in rows)
     base = dict(title=plan.book.title, out_dir=str(out_dir), chapters=len(plan.selected), chunks=len(all_chunks),
                 skipped=tuple(f"{c.index} {c.title} ({c.skip_reason or 'not selected'})" for c in plan.skipped),
@@ -183,6 +188,14 @@ def make_audiobook(
     if missing:
         return AudiobookResult(m4b=None, audio_seconds=0.0, timings=_rounded(timings), **base)
 
+    qc: dict[str, ChunkQc] = {}
+    qc_summary = None
+    if request.qc.enabled:
+        clock = time.monotonic()
+        qc, qc_summary = check_chunks(all_chunks, rows, out_dir=out_dir, model=request.model, params=request.params,
+                                      options=request.qc, run=run)
+        rows = {item_id: dict(check.row) for item_id, check in qc.items()}  # the best take of each chunk
+        timings["qc_s"] = time.monotonic() - clock
     clock = time.monotonic()
     assembled = [
         _assemble(chapter, plan.chunks[chapter.index], rows, out_dir, request.pauses) for chapter in plan.selected
@@ -191,33 +204,17 @@ def make_audiobook(
     clock = time.monotonic()
     m4b = _master(request, plan, assembled, out_dir)
     timings["mastering_s"] = time.monotonic() - clock
-    _write_tables(plan, assembled, rows, out_dir)
+    _write_tables(plan, assembled, rows, qc, out_dir)
     audio_seconds = sum(a.duration_s for a in assembled)
     timings["total_s"] = time.monotonic() - started
-    result = AudiobookResult(m4b=str(m4b), audio_seconds=round(audio_seconds, 3), timings=_rounded(timings), **base)
+    result = AudiobookResult(m4b=str(m4b), audio_seconds=round(audio_seconds, 3), timings=_rounded(timings),
+                             qc=qc_summary, **base)
     _write_summary(result, out_dir)
     return result
 
 
 def _rounded(timings: Mapping[str, float]) -> dict[str, float]:
     return {name: round(value, 3) for name, value in timings.items()}
-
-
-def _done_rows(out_dir: Path, chunks: list[Chunk]) -> dict[str, dict[str, Any]]:
-    """Ledger rows of the chunks that are done with their current text, by id."""
-    table = read_results(out_dir)
-    wanted = {c.item_id: c.text for c in chunks}
-    rows: dict[str, dict[str, Any]] = {}
-    if table.num_rows == 0:
-        return rows
-    columns = ["id", "key", "status", "text", "output_path", "duration_s", "sha256"]
-    for row in table.select(columns).to_pylist():
-        if row["id"] in wanted:
-            if row["status"] == "done" and row["text"] == wanted[row["id"]]:
-                rows[row["id"]] = row
-            else:
-                rows.pop(row["id"], None)  # a later failure or an older text: not usable
-    return rows
 
 
 def _assemble(
@@ -235,7 +232,7 @@ def _assemble(
             placed = tuple(PlacedChunk(c, s, e) for c, (s, e) in zip(chunks, saved["placed"], strict=True))
             return ChapterAudio(chapter.index, target, saved["duration_s"], placed)
     audio = assemble_chapter(
-        chapter.index, [(c, out_dir / rows[c.item_id]["output_path"]) for c in chunks], target, pauses
+        chapter.index, [(c, Path(rows[c.item_id]["audio_path"])) for c in chunks], target, pauses
     )
     record = {"fingerprint": fingerprint, "duration_s": audio.duration_s,
               "placed": [(p.start_s, p.end_s) for p in audio.placed]}
@@ -284,7 +281,11 @@ def _master(request: AudiobookRequest, plan: BookPlan, assembled: list[ChapterAu
 
 
 def _write_tables(
-    plan: BookPlan, assembled: list[ChapterAudio], rows: Mapping[str, Mapping[str, Any]], out_dir: Path
+    plan: BookPlan,
+    assembled: list[ChapterAudio],
+    rows: Mapping[str, Mapping[str, Any]],
+    qc: Mapping[str, ChunkQc],
+    out_dir: Path,
 ) -> None:
     """``chapters.parquet`` (every chapter, skipped ones included) and ``chunks.parquet`` (one row per chunk)."""
     by_index = {a.chapter: a for a in assembled}
@@ -310,7 +311,11 @@ def _write_tables(
                 "start_s": round(placed.start_s, 3), "end_s": round(placed.end_s, 3),
                 "book_start_s": round(cursor + placed.start_s, 3),
                 "duration_s": round(placed.end_s - placed.start_s, 3), "generated_s": row["duration_s"],
-                "output_path": row["output_path"],
+                "audio_path": str(Path(row["audio_path"]).relative_to(out_dir)),
+                "wer": qc[placed.chunk.item_id].wer if qc else None,
+                "chars_per_s": round(len(placed.chunk.text) / row["duration_s"], 2) if row["duration_s"] else None,
+                "take": qc[placed.chunk.item_id].take if qc else 0,
+                "takes": qc[placed.chunk.item_id].takes if qc else 1,
             })
         cursor += audio.duration_s
     write_table(pa.Table.from_pylist(chapter_rows), out_dir / "chapters.parquet")
