@@ -182,7 +182,14 @@ def loudnorm_filter(source: Path, target_lufs: float, true_peak_db: float) -> st
     The LRA target is raised to the measured LRA so that loudnorm can stay linear (pure gain); it only
     switches to dynamic compression when that gain would break the true-peak ceiling.
     """
-    measured = loudnorm_measure(source, target_lufs, true_peak_db)
+    first = f"loudnorm=I={target_lufs}:TP={true_peak_db}:LRA={DEFAULT_LRA}:print_format=json"
+    cmd = ffmpeg_command("-i", str(source), "-vn", "-af", first, "-f", "null", "-", loglevel="info")
+    stderr = run_tool(cmd, what=f"could not measure loudness of {source.name}").stderr.decode("utf-8", "replace")
+    start = stderr.rfind("{")
+    end = stderr.rfind("}")
+    if start < 0 or end < start:
+        raise InvalidItem(f"ffmpeg loudnorm printed no measurement for {source.name}")
+    measured = {k: float(v) for k, v in json.loads(stderr[start : end + 1]).items() if _is_number(v)}
     input_i = measured.get("input_i", -math.inf)
     if not math.isfinite(input_i) or input_i <= -70:
         return None  # silence or too short: there is no loudness to correct
@@ -192,22 +199,6 @@ def loudnorm_filter(source: Path, target_lufs: float, true_peak_db: float) -> st
         f":measured_I={input_i}:measured_TP={measured['input_tp']}:measured_LRA={measured['input_lra']}"
         f":measured_thresh={measured['input_thresh']}:offset={measured['target_offset']}:linear=true"
     )
-
-
-def loudnorm_measure(
-    source: Path, target_lufs: float = -16.0, true_peak_db: float = -1.5, *, filters: str | None = None
-) -> dict[str, float]:
-    """ffmpeg loudnorm pass one over ``source`` (after ``filters``, if any): ``input_i`` (LUFS), ``input_tp``…"""
-    first = f"loudnorm=I={target_lufs}:TP={true_peak_db}:LRA={DEFAULT_LRA}:print_format=json"
-    if filters:
-        first = f"{filters},{first}"
-    cmd = ffmpeg_command("-i", str(source), "-vn", "-af", first, "-f", "null", "-", loglevel="info")
-    stderr = run_tool(cmd, what=f"could not measure loudness of {source.name}").stderr.decode("utf-8", "replace")
-    start = stderr.rfind("{")
-    end = stderr.rfind("}")
-    if start < 0 or end < start:
-        raise InvalidItem(f"ffmpeg loudnorm printed no measurement for {source.name}")
-    return {k: float(v) for k, v in json.loads(stderr[start : end + 1]).items() if _is_number(v)}
 
 
 def _is_number(value: object) -> bool:

@@ -1,7 +1,7 @@
 """One chapter's audio from its chunks: trimmed edges, measured pauses, equal-power crossfades.
 
-Only one chapter is in memory at a time (a 40-minute chapter at 24 kHz is ~230 MB of float32). Each chunk
-is decoded with pydub, its leading and trailing silence is cut down to ``edge_keep_s``, and a fixed pause
+The chapter is streamed to its WAV: one chunk is in memory at a time, whatever the chapter's length. Each
+chunk is decoded with pydub, its leading and trailing silence is cut down to ``edge_keep_s``, and a fixed pause
 goes between chunks: ``sentence_s`` within a paragraph, ``paragraph_s`` after one. Every join is a short
 equal-power crossfade (cos/sin gains), so no join clicks. The chunk positions in the result are exact
 (sample counts), which is what the subtitles and chapter marks are built from.
@@ -9,14 +9,14 @@ equal-power crossfade (cos/sin gains), so no join clicks. The chunk positions in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import wave
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from voxmill.audio.formats import wav_bytes
-from voxmill.audio.transcode import write_bytes_atomic
+from voxmill.audio.transcode import atomic_output
 from voxmill.book.model import Chunk
 from voxmill.catalog import TTS_SAMPLE_RATE
 
@@ -79,28 +79,53 @@ def trim_silence(samples: np.ndarray, sample_rate: int, pauses: Pauses) -> np.nd
     return samples[first:last]
 
 
-def crossfade_join(pieces: Sequence[np.ndarray], crossfade: int) -> tuple[np.ndarray, list[int]]:
-    """Pieces joined with equal-power crossfades of up to ``crossfade`` samples; and where each piece starts."""
-    if not pieces:
-        return np.zeros(0, np.float32), []
-    parts: list[np.ndarray] = []
-    starts = [0]
-    cursor = 0
-    previous = pieces[0]
-    for following in pieces[1:]:
-        overlap = min(crossfade, len(previous), len(following))
+class CrossfadeJoiner:
+    """Joins pieces one at a time with equal-power crossfades, handing finished audio to ``write`` as it goes.
+
+    Only the last piece is held back (its tail may still be crossfaded), so a chapter of any length is
+    assembled in the memory of one chunk.
+    """
+
+    def __init__(self, write: Callable[[np.ndarray], None], crossfade: int) -> None:
+        self._write = write
+        self._crossfade = crossfade
+        self._pending: np.ndarray | None = None
+        self.written = 0
+
+    def add(self, piece: np.ndarray) -> int:
+        """Append ``piece``; the sample position where it starts in the joined audio."""
+        if self._pending is None:
+            self._pending = piece
+            return self.written
+        previous = self._pending
+        overlap = min(self._crossfade, len(previous), len(piece))
         head = previous[: len(previous) - overlap]
-        parts.append(head)
-        cursor += len(head)
-        starts.append(cursor)
+        self._write(head)
+        self.written += len(head)
         if overlap:
             phase = np.linspace(0.0, np.pi / 2, overlap, dtype=np.float32)
-            mixed = previous[len(previous) - overlap:] * np.cos(phase) + following[:overlap] * np.sin(phase)
-            previous = np.concatenate([mixed, following[overlap:]])
+            mixed = previous[len(previous) - overlap:] * np.cos(phase) + piece[:overlap] * np.sin(phase)
+            self._pending = np.concatenate([mixed, piece[overlap:]])
         else:
-            previous = following
-    parts.append(previous)
-    return np.concatenate(parts), starts
+            self._pending = piece
+        return self.written
+
+    def close(self) -> int:
+        """Write what is held back; the total length in samples."""
+        if self._pending is not None:
+            self._write(self._pending)
+            self.written += len(self._pending)
+            self._pending = None
+        return self.written
+
+
+def crossfade_join(pieces: Sequence[np.ndarray], crossfade: int) -> tuple[np.ndarray, list[int]]:
+    """Pieces joined in memory with equal-power crossfades of up to ``crossfade`` samples; and their starts."""
+    parts: list[np.ndarray] = []
+    joiner = CrossfadeJoiner(parts.append, crossfade)
+    starts = [joiner.add(piece) for piece in pieces]
+    joiner.close()
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), starts
 
 
 def assemble_chapter(
@@ -110,29 +135,36 @@ def assemble_chapter(
     pauses: Pauses = Pauses(),
     sample_rate: int = TTS_SAMPLE_RATE,
 ) -> ChapterAudio:
-    """Write chapter ``chapter`` (its chunks and their audio files, in order) to ``target`` as 16-bit WAV."""
+    """Write chapter ``chapter`` (its chunks and their audio files, in order) to ``target`` as 16-bit WAV.
+
+    Streams: each chunk is decoded, trimmed and written before the next is read.
+    """
     def silence(seconds: float) -> np.ndarray:
         return np.zeros(max(0, int(round(seconds * sample_rate))), np.float32)
 
     edges = 2 * pauses.edge_keep_s  # the kept edges are part of each pause
-    pieces: list[np.ndarray] = [silence(pauses.chapter_lead_s)]
-    for position, (_, path) in enumerate(chunks):
-        if position:
-            gap = pauses.paragraph_s if chunks[position - 1][0].ends_paragraph else pauses.sentence_s
-            pieces.append(silence(gap - edges))
-        pieces.append(trim_silence(load_mono(path, sample_rate), sample_rate, pauses))
-    pieces.append(silence(pauses.chapter_tail_s))
-    crossfade = int(pauses.crossfade_s * sample_rate)
-    audio, starts = crossfade_join(pieces, crossfade)
-    placed = []
-    for position, (chunk, _) in enumerate(chunks):
-        piece = 1 + 2 * position  # lead silence, then chunk / pause alternating
-        start = starts[piece]
-        placed.append(PlacedChunk(chunk, start / sample_rate, (start + len(pieces[piece])) / sample_rate))
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-    write_bytes_atomic(target, wav_bytes(pcm, sample_rate))
-    return ChapterAudio(chapter, target, len(pcm) / sample_rate, tuple(placed))
+    placed: list[PlacedChunk] = []
+    with atomic_output(target) as temp, wave.open(str(temp), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(sample_rate)
+
+        def write(samples: np.ndarray) -> None:
+            writer.writeframes(np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2").tobytes())
+
+        joiner = CrossfadeJoiner(write, int(pauses.crossfade_s * sample_rate))
+        joiner.add(silence(pauses.chapter_lead_s))
+        for position, (chunk, path) in enumerate(chunks):
+            if position:
+                gap = pauses.paragraph_s if chunks[position - 1][0].ends_paragraph else pauses.sentence_s
+                joiner.add(silence(gap - edges))
+            speech = trim_silence(load_mono(path, sample_rate), sample_rate, pauses)
+            start = joiner.add(speech)
+            placed.append(PlacedChunk(chunk, start / sample_rate, (start + len(speech)) / sample_rate))
+        joiner.add(silence(pauses.chapter_tail_s))
+        total = joiner.close()
+    return ChapterAudio(chapter, target, total / sample_rate, tuple(placed))
 
 
-__all__ = ["ChapterAudio", "Pauses", "PlacedChunk", "assemble_chapter", "crossfade_join", "load_mono",
-           "trim_silence"]
+__all__ = ["ChapterAudio", "CrossfadeJoiner", "Pauses", "PlacedChunk", "assemble_chapter", "crossfade_join",
+           "load_mono", "trim_silence"]

@@ -2,7 +2,7 @@
 
 Loudness follows EBU R128 measurement (ITU-R BS.1770 integrated loudness, true peak) with a spoken-word
 target: −18 LUFS integrated, true peak ≤ −3 dBTP by default — inside ACX's −23…−18 dB RMS window and
-under its −3 dB peak ceiling. It is measured once over the joined book (ffmpeg ``loudnorm`` pass one) and
+under its −3 dB peak ceiling. It is measured over the joined book (ffmpeg ``ebur128``, streaming) and
 the same gain and true-peak limiter are applied to the m4b and to every per-chapter file, so chapters
 keep their relative levels.
 
@@ -12,14 +12,13 @@ milliseconds), the cover as an attached picture, and title/album/artist/composer
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from voxmill.audio.formats import audio_format
-from voxmill.audio.measure import ffmpeg_command, run_tool
-from voxmill.audio.transcode import atomic_output, loudnorm_measure, write_bytes_atomic
+from voxmill.audio.measure import ffmpeg_command, integrated_loudness_of, run_tool
+from voxmill.audio.transcode import atomic_output, write_bytes_atomic
 
 #: the spoken-word defaults (see the module docstring)
 DEFAULT_LOUDNESS_LUFS = -18.0
@@ -85,21 +84,20 @@ def book_loudness_filter(
     The limiter runs at 4× the rate (so it sees inter-sample peaks) with a 1 dB margin under the ceiling
     (AAC encoding overshoots a little). Speech often peaks more than 15 dB over its loudness, so the
     limiter lowers the loudness it was given: the gain is measured again through the limiter and corrected
-    (at most three times, until within 0.2 LU). loudnorm's own second pass is not used: it falls back to dynamic
-    mode whenever the gain meets the ceiling, and misses the target on short inputs.
-    None when no normalisation is asked, or the book is silent.
+    (at most three times, until within 0.2 LU). Measuring is ffmpeg's streaming ``ebur128``. loudnorm's own
+    second pass is not used: it falls back to dynamic mode whenever the gain meets the ceiling, and misses
+    the target on short inputs. None when no normalisation is asked, or the book is silent.
     """
     if target_lufs is None:
         return None
-    measured = loudnorm_measure(book_wav, target_lufs, true_peak_db).get("input_i", -math.inf)
-    if not math.isfinite(measured) or measured <= -70:
+    measured = integrated_loudness_of(book_wav)
+    if measured is None:
         return None  # silence: nothing to normalise
     ceiling = 10 ** ((true_peak_db - 1.0) / 20)
     gain = target_lufs - measured
     for _ in range(3):
-        through = _gain_filter(gain, ceiling, sample_rate)
-        limited = loudnorm_measure(book_wav, target_lufs, true_peak_db, filters=through)
-        error = target_lufs - limited.get("input_i", target_lufs)
+        limited = integrated_loudness_of(book_wav, filters=_gain_filter(gain, ceiling, sample_rate))
+        error = target_lufs - (limited if limited is not None else target_lufs)
         if abs(error) < 0.2:
             break
         gain += error
