@@ -8,6 +8,8 @@ import subprocess
 import pyarrow.parquet as pq
 from book_files import write_epub
 
+from voxmill.audio.measure import measure_file
+
 
 def test_audiobook_flow_writes_the_book_and_ends_completed(null_server, prefect_api, tmp_path, monkeypatch):
     from flows.audiobook import audiobook
@@ -26,6 +28,10 @@ def test_audiobook_flow_writes_the_book_and_ends_completed(null_server, prefect_
     probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_chapters", "-of", "json", result.m4b],
                                       capture_output=True, check=True, text=True).stdout)
     assert [c["tags"]["title"] for c in probe["chapters"]] == ["Chapter 1: The Keeper", "Chapter 2: The Map"]
+    # chapter files (m4b by default) are cut from the book's AAC: same spans as the chapter marks
+    for chapter in (c for c in pq.read_table(out / "chapters.parquet").to_pylist() if c["selected"]):
+        info = measure_file(out / f"{chapter['file']}.m4b", loudness=False)
+        assert info.format == "m4a" and abs(info.duration_s - chapter["duration_s"]) < 0.1
 
 
 def test_audiobook_flow_ends_failed_when_a_chunk_fails(make_server, prefect_api, tmp_path, monkeypatch):

@@ -111,6 +111,15 @@ def test_rerun_after_an_edit_bills_only_the_changed_chunk(null_server, tmp_path)
     texts = [row["text"] for row in pq.read_table(out / "chunks.parquet").to_pylist()]
     assert edited[4] in texts and PARAGRAPHS[4] not in texts
 
+    # a new paragraph at the top of chapter 6 moves the chunks after it (new ids, same text): they are
+    # reused from the ledger, and only the new paragraph is paid for
+    edited[4] = "A gull landed on the roof.</p><p>" + edited[4]
+    write_epub(book_path, paragraphs=edited)
+    null_server.reset_stats()
+    moved = make_audiobook(request, settings)
+    assert moved.ok and moved.chunks == first.chunks + 1
+    assert _generations(null_server) == 1 and moved.summary.reused == 2
+
 
 def test_a_failed_chunk_stops_the_book_and_names_it(make_server, tmp_path):
     server = make_server(error_rate=1.0)

@@ -84,7 +84,8 @@ def book_loudness_filter(
     The limiter runs at 4× the rate (so it sees inter-sample peaks) with a 1 dB margin under the ceiling
     (AAC encoding overshoots a little). Speech often peaks more than 15 dB over its loudness, so the
     limiter lowers the loudness it was given: the gain is measured again through the limiter and corrected
-    (at most three times, until within 0.2 LU). Measuring is ffmpeg's streaming ``ebur128``. loudnorm's own
+    (at most three times, until within 0.2 LU). Measuring is ffmpeg's streaming ``ebur128``, through the
+    limiter at the native rate (3× cheaper than oversampled, and within a few tenths of a LU of it). loudnorm's own
     second pass is not used: it falls back to dynamic mode whenever the gain meets the ceiling, and misses
     the target on short inputs. None when no normalisation is asked, or the book is silent.
     """
@@ -96,7 +97,7 @@ def book_loudness_filter(
     ceiling = 10 ** ((true_peak_db - 1.0) / 20)
     gain = target_lufs - measured
     for _ in range(3):
-        limited = integrated_loudness_of(book_wav, filters=_gain_filter(gain, ceiling, sample_rate))
+        limited = integrated_loudness_of(book_wav, filters=_gain_filter(gain, ceiling, sample_rate, oversample=1))
         error = target_lufs - (limited if limited is not None else target_lufs)
         if abs(error) < 0.2:
             break
@@ -104,9 +105,11 @@ def book_loudness_filter(
     return _gain_filter(gain, ceiling, sample_rate)
 
 
-def _gain_filter(gain_db: float, ceiling: float, sample_rate: int) -> str:
-    return (f"volume={gain_db:.2f}dB,aresample={4 * sample_rate},"
-            f"alimiter=limit={ceiling:.4f}:attack=1:release=50:level=disabled,aresample={sample_rate}")
+def _gain_filter(gain_db: float, ceiling: float, sample_rate: int, oversample: int = 4) -> str:
+    limiter = f"alimiter=limit={ceiling:.4f}:attack=1:release=50:level=disabled"
+    if oversample == 1:
+        return f"volume={gain_db:.2f}dB,{limiter}"
+    return f"volume={gain_db:.2f}dB,aresample={oversample * sample_rate},{limiter},aresample={sample_rate}"
 
 
 def write_m4b(
@@ -138,6 +141,18 @@ def write_m4b(
     return target
 
 
+def cut_chapter(book_m4b: Path, target: Path, mark: ChapterMark, *, tags: Mapping[str, str | None]) -> Path:
+    """A chapter cut out of the encoded book without re-encoding (AAC frames are copied; ±43 ms at 24 kHz)."""
+    args = ["-ss", f"{mark.start_s:.3f}", "-to", f"{mark.end_s:.3f}", "-i", str(book_m4b), "-map", "0:a",
+            "-map_metadata", "-1", "-map_chapters", "-1"]
+    for key, value in tags.items():
+        if value:
+            args += ["-metadata", f"{key}={value}"]
+    with atomic_output(target) as temp:
+        run_tool(ffmpeg_command(*args, "-c", "copy", "-f", "ipod", str(temp)), what=f"could not write {target.name}")
+    return target
+
+
 def write_chapter_file(
     chapter_wav: Path,
     target: Path,
@@ -165,4 +180,5 @@ def write_chapter_file(
 
 
 __all__ = ["DEFAULT_BITRATE", "DEFAULT_LOUDNESS_LUFS", "DEFAULT_TRUE_PEAK_DB", "ChapterMark",
-           "book_loudness_filter", "concat_list", "ffmetadata", "join_wavs", "write_chapter_file", "write_m4b"]
+           "book_loudness_filter", "concat_list", "cut_chapter", "ffmetadata", "join_wavs", "write_chapter_file",
+           "write_m4b"]

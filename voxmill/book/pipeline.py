@@ -37,6 +37,7 @@ from voxmill.book.m4b import (
     DEFAULT_TRUE_PEAK_DB,
     ChapterMark,
     book_loudness_filter,
+    cut_chapter,
     join_wavs,
     write_chapter_file,
     write_m4b,
@@ -272,8 +273,12 @@ def _master(request: AudiobookRequest, plan: BookPlan, assembled: list[ChapterAu
     for number, (chapter, audio) in enumerate(zip(plan.selected, assembled, strict=True), start=1):
         stem = chapter_stem(chapter)
         track_tags = {**tags, "title": chapter.title, "track": f"{number}/{len(assembled)}"}
-        write_chapter_file(audio.path, chapters_dir / f"{stem}.{request.chapter_format}", request.chapter_format,
-                           tags=track_tags, filters=filters, sample_rate=TTS_SAMPLE_RATE, bitrate=request.bitrate)
+        target = chapters_dir / f"{stem}.{request.chapter_format}"
+        if request.chapter_format in ("m4b", "m4a"):  # the book's own AAC, copied: no second encode
+            cut_chapter(m4b, target, marks[number - 1], tags=track_tags)
+        else:
+            write_chapter_file(audio.path, target, request.chapter_format, tags=track_tags, filters=filters,
+                               sample_rate=TTS_SAMPLE_RATE, bitrate=request.bitrate)
         cues = chapter_cues(audio.placed)
         write_bytes_atomic(chapters_dir / f"{stem}.srt", to_srt(cues).encode())
         write_bytes_atomic(chapters_dir / f"{stem}.vtt", to_vtt(cues).encode())
