@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voxmill.book.chapters import select_chapters
 from voxmill.book.chunking import ChunkLimits, chunk_chapter
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, make_audiobook, slug
@@ -96,19 +97,6 @@ def _loudness(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{value!r} is not a loudness in LUFS (e.g. -18) or 'off'") from None
 
 
-def _params(pairs: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--param {pair!r}: write it as NAME=VALUE")
-        try:
-            params[name] = json.loads(value) if value[:1] in "{[" else value
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--param {name}: value is not valid JSON ({exc.msg})") from None
-    return params
-
-
 def book_entries(sources: list[str]) -> list[BookEntry]:
     """Book files as given, and the rows of any CSV/Parquet manifest among them (paths relative to it)."""
     entries: list[BookEntry] = []
@@ -142,7 +130,9 @@ def book_entries(sources: list[str]) -> list[BookEntry]:
 
 
 def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> AudiobookRequest:
-    params = {**entry.params, **_params(args.param)}
+    from voxmill.cli import _parse_params  # the one NAME=VALUE parser of the command line
+
+    params = {**entry.params, **_parse_params(args.param)}
     if args.voice:
         params["voice"] = args.voice
     return AudiobookRequest(
@@ -157,8 +147,6 @@ def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> Audiobook
 def list_book(request: AudiobookRequest, prices: PriceTable) -> str:
     """The chapter table of one book: index, title, words, characters, chunks, estimated minutes and cost."""
     book = read_book(Path(request.book))
-    from voxmill.book.chapters import select_chapters
-
     chosen = {c.index for c in select_chapters(book.chapters, request.chapters, request.exclude)}
     limits = ChunkLimits.for_model(request.model)
     lines = [f"{request.title or book.title}" + (f" — {request.author or book.author}" if book.author else "")
