@@ -54,3 +54,12 @@ def test_usage_errors_exit_2_and_name_the_problem(tmp_path, capsys):
     assert "-o/--out" in capsys.readouterr().err
     assert main(["audiobook", str(book), "--list", "--chapters", "12"]) == 2
     assert "outside 1–7" in capsys.readouterr().err
+
+
+def test_a_refused_key_exits_3_and_sends_no_speech(tmp_path, null_server, monkeypatch, capsys):
+    monkeypatch.setenv("VOXMILL_API_KEY", "not-the-token")
+    monkeypatch.setenv("VOXMILL_BASE_URL", null_server.base_url)
+    book = write_epub(tmp_path / "island.epub")
+    assert main(["audiobook", str(book), "-o", str(tmp_path / "out"), "--no-progress"]) == 3
+    assert "not done" in capsys.readouterr().out
+    assert null_server.stats()["generations_total"] == 0

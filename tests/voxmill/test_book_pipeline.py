@@ -119,6 +119,9 @@ def test_rerun_after_an_edit_bills_only_the_changed_chunk(null_server, tmp_path)
     moved = make_audiobook(request, settings)
     assert moved.ok and moved.chunks == first.chunks + 1
     assert _generations(null_server) == 1 and moved.summary.reused == 2
+    reused = [r for r in read_results(out).to_pylist() if r["reused_from"] and r["run_id"] == moved.summary.run_id]
+    # each copied from the chunk with the same text (the text's hash ends both ids)
+    assert len(reused) == 2 and all(r["reused_from"][-8:] == r["id"][-8:] != "" for r in reused)
 
 
 def test_a_failed_chunk_stops_the_book_and_names_it(make_server, tmp_path):
@@ -128,7 +131,7 @@ def test_a_failed_chunk_stops_the_book_and_names_it(make_server, tmp_path):
     settings = _settings(server).with_(retry=RetryPolicy(max_attempts=1))
     result = make_audiobook(request, settings)
     assert not result.ok and result.m4b is None
-    assert result.missing == ("ch005-0000", "ch005-0001")
+    assert [item_id[:10] for item_id in result.missing] == ["ch005-0000", "ch005-0001"]
     assert "not done" in result.headline()
 
 

@@ -32,7 +32,7 @@ from voxmill.manifests import iter_record_batches, manifest_format
 from voxmill.progress import ProgressBoard
 from voxmill.settings import ApiKey, RateLimit, Settings
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,8 @@ def run_audiobook_command(args: argparse.Namespace) -> int:
             print(result.headline())
             if result.qc:
                 print("\n".join(result.qc.lines()))
+            if result.summary.stopped and "refused the key" in result.summary.stopped:
+                return EXIT_AUTH
             failed += 0 if result.ok else 1
     return EXIT_OK if failed == 0 else EXIT_FAILED
 

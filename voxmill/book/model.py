@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from voxmill.ledger import content_hash
+
 
 @dataclass(frozen=True)
 class Chapter:
@@ -64,8 +66,13 @@ class Chunk:
 
     @property
     def item_id(self) -> str:
-        """The id of this chunk's row in the job's manifest and ledger."""
-        return f"ch{self.chapter:03d}-{self.index:04d}"
+        """The id of this chunk's row in the job's manifest and ledger: ``ch007-0012-<text hash>``.
+
+        The text's hash is part of the id so that an id (and the audio file named after it) never changes
+        meaning: after an edit, a chunk that moved gets a new id and is copied from the old one's file,
+        which no other chunk of the run can be overwriting.
+        """
+        return f"ch{self.chapter:03d}-{self.index:04d}-{content_hash(self.text)[:8]}"
 
 
 __all__ = ["Book", "Chapter", "Chunk"]

@@ -2,7 +2,7 @@
 
 Every chunk of the selected chapters is one row of a TTS manifest (``work/chunks.manifest.parquet``) run
 by the ordinary engine and ledger in the book's folder: rate-limited, retried, resumable, one ledger row
-per chunk. Chunk ids are ``ch<chapter>-<chunk>``; the ledger's key hashes model, parameters and text, so
+per chunk. Chunk ids are ``ch<chapter>-<chunk>-<text hash>``; the ledger's key hashes model, parameters and text, so
 after an edit only chunks whose text changed are sent (a chunk that merely moved is reused, unbilled).
 The job runner is injected: :func:`voxmill.jobs.run_job` here and in the CLI, Prefect tasks in the flow.
 
@@ -193,8 +193,11 @@ def make_audiobook(
     qc_summary = None
     if request.qc.enabled:
         clock = time.monotonic()
+        options = request.qc
+        if options.language is None and plan.book.language:  # "en-GB" → "en"
+            options = dataclasses.replace(options, language=plan.book.language.split("-")[0].lower())
         qc, qc_summary = check_chunks(all_chunks, rows, out_dir=out_dir, model=request.model, params=request.params,
-                                      options=request.qc, run=run)
+                                      options=options, run=run)
         rows = {item_id: dict(check.row) for item_id, check in qc.items()}  # the best take of each chunk
         timings["qc_s"] = time.monotonic() - clock
     clock = time.monotonic()

@@ -35,7 +35,8 @@ class QcOptions:
     enabled: bool = False
     retakes: int = 0
     max_wer: float = DEFAULT_MAX_WER
-    language: str = "en"
+    #: the transcription language; None: the book's own (``dc:language``), else English
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def _transcribe(
     write_table(pa.table({"id": ids, "audio": [rows[i]["audio_path"] for i in ids],
                           "reference_text": [texts[i] for i in ids]}), manifest)
     run(JobRequest(kind="asr", manifest=str(manifest), out_dir=target,
-                   defaults=RunDefaults(model=ASR_MODELS[0], params={"language": options.language})))
+                   defaults=RunDefaults(model=ASR_MODELS[0], params={"language": options.language or "en"})))
     table = read_results(target)
     return {row["id"]: row["wer"] for row in table.select(["id", "status", "wer"]).to_pylist()
             if row["status"] == "done" and row["wer"] is not None}
