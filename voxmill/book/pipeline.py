@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -47,11 +47,13 @@ from voxmill.book.qc import ChunkQc, QcOptions, QcSummary, check_chunks, done_ro
 from voxmill.book.sources import read_book
 from voxmill.catalog import TTS_MODELS, TTS_SAMPLE_RATE
 from voxmill.errors import ConfigError
-from voxmill.jobs import JobRequest, RunSummary, run_job
 from voxmill.ledger import write_table
 from voxmill.manifests import RunDefaults
 from voxmill.settings import Settings
 from voxmill.subtitles import to_srt, to_vtt
+
+if TYPE_CHECKING:  # the engine (httpx, tenacity…) is imported when a book runs, not when the CLI starts
+    from voxmill.jobs import JobRequest, RunSummary
 
 DEFAULT_MODEL = "higgs2p5"
 WORK_DIR = "work"
@@ -59,7 +61,7 @@ SUMMARY_FILE = "audiobook.json"
 #: chapter files: the formats a player handles as an audiobook's tracks
 CHAPTER_FORMATS = ("m4b", "m4a", "mp3", "opus", "flac", "wav")
 
-RunChunks = Callable[[JobRequest], RunSummary]
+RunChunks = Callable[["JobRequest"], "RunSummary"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ def make_audiobook(
     request: AudiobookRequest, settings: Settings, *, run_chunks: RunChunks | None = None
 ) -> AudiobookResult:
     """Speak a book into ``request.out_dir`` (rerun it to resume; see the module docstring)."""
+    from voxmill.jobs import JobRequest, run_job
+
     started = time.monotonic()
     plan = plan_book(request)
     out_dir = Path(request.out_dir)

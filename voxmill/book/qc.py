@@ -13,16 +13,18 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from voxmill.audio.transcode import OutputSpec
 from voxmill.book.model import Chunk
 from voxmill.catalog import ASR_MODELS, get_model
-from voxmill.jobs import JobRequest, RunSummary
 from voxmill.ledger import read_results, write_table
 from voxmill.manifests import RunDefaults
+
+if TYPE_CHECKING:
+    from voxmill.jobs import JobRequest, RunSummary
 
 QC_DIR = "qc"
 DEFAULT_MAX_WER = 0.15
@@ -69,7 +71,7 @@ class QcSummary:
         return lines
 
 
-RunJob = Callable[[JobRequest], RunSummary]
+RunJob = Callable[["JobRequest"], "RunSummary"]
 
 
 def done_rows(out_dir: Path, chunks: Sequence[Chunk]) -> dict[str, dict[str, Any]]:
@@ -93,6 +95,8 @@ def _transcribe(
     rows: Mapping[str, Mapping[str, Any]], texts: Mapping[str, str], target: Path, options: QcOptions, run: RunJob
 ) -> dict[str, float]:
     """WER of each take's audio against its text, through the same engine (an ASR job in ``target``)."""
+    from voxmill.jobs import JobRequest
+
     target.mkdir(parents=True, exist_ok=True)
     manifest = target.with_name(target.name + ".manifest.parquet")
     ids = sorted(rows)
@@ -116,6 +120,8 @@ def check_chunks(
     run: RunJob,
 ) -> tuple[dict[str, ChunkQc], QcSummary]:
     """Transcribe every chunk back, retake the bad ones up to ``options.retakes`` times, keep the best takes."""
+    from voxmill.jobs import JobRequest
+
     texts = {c.item_id: c.text for c in chunks}
     qc_dir = Path(out_dir) / QC_DIR
     wers = _transcribe(rows, texts, qc_dir / "asr-0", options, run)
