@@ -215,7 +215,8 @@ def run_audiobook_command(args: argparse.Namespace) -> int:
     failed = 0
     with _api(args, _settings(args)) as settings:
         for request in requests:
-            result = make_audiobook(request, settings, run_chunks=_runner(settings, args.no_progress))
+            say = None if args.no_progress else (lambda line: print(f"voxmill: {line}", file=sys.stderr))
+            result = make_audiobook(request, settings, run_chunks=_runner(settings, args.no_progress), say=say)
             print(result.headline())
             if result.qc:
                 print("\n".join(result.qc.lines()))

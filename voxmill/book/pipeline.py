@@ -158,9 +158,17 @@ def slug(text: str, limit: int = 60) -> str:
 
 
 def make_audiobook(
-    request: AudiobookRequest, settings: Settings, *, run_chunks: RunChunks | None = None
+    request: AudiobookRequest,
+    settings: Settings,
+    *,
+    run_chunks: RunChunks | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> AudiobookResult:
-    """Speak a book into ``request.out_dir`` (rerun it to resume; see the module docstring)."""
+    """Speak a book into ``request.out_dir`` (rerun it to resume; see the module docstring).
+
+    ``say`` hears one line per phase (the CLI prints them: mastering a long book takes minutes).
+    """
+    say = say or (lambda line: None)
     from voxmill.jobs import JobRequest, run_job
 
     started = time.monotonic()
@@ -200,14 +208,18 @@ def make_audiobook(
         options = request.qc
         if options.language is None and plan.book.language:  # "en-GB" → "en"
             options = dataclasses.replace(options, language=plan.book.language.split("-")[0].lower())
+        say(f"{plan.book.title}: QC — transcribing {len(all_chunks)} chunks back")
         qc, qc_summary = check_chunks(all_chunks, rows, out_dir=out_dir, model=request.model, params=request.params,
                                       options=options, run=run)
         rows = {item_id: dict(check.row) for item_id, check in qc.items()}  # the best take of each chunk
         timings["qc_s"] = time.monotonic() - clock
     clock = time.monotonic()
+    say(f"{plan.book.title}: assembling {len(plan.selected)} chapters")
     assembled = [
         _assemble(chapter, plan.chunks[chapter.index], rows, out_dir, request.pauses) for chapter in plan.selected
     ]
+    say(f"{plan.book.title}: mastering {sum(a.duration_s for a in assembled) / 3600:.2f} h "
+        "(loudness over the whole book, AAC, chapter files)")
     timings["assembly_s"] = time.monotonic() - clock
     clock = time.monotonic()
     m4b = _master(request, plan, assembled, out_dir)
