@@ -60,7 +60,7 @@ def test_install_without_extras_runs_a_hosted_job(null_server, prefect_api, tmp_
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VOXMILL_", "VIRTUAL_ENV"))}
     env.update(VOXMILL_API_KEY=null_server.token, PREFECT_API_URL=prefect_api,
                VOXMILL_CACHE_DIR=str(tmp_path / "cache"), PATH=f"{venv / 'bin'}:{env.get('PATH', '')}")
-    for extra in ("piper", "faster_whisper", "pytest", "respx", "pydub"):  # (prefect brings starlette, uvicorn)
+    for extra in ("piper", "faster_whisper", "pytest", "respx"):  # (prefect brings starlette, uvicorn)
         missing = subprocess.run([python, "-c", f"import {extra}"], capture_output=True, timeout=60, env=env,
                                  cwd=tmp_path, check=False)
         assert missing.returncode != 0, f"{extra} is installed without extras"

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     from voxmill.server.cli import add_serve_parser
 
     add_serve_parser(sub)
+    from voxmill.book.cli import add_audiobook_parser
+
+    add_audiobook_parser(sub)
     return parser
 
 

@@ -414,6 +414,11 @@ def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write a metadata table (Parquet, zstd) atomically: the one writer of tables beside the ledger's own."""
+    _write_parquet_atomic(table, Path(path))
+
+
 def read_results(out_dir: Path) -> pa.Table:
     """The ledger of an output directory as a table (journals included), for reports and tests."""
     return Ledger(out_dir).read()
@@ -435,4 +440,5 @@ __all__ = [
     "read_results",
     "rows_from_table",
     "utc_now",
+    "write_table",
 ]

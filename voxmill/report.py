@@ -53,6 +53,9 @@ def describe_out_dir(out_dir: Path, *, failures: int = 10) -> OutDirReport:
             lines.append(f"  {row['id']}: [{row['error_kind']}] {row['error_message']}")
         if failed.num_rows > failures:
             lines.append(f"  … {failed.num_rows - failures} more in failures.parquet")
+    from voxmill.book.qc import describe_book  # an audiobook folder adds its title, hours and QC
+
+    lines += describe_book(Path(out_dir))
     return OutDirReport(
         done=statuses.get("done", 0),
         failed=statuses.get("failed", 0),

@@ -41,6 +41,8 @@ FORMATS: dict[str, AudioFormat] = {
     "aac": AudioFormat("aac", "aac", "adts", "aac"),
     # pydub/ffmpeg have no "m4a" muxer: ipod writes .m4a
     "m4a": AudioFormat("m4a", "m4a", "ipod", "aac"),
+    # an audiobook: the same container as m4a, the extension players look for
+    "m4b": AudioFormat("m4b", "m4b", "ipod", "aac"),
     "opus": AudioFormat("opus", "ogg", "ogg", "libopus", fixed_rate=48000),
     "ogg": AudioFormat("ogg", "ogg", "ogg", "libopus", fixed_rate=48000),
     "webm": AudioFormat("webm", "webm", "webm", "libopus", fixed_rate=48000),
