@@ -1,0 +1,318 @@
+"""A dataset build from end to end, without Prefect: plan against ``latest``, make only what is new or
+changed through the ordinary job engine, measure, judge, publish a verified version.
+
+The work folder holds ordinary job output directories (``job/``, and ``roundtrip/`` for the TTS round
+trip), each with its ledger: a build killed at any point and rerun plans the same rows and the ledgers
+skip what was already paid for. Carried-over rows come from the previous version's own Parquet rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from voxmill.audio.transcode import OutputSpec
+from voxmill.dataset.card import render_card
+from voxmill.dataset.incremental import (
+    BuildPlan,
+    SourceRow,
+    plan_build,
+    read_source_rows,
+    run_defaults,
+    source_manifest,
+    write_delta_manifest,
+)
+from voxmill.dataset.publish import BuildDiff, DatasetStore, PreparedVersion, VersionManifest
+from voxmill.dataset.qc import finite_or_none, judge, measure_clip, reasons_effect
+from voxmill.dataset.rows import ROW_SCHEMA, DatasetRow, rows_table
+from voxmill.dataset.spec import DatasetSpec
+from voxmill.errors import ConfigError, VoxmillError
+from voxmill.estimate import PriceTable
+from voxmill.jobs import JobRequest, RunSummary, run_job
+from voxmill.ledger import read_results, utc_now
+from voxmill.manifests import RunDefaults, find_duplicate_ids, open_binary
+from voxmill.progress import ProgressBoard
+from voxmill.settings import Settings
+
+JOB_DIR = "job"
+ROUNDTRIP_DIR = "roundtrip"
+
+
+class BuildStopped(VoxmillError):
+    """The build's job stopped before every row was attempted (e.g. the key was refused): nothing published."""
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """How a build ended: the version it published and what it did to get there."""
+
+    name: str
+    dest: str
+    version: str
+    previous: str | None
+    rows: int
+    rejected: int
+    hours: float
+    diff: BuildDiff
+    made: int
+    carried: int
+    billed_requests: int
+    cost: float | None
+    elapsed_s: float
+    filters_effect: dict[str, int] = field(default_factory=dict)
+    removed_versions: tuple[str, ...] = ()
+
+    def headline(self) -> str:
+        """One line for logs and the CLI."""
+        d = self.diff
+        return (f"{self.name} {self.version}: {self.rows} rows ({self.hours:.3f} h), {self.rejected} rejected; "
+                f"added {d.added}, changed {d.changed}, removed {d.removed}, unchanged {d.unchanged}; "
+                f"{self.billed_requests} billed requests, {self.carried} rows carried over, in {self.elapsed_s:.1f}s")
+
+    def summary_table(self) -> list[dict[str, Any]]:
+        """Measure/value rows (the flow's summary artifact)."""
+        d = self.diff
+        return [{"measure": name, "value": value} for name, value in (
+            ("version", self.version), ("previous", self.previous or "-"), ("added", d.added),
+            ("changed", d.changed), ("removed", d.removed), ("unchanged", d.unchanged), ("rows", self.rows),
+            ("rejected", self.rejected), ("hours", round(self.hours, 4)), ("billed requests", self.billed_requests),
+            ("cost", "unknown" if self.cost is None else round(self.cost, 4)), ("destination", self.dest),
+        )]
+
+
+def work_dir_for(spec: DatasetSpec, store: DatasetStore, settings: Settings) -> Path:
+    """The spec's work folder, ``DEST/.work`` for a local destination, else under the cache folder."""
+    if spec.work_dir:
+        return Path(spec.work_dir)
+    if store.local:
+        return Path(store.root) / ".work"
+    digest = hashlib.sha256(spec.dest.encode()).hexdigest()[:12]
+    return Path(settings.cache_dir) / "datasets" / f"{spec.name}-{digest}"
+
+
+def _price_table() -> PriceTable | None:
+    path = os.environ.get("VOXMILL_PRICES")
+    return PriceTable.load(Path(path)) if path else None
+
+
+def _run(request: JobRequest, settings: Settings, progress: ProgressBoard | None,
+         client_factory: Callable[[Settings], Any] | None) -> RunSummary:
+    summary = run_job(request, settings, progress=progress, client_factory=client_factory)
+    if summary.stopped or summary.not_attempted:
+        raise BuildStopped(f"the build's {request.kind} job stopped ({summary.stopped or 'rows not attempted'}); "
+                           f"nothing was published; fix the cause and rerun: finished rows are not paid again")
+    return summary
+
+
+def _failure_text(row: dict[str, Any]) -> str:
+    return f"failed: {row['error_kind']}: {row['error_message']}"
+
+
+def _local_audio(source: str, work: Path) -> tuple[Path, bytes]:
+    """A local path and the bytes of an ASR source file (copied into the work folder if remote)."""
+    with open_binary(source, "audio file") as handle:
+        data = handle.read()
+    if "://" not in source:
+        return Path(source), data
+    target = work / "remote-audio" / hashlib.sha256(source.encode()).hexdigest()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return target, data
+
+
+def _new_row(spec: DatasetSpec, source: SourceRow, done: dict[str, Any], work: Path,
+             check: dict[str, Any] | None) -> DatasetRow:
+    """A row made in this build, measured."""
+    item = source.item
+    if spec.kind == "tts":
+        path = work / JOB_DIR / done["output_path"]
+        data = path.read_bytes()
+        text = done["text"] or ""
+        check_text = check["transcript"] if check else None
+        wer = check["wer"] if check else None
+    else:
+        path, data = _local_audio(str(item.audio), work)
+        text = done["transcript"] or ""
+        check_text, wer = item.reference_text, done["wer"]
+    measures = measure_clip(path)
+    duration = done["duration_s"] or measures.duration_s
+    chars = len(text.strip())
+    return DatasetRow(
+        id=item.item_id, text=text, audio_bytes=data, audio_path=f"{item.item_id}{path.suffix}",
+        duration=duration, sample_rate=done["sample_rate"], model=item.model, engine=done["engine"],
+        params=done["params"], key=source.key or "",
+        chars_per_s=round(chars / duration, 4) if duration else None,
+        s_per_char=round(duration / chars, 5) if chars else None,
+        leading_silence_s=measures.leading_silence_s, trailing_silence_s=measures.trailing_silence_s,
+        peak_dbfs=finite_or_none(measures.peak_dbfs), clipped_fraction=measures.clipped_fraction,
+        lufs=finite_or_none(measures.lufs), wer=wer, check_text=check_text,
+    )
+
+
+def _failed_row(source: SourceRow, reason: str) -> DatasetRow:
+    item = source.item
+    params = {k: v for k, v in item.params.items() if k != "text"}
+    return DatasetRow(
+        id=item.item_id, text=str(item.params.get("text", "")), audio_bytes=None, audio_path=None,
+        duration=None, sample_rate=None, model=item.model, engine=None,
+        params=json.dumps(params, sort_keys=True, default=str), key=source.key or "", failure=reason,
+    )
+
+
+def _roundtrip(spec: DatasetSpec, made: dict[str, dict[str, Any]], work: Path, settings: Settings,
+               progress: ProgressBoard | None, client_factory) -> tuple[dict[str, dict[str, Any]], RunSummary]:
+    """Transcribe this build's new clips back (ASR job with the texts as references); rows by id."""
+    rows = [r for r in made.values() if r["status"] == "done"]
+    manifest = pa.table({
+        "id": [r["id"] for r in rows],
+        "audio": [str((work / JOB_DIR / r["output_path"]).resolve()) for r in rows],
+        "reference_text": [r["text"] for r in rows],
+    })
+    target = work / "roundtrip.parquet"
+    pq.write_table(manifest, target)
+    request = JobRequest("asr", str(target), work / ROUNDTRIP_DIR,
+                         defaults=RunDefaults(model=spec.asr_model, params={"language": spec.language}))
+    summary = _run(request, settings, progress, client_factory)
+    table = read_results(work / ROUNDTRIP_DIR)
+    done = table.filter(pc.equal(table["status"], "done")).to_pylist()
+    return {r["id"]: r for r in done}, summary
+
+
+def _make_rows(spec: DatasetSpec, plan: BuildPlan, manifest: str, work: Path, settings: Settings,
+               progress: ProgressBoard | None, client_factory) -> tuple[dict[int, DatasetRow], int, float | None]:
+    """Send the planned rows through the job (and the round trip); their rows by position, billed, cost."""
+    positions = plan.to_make
+    delta = write_delta_manifest(manifest, positions, work / "delta.parquet")
+    output = spec.output if spec.kind == "tts" else OutputSpec()
+    request = JobRequest(spec.kind, delta, work / JOB_DIR, defaults=run_defaults(spec), output=output)
+    summary = _run(request, settings, progress, client_factory)
+    billed = summary.done
+    results = read_results(work / JOB_DIR)
+    by_id = {r["id"]: r for r in results.to_pylist()}
+    made: dict[str, dict[str, Any]] = {}
+    for position in positions:
+        source = plan.rows[position]
+        row = by_id.get(source.item.item_id)
+        if row is not None and row["key"] == source.key:
+            made[source.item.item_id] = row
+    checks: dict[str, dict[str, Any]] = {}
+    asr_summary = None
+    if spec.kind == "tts" and spec.qc.roundtrip and any(r["status"] == "done" for r in made.values()):
+        checks, asr_summary = _roundtrip(spec, made, work, settings, progress, client_factory)
+        billed += asr_summary.done
+    rows: dict[int, DatasetRow] = {}
+    for position in positions:
+        source = plan.rows[position]
+        row = made.get(source.item.item_id)
+        if row is None:
+            rows[position] = _failed_row(source, "failed: the job produced no row for it; rerun the build")
+        elif row["status"] != "done":
+            rows[position] = _failed_row(source, _failure_text(row))
+        else:
+            rows[position] = _new_row(spec, source, row, work, checks.get(source.item.item_id))
+    return rows, billed, _cost(spec, rows.values(), summary, asr_summary)
+
+
+def _cost(spec: DatasetSpec, rows, summary: RunSummary, asr_summary: RunSummary | None) -> float | None:
+    prices = _price_table()
+    if prices is None:
+        return None
+    made = [r for r in rows if r.failure is None]
+    minutes = sum(r.duration or 0 for r in made) / 60
+    chars = sum(len(r.text) for r in made) if spec.kind == "tts" else 0
+    main = prices.cost(spec.model, chars=chars, minutes=0 if spec.kind == "tts" else minutes, requests=summary.done)
+    parts = [main]
+    if asr_summary is not None:
+        parts.append(prices.cost(spec.asr_model, chars=0, minutes=minutes, requests=asr_summary.done))
+    return None if any(p is None for p in parts) else round(sum(parts), 6)
+
+
+def _assemble(plan: BuildPlan, previous: pa.Table | None, made: dict[int, DatasetRow]) -> pa.Table:
+    """Carried and new rows in source order, ids taken from the source."""
+    parts, positions = [], []
+    if plan.carried:
+        carried_positions = sorted(plan.carried)
+        carried = previous.take(pa.array([plan.carried[p] for p in carried_positions], pa.int64()))
+        carried = carried.set_column(carried.schema.get_field_index("id"), "id",
+                                     pa.array([plan.rows[p].item.item_id for p in carried_positions], pa.string()))
+        parts.append(carried.select(ROW_SCHEMA.names).cast(ROW_SCHEMA))
+        positions.extend(carried_positions)
+    if made:
+        made_positions = sorted(made)
+        parts.append(rows_table([made[p] for p in made_positions]))
+        positions.extend(made_positions)
+    if not parts:
+        return ROW_SCHEMA.empty_table()
+    table = pa.concat_tables(parts)
+    return table.take(pa.array(np.argsort(np.array(positions, dtype=np.int64), kind="stable")))
+
+
+def build_dataset(
+    spec: DatasetSpec,
+    settings: Settings,
+    *,
+    progress: ProgressBoard | None = None,
+    client_factory: Callable[[Settings], Any] | None = None,
+) -> BuildReport:
+    """Build, verify and publish a new version of ``spec``'s dataset; the report of what happened."""
+    started = time.monotonic()
+    store = DatasetStore(spec.dest)
+    store.sweep_unpublished()
+    previous_id = store.latest_id()
+    previous = store.read_rows(previous_id).select(ROW_SCHEMA.names).cast(ROW_SCHEMA) if previous_id else None
+    work = work_dir_for(spec, store, settings)
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = source_manifest(spec, work)
+    duplicates = find_duplicate_ids(manifest, spec.kind)
+    if duplicates:
+        raise ConfigError(f"source {spec.source!r} has duplicate ids: {', '.join(map(repr, duplicates[:10]))}; "
+                          "ids must be unique in a dataset")
+    rows = list(read_source_rows(spec, manifest))
+    plan = plan_build(rows, previous)
+    made: dict[int, DatasetRow] = {r.position: _failed_row(r, r.problem) for r in rows if r.problem}
+    billed, cost = 0, None
+    if plan.to_make:
+        produced, billed, cost = _make_rows(spec, plan, manifest, work, settings, progress, client_factory)
+        made.update(produced)
+    table = _assemble(plan, previous, made)
+    verdict = judge(table, spec.qc)
+    mask = pa.array(verdict.accepted)
+    accepted = table.filter(mask)
+    rejected_reasons = [r for r in verdict.reasons if r]
+    rejected = table.filter(pc.invert(mask))
+    rejected = rejected.set_column(rejected.schema.get_field_index("reasons"), "reasons",
+                                   pa.array(rejected_reasons, pa.list_(pa.string())))
+    effect = reasons_effect(verdict)
+    hours = round(float(pc.sum(accepted["duration"]).as_py() or 0.0) / 3600, 6)
+    version_id = store.next_version_id()
+    manifest_record = VersionManifest(
+        id=version_id, name=spec.name, created_at=utc_now(), previous=previous_id, rows=accepted.num_rows,
+        rejected=rejected.num_rows, hours=hours, diff=plan.diff, filters_effect=effect,
+        models=sorted(set(filter(None, table["model"].to_pylist()))),
+        engines=sorted(set(filter(None, table["engine"].to_pylist()))),
+        billed_requests=billed, cost=cost, spec=spec.to_dict(),
+    )
+    new_ids = frozenset(made[p].id for p in made if made[p].failure is None)
+    card = render_card(manifest_record, s_per_char_bounds=verdict.s_per_char_bounds)
+    store.publish(PreparedVersion(accepted, rejected, manifest_record, card, new_ids), spec.shard_rows)
+    removed = store.apply_retention(spec.keep_versions)
+    return BuildReport(
+        name=spec.name, dest=spec.dest, version=version_id, previous=previous_id, rows=accepted.num_rows,
+        rejected=rejected.num_rows, hours=hours, diff=plan.diff, made=len(plan.to_make), carried=len(plan.carried),
+        billed_requests=billed, cost=cost, elapsed_s=round(time.monotonic() - started, 3), filters_effect=effect,
+        removed_versions=tuple(removed),
+    )
+
+
+__all__ = ["BuildReport", "BuildStopped", "build_dataset", "work_dir_for"]
