@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     from voxmill.server.cli import add_serve_parser
 
     add_serve_parser(sub)
+    from voxmill.dataset.cli import add_dataset_parser
+
+    add_dataset_parser(sub)
     return parser
 
 

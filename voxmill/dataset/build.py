@@ -72,10 +72,14 @@ class BuildReport:
     elapsed_s: float
     filters_effect: dict[str, int] = field(default_factory=dict)
     removed_versions: tuple[str, ...] = ()
+    #: False when nothing changed since ``latest`` (same rows, same spec): no new version was written
+    published: bool = True
 
     def headline(self) -> str:
         """One line for logs and the CLI."""
         d = self.diff
+        if not self.published:
+            return f"{self.name}: nothing changed since {self.version} (same rows, same spec); latest stays"
         return (f"{self.name} {self.version}: {self.rows} rows ({self.hours:.3f} h), {self.rejected} rejected; "
                 f"added {d.added}, changed {d.changed}, removed {d.removed}, unchanged {d.unchanged}; "
                 f"{self.billed_requests} billed requests, {self.carried} rows carried over, in {self.elapsed_s:.1f}s")
@@ -258,6 +262,13 @@ def _assemble(plan: BuildPlan, previous: pa.Table | None, made: dict[int, Datase
     return table.take(pa.array(np.argsort(np.array(positions, dtype=np.int64), kind="stable")))
 
 
+def _unchanged(plan: BuildPlan, previous: VersionManifest, spec: DatasetSpec) -> bool:
+    """Whether a build would publish what ``latest`` holds: no row added, changed or removed, same spec."""
+    diff = plan.diff
+    same_rows = diff.added == diff.changed == diff.removed == 0 and not plan.to_make
+    return same_rows and json.loads(json.dumps(spec.to_dict())) == previous.spec
+
+
 def build_dataset(
     spec: DatasetSpec,
     settings: Settings,
@@ -280,6 +291,14 @@ def build_dataset(
                           "ids must be unique in a dataset")
     rows = list(read_source_rows(spec, manifest))
     plan = plan_build(rows, previous)
+    if previous_id and _unchanged(plan, store.manifest(previous_id), spec):
+        prev = store.manifest(previous_id)
+        return BuildReport(
+            name=spec.name, dest=spec.dest, version=previous_id, previous=prev.previous, rows=prev.rows,
+            rejected=prev.rejected, hours=prev.hours, diff=plan.diff, made=0, carried=len(plan.carried),
+            billed_requests=0, cost=None, elapsed_s=round(time.monotonic() - started, 3),
+            filters_effect=prev.filters_effect, published=False,
+        )
     made: dict[int, DatasetRow] = {r.position: _failed_row(r, r.problem) for r in rows if r.problem}
     billed, cost = 0, None
     if plan.to_make:

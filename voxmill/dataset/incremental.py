@@ -140,7 +140,7 @@ def plan_build(rows: list[SourceRow], previous: pa.Table | None) -> BuildPlan:
             plan.to_make.append(row.position)
         if row_id not in prev_ids:
             added += 1
-        elif prev_ids[row_id] != row.key:
+        elif prev_ids[row_id] != (row.key or ""):  # a bad row is kept with an empty key
             changed += 1
         else:
             unchanged += 1
