@@ -144,6 +144,8 @@ def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec")
         raise ConfigError(f"{where}: [qc]: {exc}; see docs/datasets.md for the filters") from None
     if qc.roundtrip and kind != "tts":
         raise ConfigError(f"{where}: [qc] roundtrip is for tts builds; asr builds score WER against reference_text")
+    if kind == "tts" and qc.max_wer is not None and not qc.roundtrip:
+        raise ConfigError(f"{where}: [qc] max_wer needs roundtrip = true in a tts build (the WER comes from it)")
     shard_rows = int(data.get("shard_rows", 500))
     keep = int(data.get("keep_versions", 5))
     if shard_rows < 1 or keep < 1:
