@@ -90,7 +90,7 @@ def prepared(version_id: str, rows: list[DatasetRow]) -> PreparedVersion:
     manifest = VersionManifest(id=version_id, name="t", created_at="now", previous=None, rows=table.num_rows,
                                rejected=0, hours=0.0, diff=BuildDiff(added=len(rows)), filters_effect={},
                                models=["higgs2p5"], engines=["test"], billed_requests=0, cost=None, spec={})
-    return PreparedVersion(table, table.slice(0, 0), manifest, "# card\n", frozenset(r.id for r in rows))
+    return PreparedVersion(lambda: iter([table]), table.num_rows, manifest, "# card\n", frozenset(r.id for r in rows))
 
 
 def test_verify_refuses_undecodable_audio_and_retention_keeps_latest(tmp_path):

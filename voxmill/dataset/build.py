@@ -12,12 +12,11 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -35,7 +34,7 @@ from voxmill.dataset.incremental import (
 )
 from voxmill.dataset.publish import BuildDiff, DatasetStore, PreparedVersion, VersionManifest
 from voxmill.dataset.qc import finite_or_none, judge, measure_clip, reasons_effect
-from voxmill.dataset.rows import ROW_SCHEMA, DatasetRow, rows_table
+from voxmill.dataset.rows import META_COLUMNS, DatasetRow, rows_table
 from voxmill.dataset.spec import DatasetSpec
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.estimate import PriceTable
@@ -74,6 +73,8 @@ class BuildReport:
     removed_versions: tuple[str, ...] = ()
     #: False when nothing changed since ``latest`` (same rows, same spec): no new version was written
     published: bool = True
+    #: seconds spent planning (source keys, previous version), making new rows, judging + publishing
+    phases: dict[str, float] = field(default_factory=dict)
 
     def headline(self) -> str:
         """One line for logs and the CLI."""
@@ -242,24 +243,49 @@ def _cost(spec: DatasetSpec, rows, summary: RunSummary, asr_summary: RunSummary 
     return None if any(p is None for p in parts) else round(sum(parts), 6)
 
 
-def _assemble(plan: BuildPlan, previous: pa.Table | None, made: dict[int, DatasetRow]) -> pa.Table:
-    """Carried and new rows in source order, ids taken from the source."""
-    parts, positions = [], []
-    if plan.carried:
-        carried_positions = sorted(plan.carried)
-        carried = previous.take(pa.array([plan.carried[p] for p in carried_positions], pa.int64()))
-        carried = carried.set_column(carried.schema.get_field_index("id"), "id",
-                                     pa.array([plan.rows[p].item.item_id for p in carried_positions], pa.string()))
-        parts.append(carried.select(ROW_SCHEMA.names).cast(ROW_SCHEMA))
-        positions.extend(carried_positions)
-    if made:
-        made_positions = sorted(made)
-        parts.append(rows_table([made[p] for p in made_positions]))
-        positions.extend(made_positions)
-    if not parts:
-        return ROW_SCHEMA.empty_table()
-    table = pa.concat_tables(parts)
-    return table.take(pa.array(np.argsort(np.array(positions, dtype=np.int64), kind="stable")))
+def _set(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, values)
+
+
+@dataclass
+class Candidates:
+    """Every row of the new version before the verdict: carried rows in the previous version's order, then
+    the rows made now. ``meta`` (no audio) is what is judged; ``chunks`` streams the full rows, a previous
+    file at a time, so a dataset never has to fit in memory."""
+
+    store: DatasetStore
+    previous_id: str | None
+    #: (row index in the previous version, the id the source gives it now), ascending
+    carried: list[tuple[int, str]]
+    made: pa.Table
+    meta: pa.Table
+
+    def chunks(self, reasons: pa.Array) -> Iterator[pa.Table]:
+        """Full rows in ``meta`` order, each chunk with its slice of ``reasons`` (null: accepted)."""
+        cursor, offset = 0, 0
+        for entry in self.store.parquet_files(self.previous_id) if self.previous_id else []:
+            end, first = offset + (entry.rows or 0), cursor
+            while cursor < len(self.carried) and self.carried[cursor][0] < end:
+                cursor += 1
+            if cursor > first:
+                picked = self.carried[first:cursor]
+                table = self.store.read_file(self.previous_id, entry).take([i - offset for i, _ in picked])
+                table = _set(table, "id", pa.array([row_id for _, row_id in picked], pa.string()))
+                yield _set(table, "reasons", reasons.slice(first, cursor - first))
+            offset = end
+        if self.made.num_rows:
+            yield _set(self.made, "reasons", reasons.slice(len(self.carried)))
+
+
+def _candidates(store: DatasetStore, previous_id: str | None, previous: pa.Table | None, plan: BuildPlan,
+                made: dict[int, DatasetRow]) -> Candidates:
+    carried = sorted((index, plan.rows[position].item.item_id) for position, index in plan.carried.items())
+    made_table = rows_table([made[p] for p in sorted(made)])
+    parts = [made_table.select(META_COLUMNS)]
+    if carried:
+        kept = previous.take([i for i, _ in carried])
+        parts.insert(0, _set(kept, "id", pa.array([row_id for _, row_id in carried], pa.string())))
+    return Candidates(store, previous_id, carried, made_table, pa.concat_tables(parts))
 
 
 def _unchanged(plan: BuildPlan, previous: VersionManifest, spec: DatasetSpec) -> bool:
@@ -281,7 +307,7 @@ def build_dataset(
     store = DatasetStore(spec.dest)
     store.sweep_unpublished()
     previous_id = store.latest_id()
-    previous = store.read_rows(previous_id).select(ROW_SCHEMA.names).cast(ROW_SCHEMA) if previous_id else None
+    previous = store.read_rows(previous_id, META_COLUMNS) if previous_id else None
     work = work_dir_for(spec, store, settings)
     work.mkdir(parents=True, exist_ok=True)
     manifest = source_manifest(spec, work)
@@ -291,6 +317,7 @@ def build_dataset(
                           "ids must be unique in a dataset")
     rows = list(read_source_rows(spec, manifest))
     plan = plan_build(rows, previous)
+    planned = time.monotonic()
     if previous_id and _unchanged(plan, store.manifest(previous_id), spec):
         prev = store.manifest(previous_id)
         return BuildReport(
@@ -304,33 +331,35 @@ def build_dataset(
     if plan.to_make:
         produced, billed, cost = _make_rows(spec, plan, manifest, work, settings, progress, client_factory)
         made.update(produced)
-    table = _assemble(plan, previous, made)
-    verdict = judge(table, spec.qc)
+    produced_at = time.monotonic()
+    candidates = _candidates(store, previous_id, previous, plan, made)
+    meta = candidates.meta
+    verdict = judge(meta, spec.qc)
     mask = pa.array(verdict.accepted)
-    accepted = table.filter(mask)
-    rejected_reasons = [r for r in verdict.reasons if r]
-    rejected = table.filter(pc.invert(mask))
-    rejected = rejected.set_column(rejected.schema.get_field_index("reasons"), "reasons",
-                                   pa.array(rejected_reasons, pa.list_(pa.string())))
+    accepted_rows = int(verdict.accepted.sum())
+    reasons = pa.array([r or None for r in verdict.reasons], pa.list_(pa.string()))
     effect = reasons_effect(verdict)
-    hours = round(float(pc.sum(accepted["duration"]).as_py() or 0.0) / 3600, 6)
+    hours = round(float(pc.sum(meta.filter(mask)["duration"]).as_py() or 0.0) / 3600, 6)
     version_id = store.next_version_id()
     manifest_record = VersionManifest(
-        id=version_id, name=spec.name, created_at=utc_now(), previous=previous_id, rows=accepted.num_rows,
-        rejected=rejected.num_rows, hours=hours, diff=plan.diff, filters_effect=effect,
-        models=sorted(set(filter(None, table["model"].to_pylist()))),
-        engines=sorted(set(filter(None, table["engine"].to_pylist()))),
+        id=version_id, name=spec.name, created_at=utc_now(), previous=previous_id, rows=accepted_rows,
+        rejected=meta.num_rows - accepted_rows, hours=hours, diff=plan.diff, filters_effect=effect,
+        models=sorted(set(filter(None, meta["model"].to_pylist()))),
+        engines=sorted(set(filter(None, meta["engine"].to_pylist()))),
         billed_requests=billed, cost=cost, spec=spec.to_dict(),
     )
     new_ids = frozenset(made[p].id for p in made if made[p].failure is None)
     card = render_card(manifest_record, s_per_char_bounds=verdict.s_per_char_bounds)
-    store.publish(PreparedVersion(accepted, rejected, manifest_record, card, new_ids), spec.shard_rows)
+    version = PreparedVersion(lambda: candidates.chunks(reasons), accepted_rows, manifest_record, card, new_ids)
+    store.publish(version, spec.shard_rows)
     removed = store.apply_retention(spec.keep_versions)
     return BuildReport(
-        name=spec.name, dest=spec.dest, version=version_id, previous=previous_id, rows=accepted.num_rows,
-        rejected=rejected.num_rows, hours=hours, diff=plan.diff, made=len(plan.to_make), carried=len(plan.carried),
-        billed_requests=billed, cost=cost, elapsed_s=round(time.monotonic() - started, 3), filters_effect=effect,
-        removed_versions=tuple(removed),
+        name=spec.name, dest=spec.dest, version=version_id, previous=previous_id, rows=accepted_rows,
+        rejected=meta.num_rows - accepted_rows, hours=hours, diff=plan.diff, made=len(plan.to_make),
+        carried=len(plan.carried), billed_requests=billed, cost=cost, elapsed_s=round(time.monotonic() - started, 3),
+        filters_effect=effect, removed_versions=tuple(removed),
+        phases={"plan": round(planned - started, 3), "make": round(produced_at - planned, 3),
+                "publish": round(time.monotonic() - produced_at, 3)},
     )
 
 

@@ -22,7 +22,7 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,10 +30,11 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from voxmill.audio.measure import decode_float32, pcm16_wav_layout
-from voxmill.dataset.rows import with_hf_features
+from voxmill.dataset.rows import ROW_SCHEMA, with_hf_features
 from voxmill.errors import ConfigError, VoxmillError
 
 VERSIONS = "versions"
@@ -108,10 +109,12 @@ class VersionManifest:
 
 @dataclass(frozen=True)
 class PreparedVersion:
-    """A version ready to publish: accepted and rejected rows, plus what its manifest says."""
+    """A version ready to publish: its rows as a stream of chunks (never the whole dataset in memory), plus
+    what its manifest and card say."""
 
-    accepted: pa.Table
-    rejected: pa.Table
+    #: yields tables in the row schema; a row whose ``reasons`` is null is accepted, else rejected
+    chunks: Callable[[], Iterator[pa.Table]]
+    accepted_rows: int
     manifest: VersionManifest
     card: str
     #: ids whose audio is new in this build (decoded in full at verify)
@@ -138,11 +141,9 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def shard_tables(table: pa.Table, shard_rows: int) -> list[tuple[str, pa.Table]]:
-    """``data/train-0000i-of-0000n.parquet`` names and slices (one empty shard for an empty table)."""
-    count = max(1, -(-table.num_rows // shard_rows))
-    return [(f"{DATA}/train-{i:05d}-of-{count:05d}.parquet", table.slice(i * shard_rows, shard_rows))
-            for i in range(count)]
+def shard_name(index: int, count: int) -> str:
+    """``data/train-0000i-of-0000n.parquet``: the split naming ``datasets`` understands."""
+    return f"{DATA}/train-{index:05d}-of-{count:05d}.parquet"
 
 
 def audio_decodes(data: bytes, name: str) -> bool:
@@ -209,17 +210,20 @@ class DatasetStore:
         except FileNotFoundError:
             raise ConfigError(f"{self.dest}: no complete version {version_id!r}") from None
 
+    def parquet_files(self, version_id: str) -> list[FileEntry]:
+        """The Parquet files of a version in order: shards, then rejects."""
+        return [e for e in self.manifest(version_id).files if e.path.endswith(".parquet")]
+
+    def read_file(self, version_id: str, entry: FileEntry, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file of a version, in the row schema (or ``columns`` of it)."""
+        with self.fs.open(self._path(VERSIONS, version_id, entry.path), "rb") as handle:
+            table = pq.read_table(handle, columns=columns).replace_schema_metadata(None)
+        schema = ROW_SCHEMA if columns is None else pa.schema([ROW_SCHEMA.field(c) for c in columns])
+        return table.select(schema.names).cast(schema)
+
     def read_rows(self, version_id: str, columns: list[str] | None = None) -> pa.Table:
         """Every row of a version, accepted shards then rejects (``reasons`` says which)."""
-        manifest = self.manifest(version_id)
-        parts = []
-        for entry in manifest.files:
-            if entry.path.endswith(".parquet"):
-                with self.fs.open(self._path(VERSIONS, version_id, entry.path), "rb") as handle:
-                    parts.append(pq.read_table(handle, columns=columns))
-        if not parts:
-            return pa.table({})
-        return pa.concat_tables([p.replace_schema_metadata(None) for p in parts])
+        return pa.concat_tables([self.read_file(version_id, e, columns) for e in self.parquet_files(version_id)])
 
     # --- publishing --------------------------------------------------------------------------------------
 
@@ -273,12 +277,33 @@ class DatasetStore:
             handle.write(data)
 
     def _write_files(self, folder: str, version: PreparedVersion, shard_rows: int) -> list[FileEntry]:
-        entries = []
-        named = [*shard_tables(version.accepted, shard_rows), (REJECTS, version.rejected)]
-        for name, table in named:
+        """Route each chunk's rows to shards of ``shard_rows`` or to the rejects; write card and checksums."""
+        count = max(1, -(-version.accepted_rows // shard_rows))
+        entries: list[FileEntry] = []
+
+        def write_table(name: str, table: pa.Table) -> None:
             data = _parquet_bytes(with_hf_features(table))
             self._write(folder, name, data)
             entries.append(FileEntry(name, len(data), _sha256(data), table.num_rows))
+
+        pending: list[pa.Table] = []
+        buffered = 0
+        rejects: list[pa.Table] = []
+        for chunk in version.chunks():
+            accepted = pc.is_null(chunk["reasons"])
+            rejects.append(chunk.filter(pc.invert(accepted)))
+            pending.append(chunk.filter(accepted))
+            buffered += pending[-1].num_rows
+            while buffered >= shard_rows and len(entries) < count - 1:
+                combined = pa.concat_tables(pending)
+                write_table(shard_name(len(entries), count), combined.slice(0, shard_rows))
+                pending, buffered = [combined.slice(shard_rows)], buffered - shard_rows
+        last = pa.concat_tables(pending) if pending else ROW_SCHEMA.empty_table()
+        if len(entries) != count - 1 or last.num_rows + len(entries) * shard_rows != \
+                version.accepted_rows:
+            raise PublishError(f"{version.manifest.id}: the rows do not add up to {version.accepted_rows} accepted")
+        write_table(shard_name(count - 1, count), last)
+        write_table(REJECTS, pa.concat_tables(rejects) if rejects else ROW_SCHEMA.empty_table())
         card = version.card.encode()
         self._write(folder, CARD, card)
         entries.append(FileEntry(CARD, len(card), _sha256(card)))
@@ -353,6 +378,6 @@ __all__ = [
     "VersionManifest",
     "audio_decodes",
     "new_version_id",
-    "shard_tables",
+    "shard_name",
     "version_number",
 ]

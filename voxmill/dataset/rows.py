@@ -38,6 +38,9 @@ ROW_SCHEMA = pa.schema([
     pa.field("reasons", pa.list_(pa.string())),
 ])
 
+#: every column but the audio: what planning and judging read
+META_COLUMNS = [name for name in ROW_SCHEMA.names if name != "audio"]
+
 
 @dataclass(frozen=True)
 class DatasetRow:
@@ -94,4 +97,4 @@ def with_hf_features(table: pa.Table) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
-__all__ = ["AUDIO_TYPE", "DatasetRow", "ROW_SCHEMA", "rows_table", "with_hf_features"]
+__all__ = ["AUDIO_TYPE", "DatasetRow", "META_COLUMNS", "ROW_SCHEMA", "rows_table", "with_hf_features"]
