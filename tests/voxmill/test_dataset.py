@@ -185,3 +185,19 @@ def test_hf_features_metadata_types_audio(tmp_path):
     data = pq.read_table(shard)["audio"][0].as_py()
     samples, rate = soundfile.read(io.BytesIO(data["bytes"]))
     assert rate == 16000 and len(samples) == 16000
+
+
+def test_a_second_build_of_the_same_dataset_is_refused(tmp_path):
+    from voxmill.ledger import Ledger
+
+    spec = DatasetSpec(name="t", kind="tts", source=str(tmp_path / "texts.csv"), dest=str(tmp_path / "dest"),
+                       model="higgs2p5", work_dir=str(tmp_path / "work"))
+    (tmp_path / "work").mkdir()
+    running = Ledger(tmp_path / "work")
+    running.lock()
+    try:
+        with pytest.raises(ConfigError, match="in use by another voxmill run"):
+            build_dataset(spec, Settings(api_key=ApiKey("k"), base_url="http://127.0.0.1:9"))
+    finally:
+        running.close()
+    assert not (tmp_path / "dest").exists()

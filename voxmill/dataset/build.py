@@ -39,7 +39,7 @@ from voxmill.dataset.spec import DatasetSpec
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.estimate import PriceTable
 from voxmill.jobs import JobRequest, RunSummary, run_job
-from voxmill.ledger import read_results, utc_now
+from voxmill.ledger import Ledger, read_results, utc_now
 from voxmill.manifests import RunDefaults, find_duplicate_ids, open_binary
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
@@ -302,14 +302,27 @@ def build_dataset(
     progress: ProgressBoard | None = None,
     client_factory: Callable[[Settings], Any] | None = None,
 ) -> BuildReport:
-    """Build, verify and publish a new version of ``spec``'s dataset; the report of what happened."""
-    started = time.monotonic()
+    """Build, verify and publish a new version of ``spec``'s dataset; the report of what happened.
+
+    One build per work folder at a time (a lock; the deployment also runs one at a time).
+    """
     store = DatasetStore(spec.dest)
+    work = work_dir_for(spec, store, settings)
+    work.mkdir(parents=True, exist_ok=True)
+    lock = Ledger(work)  # the ledger's lock file: a second build of the same dataset is refused, not interleaved
+    lock.lock()
+    try:
+        return _build(spec, settings, store, work, progress, client_factory)
+    finally:
+        lock.close()
+
+
+def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Path, progress: ProgressBoard | None,
+           client_factory: Callable[[Settings], Any] | None) -> BuildReport:
+    started = time.monotonic()
     store.sweep_unpublished()
     previous_id = store.latest_id()
     previous = store.read_rows(previous_id, META_COLUMNS) if previous_id else None
-    work = work_dir_for(spec, store, settings)
-    work.mkdir(parents=True, exist_ok=True)
     manifest = source_manifest(spec, work)
     duplicates = find_duplicate_ids(manifest, spec.kind)
     if duplicates:
