@@ -110,6 +110,8 @@ def test_incremental_build_publish_and_kill(real_server, tmp_path, monkeypatch):
     texts = dict(zip(ids, loaded["text"]))
     assert texts["s00"].startswith("The quick brown fox jumps over the sleeping cat")
     assert isinstance(loaded.features["audio"], datasets.Audio)
+    # the card's YAML header points load_dataset(folder) at the shards (rejects.parquet is not the train split)
+    assert datasets.load_dataset(str(v2_folder), split="train", cache_dir=str(tmp_path / "hf")).num_rows == 12
     # datasets 3 decodes through librosa (not installed: heavy); soundfile decodes the same bytes here
     for row in loaded.cast_column("audio", datasets.Audio(decode=False)):
         samples, rate = soundfile.read(io.BytesIO(row["audio"]["bytes"]))
