@@ -130,7 +130,8 @@ def _local_audio(source: str, work: Path) -> tuple[Path, bytes]:
         data = handle.read()
     if "://" not in source:
         return Path(source), data
-    target = work / "remote-audio" / hashlib.sha256(source.encode()).hexdigest()
+    suffix = Path(source.split("?", 1)[0]).suffix
+    target = work / "remote-audio" / (hashlib.sha256(source.encode()).hexdigest() + suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
     return target, data
