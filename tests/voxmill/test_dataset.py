@@ -34,10 +34,14 @@ def speech_like(seconds: float, rate: int = 16000, lead: float = 0.0) -> np.ndar
     return np.concatenate([np.zeros(int(lead * rate)), tone]).astype(np.float32).reshape(-1, 1)
 
 
-def clip_row(row_id: str, text: str, seconds: float, data: bytes | None = None, **measures) -> DatasetRow:
+def clip_row(folder: Path, row_id: str, text: str, seconds: float, data: bytes | None = None,
+             **measures) -> DatasetRow:
     samples = speech_like(seconds)
     data = data if data is not None else wav_bytes((samples[:, 0] * 32767).astype(np.int16), 16000)
-    return DatasetRow(id=row_id, text=text, audio_bytes=data, audio_path=f"{row_id}.wav", duration=seconds,
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{row_id}.wav").write_bytes(data)
+    return DatasetRow(id=row_id, text=text, audio_file=str(folder / f"{row_id}.wav"), audio_path=f"{row_id}.wav",
+                      duration=seconds,
                       sample_rate=16000, model="higgs2p5", engine="test", params="{}", key=row_id * 4,
                       chars_per_s=len(text) / seconds, s_per_char=seconds / len(text), **measures)
 
@@ -67,14 +71,16 @@ def test_spec_errors_name_the_problem(tmp_path, text, message):
     assert message in caught.value.message
 
 
-def test_measures_and_verdicts_thresholds_and_iqr():
+def test_measures_and_verdicts_thresholds_and_iqr(tmp_path):
+    clips = tmp_path / "clips"
     measured = measure_samples(speech_like(1.0, lead=0.5), 16000)
     assert measured.leading_silence_s == pytest.approx(0.5, abs=0.011) and measured.trailing_silence_s < 0.02
     assert measured.clipped_fraction == 0 and -11 < measured.peak_dbfs < -10
-    rows = [clip_row(f"r{i}", "a sentence of about forty characters ok", 2.0 + 0.05 * i, wer=0.1) for i in range(9)]
-    rows.append(clip_row("slow", "a sentence of about forty characters ok", 9.0, wer=0.0))
-    rows.append(clip_row("noisy", "a sentence of about forty characters ok", 2.1, wer=0.8))
-    failed = DatasetRow(id="gone", text="t", audio_bytes=None, audio_path=None, duration=None, sample_rate=None,
+    text = "a sentence of about forty characters ok"
+    rows = [clip_row(clips, f"r{i}", text, 2.0 + 0.05 * i, wer=0.1) for i in range(9)]
+    rows.append(clip_row(clips, "slow", "a sentence of about forty characters ok", 9.0, wer=0.0))
+    rows.append(clip_row(clips, "noisy", "a sentence of about forty characters ok", 2.1, wer=0.8))
+    failed = DatasetRow(id="gone", text="t", audio_file=None, audio_path=None, duration=None, sample_rate=None,
                         model="higgs2p5", engine=None, params="{}", key="", failure="failed: http: 400")
     verdict = judge(rows_table([*rows, failed]), QcThresholds(max_duration_s=8.0, max_wer=0.5))
     reasons = dict(zip([r.id for r in rows] + ["gone"], verdict.reasons))
@@ -94,26 +100,29 @@ def prepared(version_id: str, rows: list[DatasetRow]) -> PreparedVersion:
 
 
 def test_verify_refuses_undecodable_audio_and_retention_keeps_latest(tmp_path):
+    clips = tmp_path / "clips"
     store = DatasetStore(str(tmp_path / "dest"))
     first = new_version_id(1)
-    store.publish(prepared(first, [clip_row("a", "hello there", 1.0)]), shard_rows=10)
+    store.publish(prepared(first, [clip_row(clips, "a", "hello there", 1.0)]), shard_rows=10)
     assert store.latest_id() == first
-    broken = prepared(new_version_id(2), [clip_row("b", "hello again", 1.0, data=b"RIFF but not audio")])
+    broken = prepared(new_version_id(2), [clip_row(clips, "b", "hello again", 1.0, data=b"RIFF not audio")])
     with pytest.raises(PublishError, match="'b'.*does not decode"):
         store.publish(broken, shard_rows=10)
     assert store.latest_id() == first and store.version_ids() == [first]
     assert [p.name for p in (tmp_path / "dest" / "versions").iterdir()] == [first]
     ids = [first] + [new_version_id(n) for n in (2, 3, 4)]
     for version_id in ids[1:]:
-        store.publish(prepared(version_id, [clip_row("a", "hello there", 1.0)]), shard_rows=10)
+        store.publish(prepared(version_id, [clip_row(clips, "a", "hello there", 1.0)]), shard_rows=10)
     assert store.apply_retention(2) == ids[:2]
     assert store.version_ids() == ids[2:] and store.latest_id() == ids[3]
 
 
 def test_exports_nemo_and_lhotse(tmp_path):
+    clips = tmp_path / "clips"
     store = DatasetStore(str(tmp_path / "dest"))
     version = new_version_id(1)
-    store.publish(prepared(version, [clip_row("a", "hello there", 1.0), clip_row("b", "good bye", 0.5)]), 1)
+    rows = [clip_row(clips, "a", "hello there", 1.0), clip_row(clips, "b", "good bye", 0.5)]
+    store.publish(prepared(version, rows), 1)
     nemo = export_version(str(tmp_path / "dest"), tmp_path / "nemo", "nemo")
     lines = [json.loads(line) for line in nemo.files[0].read_text().splitlines()]
     assert [(e["text"], e["duration"]) for e in lines] == [("hello there", 1.0), ("good bye", 0.5)]
@@ -176,9 +185,10 @@ def test_dataset_command_build_list_export(tmp_path, capsys, monkeypatch):
 
 
 def test_hf_features_metadata_types_audio(tmp_path):
+    clips = tmp_path / "clips"
     store = DatasetStore(str(tmp_path / "dest"))
     version = new_version_id(1)
-    store.publish(prepared(version, [clip_row("a", "hello there", 1.0)]), shard_rows=10)
+    store.publish(prepared(version, [clip_row(clips, "a", "hello there", 1.0)]), shard_rows=10)
     shard = next((tmp_path / "dest" / "versions" / version / "data").glob("*.parquet"))
     features = json.loads(pq.read_schema(shard).metadata[b"huggingface"])["info"]["features"]
     assert features["audio"] == {"_type": "Audio"} and features["text"]["dtype"] == "string"

@@ -45,6 +45,8 @@ from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
 
 JOB_DIR = "job"
+#: rows made in this build are read from disk and written this many at a time
+MADE_CHUNK_ROWS = 1000
 ROUNDTRIP_DIR = "roundtrip"
 
 
@@ -124,17 +126,17 @@ def _failure_text(row: dict[str, Any]) -> str:
     return f"failed: {row['error_kind']}: {row['error_message']}"
 
 
-def _local_audio(source: str, work: Path) -> tuple[Path, bytes]:
-    """A local path and the bytes of an ASR source file (copied into the work folder if remote)."""
+def _local_audio(source: str, work: Path) -> Path:
+    """A local path of an ASR source file (copied into the work folder if remote)."""
+    if "://" not in source:
+        return Path(source)
     with open_binary(source, "audio file") as handle:
         data = handle.read()
-    if "://" not in source:
-        return Path(source), data
     suffix = Path(source.split("?", 1)[0]).suffix
     target = work / "remote-audio" / (hashlib.sha256(source.encode()).hexdigest() + suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
-    return target, data
+    return target
 
 
 def _new_row(spec: DatasetSpec, source: SourceRow, done: dict[str, Any], work: Path,
@@ -143,19 +145,18 @@ def _new_row(spec: DatasetSpec, source: SourceRow, done: dict[str, Any], work: P
     item = source.item
     if spec.kind == "tts":
         path = work / JOB_DIR / done["output_path"]
-        data = path.read_bytes()
         text = done["text"] or ""
         check_text = check["transcript"] if check else None
         wer = check["wer"] if check else None
     else:
-        path, data = _local_audio(str(item.audio), work)
+        path = _local_audio(str(item.audio), work)
         text = done["transcript"] or ""
         check_text, wer = item.reference_text, done["wer"]
     measures = measure_clip(path)
     duration = done["duration_s"] or measures.duration_s
     chars = len(text.strip())
     return DatasetRow(
-        id=item.item_id, text=text, audio_bytes=data, audio_path=f"{item.item_id}{path.suffix}",
+        id=item.item_id, text=text, audio_file=str(path), audio_path=f"{item.item_id}{path.suffix}",
         duration=duration, sample_rate=done["sample_rate"], model=item.model, engine=done["engine"],
         params=done["params"], key=source.key or "",
         chars_per_s=round(chars / duration, 4) if duration else None,
@@ -170,7 +171,7 @@ def _failed_row(source: SourceRow, reason: str) -> DatasetRow:
     item = source.item
     params = {k: v for k, v in item.params.items() if k != "text"}
     return DatasetRow(
-        id=item.item_id, text=str(item.params.get("text", "")), audio_bytes=None, audio_path=None,
+        id=item.item_id, text=str(item.params.get("text", "")), audio_file=None, audio_path=None,
         duration=None, sample_rate=None, model=item.model, engine=None,
         params=json.dumps(params, sort_keys=True, default=str), key=source.key or "", failure=reason,
     )
@@ -258,7 +259,7 @@ class Candidates:
     previous_id: str | None
     #: (row index in the previous version, the id the source gives it now), ascending
     carried: list[tuple[int, str]]
-    made: pa.Table
+    made: list[DatasetRow]
     meta: pa.Table
 
     def chunks(self, reasons: pa.Array) -> Iterator[pa.Table]:
@@ -274,19 +275,20 @@ class Candidates:
                 table = _set(table, "id", pa.array([row_id for _, row_id in picked], pa.string()))
                 yield _set(table, "reasons", reasons.slice(first, cursor - first))
             offset = end
-        if self.made.num_rows:
-            yield _set(self.made, "reasons", reasons.slice(len(self.carried)))
+        for start in range(0, len(self.made), MADE_CHUNK_ROWS):
+            table = rows_table(self.made[start:start + MADE_CHUNK_ROWS])  # reads these clips from disk
+            yield _set(table, "reasons", reasons.slice(len(self.carried) + start, table.num_rows))
 
 
 def _candidates(store: DatasetStore, previous_id: str | None, previous: pa.Table | None, plan: BuildPlan,
                 made: dict[int, DatasetRow]) -> Candidates:
     carried = sorted((index, plan.rows[position].item.item_id) for position, index in plan.carried.items())
-    made_table = rows_table([made[p] for p in sorted(made)])
-    parts = [made_table.select(META_COLUMNS)]
+    made_rows = [made[p] for p in sorted(made)]
+    parts = [rows_table(made_rows, with_audio=False)]
     if carried:
         kept = previous.take([i for i, _ in carried])
         parts.insert(0, _set(kept, "id", pa.array([row_id for _, row_id in carried], pa.string())))
-    return Candidates(store, previous_id, carried, made_table, pa.concat_tables(parts))
+    return Candidates(store, previous_id, carried, made_rows, pa.concat_tables(parts))
 
 
 def _unchanged(plan: BuildPlan, previous: VersionManifest, spec: DatasetSpec) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -40,15 +41,19 @@ ROW_SCHEMA = pa.schema([
 
 #: every column but the audio: what planning and judging read
 META_COLUMNS = [name for name in ROW_SCHEMA.names if name != "audio"]
+META_SCHEMA = pa.schema([ROW_SCHEMA.field(name) for name in META_COLUMNS])
 
 
 @dataclass(frozen=True)
 class DatasetRow:
-    """One row of a dataset version (a new one, before it joins the carried-over rows as Arrow)."""
+    """One row made in this build, before it joins the carried-over rows as Arrow. Its clip stays on disk
+    until the row is written, so a build never holds all its new audio in memory."""
 
     id: str
     text: str
-    audio_bytes: bytes | None
+    #: the local file holding the clip (None: no audio)
+    audio_file: str | None
+    #: the clip's name inside the dataset (``audio.path``)
     audio_path: str | None
     duration: float | None
     sample_rate: int | None
@@ -67,18 +72,20 @@ class DatasetRow:
     check_text: str | None = None
     failure: str | None = None
 
-    def to_dict(self) -> dict[str, object]:
-        """The row as a dict in :data:`ROW_SCHEMA`."""
+    def to_dict(self, *, with_audio: bool = True) -> dict[str, object]:
+        """The row as a dict in :data:`ROW_SCHEMA` (reads the clip), or :data:`META_SCHEMA` without it."""
         values = dict(self.__dict__)
-        data, path = values.pop("audio_bytes"), values.pop("audio_path")
-        values["audio"] = None if data is None else {"bytes": data, "path": path}
+        source, name = values.pop("audio_file"), values.pop("audio_path")
+        if with_audio:
+            values["audio"] = None if source is None else {"bytes": Path(source).read_bytes(), "path": name}
         values["reasons"] = None
         return values
 
 
-def rows_table(rows: list[DatasetRow]) -> pa.Table:
-    """New rows as a table in :data:`ROW_SCHEMA`."""
-    return pa.Table.from_pylist([r.to_dict() for r in rows], schema=ROW_SCHEMA)
+def rows_table(rows: list[DatasetRow], *, with_audio: bool = True) -> pa.Table:
+    """New rows as a table in :data:`ROW_SCHEMA` (clips read from their files) or :data:`META_SCHEMA`."""
+    schema = ROW_SCHEMA if with_audio else META_SCHEMA
+    return pa.Table.from_pylist([r.to_dict(with_audio=with_audio) for r in rows], schema=schema)
 
 
 def _feature(dtype: pa.DataType) -> dict[str, object]:
@@ -97,4 +104,4 @@ def with_hf_features(table: pa.Table) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
-__all__ = ["AUDIO_TYPE", "DatasetRow", "META_COLUMNS", "ROW_SCHEMA", "rows_table", "with_hf_features"]
+__all__ = ["AUDIO_TYPE", "DatasetRow", "META_COLUMNS", "META_SCHEMA", "ROW_SCHEMA", "rows_table", "with_hf_features"]
