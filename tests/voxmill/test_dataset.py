@@ -138,7 +138,7 @@ def test_exports_nemo_and_lhotse(tmp_path):
         ("a", "hello there", 0.0), ("b", "good bye", 0.0)]
 
 
-def test_asr_build_from_a_folder_of_audio(null_server, tmp_path):
+def test_asr_build_from_a_folder_of_audio(null_server, tmp_path, monkeypatch):
     audio = tmp_path / "corpus" / "spk1"
     audio.mkdir(parents=True)
     for i in range(3):
@@ -149,8 +149,12 @@ def test_asr_build_from_a_folder_of_audio(null_server, tmp_path):
                        dest=str(tmp_path / "dest"), model="whisper_v3_turbo", qc=NO_FILTERS)
     settings = Settings(api_key=ApiKey(null_server.token), base_url=null_server.base_url,
                         rate_limit=RateLimit(max_concurrent=2), cache_dir=tmp_path / "cache")
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"whisper_v3_turbo": {"per_request": 0.5, "per_minute": 1.0}}')
+    monkeypatch.setenv("VOXMILL_PRICES", str(prices))
     first = build_dataset(spec, settings)
     assert (first.rows, first.billed_requests) == (3, 3)
+    assert first.cost == pytest.approx(3 * 0.5 + (0.5 + 0.75 + 1.0) / 60)
     shard = next((tmp_path / "dest" / "versions" / first.version / "data").glob("*.parquet"))
     rows = pq.read_table(shard).to_pylist()
     assert [r["id"] for r in rows] == ["spk1/utt0", "spk1/utt1", "spk1/utt2"]
