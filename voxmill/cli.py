@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     from voxmill.book.cli import add_audiobook_parser
 
     add_audiobook_parser(sub)
+
+    from voxmill.dataset.cli import add_dataset_parser
+
+    add_dataset_parser(sub)
     return parser
 
 

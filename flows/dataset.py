@@ -1,0 +1,36 @@
+"""Flow: build, verify and publish a new version of a dataset from its spec (the nightly deployment)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from tasks.settings import resolve_settings
+from voxmill.dataset import BuildReport, load_spec
+from voxmill.dataset import build_dataset as build_version
+
+
+@flow(name="voxmill-dataset-build", log_prints=True)
+def build_dataset(
+    spec: str,
+    source: str | None = None,
+    dest: str | None = None,
+    requests_per_second: float | None = None,
+    requests_per_minute: float | None = None,
+    max_concurrent: int | None = None,
+    base_url: str | None = None,
+    api_key_block: str | None = None,
+) -> BuildReport:
+    """Build the dataset of the TOML ``spec`` file (``source``/``dest`` override the spec's); only new or
+    changed rows are sent. Publishes a verified version and moves ``latest``; a summary artifact per build."""
+    settings = resolve_settings(
+        base_url=base_url,
+        requests_per_second=requests_per_second,
+        requests_per_minute=requests_per_minute,
+        max_concurrent=max_concurrent,
+        api_key_block=api_key_block,
+    )
+    report = build_version(load_spec(spec, source=source, dest=dest), settings)
+    create_table_artifact(key="voxmill-dataset-build", table=report.summary_table(), description=report.headline())
+    get_run_logger().info(report.headline())
+    return report
