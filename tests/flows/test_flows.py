@@ -8,6 +8,7 @@ import pytest
 from manifest_files import write_manifest
 
 from voxmill.audio.measure import measure_file
+from voxmill.jobs import JobFailed
 from voxmill.ledger import LEDGER_SCHEMA
 
 TEXTS = [
@@ -77,13 +78,15 @@ def test_flow_with_failures_ends_failed_with_counts(null_server, api_env, tmp_pa
     state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), return_state=True)
     assert state.is_failed()
     assert "2 done" in state.message and "1 failed" in state.message
-    summary = state.result(raise_on_failure=False)
-    assert summary.failures_by_kind == {"validation": 1}
+    failure = state.result(raise_on_failure=False)
+    assert isinstance(failure, JobFailed) and "validation 1" in str(failure)
+    summary = failure.summary
+    assert summary.failures_by_kind == {"validation": 1} and summary.done == 2
     assert null_server.stats()["generations_total"] == 2
     # the rerun sends nothing new for done items and fails the bad row again
     state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), return_state=True)
     assert state.is_failed() and null_server.stats()["generations_total"] == 2
-    assert state.result(raise_on_failure=False).skipped_done == 2
+    assert state.result(raise_on_failure=False).summary.skipped_done == 2
 
 
 def test_flow_batches_are_prefect_tasks(null_server, api_env, tmp_path):
@@ -111,3 +114,60 @@ def test_flow_batches_are_prefect_tasks(null_server, api_env, tmp_path):
     runs = asyncio.run(task_runs())
     batch_runs = [r for r in runs if r.name.startswith("batch-")]
     assert 2 <= len(batch_runs) <= 40
+
+
+COMPARED = ["id", "key", "row", "status", "error_kind", "output_path", "output_format", "duration_s", "sample_rate",
+            "bytes", "sha256"]
+
+
+@pytest.mark.slow
+def test_thread_process_and_dask_runners_write_the_same_table(null_server, api_env, tmp_path):
+    """The engine is built per worker process from picklable settings: every runner gives the same table."""
+    from flows.synthesize import synthesize
+
+    api_env(null_server)
+    rows = [{"id": f"r{i:02d}", "text": f"Sentence number {i}."} for i in range(24)] + [{"id": "bad", "text": ""}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    tables = {}
+    for runner in ("thread", "process", "dask"):
+        out = tmp_path / runner
+        state = synthesize(manifest=str(manifest), out_dir=str(out), runner=runner, workers=2, batch_size=5,
+                           return_state=True)
+        assert state.is_failed() and "24 done" in state.message and "1 failed" in state.message, state.message
+        leftover = [p for p in (out / "ledger").glob("journal-*") if p.stat().st_size]
+        assert not leftover, "every worker journal is folded into results.parquet"
+        tables[runner] = pq.read_table(out / "results.parquet").select(COMPARED).sort_by("id").to_pylist()
+    assert null_server.stats()["generations_total"] == 3 * 24
+    assert tables["process"] == tables["thread"] == tables["dask"]
+    assert len(tables["thread"]) == 25
+
+
+def test_failed_run_result_reads_back_from_another_process(null_server, api_env, tmp_path, prefect_api):
+    """The flow's result is persisted: another process reads the Failed run's exception and its counts."""
+    import os
+    import subprocess
+    import sys
+
+    from flows.synthesize import synthesize
+
+    api_env(null_server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "ok", "text": "Fine."}, {"id": "bad", "text": ""}])
+    state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), return_state=True)
+    assert state.is_failed()
+    reader = (
+        "import sys, asyncio\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as client:\n"
+        "        run = await client.read_flow_run(sys.argv[1])\n"
+        "    failure = await run.state.aresult(raise_on_failure=False)\n"
+        "    print(type(failure).__name__, failure.summary.done, failure.summary.failed, run.state.name)\n"
+        "asyncio.run(main())\n"
+    )
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "DO_NOT_TRACK": "1",
+           "PREFECT_LOCAL_STORAGE_PATH": str(PREFECT_LOCAL_STORAGE_PATH.value())}
+    done = subprocess.run([sys.executable, "-c", reader, str(state.state_details.flow_run_id)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.split() == ["JobFailed", "1", "1", "Failed"], done.stderr[-2000:]
