@@ -53,7 +53,7 @@ def synthesize(
     (``out_dir`` must then be storage every worker sees). ``progress`` is for an in-process caller's display.
     """
     if shards > 1:
-        return run_shards("tts", out_dir, shards)
+        return run_shards(out_dir, shards)
     request = JobRequest(
         kind="tts",
         manifest=manifest,

@@ -48,7 +48,7 @@ def transcribe(
     ``runner``, ``workers``, ``shards``: as for ``synthesize``.
     """
     if shards > 1:
-        return run_shards("asr", out_dir, shards)
+        return run_shards(out_dir, shards)
     defaults = dict(params or {})
     if language:
         defaults["language"] = language

@@ -18,22 +18,22 @@ import pyarrow.compute as pc
 from prefect import get_run_logger
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import flow_run
 
 from voxmill.jobs import JobFailed, RunSummary, Shard
 from voxmill.ledger import Ledger, read_results
 
-#: the deployment a sharded run uses when the parent itself was not started from one (e.g. the CLI)
-DEFAULT_DEPLOYMENTS = {"tts": "voxmill-synthesize/synthesize", "asr": "voxmill-transcribe/transcribe"}
+#: the deployment (per flow) whose runs are shards: no concurrency limit, so the parent cannot starve them
+SHARD_DEPLOYMENT = "shard"
 SHARDS_DIR = "shards"
 
 
-def run_shards(kind: str, out_dir: str, shards: int) -> RunSummary:
+def run_shards(out_dir: str, shards: int) -> RunSummary:
     """Run the current flow's job as ``shards`` child runs on the work pool; merge; summarise."""
     logger = get_run_logger()
     started = time.monotonic()
     out = Path(out_dir).expanduser().resolve()  # a deployment's working directory is the project root
-    name = f"{flow_run.flow_name}/{deployment.name}" if deployment.name else DEFAULT_DEPLOYMENTS[kind]
+    name = f"{flow_run.flow_name}/{SHARD_DEPLOYMENT}"
     base = {k: v for k, v in flow_run.parameters.items() if k not in ("progress", "shards", "shard", "out_dir")}
     pieces = [Shard(i, shards) for i in range(shards)]
     logger.info("%d shards of %s via deployment %s into %s", shards, base.get("manifest"), name, out / SHARDS_DIR)
@@ -103,4 +103,4 @@ def _merge(out: Path, pieces: list[Shard], summaries: list[RunSummary], *, run_i
     )
 
 
-__all__ = ["DEFAULT_DEPLOYMENTS", "run_shards"]
+__all__ = ["SHARD_DEPLOYMENT", "run_shards"]

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from voxmill.server.cli import add_serve_parser
 
     add_serve_parser(sub)
+    from voxmill.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)
     return parser
 
 
