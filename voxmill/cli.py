@@ -7,11 +7,12 @@ configuration problem (nothing was sent); 3 the API refused the key (the run sto
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,29 @@ def _prepare_prefect(verbose: bool) -> None:
         print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[None]:
+    """The Prefect API configured (PREFECT_API_URL, a profile); else one owned by this run, which dies with it
+    (even on kill -9)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    from voxmill.prefect_api import owned_prefect_server
+
+    with owned_prefect_server(timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()) as api_url:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                yield
+            finally:  # deliver what is queued while the server is still up
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
+
+
 def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
     """Run a job flow in this process with an explicit progress board; the exit code from its summary."""
     board = ProgressBoard()
@@ -198,12 +222,12 @@ def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
     if bar:
         bar.start()
     try:
-        state = flow_fn(**kwargs, return_state=True)
+        with _prefect_api():
+            summary = flow_fn(**kwargs, return_state=True).result(raise_on_failure=False)
     finally:
         stop.set()
         if bar:
             bar.join()
-    summary = state.result(raise_on_failure=False)
     if isinstance(summary, JobFailed):
         summary = summary.summary
     elif isinstance(summary, BaseException):
@@ -305,9 +329,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _prepare_prefect(args.verbose)
     from flows.roundtrip import RoundTripFailed, roundtrip
 
-    state = roundtrip(manifest=args.manifest, out_dir=str(args.out), output_format=args.output_format,
-                      local=True, local_engine=args.local_engine, return_state=True)
-    result = state.result(raise_on_failure=False)
+    with _prefect_api():
+        state = roundtrip(manifest=args.manifest, out_dir=str(args.out), output_format=args.output_format,
+                          local=True, local_engine=args.local_engine, return_state=True)
+        result = state.result(raise_on_failure=False)
     if isinstance(result, RoundTripFailed):
         result = result.summary
     elif isinstance(result, BaseException):
