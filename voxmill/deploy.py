@@ -4,7 +4,8 @@
 ``.prefect/`` (unless ``PREFECT_API_URL`` already names a server), creates the ``voxmill`` process work pool,
 applies every deployment in ``deployments/prefect.yaml`` from the project root (so runs load this clone's
 code and resolve relative paths against it), and starts a worker in the background. ``undeploy`` stops, by
-the pids it recorded, what ``deploy`` started. Only the ``prefect`` command is used: no Prefect import here.
+the pids it recorded, what ``deploy`` started. ``secret`` stores the API key in a Prefect Secret block.
+Prefect is driven through its command (and imported only by ``secret``).
 """
 
 from __future__ import annotations
@@ -184,14 +185,31 @@ def _cmd_undeploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_secret(args: argparse.Namespace) -> int:
+    import getpass
+
+    from prefect.blocks.system import Secret
+
+    value = os.environ.get("VOXMILL_API_KEY") or getpass.getpass("API key (not echoed): ")
+    if not value.strip():
+        raise ConfigError("no key given: set VOXMILL_API_KEY or type it at the prompt")
+    Secret(value=value.strip()).save(args.name, overwrite=True)
+    print(f"saved the key in Secret block {args.name!r}; flows read it with api_key_block={args.name!r} "
+          "(the deployments' default)")
+    return 0
+
+
 def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``deploy`` and ``undeploy``."""
+    """Add ``deploy``, ``undeploy`` and ``secret``."""
     up = sub.add_parser("deploy", help="a local Prefect server, the voxmill work pool, every deployment, a worker")
     up.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", DEFAULT_PORT)),
                     help="port of the local Prefect server (default PREFECT_PORT or 4200)")
     up.set_defaults(handler=_cmd_deploy)
     down = sub.add_parser("undeploy", help="stop the worker and server that `voxmill deploy` started")
     down.set_defaults(handler=_cmd_undeploy)
+    secret = sub.add_parser("secret", help="store the API key (VOXMILL_API_KEY, or typed) in a Prefect Secret block")
+    secret.add_argument("--name", default="voxmill-api-key", help="block name (default voxmill-api-key)")
+    secret.set_defaults(handler=_cmd_secret)
 
 
 __all__ = ["DEPLOYMENTS", "Stack", "add_deploy_parser", "deploy", "prefect_env", "undeploy"]
