@@ -171,3 +171,50 @@ def test_failed_run_result_reads_back_from_another_process(null_server, api_env,
     done = subprocess.run([sys.executable, "-c", reader, str(state.state_details.flow_run_id)],
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.stdout.split() == ["JobFailed", "1", "1", "Failed"], done.stderr[-2000:]
+
+
+def test_bad_parameter_refused_when_the_run_is_created(api_env, null_server, tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.synthesize import synthesize
+
+    api_env(null_server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": "Hello."}])
+    for bad in ({"output_format": "wma"}, {"runner": "threads"}, {"model": "no-such-model"}):
+        with pytest.raises(ParameterTypeError):
+            synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), **bad)
+    assert null_server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
+
+
+def test_progress_lines_and_a_summary_artifact_per_job(make_server, api_env, tmp_path):
+    """Progress reaches the run log every few seconds (not per request); each output dir has its own artifact."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+
+    from flows.synthesize import synthesize
+    from tasks.job import artifact_key
+
+    server = make_server(latency_ms=150, fail_first_n=1)  # every item's first try is a 503: one retry each
+    api_env(server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"i{i}", "text": f"Line {i}."} for i in range(24)])
+    out = tmp_path / "job-a"
+    state = synthesize(manifest=str(manifest), out_dir=str(out), max_concurrent=4, log_every_s=0.5,
+                       return_state=True)
+    assert state.is_completed(), state.message
+    assert artifact_key("tts", out) != artifact_key("tts", tmp_path / "job-b")
+
+    async def read():
+        async with get_client() as client:
+            run_filter = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            logs = await client.read_logs(LogFilter(flow_run_id=run_filter))
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[artifact_key("tts", out)])))
+        return logs, artifacts
+
+    logs, artifacts = asyncio.run(read())
+    progress = [log.message for log in logs if "accounted for" in log.message]
+    assert 2 <= len(progress) < 24, progress
+    assert "24 retries (0 after 429)" in progress[-1]
+    assert len(artifacts) == 1 and "24 done" in artifacts[0].description
