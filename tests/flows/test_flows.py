@@ -208,7 +208,11 @@ def test_progress_lines_and_a_summary_artifact_per_job(make_server, api_env, tmp
     async def read():
         async with get_client() as client:
             run_filter = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            logs = await client.read_logs(LogFilter(flow_run_id=run_filter))
+            for _ in range(100):  # logs reach the API in the background: wait for the run's last line
+                logs = await client.read_logs(LogFilter(flow_run_id=run_filter))
+                if any("24/24 accounted for" in log.message for log in logs):
+                    break
+                await asyncio.sleep(0.1)
             artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=[artifact_key("tts", out)])))
         return logs, artifacts
@@ -216,5 +220,17 @@ def test_progress_lines_and_a_summary_artifact_per_job(make_server, api_env, tmp
     logs, artifacts = asyncio.run(read())
     progress = [log.message for log in logs if "accounted for" in log.message]
     assert 2 <= len(progress) < 24, progress
-    assert "24 retries (0 after 429)" in progress[-1]
+    assert any("24/24 accounted for" in line and "24 retries (0 after 429)" in line for line in progress), progress
     assert len(artifacts) == 1 and "24 done" in artifacts[0].description
+
+
+def test_roundtrip_fails_with_the_childs_own_message(null_server, api_env, tmp_path):
+    from flows.roundtrip import roundtrip
+
+    api_env(null_server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": ""}, {"id": "b", "text": ""}])
+    state = roundtrip(manifest=str(manifest), out_dir=str(tmp_path / "rt"), return_state=True)
+    assert state.is_failed()
+    assert "synthesize made no speech to transcribe" in state.message
+    assert "0 done" in state.message and "2 failed" in state.message, state.message
+    assert null_server.stats()["requests"] == 0
