@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass
@@ -23,7 +22,10 @@ class ProgressBoard:
     rate_limited: int = 0
     audio_seconds: float = 0.0
     started_at: float = field(default_factory=time.monotonic)
-    _lock: Any = field(default_factory=threading.Lock, repr=False)  # Any: a flow parameter schema can hold it
+
+    def __post_init__(self) -> None:
+        # not a field: a flow run's context serialises its parameters field by field, and a lock cannot travel
+        self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[type[ProgressBoard], tuple[()]]:
         # a board sent to another process (a process or Dask task runner) is a fresh, detached one there:

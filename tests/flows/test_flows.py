@@ -10,6 +10,7 @@ from manifest_files import write_manifest
 from voxmill.audio.measure import measure_file
 from voxmill.jobs import JobFailed
 from voxmill.ledger import LEDGER_SCHEMA
+from voxmill.progress import ProgressBoard
 
 TEXTS = [
     # plain words: tiny.en writes numbers as digits and spells the US way, which WER would count
@@ -131,9 +132,11 @@ def test_thread_process_and_dask_runners_write_the_same_table(null_server, api_e
     tables = {}
     for runner in ("thread", "process", "dask"):
         out = tmp_path / runner
+        board = ProgressBoard()  # the caller's display: counts come home from worker processes too
         state = synthesize(manifest=str(manifest), out_dir=str(out), runner=runner, workers=2, batch_size=5,
-                           return_state=True)
+                           progress=board, return_state=True)
         assert state.is_failed() and "24 done" in state.message and "1 failed" in state.message, state.message
+        assert (board.done, board.failed) == (24, 1), runner
         leftover = [p for p in (out / "ledger").glob("journal-*") if p.stat().st_size]
         assert not leftover, "every worker journal is folded into results.parquet"
         tables[runner] = pq.read_table(out / "results.parquet").select(COMPARED).sort_by("id").to_pylist()
