@@ -21,6 +21,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
+from voxmill.errors import ConfigError
 from voxmill.jobs import JobFailed, RunSummary, Shard
 from voxmill.ledger import Ledger, read_results
 
@@ -40,6 +41,7 @@ def run_shards(out_dir: str, shards: int) -> RunSummary:
         if base.get(rate):
             base[rate] = base[rate] / shards
     pieces = [Shard(i, shards) for i in range(shards)]
+    _check_deployed(name)
     logger.info("%d shards of %s via deployment %s into %s", shards, base.get("manifest"), name, out / SHARDS_DIR)
 
     def run_one(shard: Shard) -> FlowRun:
@@ -56,6 +58,20 @@ def run_shards(out_dir: str, shards: int) -> RunSummary:
     if not summary.ok:
         raise JobFailed(summary)
     return summary
+
+
+def _check_deployed(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        raise ConfigError(
+            f"shards run as runs of deployment {name!r}, which this Prefect server does not have: run `make deploy` "
+            "and point PREFECT_API_URL at its server"
+        ) from None
 
 
 def _shard_summary(shard: Shard, child: FlowRun) -> RunSummary:

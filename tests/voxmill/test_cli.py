@@ -185,3 +185,12 @@ def test_killed_cli_run_leaves_no_prefect_server_and_reruns_cleanly(make_server,
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == EXIT_OK, rerun.stderr[-2000:]
     assert "80 rows" in rerun.stdout and "already done" in rerun.stdout
+
+
+def test_shards_without_a_deployed_stack_exit_2_and_say_how(cli_env, null_server, tmp_path, capsys):
+    cli_env(null_server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": "Hello."}])
+    code = main(["synthesize", str(manifest), "-o", str(tmp_path / "out"), "--shards", "2", "--no-progress"])
+    assert code == EXIT_USAGE
+    assert "make deploy" in capsys.readouterr().err
+    assert null_server.stats()["requests"] == 0
