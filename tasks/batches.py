@@ -10,6 +10,9 @@ in a thread pool, a process pool or on a Dask worker.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
@@ -35,6 +38,15 @@ class Batch:
         return f"Batch(#{self.index}, {len(self.items)} items)"
 
 
+@dataclass(frozen=True)
+class WorkerBatchOutcome(BatchOutcome):
+    """A batch's counts from an engine in another process, with that process's retry counters so far."""
+
+    worker: str = ""
+    worker_retries: int = 0
+    worker_rate_limited: int = 0
+
+
 @task(
     name="voxmill-batch",
     task_run_name="batch-{batch.index}",
@@ -45,4 +57,9 @@ class Batch:
 )
 def process_batch(engine: EngineHandle, batch: Batch) -> BatchOutcome:
     """Run one batch through this process's engine; returns its counts."""
-    return engine.engine().run_batch(batch.items)
+    outcome = engine.engine().run_batch(batch.items)
+    if engine.is_local:
+        return outcome  # the job's own board saw every retry already
+    board = engine.engine().progress.snapshot()
+    return WorkerBatchOutcome(**vars(outcome), worker=str(os.getpid()), worker_retries=board.retries,
+                              worker_rate_limited=board.rate_limited)

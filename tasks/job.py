@@ -17,7 +17,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from tasks.batches import Batch, process_batch
+from tasks.batches import Batch, WorkerBatchOutcome, process_batch
 from tasks.runners import RunnerKind, make_task_runner
 from tasks.settings import resolve_settings
 from voxmill.batch import BatchOutcome
@@ -55,11 +55,15 @@ def run_job_in_flow(
     handle = job.handle(flow_run.get_id())
     artifact_id = create_progress_artifact(0.0, description=f"voxmill {request.kind} {request.manifest}")
     outcomes: list[BatchOutcome] = []
-    remote = runner != "thread"
+    worker_retries: dict[str, tuple[int, int]] = {}
 
     def on_outcome(outcome: BatchOutcome) -> None:
-        if remote:  # engines in other processes count on their own boards; bring their counts home
+        if isinstance(outcome, WorkerBatchOutcome):  # engines in other processes count on their own boards
             job.progress.add(done=outcome.done + outcome.reused, failed=outcome.failed)
+            before = worker_retries.get(outcome.worker, (0, 0))
+            now = (max(before[0], outcome.worker_retries), max(before[1], outcome.worker_rate_limited))
+            worker_retries[outcome.worker] = now
+            job.progress.add(retries=now[0] - before[0], rate_limited=now[1] - before[1])
         snap = job.progress.snapshot()
         if snap.total:
             update_progress_artifact(artifact_id, progress=round(min(100.0, 100.0 * snap.finished / snap.total), 1))

@@ -45,6 +45,11 @@ class EngineHandle:
     def __repr__(self) -> str:
         return f"EngineHandle(run {self.spec.run_id})"
 
+    @property
+    def is_local(self) -> bool:
+        """Whether this is the live engine of the process that opened the job."""
+        return self._local is not None
+
     def engine(self) -> BatchEngine:
         """The engine for this process: the live one, or this process's own (built on first use)."""
         if self._local is not None:

@@ -122,10 +122,11 @@ COMPARED = ["id", "key", "row", "status", "error_kind", "output_path", "output_f
 
 
 @pytest.mark.slow
-def test_thread_process_and_dask_runners_write_the_same_table(null_server, api_env, tmp_path):
+def test_thread_process_and_dask_runners_write_the_same_table(make_server, api_env, tmp_path):
     """The engine is built per worker process from picklable settings: every runner gives the same table."""
     from flows.synthesize import synthesize
 
+    null_server = make_server(fail_first_n=1)  # each text's first request is a 503: one retry per item
     api_env(null_server)
     rows = [{"id": f"r{i:02d}", "text": f"Sentence number {i}."} for i in range(24)] + [{"id": "bad", "text": ""}]
     manifest = write_manifest(tmp_path / "m.csv", rows)
@@ -133,14 +134,15 @@ def test_thread_process_and_dask_runners_write_the_same_table(null_server, api_e
     for runner in ("thread", "process", "dask"):
         out = tmp_path / runner
         board = ProgressBoard()  # the caller's display: counts come home from worker processes too
+        null_server.reset_stats()  # fault memory too: every runner meets the same first failures
         state = synthesize(manifest=str(manifest), out_dir=str(out), runner=runner, workers=2, batch_size=5,
                            progress=board, return_state=True)
         assert state.is_failed() and "24 done" in state.message and "1 failed" in state.message, state.message
-        assert (board.done, board.failed) == (24, 1), runner
+        assert (board.done, board.failed, board.retries) == (24, 1, 24), runner
+        assert null_server.stats()["generations_total"] == 24
         leftover = [p for p in (out / "ledger").glob("journal-*") if p.stat().st_size]
         assert not leftover, "every worker journal is folded into results.parquet"
         tables[runner] = pq.read_table(out / "results.parquet").select(COMPARED).sort_by("id").to_pylist()
-    assert null_server.stats()["generations_total"] == 3 * 24
     assert tables["process"] == tables["thread"] == tables["dask"]
     assert len(tables["thread"]) == 25
 
