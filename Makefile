@@ -1,13 +1,14 @@
 # voxmill — `make demo` runs the main job offline; `make test` runs the suite.
 # Both install what is missing first: ffmpeg (apt), a .venv with voxmill and its extras.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_PORT ?= 4200
 
-.PHONY: setup demo test bench chaos clean system-deps
+.PHONY: setup demo test bench chaos clean system-deps deploy undeploy
 
 setup: system-deps $(STAMP)
 
@@ -34,6 +35,13 @@ demo: setup
 test: setup
 	$(BIN)/ruff check voxmill tasks flows tests bench
 	$(BIN)/python -m pytest
+
+# voxmill on a real Prefect server: server (unless PREFECT_API_URL is set), work pool, deployments, a worker
+deploy: setup
+	$(BIN)/voxmill deploy
+
+undeploy:
+	$(BIN)/voxmill undeploy
 
 bench: setup
 	$(BIN)/python bench/throughput.py

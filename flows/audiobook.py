@@ -3,30 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.states import Completed, Failed
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.job import run_job_in_flow
+from tasks.job import artifact_key, run_job_in_flow
+from tasks.params import LocalEngine, RunnerKind, TtsModel
 from tasks.settings import resolve_settings
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
-from voxmill.book.pipeline import DEFAULT_MODEL, AudiobookRequest, make_audiobook
+from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, AudiobookResult, make_audiobook
 from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
-from voxmill.progress import active_board
+from voxmill.jobs import JobFailed, JobRequest, RunSummary
+from voxmill.local_api import api_settings
+from voxmill.progress import ProgressBoard
+from voxmill.settings import Settings
 
-WORKERS = 4
+ChapterFormat = Literal[CHAPTER_FORMATS]  # type: ignore[valid-type]
 
 
-@flow(name="voxmill-audiobook", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS), log_prints=True)
+class AudiobookFailed(Exception):
+    """Some chunks of the book are not done, so it was not assembled; ``result`` holds the counts."""
+
+    def __init__(self, result: AudiobookResult) -> None:
+        super().__init__(result.headline())
+        self.result = result
+
+    def __reduce__(self) -> tuple[type[AudiobookFailed], tuple[AudiobookResult]]:
+        return (AudiobookFailed, (self.result,))
+
+
+@flow(name="voxmill-audiobook", log_prints=True, persist_result=True)
 def audiobook(
     book: str,
     out_dir: str,
-    model: str = DEFAULT_MODEL,
+    model: TtsModel = DEFAULT_MODEL,
     params: dict[str, Any] | None = None,
-    chapter_format: str = "m4b",
+    chapter_format: ChapterFormat = "m4b",
     loudness_lufs: float | None = DEFAULT_LOUDNESS_LUFS,
     true_peak_db: float = DEFAULT_TRUE_PEAK_DB,
     bitrate: str = DEFAULT_BITRATE,
@@ -42,13 +55,18 @@ def audiobook(
     max_concurrent: int | None = None,
     base_url: str | None = None,
     api_key_block: str | None = None,
-):
+    local: bool = False,
+    local_engine: LocalEngine = "real",
+    runner: RunnerKind = "thread",
+    workers: int = 4,
+    progress: ProgressBoard | None = None,
+) -> AudiobookResult:
     """Speak ``book`` into ``out_dir``; every chunk goes through the batch engine as Prefect tasks.
 
     Rerunning on the same ``out_dir`` sends only chunks whose text changed. ``qc`` transcribes every chunk
     back; ``retakes`` regenerates chunks over ``qc_max_wer`` (every take billed and recorded, best kept).
-    Ends Failed when a chunk failed
-    (the book is then not assembled; rerun to retry).
+    With no key and no Secret block a local server speaks it, labelled. Ends Failed (AudiobookFailed, with
+    the counts) when a chunk failed: the book is then not assembled; rerun to retry.
     """
     settings = resolve_settings(
         base_url=base_url, requests_per_second=requests_per_second, requests_per_minute=requests_per_minute,
@@ -57,12 +75,15 @@ def audiobook(
     request = AudiobookRequest(
         book=book, out_dir=Path(out_dir), model=model, params=params or {}, chapter_format=chapter_format,
         loudness_lufs=loudness_lufs, true_peak_db=true_peak_db, bitrate=bitrate, chapters=chapters,
-        exclude=exclude, title=title, author=author, workers=WORKERS,
+        exclude=exclude, title=title, author=author, workers=workers,
         qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer),
     )
-    result = make_audiobook(request, settings, run_chunks=lambda job: run_job_in_flow(job, settings, active_board()))
+    logger = get_run_logger()
+    with api_settings(settings, local=local, engine=local_engine, announce=logger.warning) as settings:
+        result = make_audiobook(request, settings, say=logger.info,
+                                run_chunks=lambda job: _run_chunks(job, settings, progress, runner))
     create_table_artifact(
-        key="voxmill-audiobook-summary",
+        key=artifact_key("audiobook", request.out_dir),
         table=[{"measure": name, "value": value} for name, value in (
             ("title", result.title), ("chapters", result.chapters), ("chunks", result.chunks),
             ("chunks not done", len(result.missing)), ("skipped", "; ".join(result.skipped) or "-"),
@@ -72,7 +93,15 @@ def audiobook(
         )],
         description=result.headline(),
     )
-    print(result.headline())
-    return Completed(message=result.headline(), data=result) if result.ok else Failed(
-        message=result.headline(), data=result
-    )
+    logger.info(result.headline())
+    if not result.ok:
+        raise AudiobookFailed(result)
+    return result
+
+
+def _run_chunks(job: JobRequest, settings: Settings, progress: ProgressBoard | None, runner: RunnerKind) -> RunSummary:
+    """The chunks as an ordinary job; failed chunks come back as counts (the book decides what they mean)."""
+    try:
+        return run_job_in_flow(job, settings, progress, runner=runner)
+    except JobFailed as failed:
+        return failed.summary

@@ -2,34 +2,82 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect import flow
+from prefect.states import State
 
 from flows.synthesize import synthesize
 from flows.transcribe import transcribe
-from voxmill.roundtrip import asr_manifest_from_results, round_trip_report
+from tasks.params import LocalEngine, OutputFormat, RunnerKind
+from voxmill.jobs import JobFailed, RunSummary
+from voxmill.roundtrip import RoundTripReport, asr_manifest_from_results, round_trip_report
 
 
-@flow(name="voxmill-roundtrip", log_prints=True)
+@dataclass(frozen=True)
+class RoundTripSummary:
+    """Both jobs' summaries and the WER of the speech against its text."""
+
+    tts: RunSummary
+    asr: RunSummary
+    wer: RoundTripReport
+
+
+class RoundTripFailed(Exception):
+    """Some items of the round trip failed; ``summary`` holds both jobs' counts."""
+
+    def __init__(self, message: str, summary: RoundTripSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[type[RoundTripFailed], tuple[str, RoundTripSummary]]:
+        return (RoundTripFailed, (str(self), self.summary))
+
+
+def _summary_of(step: str, state: State) -> RunSummary:
+    """A child's summary, Completed or Failed with counts; a child that ended otherwise fails the parent."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, RunSummary):
+        return result
+    if isinstance(result, JobFailed):
+        return result.summary
+    raise RuntimeError(f"{step} {state.name.lower()}: {state.message}")
+
+
+@flow(name="voxmill-roundtrip", log_prints=True, persist_result=True)
 def roundtrip(
     manifest: str,
     out_dir: str,
-    output_format: str = "mp3",
+    output_format: OutputFormat = "mp3",
     requests_per_second: float | None = None,
     max_concurrent: int | None = None,
     base_url: str | None = None,
-) -> dict[str, Any]:
-    """TTS ``manifest`` into ``out_dir/tts``, ASR the results into ``out_dir/asr``; return counts and WER."""
+    api_key_block: str | None = None,
+    local: bool = False,
+    local_engine: LocalEngine = "real",
+    runner: RunnerKind = "thread",
+    workers: int = 4,
+) -> RoundTripSummary:
+    """TTS ``manifest`` into ``out_dir/tts``, ASR the results into ``out_dir/asr``; return counts and WER.
+
+    A child that fails outright fails this run with the child's own message; items that failed in either
+    job fail it with both jobs' counts (the speech that was made is still transcribed).
+    """
     out = Path(out_dir)
-    limits = dict(requests_per_second=requests_per_second, max_concurrent=max_concurrent, base_url=base_url)
+    common = dict(requests_per_second=requests_per_second, max_concurrent=max_concurrent, base_url=base_url,
+                  api_key_block=api_key_block, local=local, local_engine=local_engine, runner=runner,
+                  workers=workers)
     tts_state = synthesize(manifest=manifest, out_dir=str(out / "tts"), output_format=output_format,
-                           return_state=True, **limits)
-    tts = tts_state.result(raise_on_failure=False)
+                           return_state=True, **common)
+    tts = _summary_of("synthesize", tts_state)
+    if tts.ledger_done == 0:
+        raise RuntimeError(f"synthesize made no speech to transcribe: {tts_state.message}")
     asr_manifest = out / "asr_manifest.parquet"
     asr_manifest_from_results(out / "tts", asr_manifest)
-    asr_state = transcribe(manifest=str(asr_manifest), out_dir=str(out / "asr"), return_state=True, **limits)
-    asr = asr_state.result(raise_on_failure=False)
-    report = round_trip_report(out / "asr")
-    return {"tts": tts, "asr": asr, "wer": report}
+    asr_state = transcribe(manifest=str(asr_manifest), out_dir=str(out / "asr"), return_state=True, **common)
+    asr = _summary_of("transcribe", asr_state)
+    summary = RoundTripSummary(tts, asr, round_trip_report(out / "asr"))
+    if not (tts.ok and asr.ok):
+        raise RoundTripFailed(f"synthesize: {tts.headline()}; transcribe: {asr.headline()}", summary)
+    return summary

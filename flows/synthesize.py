@@ -6,23 +6,23 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.job import run_flow_job
+from tasks.job import LOG_EVERY_S, run_flow_job
+from tasks.params import LocalEngine, OutputFormat, RunnerKind, TtsModel
+from tasks.shards import run_shards
 from voxmill.audio.transcode import OutputSpec
-from voxmill.jobs import JobRequest
+from voxmill.jobs import JobRequest, RunSummary, Shard
 from voxmill.manifests import RunDefaults
+from voxmill.progress import ProgressBoard
 
-WORKERS = 4
 
-
-@flow(name="voxmill-synthesize", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS), log_prints=True)
+@flow(name="voxmill-synthesize", log_prints=True, persist_result=True)
 def synthesize(
     manifest: str,
     out_dir: str,
-    model: str | None = None,
+    model: TtsModel | None = None,
     params: dict[str, Any] | None = None,
-    output_format: str = "wav",
+    output_format: OutputFormat = "wav",
     sample_rate: int | None = None,
     channels: int | None = None,
     bitrate: str | None = None,
@@ -36,12 +36,24 @@ def synthesize(
     max_concurrent: int | None = None,
     base_url: str | None = None,
     api_key_block: str | None = None,
-):
+    local: bool = False,
+    local_engine: LocalEngine = "real",
+    runner: RunnerKind = "thread",
+    workers: int = 4,
+    shards: int = 1,
+    shard: Shard | None = None,
+    log_every_s: float = LOG_EVERY_S,
+    progress: ProgressBoard | None = None,
+) -> RunSummary:
     """Synthesise every row of ``manifest`` (CSV/Parquet/JSONL with a ``text`` column) into ``out_dir``.
 
     ``model``/``params`` are run defaults for cells a row leaves empty. Rerunning on the same ``out_dir``
-    sends only what is not done yet. Ends Failed (with counts) when any item failed.
+    sends only what is not done yet. Ends Failed (with counts) when any item failed. ``runner``/``workers``
+    choose where batches run; ``shards`` > 1 splits the job into child runs of this flow's deployment
+    (``out_dir`` must then be storage every worker sees). ``progress`` is for an in-process caller's display.
     """
+    if shards > 1:
+        return run_shards(out_dir, shards)
     request = JobRequest(
         kind="tts",
         manifest=manifest,
@@ -57,7 +69,8 @@ def synthesize(
         retry_failed=retry_failed,
         only_failed=only_failed,
         batch_size=batch_size,
-        workers=WORKERS,
+        workers=workers,
+        shard=shard,
     )
     return run_flow_job(
         request,
@@ -66,4 +79,9 @@ def synthesize(
         requests_per_minute=requests_per_minute,
         max_concurrent=max_concurrent,
         api_key_block=api_key_block,
+        local=local,
+        local_engine=local_engine,
+        progress=progress,
+        runner=runner,
+        log_every_s=log_every_s,
     )

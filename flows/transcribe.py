@@ -6,20 +6,20 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.job import run_flow_job
-from voxmill.jobs import JobRequest
+from tasks.job import LOG_EVERY_S, run_flow_job
+from tasks.params import AsrModel, LocalEngine, RunnerKind
+from tasks.shards import run_shards
+from voxmill.jobs import JobRequest, RunSummary, Shard
 from voxmill.manifests import RunDefaults
+from voxmill.progress import ProgressBoard
 
-WORKERS = 4
 
-
-@flow(name="voxmill-transcribe", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS), log_prints=True)
+@flow(name="voxmill-transcribe", log_prints=True, persist_result=True)
 def transcribe(
     manifest: str,
     out_dir: str,
-    model: str | None = None,
+    model: AsrModel | None = None,
     language: str | None = None,
     params: dict[str, Any] | None = None,
     max_seconds: float | None = None,
@@ -31,13 +31,24 @@ def transcribe(
     max_concurrent: int | None = None,
     base_url: str | None = None,
     api_key_block: str | None = None,
-):
+    local: bool = False,
+    local_engine: LocalEngine = "real",
+    runner: RunnerKind = "thread",
+    workers: int = 4,
+    shards: int = 1,
+    shard: Shard | None = None,
+    log_every_s: float = LOG_EVERY_S,
+    progress: ProgressBoard | None = None,
+) -> RunSummary:
     """Transcribe every row of ``manifest`` (an ``audio`` column, or a folder or glob of audio files) into ``out_dir``.
 
     Files in formats the API does not take are converted first; files longer than ``max_seconds``
     (default VOXMILL_ASR_MAX_SECONDS) are split at silences and their transcripts stitched with the
     right time offsets. Rows with ``reference_text`` get a WER. Ends Failed when any item failed.
+    ``runner``, ``workers``, ``shards``: as for ``synthesize``.
     """
+    if shards > 1:
+        return run_shards(out_dir, shards)
     defaults = dict(params or {})
     if language:
         defaults["language"] = language
@@ -49,8 +60,9 @@ def transcribe(
         retry_failed=retry_failed,
         only_failed=only_failed,
         batch_size=batch_size,
-        workers=WORKERS,
+        workers=workers,
         asr_max_seconds=max_seconds,
+        shard=shard,
     )
     return run_flow_job(
         request,
@@ -59,4 +71,9 @@ def transcribe(
         requests_per_minute=requests_per_minute,
         max_concurrent=max_concurrent,
         api_key_block=api_key_block,
+        local=local,
+        local_engine=local_engine,
+        progress=progress,
+        runner=runner,
+        log_every_s=log_every_s,
     )

@@ -1,51 +1,96 @@
-"""A whole job under Prefect: plan, fan batches out to tasks, report progress and a summary artifact."""
+"""A whole job under Prefect: plan, fan batches out to the chosen task runner, log progress, report.
+
+Flows call :func:`run_flow_job` (settings from the environment and the flow's parameters, a local server
+when there is no key); code that already has settings calls :func:`run_job_in_flow`. Both return a
+:class:`RunSummary` when every item is done and raise :class:`JobFailed` (carrying the summary) when not,
+so the flow run ends Completed or Failed with the counts in its message and its persisted result.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
-from prefect.states import State
 
-from tasks.batches import Batch, process_batch, register_engine, unregister_engine
-from tasks.outcome import summary_state
+from tasks.batches import Batch, WorkerBatchOutcome, process_batch
+from tasks.runners import RunnerKind, make_task_runner
 from tasks.settings import resolve_settings
 from voxmill.batch import BatchOutcome
-from voxmill.jobs import JobRequest, RunSummary, fan_out, finish_job, open_job
-from voxmill.progress import ProgressBoard, active_board
+from voxmill.jobs import JobFailed, JobRequest, RunSummary, fan_out, finish_job, open_job
+from voxmill.local_api import LocalEngine, api_settings
+from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
 
+#: seconds between progress lines in the run log
+LOG_EVERY_S = 30.0
 
-def run_job_in_flow(request: JobRequest, settings: Settings, progress: ProgressBoard | None = None) -> RunSummary:
-    """Run ``request`` inside the current flow: batches become ``process_batch`` task runs."""
+
+def artifact_key(kind: str, where: str | Path) -> str:
+    """The job's artifact key, from where it writes (an output directory or a URL): each job keeps its own
+    summary history."""
+    text = str(where)
+    resolved = text.rstrip("/") if "://" in text else str(Path(text).expanduser().resolve())
+    slug = re.sub(r"[^a-z0-9]+", "-", resolved.rsplit("/", 1)[-1].lower()).strip("-")[:40] or "out"
+    return f"voxmill-{kind}-{slug}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+
+
+def run_job_in_flow(
+    request: JobRequest,
+    settings: Settings,
+    progress: ProgressBoard | None = None,
+    *,
+    runner: RunnerKind = "thread",
+    log_every_s: float = LOG_EVERY_S,
+) -> RunSummary:
+    """Run ``request`` inside the current flow: batches become ``process_batch`` task runs on ``runner``."""
     logger = get_run_logger()
     job = open_job(request, settings, progress=progress, flow_run_id=flow_run.get_id())
     logger.info(
-        "%s: %d rows, batches of %d, %d workers, output %s",
-        request.manifest, job.progress.total, job.batch_size, request.workers, request.out_dir,
+        "%s: %d rows, batches of %d, %s runner with %d workers, output %s",
+        request.manifest, job.progress.total, job.batch_size, runner, request.workers, request.out_dir,
     )
-    handle = register_engine(job.engine)
+    handle = job.handle(flow_run.get_id())
     artifact_id = create_progress_artifact(0.0, description=f"voxmill {request.kind} {request.manifest}")
     outcomes: list[BatchOutcome] = []
+    worker_retries: dict[str, tuple[int, int]] = {}
 
     def on_outcome(outcome: BatchOutcome) -> None:
+        if isinstance(outcome, WorkerBatchOutcome):  # engines in other processes count on their own boards
+            job.progress.add(done=outcome.done + outcome.reused, failed=outcome.failed)
+            before = worker_retries.get(outcome.worker, (0, 0))
+            now = (max(before[0], outcome.worker_retries), max(before[1], outcome.worker_rate_limited))
+            worker_retries[outcome.worker] = now
+            job.progress.add(retries=now[0] - before[0], rate_limited=now[1] - before[1])
         snap = job.progress.snapshot()
         if snap.total:
-            update_progress_artifact(artifact_id, progress=round(100.0 * snap.finished / snap.total, 1))
+            update_progress_artifact(artifact_id, progress=round(min(100.0, 100.0 * snap.finished / snap.total), 1))
 
+    stop_logging = threading.Event()
+    reporter = threading.Thread(
+        target=_log_progress, args=(job.progress, logger, stop_logging, log_every_s), name="voxmill-progress",
+        daemon=True,
+    )
+    reporter.start()
     try:
-        outcomes = fan_out(
-            (Batch(i, items) for i, items in enumerate(job.batches())),
-            lambda index, batch: process_batch.submit(handle, batch),
-            window=request.workers * 2,
-            on_outcome=on_outcome,
-        )
+        with make_task_runner(runner, request.workers) as task_runner:
+            outcomes = fan_out(
+                (Batch(i, items) for i, items in enumerate(job.batches())),
+                lambda index, batch: task_runner.submit(process_batch, parameters={"engine": handle, "batch": batch}),
+                window=request.workers * 2,
+                on_outcome=on_outcome,
+            )
     finally:
-        unregister_engine(handle)
+        stop_logging.set()
+        reporter.join()
         summary = finish_job(job, outcomes)
     update_progress_artifact(artifact_id, progress=100.0)
     create_table_artifact(
-        key=f"voxmill-{request.kind}-summary",
+        key=artifact_key(request.kind, request.out_dir),
         table=[
             {"measure": name, "value": value}
             for name, value in (
@@ -56,6 +101,7 @@ def run_job_in_flow(request: JobRequest, settings: Settings, progress: ProgressB
                 ("failed", summary.failed),
                 ("not attempted", summary.not_attempted),
                 ("failures by kind", ", ".join(f"{k}: {v}" for k, v in summary.failures_by_kind.items()) or "-"),
+                ("retries (after 429)", f"{job.progress.retries} ({job.progress.rate_limited})"),
                 ("audio hours", round(summary.audio_seconds / 3600, 4)),
                 ("API rate (req/s)", summary.api_rate if summary.api_rate is not None else "unlimited"),
                 ("output", summary.out_dir),
@@ -63,8 +109,16 @@ def run_job_in_flow(request: JobRequest, settings: Settings, progress: ProgressB
         ],
         description=summary.headline(),
     )
-    logger.info(summary.headline())
+    logger.info("%s; %s", summary.headline(), job.progress.snapshot().log_line())
+    if not summary.ok:
+        raise JobFailed(summary)
     return summary
+
+
+def _log_progress(board: ProgressBoard, logger, stop: threading.Event, every_s: float) -> None:
+    """A progress line every ``every_s`` seconds while the job runs (never one per request)."""
+    while not stop.wait(every_s):
+        logger.info(board.snapshot().log_line())
 
 
 def run_flow_job(
@@ -75,8 +129,14 @@ def run_flow_job(
     requests_per_minute: float | None,
     max_concurrent: int | None,
     api_key_block: str | None,
-) -> State:
-    """What every job flow does: settings from env + its parameters, run the job, the truthful final state."""
+    local: bool = False,
+    local_engine: LocalEngine = "real",
+    progress: ProgressBoard | None = None,
+    runner: RunnerKind = "thread",
+    log_every_s: float = LOG_EVERY_S,
+) -> RunSummary:
+    """What every job flow does: settings from env + its parameters (a local server when there is no key),
+    run the job, return its summary — or raise :class:`JobFailed` with the counts."""
     settings = resolve_settings(
         base_url=base_url,
         requests_per_second=requests_per_second,
@@ -84,4 +144,9 @@ def run_flow_job(
         max_concurrent=max_concurrent,
         api_key_block=api_key_block,
     )
-    return summary_state(run_job_in_flow(request, settings, active_board()))
+    logger = get_run_logger()
+    with api_settings(settings, local=local, engine=local_engine, announce=logger.warning) as settings:
+        return run_job_in_flow(request, settings, progress, runner=runner, log_every_s=log_every_s)
+
+
+__all__ = ["LOG_EVERY_S", "artifact_key", "run_flow_job", "run_job_in_flow"]

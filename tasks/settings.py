@@ -4,7 +4,33 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from prefect.logging import get_logger
+
 from voxmill.settings import ApiKey, Settings
+
+log = get_logger("voxmill")
+
+
+def key_from_block(block_name: str) -> ApiKey | None:
+    """The key in Prefect Secret block ``block_name`` (None when there is no such block).
+
+    The key pickles as "load ``block_name`` again", so worker processes read it from the Prefect API.
+    """
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(block_name).get()
+    except ValueError:  # Prefect's "Unable to find block document named ..."
+        log.warning("no Secret block %r: see deployments/README.md (`voxmill secret`)", block_name)
+        return None
+    return ApiKey(str(value), reload=(_reloaded_block_key, (block_name,)))
+
+
+def _reloaded_block_key(block_name: str) -> ApiKey:
+    key = key_from_block(block_name)
+    if key is None:
+        raise ValueError(f"Secret block {block_name!r} vanished while the run was going")
+    return key
 
 
 def resolve_settings(
@@ -15,12 +41,13 @@ def resolve_settings(
     max_concurrent: int | None = None,
     api_key_block: str | None = None,
 ) -> Settings:
-    """``Settings.from_env()`` with the flow's overrides; ``api_key_block`` names a Prefect Secret block."""
-    settings = Settings.from_env()
-    if api_key_block:
-        from prefect.blocks.system import Secret
+    """``Settings.from_env()`` with the flow's overrides; ``api_key_block`` names a Prefect Secret block.
 
-        settings = settings.with_(api_key=ApiKey(Secret.load(api_key_block).get()))
+    VOXMILL_API_KEY wins over the block; with neither the settings have no key (a local server, then).
+    """
+    settings = Settings.from_env()
+    if api_key_block and settings.api_key is None:
+        settings = settings.with_(api_key=key_from_block(api_key_block))
     limit = settings.rate_limit
     settings = settings.with_(
         rate_limit=replace(

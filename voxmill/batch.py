@@ -31,7 +31,7 @@ from voxmill.audio.split import split_on_silence, stitch_transcripts
 from voxmill.audio.transcode import OutputSpec, prepare_asr_input, transcode_audio
 from voxmill.catalog import ValidatedRequest, get_model
 from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
-from voxmill.errors import AuthError, VoxmillError, labelled
+from voxmill.errors import AuthError, RateLimited, VoxmillError, labelled
 from voxmill.ledger import DoneIndex, Ledger, LedgerRow, utc_now
 from voxmill.limiter import AsyncRateLimiter, build_limiter
 from voxmill.manifests import JobKind, WorkItem, open_binary
@@ -168,6 +168,7 @@ class BatchEngine:
     # --- per item -----------------------------------------------------------------------------------
 
     def _on_retry(self, item: str | None, error: VoxmillError, attempt: int) -> None:
+        self.progress.add(retries=1, rate_limited=int(isinstance(error, RateLimited)))
         if item is not None and item not in self._retrying:
             self._retrying.add(item)
             self.progress.add(retrying=1)

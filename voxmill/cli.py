@@ -20,9 +20,11 @@ from typing import Any
 from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.estimate import PriceTable, estimate_manifest
-from voxmill.progress import ProgressBoard, watch
+from voxmill.jobs import JobFailed
+from voxmill.progress import ProgressBoard
 from voxmill.report import describe_out_dir
 
+RUNNERS = ("thread", "process", "dask")  # tasks.runners.RUNNERS, without importing Prefect to parse arguments
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 
 
@@ -121,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     from voxmill.dataset.cli import add_dataset_parser
 
     add_dataset_parser(sub)
+
+    from voxmill.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)
     return parser
 
 
@@ -143,6 +149,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                        help="use a local server started for this run (the default when no VOXMILL_API_KEY is set)")
     group.add_argument("--local-engine", choices=("real", "null"), default="real",
                        help="local server engines: real (piper/whisper) or null (instant, for plumbing tests)")
+    group.add_argument("--runner", choices=RUNNERS, default="thread",
+                       help="where batches run: threads of this process (default), a process pool, or Dask workers")
+    group.add_argument("--workers", type=int, default=4, help="batches at once: threads, processes or Dask workers")
+    group.add_argument("--shards", type=int, default=1,
+                       help="split the job into N child runs on the Prefect work pool (needs `make deploy` and an "
+                            "absolute --out on storage every worker sees)")
     group.add_argument("--no-progress", action="store_true", help="no live progress bar")
     group.add_argument("--verbose", action="store_true", help="show Prefect's logs")
 
@@ -161,34 +173,6 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 # --- running flows -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _api_environment(args: argparse.Namespace) -> Iterator[None]:
-    """Point the run at the hosted API, or start a local server when asked or when there is no key."""
-    use_local = args.local or (not os.environ.get("VOXMILL_API_KEY") and not args.base_url)
-    if not use_local:
-        yield
-        return
-    from voxmill.server import ServerConfig, serve_in_thread
-
-    reason = "--local" if args.local else "no VOXMILL_API_KEY is set"
-    print(f"voxmill: {reason}: starting a local server ({args.local_engine} engines); "
-          "outputs are labelled as local in results.parquet", file=sys.stderr)
-    config = ServerConfig(token=os.urandom(12).hex(), engine=args.local_engine)
-    with serve_in_thread(config) as server:
-        saved = {k: os.environ.get(k) for k in ("VOXMILL_API_KEY", "VOXMILL_BASE_URL")}
-        os.environ["VOXMILL_API_KEY"] = server.token
-        os.environ["VOXMILL_BASE_URL"] = server.base_url
-        args.base_url = None
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def _prepare_prefect(verbose: bool) -> None:
@@ -210,33 +194,62 @@ def _drop_voxmill_tracebacks(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], VoxmillError))
 
 
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[None]:
+    """The Prefect API configured (PREFECT_API_URL, a profile); else one owned by this run, which dies with it
+    (even on kill -9)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    from voxmill.prefect_api import owned_prefect_server
+
+    with owned_prefect_server(timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()) as api_url:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                yield
+            finally:  # deliver what is queued while the server is still up
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
+
+
 def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
+    """Run a job flow in this process with an explicit progress board; the exit code from its summary."""
     board = ProgressBoard()
-    watch(board)
     stop = threading.Event()
     bar = None if args.no_progress or not sys.stderr.isatty() else threading.Thread(
         target=_show_progress, args=(board, stop), daemon=True
     )
-    with _api_environment(args):
-        kwargs.update(
-            requests_per_second=args.rps,
-            requests_per_minute=args.rpm,
-            max_concurrent=args.concurrency,
-            batch_size=args.batch_size,
-            retry_failed=not args.no_retry_failed,
-            base_url=args.base_url,
-        )
+    kwargs.update(
+        requests_per_second=args.rps,
+        requests_per_minute=args.rpm,
+        max_concurrent=args.concurrency,
+        batch_size=args.batch_size,
+        retry_failed=not args.no_retry_failed,
+        base_url=args.base_url,
+        local=args.local,
+        local_engine=args.local_engine,
+        runner=args.runner,
+        workers=args.workers,
+        shards=args.shards,
+        progress=board,
+    )
+    if bar:
+        bar.start()
+    try:
+        with _prefect_api():
+            summary = flow_fn(**kwargs, return_state=True).result(raise_on_failure=False)
+    finally:
+        stop.set()
         if bar:
-            bar.start()
-        try:
-            state = flow_fn(**kwargs, return_state=True)
-        finally:
-            stop.set()
-            if bar:
-                bar.join()
-            watch(None)
-    summary = state.result(raise_on_failure=False)
-    if isinstance(summary, BaseException):
+            bar.join()
+    if isinstance(summary, JobFailed):
+        summary = summary.summary
+    elif isinstance(summary, BaseException):
         raise summary
     print(summary.headline())
     print(f"results: {Path(summary.out_dir) / 'results.parquet'}")
@@ -335,11 +348,17 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     _prepare_prefect(args.verbose)
-    from flows.roundtrip import roundtrip
+    from flows.roundtrip import RoundTripFailed, roundtrip
 
-    with _api_environment(args):
-        result = roundtrip(manifest=args.manifest, out_dir=str(args.out), output_format=args.output_format)
-    tts, asr, wer = result["tts"], result["asr"], result["wer"]
+    with _prefect_api():
+        state = roundtrip(manifest=args.manifest, out_dir=str(args.out), output_format=args.output_format,
+                          local=True, local_engine=args.local_engine, return_state=True)
+        result = state.result(raise_on_failure=False)
+    if isinstance(result, RoundTripFailed):
+        result = result.summary
+    elif isinstance(result, BaseException):
+        raise result
+    tts, asr, wer = result.tts, result.asr, result.wer
     print(f"speech ({args.output_format}): {args.out / 'tts' / 'audio'}")
     print(f"  {tts.headline()}")
     print(f"  table: {args.out / 'tts' / 'results.parquet'}")

@@ -8,6 +8,7 @@ version used by tests, benchmarks and scripts that want no orchestration.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -19,16 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from voxmill.audio.transcode import OutputSpec, remove_partial_outputs
 from voxmill.batch import BatchEngine, BatchOutcome, JobSpec
 from voxmill.errors import ConfigError
 from voxmill.ledger import Ledger
-from voxmill.manifests import JobKind, ManifestReader, RunDefaults, iter_record_batches
-from voxmill.plan import PlanCounts, PlannedItem, plan_items
+from voxmill.manifests import JobKind, ManifestReader, RunDefaults, WorkItem, iter_record_batches
+from voxmill.plan import PlanCounts, PlannedItem, key_of, plan_items
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
+from voxmill.workers import EngineHandle, EngineSpec
 
 #: the largest batch one task handles; small manifests get smaller batches so progress stays visible
 MAX_BATCH = 200
@@ -49,6 +52,43 @@ class JobRequest:
     batch_size: int | None = None
     workers: int = 4
     asr_max_seconds: float | None = None
+    #: run only the items of one shard of the manifest (``None``: all of them)
+    shard: Shard | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One of ``count`` disjoint, stable slices of a manifest, chosen by item identity.
+
+    An item belongs to shard ``hash(identity) % count``; its identity is the manifest id, or (rows
+    without one) its item key. So a row's shard never depends on row order or on what else the
+    manifest holds.
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ConfigError(f"shard {self.index} of {self.count} does not exist (shards count from 0)")
+
+    @property
+    def name(self) -> str:
+        """The shard's folder name under the job's output directory."""
+        return f"{self.index}-of-{self.count}"
+
+    def holds(self, item: WorkItem) -> bool:
+        """Whether ``item`` belongs to this shard."""
+        identity = item.item_id if item.has_own_id or item.problem is not None else _safe_key(item)
+        return int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "big") % self.count \
+            == self.index
+
+
+def _safe_key(item: WorkItem) -> str:
+    try:
+        return key_of(item)
+    except (ConfigError, OSError, ValueError):
+        return item.item_id  # an unreadable file: its row fails in whichever shard it lands
 
 
 @dataclass(frozen=True)
@@ -91,6 +131,19 @@ class RunSummary:
         return text
 
 
+class JobFailed(Exception):
+    """A job ended with failed or unattempted items; ``summary`` holds the counts (the message says them)."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        super().__init__(f"{summary.headline()}; failures by kind: "
+                         + (", ".join(f"{k} {v}" for k, v in summary.failures_by_kind.items()) or "none")
+                         + f"; see {Path(summary.out_dir) / 'failures.parquet'}")
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[type[JobFailed], tuple[RunSummary]]:
+        return (JobFailed, (self.summary,))
+
+
 @dataclass
 class OpenJob:
     """A job ready to fan out: its ledger (locked), engine and the lazy stream of planned batches."""
@@ -105,7 +158,9 @@ class OpenJob:
 
     def batches(self) -> Iterator[list[PlannedItem]]:
         """Planned items in batches of ``batch_size``, read lazily from the manifest."""
-        reader = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults)
+        reader: Iterable[WorkItem] = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults)
+        if self.request.shard is not None:
+            reader = filter(self.request.shard.holds, reader)
         failed_ids = self.ledger.failed_ids() if (self.request.only_failed or not self.request.retry_failed) else None
         planned = plan_items(
             reader,
@@ -128,6 +183,11 @@ class OpenJob:
 
     def _sync_progress(self) -> None:
         self.progress.skipped = self.counts.skipped_done + self.counts.skipped_failed
+
+    def handle(self, flow_run_id: str | None = None) -> EngineHandle:
+        """How tasks reach this job's engine, in this process or (built from the spec) in a worker process."""
+        spec = EngineSpec(self.engine.settings, self.engine.job, self.ledger.run_id, flow_run_id)
+        return EngineHandle(spec, local=self.engine)
 
 
 JOB_RECORD = "job.json"
@@ -161,6 +221,7 @@ def load_job_record(out_dir: Path) -> JobRequest:
         batch_size=record["batch_size"],
         workers=record["workers"],
         asr_max_seconds=record["asr_max_seconds"],
+        shard=Shard(**record["shard"]) if record.get("shard") else None,
     )
 
 
@@ -189,6 +250,11 @@ def open_job(
             "no API key: set VOXMILL_API_KEY, or run against the local server "
             "(`voxmill serve`, or the CLI's --local flag)"
         )
+    if request.shard is not None and not request.out_dir.is_absolute():
+        raise ConfigError(
+            f"shard {request.shard.name}: out_dir {str(request.out_dir)!r} is relative; a shard runs on any worker, "
+            "so give an absolute path on storage every worker sees"
+        )
     # the columns up front, then one whole pass (count_rows): a parse error anywhere stops before any request
     ManifestReader(request.manifest, request.kind, request.defaults).check_header()
     rows = count_rows(request.manifest)
@@ -201,7 +267,7 @@ def open_job(
         if ledger.has_journal_rows():
             ledger.compact()  # fold in what a killed run left in its journal
         board = progress or ProgressBoard()
-        board.total = rows
+        board.total = rows if request.shard is None else math.ceil(rows / request.shard.count)  # about
         board.started_at = time.monotonic()  # rates and ETA count from here, not from process start
         job = JobSpec(
             kind=request.kind,
@@ -286,13 +352,22 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
         reused=total["reused"],
         not_attempted=total["not_attempted"],
         failures_by_kind=dict(failures),
-        audio_seconds=round(job.progress.snapshot().audio_seconds, 3),
+        audio_seconds=_new_audio_seconds(run_rows),
         elapsed_s=round(time.monotonic() - job.started, 3),
-        stopped=job.engine.stop_reason,
+        stopped=job.engine.stop_reason or next((o.stopped for o in outcomes if o.stopped), None),
         ledger_done=statuses.get("done", 0),
         ledger_failed=statuses.get("failed", 0),
         api_rate=round(job.progress.api_rate, 3) if job.progress.api_rate is not None else None,
     )
+
+
+def _new_audio_seconds(run_rows: pa.Table) -> float:
+    """Seconds of speech synthesised by this run (worker processes included; reused outputs not)."""
+    if run_rows.num_rows == 0:
+        return 0.0
+    made = pc.and_(pc.and_(pc.equal(run_rows["status"], "done"), pc.equal(run_rows["kind"], "tts")),
+                   pc.is_null(run_rows["reused_from"]))
+    return round(pc.sum(run_rows.filter(made)["duration_s"]).as_py() or 0.0, 3)
 
 
 def run_job(
@@ -318,9 +393,11 @@ def run_job(
 
 
 __all__ = [
+    "JobFailed",
     "JobRequest",
     "OpenJob",
     "RunSummary",
+    "Shard",
     "auto_batch_size",
     "count_rows",
     "load_job_record",

@@ -248,12 +248,18 @@ def _done_row(table: pa.Table, key: str) -> LedgerRow | None:
 
 
 class Ledger:
-    """The ledger of one output directory. Not for two processes at once: :meth:`lock` enforces that."""
+    """The ledger of one output directory. Not for two runs at once: :meth:`lock` enforces that.
 
-    def __init__(self, out_dir: Path, run_id: str | None = None) -> None:
+    Within one run, the process that holds the lock may be helped by worker processes (a process or Dask
+    task runner): each appends to its own journal (``writer`` names it) and never compacts; the lock
+    holder folds every journal in at the end.
+    """
+
+    def __init__(self, out_dir: Path, run_id: str | None = None, *, writer: str | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.journal_dir = self.out_dir / JOURNAL_DIR
         self.run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        self.journal_name = f"journal-{self.run_id}{f'-{writer}' if writer else ''}.jsonl"
         self._journal_fd: int | None = None
         self._lock_fd: int | None = None
         self._write_lock = threading.Lock()
@@ -294,7 +300,7 @@ class Ledger:
         with self._write_lock:
             if self._journal_fd is None:
                 self.journal_dir.mkdir(parents=True, exist_ok=True)
-                path = self.journal_dir / f"journal-{self.run_id}.jsonl"
+                path = self.journal_dir / self.journal_name
                 self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.write(self._journal_fd, line)
 
@@ -307,12 +313,22 @@ class Ledger:
         failures = table.filter(pc.equal(table["status"], "failed"))
         _write_parquet_atomic(failures, self.out_dir / FAILURES_FILE)
         with self._write_lock:
-            current = f"journal-{self.run_id}.jsonl"
+            current = self.journal_name
             for journal in self.journal_dir.glob("journal-*.jsonl"):
                 if journal.name == current and self._journal_fd is not None:
                     os.ftruncate(self._journal_fd, 0)
                 else:
                     journal.unlink()
+        return table
+
+    def absorb(self, rows: pa.Table) -> pa.Table:
+        """Fold rows from elsewhere (a shard's results) into results.parquet and failures.parquet.
+
+        Call it holding the lock; ``rows`` supersede what the ledger holds for the same ids.
+        """
+        table = _latest_per_id(pa.concat_tables([self.read(), rows.select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)]))
+        _write_parquet_atomic(table, self.out_dir / RESULTS_FILE)
+        _write_parquet_atomic(table.filter(pc.equal(table["status"], "failed")), self.out_dir / FAILURES_FILE)
         return table
 
     # --- reading ------------------------------------------------------------------------------------

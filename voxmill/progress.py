@@ -17,11 +17,22 @@ class ProgressBoard:
     failed: int = 0
     retrying: int = 0
     in_flight: int = 0
+    #: retries of any kind, and how many of them followed a 429
+    retries: int = 0
+    rate_limited: int = 0
     audio_seconds: float = 0.0
     #: the rate the limiter allows now, requests per second (learned from the API; None: unlimited)
     api_rate: float | None = None
     started_at: float = field(default_factory=time.monotonic)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        # not a field: a flow run's context serialises its parameters field by field, and a lock cannot travel
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[type[ProgressBoard], tuple[()]]:
+        # a board sent to another process (a process or Dask task runner) is a fresh, detached one there:
+        # counts from other processes come back through batch outcomes
+        return (ProgressBoard, ())
 
     def add(self, **deltas: float) -> None:
         """Add to counters by name (e.g. ``add(done=1, in_flight=-1)``)."""
@@ -43,6 +54,8 @@ class ProgressBoard:
                 failed=self.failed,
                 retrying=self.retrying,
                 in_flight=self.in_flight,
+                retries=self.retries,
+                rate_limited=self.rate_limited,
                 audio_seconds=self.audio_seconds,
                 api_rate=self.api_rate,
                 elapsed_s=elapsed,
@@ -61,6 +74,8 @@ class ProgressSnapshot:
     failed: int
     retrying: int
     in_flight: int
+    retries: int
+    rate_limited: int
     audio_seconds: float
     api_rate: float | None
     elapsed_s: float
@@ -72,20 +87,12 @@ class ProgressSnapshot:
         """Items accounted for: skipped as already done, done now, or failed."""
         return self.skipped + self.done + self.failed
 
+    def log_line(self) -> str:
+        """One progress line for a run log (never one per request)."""
+        return (
+            f"{self.finished}/{self.total} accounted for: {self.done} done, {self.failed} failed, "
+            f"{self.skipped} skipped as done; {self.in_flight} in flight; {self.retries} retries "
+            f"({self.rate_limited} after 429); {self.rate_per_s:.1f} items/s"
+        )
 
-
-
-
-_ACTIVE: ProgressBoard | None = None
-
-
-def watch(board: ProgressBoard | None) -> None:
-    """Make ``board`` the one the next run in this process reports to (the CLI's progress bar)."""
-    global _ACTIVE
-    _ACTIVE = board
-
-
-def active_board() -> ProgressBoard:
-    """The board set by :func:`watch`, else a fresh one."""
-    return _ACTIVE if _ACTIVE is not None else ProgressBoard()
-__all__ = ["ProgressBoard", "ProgressSnapshot", "active_board", "watch"]
+__all__ = ["ProgressBoard", "ProgressSnapshot"]

@@ -17,9 +17,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from voxmill.errors import ConfigError
 
@@ -27,14 +28,36 @@ DEFAULT_BASE_URL = "https://api-web.eigenai.com"
 
 
 class ApiKey:
-    """A secret that never prints itself: ``repr``/``str`` show only that it is set."""
+    """A secret that never prints itself: ``repr``/``str`` show only that it is set.
 
-    __slots__ = ("_value",)
+    Pickling (a process or Dask task runner sends the run's settings to its workers) carries the key's
+    *recipe*, never its value: ``reload=(function, args)`` re-reads it where it is unpickled — the
+    environment variable it came from (:meth:`from_env`), or the Prefect Secret block (``tasks.settings``).
+    A key without a recipe refuses to be pickled. The one key that travels as itself is the token of a
+    local server started for one run (:meth:`for_local_server`): it opens nothing but a loopback server
+    that dies with that run.
+    """
 
-    def __init__(self, value: str) -> None:
+    __slots__ = ("_value", "_reload")
+
+    def __init__(self, value: str, *, reload: tuple[Callable[..., ApiKey], tuple[Any, ...]] | None = None) -> None:
         if not value or not value.strip():
             raise ConfigError("the API key is empty: set VOXMILL_API_KEY to your key")
         self._value = value.strip()
+        self._reload = reload
+
+    @classmethod
+    def from_env(cls, name: str = "VOXMILL_API_KEY", environ: Mapping[str, str] | None = None) -> ApiKey:
+        """The key in environment variable ``name``; pickles as "read ``name`` again"."""
+        value = (os.environ if environ is None else environ).get(name, "")
+        if not value.strip():
+            raise ConfigError(f"{name} is not set in this process: set it where the flow's workers run")
+        return cls(value, reload=(ApiKey.from_env, (name,)))
+
+    @classmethod
+    def for_local_server(cls, token: str) -> ApiKey:
+        """The token of a local server started for one run; the only key that pickles as itself."""
+        return cls(token, reload=(ApiKey.for_local_server, (token,)))
 
     def reveal(self) -> str:
         """The key itself, for the Authorization header only."""
@@ -51,8 +74,13 @@ class ApiKey:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self):  # keep it out of pickles sent to other processes by accident
-        raise TypeError("ApiKey cannot be pickled; pass it through the environment (VOXMILL_API_KEY)")
+    def __reduce__(self) -> tuple[Callable[..., ApiKey], tuple[Any, ...]]:
+        if self._reload is None:
+            raise TypeError(
+                "this ApiKey has no recipe to reload it and cannot be pickled; "
+                "give workers VOXMILL_API_KEY or a Prefect Secret block (flow parameter api_key_block)"
+            )
+        return self._reload
 
 
 @dataclass(frozen=True)
@@ -127,21 +155,23 @@ class Settings:
         """Read ``VOXMILL_*`` variables; a malformed value is a ConfigError naming the variable."""
         env = os.environ if environ is None else environ
         key = env.get("VOXMILL_API_KEY")
+        # defaults come from the value objects themselves: each default is written once
+        limit, retry, timeouts, base = RateLimit(), RetryPolicy(), Timeouts(), cls()
+        concurrency, attempts = _number(env, "VOXMILL_CONCURRENCY"), _number(env, "VOXMILL_MAX_ATTEMPTS")
         return cls(
-            api_key=ApiKey(key) if key and key.strip() else None,
-            base_url=env.get("VOXMILL_BASE_URL") or DEFAULT_BASE_URL,
+            api_key=ApiKey.from_env("VOXMILL_API_KEY", env) if key and key.strip() else None,
+            base_url=env.get("VOXMILL_BASE_URL") or base.base_url,
             rate_limit=RateLimit(
                 requests_per_second=_number(env, "VOXMILL_RPS"),
                 requests_per_minute=_number(env, "VOXMILL_RPM"),
-                max_concurrent=int(_number(env, "VOXMILL_CONCURRENCY") or 4),
-                adaptive=_flag(env, "VOXMILL_ADAPTIVE_RATE", True),
-                shared=_flag(env, "VOXMILL_SHARED_RATE", True),
+                max_concurrent=int(concurrency) if concurrency else limit.max_concurrent,
+                adaptive=_flag(env, "VOXMILL_ADAPTIVE_RATE", limit.adaptive),
+                shared=_flag(env, "VOXMILL_SHARED_RATE", limit.shared),
             ),
-            retry=RetryPolicy(max_attempts=int(_number(env, "VOXMILL_MAX_ATTEMPTS") or 6)),
-            timeouts=Timeouts(read=_number(env, "VOXMILL_TIMEOUT") or 180.0),
-            cache_dir=Path(env["VOXMILL_CACHE_DIR"]) if env.get("VOXMILL_CACHE_DIR") else
-            Path.home() / ".cache" / "voxmill",
-            asr_max_seconds=_number(env, "VOXMILL_ASR_MAX_SECONDS") or 600.0,
+            retry=RetryPolicy(max_attempts=int(attempts) if attempts else retry.max_attempts),
+            timeouts=Timeouts(read=_number(env, "VOXMILL_TIMEOUT") or timeouts.read),
+            cache_dir=Path(env["VOXMILL_CACHE_DIR"]) if env.get("VOXMILL_CACHE_DIR") else base.cache_dir,
+            asr_max_seconds=_number(env, "VOXMILL_ASR_MAX_SECONDS") or base.asr_max_seconds,
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -8,7 +8,9 @@ import pytest
 from manifest_files import write_manifest
 
 from voxmill.audio.measure import measure_file
+from voxmill.jobs import JobFailed
 from voxmill.ledger import LEDGER_SCHEMA
+from voxmill.progress import ProgressBoard
 
 TEXTS = [
     # plain words: tiny.en writes numbers as digits and spells the US way, which WER would count
@@ -77,13 +79,15 @@ def test_flow_with_failures_ends_failed_with_counts(null_server, api_env, tmp_pa
     state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), return_state=True)
     assert state.is_failed()
     assert "2 done" in state.message and "1 failed" in state.message
-    summary = state.result(raise_on_failure=False)
-    assert summary.failures_by_kind == {"validation": 1}
+    failure = state.result(raise_on_failure=False)
+    assert isinstance(failure, JobFailed) and "validation 1" in str(failure)
+    summary = failure.summary
+    assert summary.failures_by_kind == {"validation": 1} and summary.done == 2
     assert null_server.stats()["generations_total"] == 2
     # the rerun sends nothing new for done items and fails the bad row again
     state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), return_state=True)
     assert state.is_failed() and null_server.stats()["generations_total"] == 2
-    assert state.result(raise_on_failure=False).skipped_done == 2
+    assert state.result(raise_on_failure=False).summary.skipped_done == 2
 
 
 def test_flow_batches_are_prefect_tasks(null_server, api_env, tmp_path):
@@ -111,3 +115,127 @@ def test_flow_batches_are_prefect_tasks(null_server, api_env, tmp_path):
     runs = asyncio.run(task_runs())
     batch_runs = [r for r in runs if r.name.startswith("batch-")]
     assert 2 <= len(batch_runs) <= 40
+
+
+COMPARED = ["id", "key", "row", "status", "error_kind", "output_path", "output_format", "duration_s", "sample_rate",
+            "bytes", "sha256"]
+
+
+@pytest.mark.slow
+def test_thread_process_and_dask_runners_write_the_same_table(make_server, api_env, tmp_path):
+    """The engine is built per worker process from picklable settings: every runner gives the same table."""
+    from flows.synthesize import synthesize
+
+    null_server = make_server(fail_first_n=1)  # each text's first request is a 503: one retry per item
+    api_env(null_server)
+    rows = [{"id": f"r{i:02d}", "text": f"Sentence number {i}."} for i in range(24)] + [{"id": "bad", "text": ""}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    tables = {}
+    for runner in ("thread", "process", "dask"):
+        out = tmp_path / runner
+        board = ProgressBoard()  # the caller's display: counts come home from worker processes too
+        null_server.reset_stats()  # fault memory too: every runner meets the same first failures
+        state = synthesize(manifest=str(manifest), out_dir=str(out), runner=runner, workers=2, batch_size=5,
+                           progress=board, return_state=True)
+        assert state.is_failed() and "24 done" in state.message and "1 failed" in state.message, state.message
+        assert (board.done, board.failed, board.retries) == (24, 1, 24), runner
+        assert null_server.stats()["generations_total"] == 24
+        leftover = [p for p in (out / "ledger").glob("journal-*") if p.stat().st_size]
+        assert not leftover, "every worker journal is folded into results.parquet"
+        tables[runner] = pq.read_table(out / "results.parquet").select(COMPARED).sort_by("id").to_pylist()
+    assert tables["process"] == tables["thread"] == tables["dask"]
+    assert len(tables["thread"]) == 25
+
+
+def test_failed_run_result_reads_back_from_another_process(null_server, api_env, tmp_path, prefect_api):
+    """The flow's result is persisted: another process reads the Failed run's exception and its counts."""
+    import os
+    import subprocess
+    import sys
+
+    from flows.synthesize import synthesize
+
+    api_env(null_server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "ok", "text": "Fine."}, {"id": "bad", "text": ""}])
+    state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), return_state=True)
+    assert state.is_failed()
+    reader = (
+        "import sys, asyncio\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as client:\n"
+        "        run = await client.read_flow_run(sys.argv[1])\n"
+        "    failure = await run.state.aresult(raise_on_failure=False)\n"
+        "    print(type(failure).__name__, failure.summary.done, failure.summary.failed, run.state.name)\n"
+        "asyncio.run(main())\n"
+    )
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "DO_NOT_TRACK": "1",
+           "PREFECT_LOCAL_STORAGE_PATH": str(PREFECT_LOCAL_STORAGE_PATH.value())}
+    done = subprocess.run([sys.executable, "-c", reader, str(state.state_details.flow_run_id)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.split() == ["JobFailed", "1", "1", "Failed"], done.stderr[-2000:]
+
+
+def test_bad_parameter_refused_when_the_run_is_created(api_env, null_server, tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.synthesize import synthesize
+
+    api_env(null_server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": "Hello."}])
+    for bad in ({"output_format": "wma"}, {"runner": "threads"}, {"model": "no-such-model"}):
+        with pytest.raises(ParameterTypeError):
+            synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), **bad)
+    assert null_server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
+
+
+def test_progress_lines_and_a_summary_artifact_per_job(make_server, api_env, tmp_path):
+    """Progress reaches the run log every few seconds (not per request); each output dir has its own artifact."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+
+    from flows.synthesize import synthesize
+    from tasks.job import artifact_key
+
+    server = make_server(latency_ms=150, fail_first_n=1)  # every item's first try is a 503: one retry each
+    api_env(server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"i{i}", "text": f"Line {i}."} for i in range(24)])
+    out = tmp_path / "job-a"
+    state = synthesize(manifest=str(manifest), out_dir=str(out), max_concurrent=4, log_every_s=0.5,
+                       return_state=True)
+    assert state.is_completed(), state.message
+    assert artifact_key("tts", out) != artifact_key("tts", tmp_path / "job-b")
+
+    async def read():
+        async with get_client() as client:
+            run_filter = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            for _ in range(100):  # logs reach the API in the background: wait for the run's last line
+                logs = await client.read_logs(LogFilter(flow_run_id=run_filter))
+                if any("24/24 accounted for" in log.message for log in logs):
+                    break
+                await asyncio.sleep(0.1)
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[artifact_key("tts", out)])))
+        return logs, artifacts
+
+    logs, artifacts = asyncio.run(read())
+    progress = [log.message for log in logs if "accounted for" in log.message]
+    assert 2 <= len(progress) < 24, progress
+    assert any("24/24 accounted for" in line and "24 retries (0 after 429)" in line for line in progress), progress
+    assert len(artifacts) == 1 and "24 done" in artifacts[0].description
+
+
+def test_roundtrip_fails_with_the_childs_own_message(null_server, api_env, tmp_path):
+    from flows.roundtrip import roundtrip
+
+    api_env(null_server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": ""}, {"id": "b", "text": ""}])
+    state = roundtrip(manifest=str(manifest), out_dir=str(tmp_path / "rt"), return_state=True)
+    assert state.is_failed()
+    assert "synthesize made no speech to transcribe" in state.message
+    assert "0 done" in state.message and "2 failed" in state.message, state.message
+    assert null_server.stats()["requests"] == 0

@@ -184,3 +184,66 @@ def test_transcribe_takes_a_folder_or_a_glob(make_server, cli_env, tmp_path, cap
     assert "1 done, 0 reused, 0 failed, 2 already done, of 3 rows" in capsys.readouterr().out
     assert sorted(read_results(out)["id"].to_pylist()) == ["c.wav", "day1/a.flac", "day1/b.flac"]
     assert server.stats()["generations_total"] == 3
+
+
+def _children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    try:
+        with open(path) as handle:
+            return [int(p) for p in handle.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+@pytest.mark.slow
+def test_killed_cli_run_leaves_no_prefect_server_and_reruns_cleanly(make_server, tmp_path):
+    """No PREFECT_API_URL: the CLI's own Prefect server dies with it on kill -9; the rerun finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server = make_server(latency_ms=100)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"i{i}", "text": f"Line {i}."} for i in range(80)])
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(VOXMILL_API_KEY=server.token, VOXMILL_BASE_URL=server.base_url, VOXMILL_CONCURRENCY="2",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", DO_NOT_TRACK="1")
+    command = [sys.executable, "-m", "voxmill.cli", "synthesize", str(manifest), "-o", str(out), "--no-progress"]
+    cli = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    servers: list[int] = []
+    while time.monotonic() < deadline and cli.poll() is None:
+        servers = [p for p in _children(cli.pid) if "prefect.server.api.server" in _cmdline(p)]
+        if servers and any(p.stat().st_size for p in (out / "ledger").glob("journal-*")):
+            break
+        time.sleep(0.2)
+    assert servers and cli.poll() is None, "the run should be sending when it is killed"
+    cli.send_signal(signal.SIGKILL)
+    cli.wait()
+    gone_by = time.monotonic() + 10
+    while time.monotonic() < gone_by and _cmdline(servers[0]):
+        time.sleep(0.1)
+    assert not _cmdline(servers[0]), "the Prefect server outlived the killed CLI"
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == EXIT_OK, rerun.stderr[-2000:]
+    assert "80 rows" in rerun.stdout and "already done" in rerun.stdout
+
+
+def test_shards_without_a_deployed_stack_exit_2_and_say_how(cli_env, null_server, tmp_path, capsys):
+    cli_env(null_server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": "Hello."}])
+    code = main(["synthesize", str(manifest), "-o", str(tmp_path / "out"), "--shards", "2", "--no-progress"])
+    assert code == EXIT_USAGE
+    assert "make deploy" in capsys.readouterr().err
+    assert null_server.stats()["requests"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -274,3 +275,32 @@ def test_loudness_normalisation_and_fsspec_manifest(real_server, tmp_path):
     info = measure_file(out / row["output_path"])
     assert info.lufs == pytest.approx(-16.0, abs=1.0) and row["lufs"] == pytest.approx(info.lufs, abs=0.01)
     assert info.peak_dbfs <= -1.0
+
+
+def test_shards_are_disjoint_stable_and_cover_the_manifest(tmp_path):
+    from voxmill.jobs import Shard
+    from voxmill.manifests import ManifestReader
+
+    rows = [{"id": f"item-{i}", "text": f"Text {i}."} for i in range(300)]
+    forward = write_manifest(tmp_path / "a.csv", rows)
+    backward = write_manifest(tmp_path / "b.csv", list(reversed(rows))[:200])  # reordered and shorter
+    shards = [Shard(i, 3) for i in range(3)]
+    owners = {}
+    for item in ManifestReader(str(forward), "tts"):
+        holders = [s.index for s in shards if s.holds(item)]
+        assert len(holders) == 1
+        owners[item.item_id] = holders[0]
+    assert set(owners.values()) == {0, 1, 2} and min(list(owners.values()).count(i) for i in range(3)) > 60
+    for item in ManifestReader(str(backward), "tts"):
+        assert shards[owners[item.item_id]].holds(item), "an item's shard depends only on the item"
+    with pytest.raises(ConfigError, match="shard 3 of 3"):
+        Shard(3, 3)
+
+
+def test_a_shard_refuses_a_relative_out_dir(tmp_path):
+    from voxmill.jobs import Shard, open_job
+
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": "Hello."}])
+    request = JobRequest(kind="tts", manifest=str(manifest), out_dir=Path("out/rel"), shard=Shard(0, 2))
+    with pytest.raises(ConfigError, match="relative; a shard runs on any worker"):
+        open_job(request, Settings(api_key=ApiKey("k")))

@@ -8,13 +8,11 @@ chapters (index, title, words, characters, estimated duration and cost) and send
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import os
-import secrets
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,10 @@ from voxmill.book.sources import BOOK_TYPES, read_book
 from voxmill.catalog import TTS_MODELS
 from voxmill.errors import ConfigError
 from voxmill.estimate import WORDS_PER_SECOND, PriceTable
+from voxmill.local_api import api_settings
 from voxmill.manifests import iter_record_batches, manifest_format
 from voxmill.progress import ProgressBoard
-from voxmill.settings import ApiKey, RateLimit, Settings
+from voxmill.settings import RateLimit, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 
@@ -184,21 +183,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.with_(base_url=args.base_url) if args.base_url else settings
 
 
-@contextlib.contextmanager
-def _api(args: argparse.Namespace, settings: Settings) -> Iterator[Settings]:
-    """The settings to run with: as given, or pointing at a local server started for this run."""
-    if not (args.local or (settings.api_key is None and not args.base_url)):
-        yield settings
-        return
-    from voxmill.server import ServerConfig, serve_in_thread
-
-    reason = "--local" if args.local else "no VOXMILL_API_KEY is set"
-    print(f"voxmill: {reason}: starting a local server ({args.local_engine} engines); "
-          "outputs are labelled as local in results.parquet", file=sys.stderr)
-    with serve_in_thread(ServerConfig(token=secrets.token_urlsafe(12), engine=args.local_engine)) as server:
-        yield settings.with_(api_key=ApiKey(server.token), base_url=server.base_url)
-
-
 def run_audiobook_command(args: argparse.Namespace) -> int:
     """The ``voxmill audiobook`` handler."""
     entries = book_entries(args.books)
@@ -213,7 +197,8 @@ def run_audiobook_command(args: argparse.Namespace) -> int:
         raise ConfigError("give -o/--out (the output directory), or --list to only look")
     requests = [_request(e, args, args.out) for e in entries]
     failed = 0
-    with _api(args, _settings(args)) as settings:
+    announce = functools.partial(print, "voxmill:", file=sys.stderr)
+    with api_settings(_settings(args), local=args.local, engine=args.local_engine, announce=announce) as settings:
         for request in requests:
             say = None if args.no_progress else (lambda line: print(f"voxmill: {line}", file=sys.stderr))
             result = make_audiobook(request, settings, run_chunks=_runner(settings, args.no_progress), say=say)

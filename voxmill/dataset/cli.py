@@ -8,6 +8,7 @@ build, for the scheduled deployment). With no ``VOXMILL_API_KEY`` it starts a lo
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -47,13 +48,15 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from voxmill.cli import EXIT_OK, _api_environment
+    from voxmill.cli import EXIT_OK
+    from voxmill.local_api import api_settings
 
     spec = load_spec(args.spec, source=args.source, dest=args.dest)
-    with _api_environment(args):
-        settings = Settings.from_env()
-        if args.base_url:
-            settings = settings.with_(base_url=args.base_url)
+    settings = Settings.from_env()
+    if args.base_url:
+        settings = settings.with_(base_url=args.base_url)
+    announce = functools.partial(print, "voxmill:", file=sys.stderr)
+    with api_settings(settings, local=args.local, engine=args.local_engine, announce=announce) as settings:
         report = build_dataset(spec, settings)
     print(report.headline())
     if report.published:
