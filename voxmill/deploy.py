@@ -27,7 +27,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORK_POOL = "voxmill"
 DEFAULT_PORT = 4200
 PREFECT_FILE = "deployments/prefect.yaml"
-DEPLOYMENTS = ("voxmill-synthesize/synthesize", "voxmill-transcribe/transcribe", "voxmill-roundtrip/roundtrip")
+DEPLOYMENTS = ("voxmill-synthesize/synthesize", "voxmill-transcribe/transcribe", "voxmill-roundtrip/roundtrip",
+               "voxmill-audiobook/audiobook", "voxmill-dataset-build/dataset-build")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from another process. `undeploy` stops what was started."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -89,7 +90,10 @@ def test_make_deploy_runs_every_deployment_shards_and_persists_a_failed_result(s
     sharded_out = clone / "out" / "sharded"
     bad = write_manifest(tmp_path / "m.csv", [{"id": "ok", "text": "Fine words."}, {"id": "empty", "text": ""}])
     # every run at once, as a worker meets them: each deployment with its defaults, a 2-shard run, a failing run
-    runs = {name: _prefect(stack, "deployment", "run", name, "--watch") for name in DEPLOYMENTS}
+    runs = {name: _prefect(stack, "deployment", "run", name, "--watch") for name in DEPLOYMENTS[:-1]}
+    # the nightly build's deployment as its schedule would start it: a Scheduled run the worker takes when due
+    runs[DEPLOYMENTS[-1]] = _prefect(stack, "deployment", "run", DEPLOYMENTS[-1], "--start-in", "5 seconds",
+                                     "--watch")
     runs["shards"] = _prefect(stack, "deployment", "run", DEPLOYMENTS[0], "-p", "shards=2",
                               "-p", f"out_dir={sharded_out}", "--watch")
     failing = _python(stack, RUN_FAILING, DEPLOYMENTS[0], str(bad), str(tmp_path / "out"))
@@ -104,6 +108,14 @@ def test_make_deploy_runs_every_deployment_shards_and_persists_a_failed_result(s
     assert len(asr) == 3 and all(r["status"] == "done" and r["wer"] <= 0.15 for r in asr), asr
     roundtrip = pq.read_table(clone / "out" / "roundtrip" / "asr" / "results.parquet")
     assert roundtrip.num_rows == 6
+
+    book = clone / "out" / "audiobooks" / "example"
+    chapters = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_chapters", "-of", "json",
+                                          str(next(book.glob("*.m4b")))], capture_output=True, text=True,
+                                         check=True).stdout)["chapters"]
+    assert [c["tags"]["title"] for c in chapters] == ["Chapter One: The Lamp", "Chapter Two: The Storm"]
+    dataset = clone / "out" / "datasets" / "demo-speech"
+    assert (dataset / "latest").exists() and len(list((dataset / "versions").iterdir())) == 1
 
     merged = pq.read_table(sharded_out / "results.parquet").to_pylist()
     assert sorted(r["id"] for r in merged) == sorted(r["id"] for r in tts)
