@@ -55,7 +55,7 @@ def run_job_in_flow(
         request.manifest, job.progress.total, job.batch_size, runner, request.workers, request.out_dir,
     )
     handle = job.handle(flow_run.get_id())
-    artifact_id = create_progress_artifact(0.0, description=f"voxmill {request.kind} {request.manifest}")
+    artifact_id = None
     outcomes: list[BatchOutcome] = []
     worker_retries: dict[str, tuple[int, int]] = {}
 
@@ -67,7 +67,7 @@ def run_job_in_flow(
             worker_retries[outcome.worker] = now
             job.progress.add(retries=now[0] - before[0], rate_limited=now[1] - before[1])
         snap = job.progress.snapshot()
-        if snap.total:
+        if snap.total and artifact_id is not None:
             update_progress_artifact(artifact_id, progress=round(min(100.0, 100.0 * snap.finished / snap.total), 1))
 
     stop_logging = threading.Event()
@@ -77,6 +77,7 @@ def run_job_in_flow(
     )
     reporter.start()
     try:
+        artifact_id = create_progress_artifact(0.0, description=f"voxmill {request.kind} {request.manifest}")
         with make_task_runner(runner, request.workers) as task_runner:
             outcomes = fan_out(
                 (Batch(i, items) for i, items in enumerate(job.batches())),

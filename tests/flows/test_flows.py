@@ -192,41 +192,59 @@ def test_bad_parameter_refused_when_the_run_is_created(api_env, null_server, tmp
 
 
 def test_progress_lines_and_a_summary_artifact_per_job(make_server, api_env, tmp_path):
-    """Progress reaches the run log every few seconds (not per request); each output dir has its own artifact."""
+    """Retries reach the job's board (and so its log lines); each output dir keeps its own summary artifact."""
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.synthesize import synthesize
     from tasks.job import artifact_key
 
-    server = make_server(latency_ms=150, fail_first_n=1)  # every item's first try is a 503: one retry each
+    server = make_server(fail_first_n=1)  # every item's first try is a 503: one retry each
     api_env(server)
     manifest = write_manifest(tmp_path / "m.csv", [{"id": f"i{i}", "text": f"Line {i}."} for i in range(24)])
     out = tmp_path / "job-a"
-    state = synthesize(manifest=str(manifest), out_dir=str(out), max_concurrent=4, log_every_s=0.5,
-                       return_state=True)
+    board = ProgressBoard()
+    state = synthesize(manifest=str(manifest), out_dir=str(out), max_concurrent=4, progress=board, return_state=True)
     assert state.is_completed(), state.message
+    line = board.snapshot().log_line()
+    assert "24/24 accounted for" in line and "24 retries (0 after 429)" in line
     assert artifact_key("tts", out) != artifact_key("tts", tmp_path / "job-b")
 
     async def read():
         async with get_client() as client:
-            run_filter = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            for _ in range(100):  # logs reach the API in the background: wait for the run's last line
-                logs = await client.read_logs(LogFilter(flow_run_id=run_filter))
-                if any("24/24 accounted for" in log.message for log in logs):
-                    break
-                await asyncio.sleep(0.1)
-            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=[artifact_key("tts", out)])))
-        return logs, artifacts
 
-    logs, artifacts = asyncio.run(read())
-    progress = [log.message for log in logs if "accounted for" in log.message]
-    assert 2 <= len(progress) < 24, progress
-    assert any("24/24 accounted for" in line and "24 retries (0 after 429)" in line for line in progress), progress
+    artifacts = asyncio.run(read())
     assert len(artifacts) == 1 and "24 done" in artifacts[0].description
+
+
+def test_progress_is_logged_every_few_seconds_not_per_request():
+    import threading
+    import time
+
+    from tasks.job import _log_progress
+
+    class Lines:
+        def __init__(self):
+            self.lines = []
+
+        def info(self, message):
+            self.lines.append(message)
+
+    board, logger, stop = ProgressBoard(total=1000), Lines(), threading.Event()
+    reporter = threading.Thread(target=_log_progress, args=(board, logger, stop, 0.2))
+    reporter.start()
+    for _ in range(1000):  # a thousand items finish within ~1 s
+        board.add(done=1, retries=1)
+        time.sleep(0.001)
+    time.sleep(0.3)
+    stop.set()
+    reporter.join()
+    assert 2 <= len(logger.lines) <= 12, logger.lines
+    assert logger.lines[-1].startswith("1000/1000 accounted for") and "1000 retries" in logger.lines[-1]
 
 
 def test_roundtrip_fails_with_the_childs_own_message(null_server, api_env, tmp_path):
