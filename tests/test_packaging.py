@@ -92,11 +92,25 @@ def test_install_without_extras_runs_a_hosted_job(null_server, prefect_api, tmp_
     assert lazy.returncode == 0 and lazy.stdout.strip() == "ok", lazy.stdout + lazy.stderr[-2000:]
 
 
+#: imports that are optional by design (imported only when asked for, with an install hint): module → extra
+OPTIONAL_IMPORTS = {"prefect_dask": "dask"}
+
+
+def test_optional_imports_are_declared_in_their_extra():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for module, extra in OPTIONAL_IMPORTS.items():
+        assert any(req.replace("-", "_").startswith(module) for req in extras[extra]), (module, extra)
+
+
 #: run in the plain venv: every module outside voxmill.server can import what it imports, even inside functions
+#: (the optional imports above excepted)
 IMPORTS_RESOLVE = """
 import ast, importlib.util, pathlib, sys
 import voxmill, flows, tasks
 missing = set()
+optional = set(OPTIONAL)
 for package in (voxmill, flows, tasks):
     root = pathlib.Path(package.__file__).parent
     for path in root.rglob("*.py"):
@@ -107,9 +121,9 @@ for package in (voxmill, flows, tasks):
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
             for name in names:
                 top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top in ("voxmill", "flows", "tasks"):
+                if top in sys.stdlib_module_names or top in ("voxmill", "flows", "tasks") or top in optional:
                     continue
                 if importlib.util.find_spec(top) is None:
                     missing.add(f"{top} (imported by {path.name})")
 print("missing: " + ", ".join(sorted(missing)) if missing else "ok")
-"""
+""".replace("OPTIONAL", repr(sorted(OPTIONAL_IMPORTS)))

@@ -38,7 +38,7 @@ def test_dataset_flow_publishes_and_leaves_a_summary_artifact(null_server, prefe
             return await client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
 
-    found = [a for a in asyncio.run(artifacts()) if a.key.startswith("voxmill-dataset-")]
+    found = [a for a in asyncio.run(artifacts()) if (a.key or "").startswith("voxmill-dataset-")]
     assert len(found) == 1
     data = json.loads(found[0].data) if isinstance(found[0].data, str) else found[0].data
     table = {row["measure"]: row["value"] for row in data}

@@ -58,6 +58,7 @@ def stack(clone: Path) -> Iterator[Stack]:
 
 def _prefect(stack: Stack, *args: str) -> subprocess.Popen:
     env = {k: v for k, v in stack.env().items() if k not in ("VOXMILL_API_KEY", "VOXMILL_BASE_URL")}
+    env["COLUMNS"] = "250"  # rich tables: full deployment names
     return subprocess.Popen([sys.executable, "-m", "prefect", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
