@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -32,6 +33,7 @@ from voxmill.audio.transcode import OutputSpec, prepare_asr_input, transcode_aud
 from voxmill.catalog import ValidatedRequest, get_model
 from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
 from voxmill.errors import AuthError, RateLimited, VoxmillError, labelled
+from voxmill.identity import file_hash
 from voxmill.ledger import DoneIndex, Ledger, LedgerRow, utc_now
 from voxmill.limiter import AsyncRateLimiter, build_limiter
 from voxmill.manifests import JobKind, WorkItem, open_binary
@@ -39,7 +41,7 @@ from voxmill.plan import PlannedItem
 from voxmill.progress import ProgressBoard
 from voxmill.quality import transcript_qc, word_error_rate
 from voxmill.settings import Settings
-from voxmill.subtitles import write_transcript_files
+from voxmill.subtitles import TRANSCRIPT_EXTENSIONS, write_transcript_files
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -319,17 +321,27 @@ class BatchEngine:
         return target
 
     async def _reuse(self, item: WorkItem, key: str) -> LedgerRow | None:
-        """``item`` as done from an identical item's output, without a request (None: output gone)."""
+        """``item`` as done from an identical item's output, without a request.
+
+        None (the item is then sent) when that output is gone, or no longer what the identical item made:
+        its id may have been given other content and regenerated since. The files are linked under
+        temporary names, checked (audio: its sha256; transcript: its text) and only then renamed into
+        place, replacing whatever an earlier run left under this item's name.
+        """
         source_row = await asyncio.to_thread(self.done_index.row_of, key)
         if source_row is None or not source_row.output_path:
             return None
         source = self.job.out_dir / source_row.output_path
-        if not source.exists():
-            return None
         stem = output_stem(item.item_id)
-        for sibling in source.parent.glob(f"{source.stem}.*"):
-            await asyncio.to_thread(_link_or_copy, sibling, sibling.with_name(stem + sibling.suffix))
-        output_path = str((source.parent / (stem + source.suffix)).relative_to(self.job.out_dir))
+        if item.kind == "tts":
+            pairs = [(source, source.with_name(stem + source.suffix))]
+        else:
+            base = source.with_suffix("")
+            pairs = [(base.with_name(f"{base.name}.{ext}"), base.with_name(f"{stem}.{ext}"))
+                     for ext in TRANSCRIPT_EXTENSIONS]
+        if not await asyncio.to_thread(_adopt_outputs, pairs, source_row):
+            return None
+        output_path = str(pairs[0][1].relative_to(self.job.out_dir))
         values = {**source_row.__dict__, **self._base(item, key, utc_now()), "output_path": output_path,
                   "reused_from": source_row.id, "attempts": 0, "latency_s": 0.0, "request_id": None}
         return LedgerRow(**values)
@@ -377,13 +389,38 @@ class BatchEngine:
             self.progress.add(failed=1)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    if target.exists():
-        return
+def _adopt_outputs(pairs: Sequence[tuple[Path, Path]], source_row: LedgerRow) -> bool:
+    """Link (or copy) each existing ``source`` to its ``target`` if the first still holds what
+    ``source_row`` recorded; False (nothing changed) when it does not or is gone."""
+    staged: list[tuple[Path, Path]] = []
     try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+        for source, target in pairs:
+            temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+            try:
+                os.link(source, temp)  # a link keeps this inode even if the source is replaced meanwhile
+            except FileNotFoundError:
+                if not staged:
+                    return False
+                continue
+            except OSError:
+                shutil.copy2(source, temp)
+            staged.append((temp, target))
+        if not staged or not _holds(staged[0][0], source_row):
+            return False
+        for temp, target in staged:
+            os.replace(temp, target)
+        staged.clear()
+        return True
+    finally:
+        for temp, _ in staged:
+            temp.unlink(missing_ok=True)
+
+
+def _holds(path: Path, row: LedgerRow) -> bool:
+    """Whether ``path`` is the output ``row`` recorded: audio by its sha256, a transcript by its text."""
+    if row.kind == "tts":
+        return file_hash(path) == row.sha256
+    return path.read_text(encoding="utf-8").strip() == (row.transcript or "").strip()
 
 
 __all__ = ["BatchEngine", "BatchOutcome", "JobSpec", "output_stem"]

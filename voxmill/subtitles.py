@@ -16,6 +16,9 @@ from typing import Any
 from voxmill.audio.transcode import write_bytes_atomic
 from voxmill.timing import TimedText
 
+#: the files of one transcript, ``.txt`` first (the one a results row names)
+TRANSCRIPT_EXTENSIONS = ("txt", "srt", "vtt", "json")
+
 
 def segments_from(raw: Mapping[str, Any]) -> list[TimedText]:
     """The ``segments`` list of a Whisper-style JSON response (empty when it has none)."""
@@ -86,7 +89,7 @@ def write_transcript_files(
             )
     else:
         raw_json = json.dumps(raw, ensure_ascii=False, indent=2)
-    contents = {
+    contents = {  # in the order of TRANSCRIPT_EXTENSIONS
         "txt": text.strip() + "\n",
         "srt": to_srt(segments),
         "vtt": to_vtt(segments),
@@ -100,4 +103,6 @@ def write_transcript_files(
     return written
 
 
-__all__ = ["TimedText", "segments_from", "timestamp", "to_srt", "to_vtt", "write_transcript_files"]
+__all__ = [
+    "TRANSCRIPT_EXTENSIONS", "TimedText", "segments_from", "timestamp", "to_srt", "to_vtt", "write_transcript_files",
+]

@@ -14,8 +14,9 @@ from manifest_files import write_manifest
 from voxmill.audio.measure import measure_file
 from voxmill.audio.transcode import OutputSpec
 from voxmill.errors import ConfigError
+from voxmill.identity import content_hash, file_hash
 from voxmill.jobs import JobRequest, run_job
-from voxmill.ledger import LEDGER_SCHEMA
+from voxmill.ledger import LEDGER_SCHEMA, read_results
 from voxmill.quality import word_error_rate
 from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings
 
@@ -98,6 +99,30 @@ def test_identical_items_are_paid_once(make_server, tmp_path):
     assert len(reused) == 4
     for row in table:
         assert (tmp_path / "out" / row["output_path"]).exists()
+
+
+def test_reuse_takes_only_the_output_the_identical_item_made(real_server, tmp_path):
+    out = tmp_path / "out"
+    settings = settings_for(real_server, tmp_path)
+    first = write_manifest(tmp_path / "1.csv", [{"id": "a", "text": SENTENCES[0]}, {"id": "b", "text": SENTENCES[1]}])
+    assert run_job(JobRequest("tts", str(first), out), settings).ok
+    made = {r["id"]: r for r in read_results(out).to_pylist()}
+    old_b = (out / "audio" / "b.wav").read_bytes()
+    # b now says what a said: its old file (other speech) is replaced by a's, nothing is sent
+    second = write_manifest(tmp_path / "2.csv", [{"id": "a", "text": SENTENCES[0]}, {"id": "b", "text": SENTENCES[0]}])
+    real_server.reset_stats()
+    summary = run_job(JobRequest("tts", str(second), out), settings)
+    assert summary.ok and summary.reused == 1 and real_server.stats()["generations_total"] == 0
+    assert file_hash(out / "audio" / "b.wav") == made["a"]["sha256"] != content_hash(old_b)
+    # a's file no longer holds what a's row recorded (as when an id is given other text and regenerated):
+    # c, identical to a, is sent rather than handed the wrong speech
+    (out / "audio" / "a.wav").write_bytes(old_b)
+    third = write_manifest(tmp_path / "3.csv", [{"id": "c", "text": SENTENCES[0]}])
+    real_server.reset_stats()
+    assert run_job(JobRequest("tts", str(third), out), settings).ok
+    assert real_server.stats()["generations_total"] == 1
+    assert file_hash(out / "audio" / "c.wav") == made["a"]["sha256"]
+    assert not list((out / "audio").glob(".*.part"))
 
 
 def test_transient_faults_retry_without_double_billing(make_server, tmp_path):

@@ -49,8 +49,10 @@ RECOVER_TO = 0.97
 PROBE_ACCELERATE_S = 10.0
 #: successes are remembered this long for measuring the admitted rate (seconds)
 HISTORY_S = 5.0
+#: successes this close together (seconds) are kept as one report
+COALESCE_S = 0.05
 #: the admitted rate is measured over about this many of the latest successes
-MEASURE_REQUESTS = 16.0
+MEASURE_REQUESTS = 64.0
 #: a Retry-After up to this long (seconds) is a per-request floor only; a longer one pauses every request
 SHORT_RETRY_AFTER_S = 2.0
 #: how far the schedule may lag behind now (seconds, at most one interval): a late wake-up is caught up
@@ -81,7 +83,7 @@ class RateControl:
     recover_to: float = 0.0
     #: bumped at every cut or pause: start times booked under an older epoch are booked again
     epoch: int = 0
-    #: (time, successes) reports of the last HISTORY_S seconds
+    #: ``[first time, successes, last time]`` reports of the last HISTORY_S seconds
     history: list[list[float]] = field(default_factory=list)
     #: when this budget was first used (the measuring window never reaches before it)
     born: float | None = None
@@ -103,7 +105,11 @@ class RateControl:
     def from_dict(cls, data: dict[str, Any]) -> RateControl:
         """The inverse of :meth:`to_dict`; unknown keys are ignored (a newer version wrote them)."""
         known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
+        fields = {k: v for k, v in data.items() if k in known}
+        # reports written before they kept their last time: [time, successes] → [time, successes, time]
+        fields["history"] = [list(entry) if len(entry) >= 3 else [entry[0], entry[1], entry[0]]
+                             for entry in fields.get("history", ())]
+        return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields."""
@@ -130,20 +136,26 @@ class RateControl:
 
     # --- feedback ---------------------------------------------------------------------------------
 
-    def succeeded(self, now: float, count: int = 1, grow: int | None = None, ceiling: float | None = None) -> None:
-        """``count`` requests went through; ``grow`` of them (default all) had waited for the rate, so the
-        rate grows by them (never past ``ceiling``: a rate nobody may use is not learned)."""
+    def succeeded(
+        self, now: float, count: int = 1, grow: int | None = None, ceiling: float | None = None,
+        until: float | None = None,
+    ) -> None:
+        """``count`` requests went through, the first at ``now`` and the last at ``until`` (default ``now``);
+        ``grow`` of them (default all) had waited for the rate, so the rate grows by them (never past
+        ``ceiling``: a rate nobody may use is not learned)."""
         if count <= 0:
             return
         if self.born is None:
             self.born = now
+        last = now if until is None else max(now, until)
         history = self.history
-        if history and abs(now - history[-1][0]) < 0.05:
+        if history and abs(now - history[-1][0]) < COALESCE_S:
             history[-1][1] += count  # coalesce: the history stays short at any rate
+            history[-1][-1] = max(history[-1][-1], last)
         elif not history or now > history[-1][0]:
-            history.append([now, float(count)])
+            history.append([now, float(count), last])
         else:  # another process reported later successes first
-            bisect.insort(history, [now, float(count)])
+            bisect.insort(history, [now, float(count), last])
         while history and history[0][0] < now - HISTORY_S:
             history.pop(0)
         grow = count if grow is None else grow
@@ -190,20 +202,25 @@ class RateControl:
         """Successes per second over the last ~MEASURE_REQUESTS successes (0 when too little is known).
 
         Sized by a count of successes, not by time, so the measurement is as steady at 2 req/s as at 200.
-        The window opens at the report just before the counted ones, so it holds exactly what it counts.
+        A report holds successes from its first to its last time (``[first, count, last]``): the window
+        runs from the last success before the counted ones to the newest success (or to ``now`` less one
+        coalescing step, when successes have stopped), so it holds exactly what it counts — measuring up to
+        ``now`` would spread them over time in which the newest report's successes were still arriving.
         """
+        history = self.history
+        if not history:
+            return 0.0
         counted = 0.0
-        opened = now
-        for at, count in reversed(self.history):
-            opened = at
+        opened = history[0][-1]
+        for entry in reversed(history):
             if counted >= MEASURE_REQUESTS:
+                opened = entry[-1]
                 break
-            counted += count
+            counted += entry[1]
         else:
-            if not self.history:
-                return 0.0
-            counted -= self.history[0][1]  # ran out of history: the oldest report only opens the window
-        return counted / (now - opened) if counted > 0 and now > opened else 0.0
+            counted -= history[0][1]  # ran out of history: the oldest report only opens the window
+        end = max(history[-1][-1], now - COALESCE_S)
+        return counted / (end - opened) if counted > 0 and end > opened else 0.0
 
 
 __all__ = ["DEFAULT_BURST", "INITIAL_RATE", "RateControl", "SHORT_RETRY_AFTER_S"]

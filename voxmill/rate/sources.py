@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from voxmill.rate.control import RateControl
+from voxmill.rate.control import COALESCE_S, RateControl
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ class FileSource:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.base_url = base_url
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        #: successes not yet written: [wall time, successes, of which waited for the rate], ~50 ms apart
+        #: successes not yet written: [first wall time, successes, of which waited for the rate, last wall time],
+        #: one per COALESCE_S
         self._pending: list[list[float]] = []
         self._ceiling = ceiling
         self._epoch = 0
@@ -152,11 +153,12 @@ class FileSource:
         # kept with their times, so the shared history measures the admitted rate as well as one process's
         now = time.time()
         pending = self._pending
-        if pending and now - pending[-1][0] < 0.05:
+        if pending and now - pending[-1][0] < COALESCE_S:
             pending[-1][1] += 1
             pending[-1][2] += grew
+            pending[-1][3] = now
         else:
-            pending.append([now, 1, 1 if grew else 0])
+            pending.append([now, 1, 1 if grew else 0, now])
         self._ceiling = ceiling
 
     def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
@@ -186,8 +188,8 @@ class FileSource:
             now = time.time()
             offset = now - time.monotonic()
             control = self._load(fd)
-            for at, successes, grown in self._pending:
-                control.succeeded(at, int(successes), int(grown), self._ceiling)
+            for at, successes, grown, last in self._pending:
+                control.succeeded(at, int(successes), int(grown), self._ceiling, until=last)
             self._pending.clear()
             change(control, now)
             body = json.dumps({"base_url": self.base_url, "control": control.to_dict()}).encode()
