@@ -10,12 +10,11 @@ from prefect.artifacts import create_table_artifact
 
 from tasks.job import artifact_key, run_job_in_flow
 from tasks.params import LocalEngine, RunnerKind, TtsModel
-from tasks.settings import resolve_settings
+from tasks.settings import flow_settings
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, AudiobookResult, make_audiobook
 from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
 from voxmill.jobs import JobFailed, JobRequest, RunSummary
-from voxmill.local_api import api_settings
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
 
@@ -68,10 +67,6 @@ def audiobook(
     With no key and no Secret block a local server speaks it, labelled. Ends Failed (AudiobookFailed, with
     the counts) when a chunk failed: the book is then not assembled; rerun to retry.
     """
-    settings = resolve_settings(
-        base_url=base_url, requests_per_second=requests_per_second, requests_per_minute=requests_per_minute,
-        max_concurrent=max_concurrent, api_key_block=api_key_block,
-    )
     request = AudiobookRequest(
         book=book, out_dir=Path(out_dir), model=model, params=params or {}, chapter_format=chapter_format,
         loudness_lufs=loudness_lufs, true_peak_db=true_peak_db, bitrate=bitrate, chapters=chapters,
@@ -79,7 +74,9 @@ def audiobook(
         qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer),
     )
     logger = get_run_logger()
-    with api_settings(settings, local=local, engine=local_engine, announce=logger.warning) as settings:
+    with flow_settings(base_url=base_url, requests_per_second=requests_per_second,
+                       requests_per_minute=requests_per_minute, max_concurrent=max_concurrent,
+                       api_key_block=api_key_block, local=local, local_engine=local_engine) as settings:
         result = make_audiobook(request, settings, say=logger.info,
                                 run_chunks=lambda job: _run_chunks(job, settings, progress, runner))
     create_table_artifact(

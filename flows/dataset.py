@@ -7,10 +7,9 @@ from prefect.artifacts import create_table_artifact
 
 from tasks.job import artifact_key
 from tasks.params import LocalEngine
-from tasks.settings import resolve_settings
+from tasks.settings import flow_settings
 from voxmill.dataset import BuildReport, load_spec
 from voxmill.dataset import build_dataset as build_version
-from voxmill.local_api import api_settings
 
 
 @flow(name="voxmill-dataset-build", log_prints=True, persist_result=True)
@@ -29,18 +28,12 @@ def build_dataset(
     """Build the dataset of the TOML ``spec`` file (``source``/``dest`` override the spec's); only new or
     changed rows are sent. Publishes a verified version and moves ``latest``; a summary artifact per build.
     With no key and no Secret block a local server makes the rows, labelled."""
-    settings = resolve_settings(
-        base_url=base_url,
-        requests_per_second=requests_per_second,
-        requests_per_minute=requests_per_minute,
-        max_concurrent=max_concurrent,
-        api_key_block=api_key_block,
-    )
     dataset = load_spec(spec, source=source, dest=dest)
-    logger = get_run_logger()
-    with api_settings(settings, local=local, engine=local_engine, announce=logger.warning) as settings:
+    with flow_settings(base_url=base_url, requests_per_second=requests_per_second,
+                       requests_per_minute=requests_per_minute, max_concurrent=max_concurrent,
+                       api_key_block=api_key_block, local=local, local_engine=local_engine) as settings:
         report = build_version(dataset, settings)
     create_table_artifact(key=artifact_key("dataset", dataset.dest), table=report.summary_table(),
                           description=report.headline())
-    logger.info(report.headline())
+    get_run_logger().info(report.headline())
     return report

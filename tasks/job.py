@@ -19,10 +19,10 @@ from prefect.runtime import flow_run
 
 from tasks.batches import Batch, WorkerBatchOutcome, process_batch
 from tasks.runners import RunnerKind, make_task_runner
-from tasks.settings import resolve_settings
+from tasks.settings import flow_settings
 from voxmill.batch import BatchOutcome
 from voxmill.jobs import JobFailed, JobRequest, RunSummary, fan_out, finish_job, open_job
-from voxmill.local_api import LocalEngine, api_settings
+from voxmill.local_api import LocalEngine
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
 
@@ -138,15 +138,9 @@ def run_flow_job(
 ) -> RunSummary:
     """What every job flow does: settings from env + its parameters (a local server when there is no key),
     run the job, return its summary — or raise :class:`JobFailed` with the counts."""
-    settings = resolve_settings(
-        base_url=base_url,
-        requests_per_second=requests_per_second,
-        requests_per_minute=requests_per_minute,
-        max_concurrent=max_concurrent,
-        api_key_block=api_key_block,
-    )
-    logger = get_run_logger()
-    with api_settings(settings, local=local, engine=local_engine, announce=logger.warning) as settings:
+    with flow_settings(base_url=base_url, requests_per_second=requests_per_second,
+                       requests_per_minute=requests_per_minute, max_concurrent=max_concurrent,
+                       api_key_block=api_key_block, local=local, local_engine=local_engine) as settings:
         return run_job_in_flow(request, settings, progress, runner=runner, log_every_s=log_every_s)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 
+from prefect import get_run_logger
 from prefect.logging import get_logger
 
+from voxmill.local_api import LocalEngine, api_settings
 from voxmill.settings import ApiKey, Settings
 
 log = get_logger("voxmill")
@@ -60,3 +64,27 @@ def resolve_settings(
     if base_url:
         settings = settings.with_(base_url=base_url)
     return settings
+
+
+@contextlib.contextmanager
+def flow_settings(
+    *,
+    base_url: str | None = None,
+    requests_per_second: float | None = None,
+    requests_per_minute: float | None = None,
+    max_concurrent: int | None = None,
+    api_key_block: str | None = None,
+    local: bool = False,
+    local_engine: LocalEngine = "real",
+) -> Iterator[Settings]:
+    """What every flow runs with: :func:`resolve_settings`, pointed at a local server (labelled, for the
+    length of the ``with`` block) when asked for or when there is no key — as the CLI does."""
+    settings = resolve_settings(
+        base_url=base_url,
+        requests_per_second=requests_per_second,
+        requests_per_minute=requests_per_minute,
+        max_concurrent=max_concurrent,
+        api_key_block=api_key_block,
+    )
+    with api_settings(settings, local=local, engine=local_engine, announce=get_run_logger().warning) as settings:
+        yield settings
