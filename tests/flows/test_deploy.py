@@ -1,25 +1,33 @@
 """`make deploy` end to end, as a new user would meet it: a copy of the repo (no VOXMILL_HOME, no key, no Secret
 block), a real `prefect server start`, the process work pool, every deployment applied, a real worker; every
 deployment runs with its defaults, a 2-shard run merges into one table, and a Failed run's result is read back
-from another process. `undeploy` stops what was started."""
+from another process; a shard's flow-run process killed with SIGKILL mid-run, and the parent rerun, pays only
+for what that shard had not recorded. `undeploy` stops what was started."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from manifest_files import write_manifest
 
+from voxmill.audio.formats import check_audio_body
 from voxmill.audio.measure import measure_file
 from voxmill.deploy import DEPLOYMENTS, Stack, deploy, undeploy
+from voxmill.ledger import Ledger
+from voxmill.server import request_content_hash
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,12 +55,18 @@ def clone(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def stack(clone: Path) -> Iterator[Stack]:
     env_before = {k: os.environ.pop(k) for k in ("PREFECT_API_URL", "VOXMILL_API_KEY") if k in os.environ}
+    query_before = os.environ.get("PREFECT_WORKER_QUERY_SECONDS")
+    os.environ["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # the worker looks for runs every 2 s, not 10: a faster suite
     try:
         stack = deploy(root=clone, port=_free_port())
         yield stack
     finally:
         stopped = undeploy(clone)
         os.environ.update(env_before)
+        if query_before is None:
+            os.environ.pop("PREFECT_WORKER_QUERY_SECONDS")
+        else:
+            os.environ["PREFECT_WORKER_QUERY_SECONDS"] = query_before
     assert [s.split()[0] for s in stopped] == ["worker", "server"]
 
 
@@ -134,7 +148,100 @@ def test_make_deploy_runs_every_deployment_shards_and_persists_a_failed_result(s
     assert output.strip() == "JobFailed 1 1 {'validation': 1}", errors[-2000:]
 
 
-def _python(stack: Stack, script: str, *args: str) -> subprocess.Popen:
-    env = {k: v for k, v in stack.env().items() if k not in ("VOXMILL_API_KEY", "VOXMILL_BASE_URL")}
+def _python(stack: Stack, script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**{k: v for k, v in stack.env().items() if k not in ("VOXMILL_API_KEY", "VOXMILL_BASE_URL")}, **(env or {})}
     return subprocess.Popen([sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+KEY_BLOCK = "voxmill-kill-test"
+RUN_SHARDED = (
+    "import json, os, sys\n"
+    "from prefect.blocks.system import Secret\n"
+    "from prefect.deployments import run_deployment\n"
+    f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
+    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
+    f" 'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'output_format': 'wav', 'max_concurrent': 2}},"
+    " timeout=None, poll_interval=1)\n"
+    "print(json.dumps([run.state.name, run.state.message]))\n"
+)
+SHARD_ITEMS = 30
+SHARD_CONCURRENCY = 2
+
+
+def _done_ids(out: Path) -> set[str]:
+    table = Ledger(out).read(["id", "status"])
+    return set(table.filter(pc.equal(table["status"], "done"))["id"].to_pylist())
+
+
+def _holder_of(lock: Path) -> int:
+    """The pid of the process that has ``lock`` open: the flow run that holds a shard's ledger."""
+    target = os.path.realpath(lock)
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == target for fd in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+        except OSError:  # a process that ended, or one not ours
+            continue
+    raise AssertionError(f"no process holds {lock}")
+
+
+def _sharded_run(stack: Stack, manifest: Path, out: Path, server) -> subprocess.Popen:
+    return _python(stack, RUN_SHARDED, DEPLOYMENTS[0], str(manifest), str(out), server.base_url,
+                   env={"TEST_SERVER_TOKEN": server.token})
+
+
+def _ended(process: subprocess.Popen) -> tuple[str, str]:
+    output, errors = process.communicate(timeout=300)
+    assert process.returncode == 0, errors[-3000:]
+    state, message = json.loads(output.strip().splitlines()[-1])
+    return state, message or ""
+
+
+@pytest.mark.slow
+def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(stack: Stack, make_server, tmp_path):
+    server = make_server(latency_ms=400)  # a shard of ~15 items at 2 in flight: ~3 s of work to kill into
+    texts = {f"item-{n:02d}": f"Sharded resume check, sentence number {n}." for n in range(SHARD_ITEMS)}
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": i, "text": t} for i, t in texts.items()])
+    hash_of = {i: request_content_hash({"model": "higgs2p5", "text": t}, {}) for i, t in texts.items()}
+    out = tmp_path / "sharded"
+    killed = out / "shards" / "0-of-2"
+
+    parent = _sharded_run(stack, manifest, out, server)
+    deadline = time.monotonic() + 240
+    while not (killed.exists() and len(_done_ids(killed)) >= 3):
+        if parent.poll() is not None or time.monotonic() > deadline:
+            parent.kill()
+            raise AssertionError(f"shard 0 never got going: {parent.communicate()[1][-3000:]}")
+        time.sleep(0.1)
+    os.kill(_holder_of(Ledger(killed).journal_dir / ".lock"), signal.SIGKILL)  # the shard's flow-run process
+    time.sleep(1.0)  # let the server finish what the dead shard had asked for
+    generated_at_kill = {h for h, n in server.stats()["generations"].items() if n}
+    recorded_at_kill = _done_ids(killed)
+
+    state, message = _ended(parent)
+    assert state == "Failed" and "shard 0-of-2" in message and "Crashed" in message, message
+    other = _done_ids(out / "shards" / "1-of-2")
+    assert other and other.isdisjoint(recorded_at_kill), "the other shard finished its slice"
+    assert not (out / "results.parquet").exists(), "no merge from a parent whose shard crashed"
+    in_flight = {i for i, h in hash_of.items() if h in generated_at_kill} - recorded_at_kill - other
+    assert len(in_flight) <= 2 * SHARD_CONCURRENCY, in_flight
+    paid_before_rerun = sum(server.stats()["generations"].values())
+
+    state, message = _ended(_sharded_run(stack, manifest, out, server))
+    assert state == "Completed", message
+    killed_slice = _done_ids(killed)
+    assert killed_slice.isdisjoint(other) and killed_slice | other == set(texts)
+    assert len(recorded_at_kill) < len(killed_slice), "the kill came before the shard had finished"
+    generations = Counter(server.stats()["generations"])
+    assert sum(generations.values()) - paid_before_rerun == len(killed_slice) - len(recorded_at_kill), (
+        "the rerun sent exactly what the killed shard had not recorded, and nothing of the other shard")
+    for item_id, content in hash_of.items():
+        assert 1 <= generations[content] <= 1 + (item_id in in_flight), (item_id, generations[content])
+
+    merged = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted(r["id"] for r in merged) == sorted(texts) and {r["status"] for r in merged} == {"done"}
+    for row in merged:
+        check_audio_body((out / row["output_path"]).read_bytes(), "wav")
+    print(f"recorded at the kill: {len(recorded_at_kill)}/{len(killed_slice)}; in flight: {len(in_flight)}; "
+          f"paid twice: {sum(n - 1 for n in generations.values())}")

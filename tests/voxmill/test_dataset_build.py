@@ -1,11 +1,18 @@
 """Dataset builds with the real local engines over loopback: v1 from 12 rows (two that QC must reject),
 an edited source → v2 billed for exactly the 4 new/changed rows, v1 untouched, ``latest`` on v2, v2 loads
-with Hugging Face ``datasets`` with decodable audio, and a build killed mid-publish leaves ``latest`` alone."""
+with Hugging Face ``datasets`` with decodable audio; ``voxmill dataset build`` in a subprocess killed with
+SIGKILL mid-publish (writing its shards; version complete but ``latest`` not yet moved) leaves ``latest``
+alone, and the rerun publishes without paying again."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,10 +22,10 @@ from manifest_files import write_manifest
 
 from voxmill.audio.transcode import OutputSpec
 from voxmill.dataset import DatasetSpec, DatasetStore, QcThresholds, build_dataset
-from voxmill.dataset import publish as publish_module
 from voxmill.settings import ApiKey, RateLimit, Settings
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the old stone bridge.",
@@ -118,27 +125,99 @@ def test_incremental_build_publish_and_kill(real_server, tmp_path, monkeypatch):
         assert rate == 16000 and row["audio"]["path"] == f"{row['id']}.flac"
         assert len(samples) / rate == pytest.approx(row["duration"], abs=0.05) and 1.0 < row["duration"] < 8.0
 
-    # a build killed while writing its shards: latest stays on v2; the rerun pays nothing again
+    # kill -9 of a CLI build (a subprocess) while it writes its shards, then again after its version folder is
+    # complete but before `latest` moves: latest stays on v2 both times; a plain CLI rerun pays nothing again
     write_manifest(source, edited + [{"id": "s13", "text": SENTENCES[13], "params": ""}])
-    real_server_calls = real_server.stats()["generations_total"]
-    real_write = publish_module._parquet_bytes
-    calls = []
+    spec_file = tmp_path / "speech.toml"
+    spec_file.write_text(SPEC_TOML)
+    cli_args = ["dataset", "build", str(spec_file), "--source", str(source), "--dest", str(dest)]
+    env = {**os.environ, "VOXMILL_API_KEY": real_server.token, "VOXMILL_BASE_URL": real_server.base_url,
+           "VOXMILL_CONCURRENCY": "4", "VOXMILL_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    calls_before = real_server.stats()["generations_total"]
 
-    def dies_on_second_shard(table):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed mid-publish")
-        return real_write(table)
+    killed_at = kill_build_at("second-shard", cli_args, env, tmp_path)
+    assert killed_at == "second-shard"
+    assert store.latest_id() == v2.version and store.version_ids() == [v1.version, v2.version]
+    assert [p.name for p in (dest / "versions").glob(".*.partial")], "it died with its version half written"
+    assert real_server.stats()["generations_total"] == calls_before + 2  # s13: its clip and its round trip
 
-    monkeypatch.setattr(publish_module, "_parquet_bytes", dies_on_second_shard)
-    with pytest.raises(KeyboardInterrupt):
-        build_dataset(spec, settings)
-    assert store.latest_id() == v2.version
-    assert store.version_ids() == [v1.version, v2.version]
-    assert real_server.stats()["generations_total"] == real_server_calls + 2
-    monkeypatch.setattr(publish_module, "_parquet_bytes", real_write)
-    v3 = build_dataset(spec, settings)
-    assert v3.billed_requests == 0 and real_server.stats()["generations_total"] == real_server_calls + 2
-    assert store.latest_id() == v3.version and v3.rows == 13
-    assert not [p for p in (dest / "versions").iterdir() if p.name.startswith(".")]  # the partial was swept
+    orphan = kill_build_at("latest", cli_args, env, tmp_path)
+    assert (dest / "versions" / orphan / "manifest.json").exists(), "killed after the version folder was complete"
+    assert store.latest_id() == v2.version, "latest never moved"
+    assert real_server.stats()["generations_total"] == calls_before + 2, "the first rerun paid nothing again"
+
+    done = subprocess.run([sys.executable, "-m", "voxmill.cli", *cli_args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "0 billed requests" in done.stdout and "published:" in done.stdout, done.stdout
+    assert real_server.stats()["generations_total"] == calls_before + 2
+    v3 = store.latest_id()
+    assert store.version_ids() == [v1.version, v2.version, v3] and v3 != orphan
+    assert store.manifest(v3).rows == 13 and store.manifest(v3).previous == v2.version
+    assert sorted(p.name for p in (dest / "versions").iterdir()) == [v1.version, v2.version, v3], \
+        "the partial folder and the never-published version were swept"
     assert folder_checksums(v1_folder) == before
+
+
+SPEC_TOML = """
+name = "speech"
+kind = "tts"
+source = "set by --source"
+dest = "set by --dest"
+shard_rows = 4
+
+[model]
+name = "higgs2p5"
+
+[output]
+format = "flac"
+sample_rate = 16000
+
+[qc]
+roundtrip = true
+max_wer = 0.4
+"""
+#: ``voxmill dataset build`` with one publish step made to wait (so the test can kill -9 the process there):
+#: ``second-shard`` before the version's second Parquet shard is written, ``latest`` once the version folder
+#: is complete, just before ``latest`` would move. The marker file says the process got there.
+PAUSING_BUILD = """
+import sys, time
+from pathlib import Path
+from voxmill.cli import main
+from voxmill.dataset import publish
+
+marker, point = Path(sys.argv[1]), sys.argv[2]
+
+def pause(where):
+    marker.write_text(where)
+    time.sleep(600)
+
+if point == "latest":
+    publish.DatasetStore._move_latest = lambda self, version_id: pause(version_id)
+else:
+    write, shards = publish._parquet_bytes, []
+    def pause_before_second(table):
+        shards.append(table.num_rows)
+        if len(shards) == 2:
+            pause(point)
+        return write(table)
+    publish._parquet_bytes = pause_before_second
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def kill_build_at(point: str, cli_args: list[str], env: dict[str, str], tmp_path: Path) -> str:
+    """Run the CLI build in a subprocess, SIGKILL it once it reaches ``point``; what its marker said."""
+    marker = tmp_path / f"{point}.reached"
+    process = subprocess.Popen([sys.executable, "-c", PAUSING_BUILD, str(marker), point, *cli_args], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the build never reached its publish step"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return marker.read_text()

@@ -141,6 +141,14 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def _never_published(version_id: str, latest: str | None) -> bool:
+    """Whether a version folder was never published: ``latest`` only ever moves forward, to the version a build
+    just wrote, so a version newer than ``latest`` (or any, before the first publish) never became it."""
+    if not version_id.startswith("v"):
+        return False
+    return latest is None or version_number(version_id) > version_number(latest)
+
+
 def shard_name(index: int, count: int) -> str:
     """``data/train-0000i-of-0000n.parquet``: the split naming ``datasets`` understands."""
     return f"{DATA}/train-{index:05d}-of-{count:05d}.parquet"
@@ -184,13 +192,15 @@ class DatasetStore:
         return path if self.local else self.fs.unstrip_protocol(path)
 
     def version_ids(self) -> list[str]:
-        """Complete versions (their manifest.json exists), oldest first."""
+        """Published versions, oldest first: complete (their manifest.json exists) and not newer than ``latest``."""
         folder = self._path(VERSIONS)
-        if not self.fs.exists(folder):
+        latest = self.latest_id()
+        if latest is None or not self.fs.exists(folder):
             return []
         self.fs.invalidate_cache(folder)
         ids = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
-        complete = [i for i in ids if i.startswith("v") and self.fs.exists(self._path(VERSIONS, i, MANIFEST))]
+        complete = [i for i in ids if i.startswith("v") and not _never_published(i, latest)
+                    and self.fs.exists(self._path(VERSIONS, i, MANIFEST))]
         return sorted(complete, key=version_number)
 
     def latest_id(self) -> str | None:
@@ -228,7 +238,8 @@ class DatasetStore:
     # --- publishing --------------------------------------------------------------------------------------
 
     def sweep_unpublished(self) -> list[str]:
-        """Remove what killed builds left: partial folders, and version folders with no manifest.json."""
+        """Remove what killed builds left: partial folders, version folders with no manifest.json, and complete
+        versions newer than ``latest`` (killed after writing the version, before moving ``latest``)."""
         folder = self._path(VERSIONS)
         if not self.fs.exists(folder):
             return []
@@ -238,7 +249,8 @@ class DatasetStore:
         for path in self.fs.ls(folder, detail=False):
             name = path.rstrip("/").rsplit("/", 1)[-1]
             partial = name.startswith(".") and name.endswith(".partial")
-            incomplete = not partial and name != latest and not self.fs.exists(f"{path.rstrip('/')}/{MANIFEST}")
+            incomplete = not partial and name != latest and (
+                _never_published(name, latest) or not self.fs.exists(f"{path.rstrip('/')}/{MANIFEST}"))
             if partial or incomplete:
                 self.fs.rm(path, recursive=True)
                 removed.append(name)
