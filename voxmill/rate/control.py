@@ -51,8 +51,10 @@ PROBE_ACCELERATE_S = 10.0
 HISTORY_S = 5.0
 #: successes this close together (seconds) are kept as one report
 COALESCE_S = 0.05
-#: the admitted rate is measured over about this many of the latest successes
-MEASURE_REQUESTS = 64.0
+#: the admitted rate is measured over at least this many of the latest successes …
+MEASURE_REQUESTS = 16.0
+#: … spanning at least this long (seconds): at hundreds per second 16 successes arrive in bunches
+MEASURE_S = 0.25
 #: a Retry-After up to this long (seconds) is a per-request floor only; a longer one pauses every request
 SHORT_RETRY_AFTER_S = 2.0
 #: how far the schedule may lag behind now (seconds, at most one interval): a late wake-up is caught up
@@ -199,27 +201,29 @@ class RateControl:
         return True
 
     def admitted_rate(self, now: float) -> float:
-        """Successes per second over the last ~MEASURE_REQUESTS successes (0 when too little is known).
+        """Successes per second over the latest ≥ MEASURE_REQUESTS successes spanning ≥ MEASURE_S (0 when too
+        little is known).
 
-        Sized by a count of successes, not by time, so the measurement is as steady at 2 req/s as at 200.
-        A report holds successes from its first to its last time (``[first, count, last]``): the window
-        runs from the last success before the counted ones to the newest success (or to ``now`` less one
-        coalescing step, when successes have stopped), so it holds exactly what it counts — measuring up to
-        ``now`` would spread them over time in which the newest report's successes were still arriving.
+        Sized by a count of successes as well as by time, so the measurement is steady at 2 req/s and at 200
+        and still recent at both. A report holds successes from its first to its last time (``[first,
+        count, last]``): the window runs from the last success before the counted ones to the newest
+        success (or to ``now`` less one coalescing step, when successes have stopped), so it holds exactly
+        what it counts — measuring up to ``now`` would spread them over time in which the newest report's
+        successes were still arriving.
         """
         history = self.history
         if not history:
             return 0.0
+        end = max(history[-1][-1], now - COALESCE_S)
         counted = 0.0
         opened = history[0][-1]
         for entry in reversed(history):
-            if counted >= MEASURE_REQUESTS:
+            if counted >= MEASURE_REQUESTS and end - entry[-1] >= MEASURE_S:
                 opened = entry[-1]
                 break
             counted += entry[1]
         else:
             counted -= history[0][1]  # ran out of history: the oldest report only opens the window
-        end = max(history[-1][-1], now - COALESCE_S)
         return counted / (end - opened) if counted > 0 and end > opened else 0.0
 
 
