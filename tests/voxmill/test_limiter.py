@@ -14,8 +14,9 @@ import time
 
 import pytest
 
+from voxmill.identity import budget_id
 from voxmill.limiter import AsyncRateLimiter, Limiter, build_limiter
-from voxmill.rate import FileSource, LocalSource, RateControl, budget_id
+from voxmill.rate import FileSource, LocalSource, RateControl
 from voxmill.rate.control import INITIAL_RATE, PROBE_GROWTH, SLOW_START_DOUBLING_S
 from voxmill.settings import ApiKey, RateLimit, Settings
 

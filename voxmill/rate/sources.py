@@ -16,7 +16,6 @@ run on the same API starts from the learned rate.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from voxmill.identity import budget_id
 from voxmill.rate.control import RateControl
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,6 @@ class LocalSource:
 
     def flush(self) -> None:
         return None
-
-
-def budget_id(api_key: str, base_url: str) -> str:
-    """The name of a budget: a hash of the key and the base URL (the key cannot be read back from it)."""
-    return hashlib.sha256(f"voxmill-rate\0{api_key}\0{base_url.rstrip('/')}".encode()).hexdigest()[:24]
 
 
 class FileSource:
@@ -210,4 +205,4 @@ class FileSource:
         return RateControl.starting(self._ceiling)
 
 
-__all__ = ["FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource", "budget_id"]
+__all__ = ["FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource"]
