@@ -48,6 +48,9 @@ class Lease:
 class TokenSource(Protocol):
     """What :class:`~voxmill.limiter.AsyncRateLimiter` needs from a budget."""
 
+    #: ``lease`` may wait (on another machine's say-so): the limiter calls it in a thread
+    blocking: bool
+
     def lease(self, ceiling: float | None, burst: int) -> Lease:
         """Book the next start times of the budget for this process."""
         ...
@@ -76,6 +79,8 @@ class TokenSource(Protocol):
 
 class LocalSource:
     """The budget of one process: the control in memory, one token per lease (exact spacing)."""
+
+    blocking = False
 
     def __init__(self, control: RateControl | None = None) -> None:
         self.control = control if control is not None else RateControl()
@@ -106,6 +111,8 @@ class FileSource:
 
     Times in the file are wall-clock (``time.time()``), converted to this process's monotonic clock per lease.
     """
+
+    blocking = False
 
     def __init__(self, path: Path, base_url: str, ceiling: float | None = None) -> None:
         self.path = Path(path)
