@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 BULK_TOKENS = 10
 #: a lease covers about this many seconds of the rate (fewer tokens per call at low rates)
 LEASE_SECONDS = 1.0
+#: a grant that took longer than this many lease lengths was held back by Prefect, not by the rate
+SLOW_GRANT = 2.5
 #: the shared rate is rewritten when this worker's rate differs from it by more than this fraction
 WRITE_TOLERANCE = 0.01
 
@@ -65,6 +67,7 @@ class PrefectSource:
         self._cut = False
         self._adopted = 0  # cuts by other workers adopted here: bumps the epoch
         self._client = None
+        self._grow = True
 
     def _api(self):  # type: ignore[no-untyped-def]
         if self._client is None:
@@ -79,14 +82,19 @@ class PrefectSource:
 
         rate = min(self._sync(ceiling), 1000.0)
         count = max(1, min(BULK_TOKENS, round(rate * LEASE_SECONDS)))
+        asked = time.monotonic()
         rate_limit(self.name, occupy=count, strict=True)
+        waited = time.monotonic() - asked
         with self._lock:
+            # a grant slower than the workers' share of the rate means Prefect's latency held requests back,
+            # not the rate: those waits must not grow it (else it overshoots, then bursts into 429s)
+            self._grow = waited <= SLOW_GRANT * count / rate
             first, interval = self.control.take(time.monotonic(), count, ceiling, burst)
             return Lease(first, interval, count, self.epoch)
 
     def succeeded(self, grew: bool, ceiling: float | None) -> None:
         with self._lock:
-            self.control.succeeded(time.monotonic(), 1, 1 if grew else 0, ceiling)
+            self.control.succeeded(time.monotonic(), 1, 1 if grew and self._grow else 0, ceiling)
 
     def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
         with self._lock:

@@ -85,9 +85,9 @@ def test_two_processes_share_one_prefect_limit(make_server, prefect_api, tmp_pat
     print(f"\ntwo processes, one Prefect limit, 10 req/s: {offered:.2f} req/s offered, {admitted:.2f} admitted, "
           f"{final.limited} × 429 of {final.requests}; limit decays at {limit.slot_decay_per_second:.2f}/s")
     assert offered <= 10.5, f"{offered:.2f} requests/s offered against 10 req/s"
-    # measured 14 % here (the shared rate overshoots: a cut sees no admitted rate, only its own share): a bound
-    # against regressions, not yet the machine-wide budget's 5 %
-    assert final.limited <= 0.2 * final.requests, final
+    # measured 8 % here (a worker's cut cannot measure the admitted rate, only its own share of it: it cuts the
+    # shared rate by a fixed factor): a bound against regressions, not yet the machine-wide budget's 5 %
+    assert final.limited <= 0.15 * final.requests, final
     assert admitted >= 3.0  # the budget is used (bulk acquisitions from the test's SQLite server are slow)
     # the learned rate is the limit's decay; the slots are the bulk size
     assert limit.limit == BULK_TOKENS and 3.0 <= limit.slot_decay_per_second <= 15.0
