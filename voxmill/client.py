@@ -398,8 +398,8 @@ class VoxmillClient:
     async def _with_retries(self, attempt: Callable[[int], Awaitable[T]], item: str | None) -> T:
         """Run ``attempt(number)`` until it succeeds or the retry policy gives up (then its error)."""
         retrying = AsyncRetrying(
-            stop=_Stop(self._retry),
-            wait=_Wait(self._retry),
+            stop=(stop := _Stop(self._retry)),
+            wait=_Wait(self._retry, stop),
             retry=retry_if_exception(_Retryable(self._retry)),
             before_sleep=functools.partial(self._before_sleep, item),
             reraise=True,
@@ -586,17 +586,21 @@ class VoxmillClient:
 
 class _Wait:
     """Backoff: exactly Retry-After (+ ≤ 5 %, ≤ 0.1 s jitter) after a 429 that had one; else capped
-    exponential ``initial * 2**(n-1)`` spread by ±``jitter`` (a fraction of the backoff)."""
+    exponential ``initial * 2**(n-1)`` spread by ±``jitter`` (a fraction of the backoff), ``n`` counting this
+    request's faults only (429s before them do not lengthen a fault's backoff) or, after a 429, its tries."""
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy, stop: _Stop) -> None:
         self.policy = policy
+        self.stop = stop
 
     def __call__(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, RateLimited) and error.retry_after is not None:
             return error.retry_after + random.uniform(0.0, min(0.1, 0.05 * error.retry_after))
         policy = self.policy
-        backoff = min(policy.max_backoff, policy.initial_backoff * 2 ** (state.attempt_number - 1))
+        # tenacity asks the wait before the stop: the stop has not counted this fault yet
+        n = state.attempt_number if isinstance(error, RateLimited) else self.stop.faults + 1
+        backoff = min(policy.max_backoff, policy.initial_backoff * 2 ** (n - 1))
         spread = backoff * policy.jitter
         return max(0.0, min(policy.max_backoff, backoff + random.uniform(-spread, spread)))
 
