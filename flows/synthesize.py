@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 
 from tasks.job import LOG_EVERY_S, run_flow_job
-from tasks.params import LocalEngine, OutputFormat, RunnerKind, TtsModel
+from tasks.params import LocalEngine, OutputFormat, RateScope, RunnerKind, TtsModel
 from tasks.shards import run_shards
 from voxmill.audio.transcode import OutputSpec
 from voxmill.jobs import JobRequest, RunSummary, Shard
@@ -39,6 +39,7 @@ def synthesize(
     local: bool = False,
     local_engine: LocalEngine = "real",
     runner: RunnerKind = "thread",
+    rate_scope: RateScope | None = None,
     workers: int = 4,
     shards: int = 1,
     shard: Shard | None = None,
@@ -48,8 +49,10 @@ def synthesize(
     """Synthesise every row of ``manifest`` (CSV/Parquet/JSONL with a ``text`` column) into ``out_dir``.
 
     ``model``/``params`` are run defaults for cells a row leaves empty. Rerunning on the same ``out_dir``
-    sends only what is not done yet. Ends Failed (with counts) when any item failed. ``runner``/``workers``
-    choose where batches run; ``shards`` > 1 splits the job into child runs of this flow's deployment
+    sends only what is not done yet. Ends Failed (with counts) when any item failed.
+    ``rate_scope="prefect"`` shares the rate budget with workers on other machines (a Prefect global
+    concurrency limit; default VOXMILL_RATE_SCOPE). ``runner``/``workers`` choose where batches run;
+    ``shards`` > 1 splits the job into child runs of this flow's deployment
     (``out_dir`` must then be storage every worker sees). ``progress`` is for an in-process caller's display.
     """
     if shards > 1:
@@ -83,5 +86,6 @@ def synthesize(
         local_engine=local_engine,
         progress=progress,
         runner=runner,
+        rate_scope=rate_scope,
         log_every_s=log_every_s,
     )

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 
 from tasks.job import LOG_EVERY_S, run_flow_job
-from tasks.params import AsrModel, LocalEngine, RunnerKind
+from tasks.params import AsrModel, LocalEngine, RateScope, RunnerKind
 from tasks.shards import run_shards
 from voxmill.jobs import JobRequest, RunSummary, Shard
 from voxmill.manifests import RunDefaults
@@ -34,6 +34,7 @@ def transcribe(
     local: bool = False,
     local_engine: LocalEngine = "real",
     runner: RunnerKind = "thread",
+    rate_scope: RateScope | None = None,
     workers: int = 4,
     shards: int = 1,
     shard: Shard | None = None,
@@ -45,7 +46,7 @@ def transcribe(
     Files in formats the API does not take are converted first; files longer than ``max_seconds``
     (default VOXMILL_ASR_MAX_SECONDS) are split at silences and their transcripts stitched with the
     right time offsets. Rows with ``reference_text`` get a WER. Ends Failed when any item failed.
-    ``runner``, ``workers``, ``shards``: as for ``synthesize``.
+    ``runner``, ``workers``, ``shards``, ``rate_scope``: as for ``synthesize``.
     """
     if shards > 1:
         return run_shards(out_dir, shards)
@@ -75,5 +76,6 @@ def transcribe(
         local_engine=local_engine,
         progress=progress,
         runner=runner,
+        rate_scope=rate_scope,
         log_every_s=log_every_s,
     )

@@ -18,6 +18,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.runtime import flow_run
 
 from tasks.batches import Batch, WorkerBatchOutcome, process_batch
+from tasks.rate import RateScope
 from tasks.runners import RunnerKind, make_task_runner
 from tasks.settings import flow_settings
 from voxmill.batch import BatchOutcome
@@ -135,12 +136,14 @@ def run_flow_job(
     progress: ProgressBoard | None = None,
     runner: RunnerKind = "thread",
     log_every_s: float = LOG_EVERY_S,
+    rate_scope: RateScope | None = None,
 ) -> RunSummary:
     """What every job flow does: settings from env + its parameters (a local server when there is no key),
     run the job, return its summary — or raise :class:`JobFailed` with the counts."""
     with flow_settings(base_url=base_url, requests_per_second=requests_per_second,
                        requests_per_minute=requests_per_minute, max_concurrent=max_concurrent,
-                       api_key_block=api_key_block, local=local, local_engine=local_engine) as settings:
+                       api_key_block=api_key_block, rate_scope=rate_scope, local=local,
+                       local_engine=local_engine) as settings:
         return run_job_in_flow(request, settings, progress, runner=runner, log_every_s=log_every_s)
 
 

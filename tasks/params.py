@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from tasks.rate import RateScope
 from tasks.runners import RunnerKind
 from voxmill.audio.formats import FORMATS
 from voxmill.catalog import ASR_MODELS, TTS_MODELS
@@ -13,4 +14,4 @@ OutputFormat = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
 TtsModel = Literal[TTS_MODELS]  # type: ignore[valid-type]
 AsrModel = Literal[ASR_MODELS]  # type: ignore[valid-type]
 
-__all__ = ["AsrModel", "LocalEngine", "OutputFormat", "RunnerKind", "TtsModel"]
+__all__ = ["AsrModel", "LocalEngine", "OutputFormat", "RateScope", "RunnerKind", "TtsModel"]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 
 from prefect import get_run_logger
 from prefect.logging import get_logger
 
+from tasks.rate import RATE_SCOPES, RateScope, prefect_source
+from voxmill.errors import ConfigError
 from voxmill.local_api import LocalEngine, api_settings
 from voxmill.settings import ApiKey, Settings
 
@@ -44,11 +47,17 @@ def resolve_settings(
     requests_per_minute: float | None = None,
     max_concurrent: int | None = None,
     api_key_block: str | None = None,
+    rate_scope: RateScope | None = None,
 ) -> Settings:
     """``Settings.from_env()`` with the flow's overrides; ``api_key_block`` names a Prefect Secret block.
 
     VOXMILL_API_KEY wins over the block; with neither the settings have no key (a local server, then).
+    ``rate_scope`` (default: VOXMILL_RATE_SCOPE, else ``"machine"``): ``"prefect"`` shares the rate budget
+    through a global concurrency limit of the Prefect API, with workers on any machine (:mod:`tasks.rate`).
     """
+    scope = rate_scope or os.environ.get("VOXMILL_RATE_SCOPE", "").strip() or "machine"
+    if scope not in RATE_SCOPES:
+        raise ConfigError(f"rate scope must be one of {', '.join(RATE_SCOPES)}, got {scope!r} (VOXMILL_RATE_SCOPE)")
     settings = Settings.from_env()
     if api_key_block and settings.api_key is None:
         settings = settings.with_(api_key=key_from_block(api_key_block))
@@ -59,6 +68,7 @@ def resolve_settings(
             requests_per_second=requests_per_second or limit.requests_per_second,
             requests_per_minute=requests_per_minute or limit.requests_per_minute,
             max_concurrent=max_concurrent or limit.max_concurrent,
+            source_factory=prefect_source if scope == "prefect" else limit.source_factory,
         )
     )
     if base_url:
@@ -74,6 +84,7 @@ def flow_settings(
     requests_per_minute: float | None = None,
     max_concurrent: int | None = None,
     api_key_block: str | None = None,
+    rate_scope: RateScope | None = None,
     local: bool = False,
     local_engine: LocalEngine = "real",
 ) -> Iterator[Settings]:
@@ -85,6 +96,7 @@ def flow_settings(
         requests_per_minute=requests_per_minute,
         max_concurrent=max_concurrent,
         api_key_block=api_key_block,
+        rate_scope=rate_scope,
     )
     with api_settings(settings, local=local, engine=local_engine, announce=get_run_logger().warning) as settings:
         yield settings

@@ -11,7 +11,9 @@ InvalidItem (never retried). A 2xx whose body is not the asked audio/JSON is Bad
 cut-off body is transient in practice);
 a 2xx audio with no samples is EmptyAudio (tried once more, then the item fails ``empty_audio``).
 
-A Retry-After longer than ``RetryPolicy.max_retry_after`` ends the retries with RateLimited. The final
+Faults are retried up to ``RetryPolicy.max_attempts`` tries; 429s do not count towards them (the API pacing
+us is no fault of the item) and are retried until ``RetryPolicy.rate_limited_deadline`` seconds after the
+first try. A Retry-After longer than ``RetryPolicy.max_retry_after`` ends the retries with RateLimited. The final
 error carries ``attempts`` and ``status``. The API key is only revealed to build the Authorization header
 (and the WebSocket's first message); error messages are our own, never an httpx message chained with its
 request, and any text that might echo the key is scrubbed.
@@ -33,7 +35,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from voxmill.audio.formats import FORMATS, check_audio_body, detect_format
 from voxmill.catalog import UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest
@@ -396,8 +398,8 @@ class VoxmillClient:
     async def _with_retries(self, attempt: Callable[[int], Awaitable[T]], item: str | None) -> T:
         """Run ``attempt(number)`` until it succeeds or the retry policy gives up (then its error)."""
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retry.max_attempts),
-            wait=_Wait(self._retry),
+            stop=(stop := _Stop(self._retry)),
+            wait=_Wait(self._retry, stop),
             retry=retry_if_exception(_Retryable(self._retry)),
             before_sleep=functools.partial(self._before_sleep, item),
             reraise=True,
@@ -584,19 +586,43 @@ class VoxmillClient:
 
 class _Wait:
     """Backoff: exactly Retry-After (+ ≤ 5 %, ≤ 0.1 s jitter) after a 429 that had one; else capped
-    exponential ``initial * 2**(n-1)`` spread by ±``jitter`` (a fraction of the backoff)."""
+    exponential ``initial * 2**(n-1)`` spread by ±``jitter`` (a fraction of the backoff), ``n`` counting this
+    request's faults only (429s before them do not lengthen a fault's backoff) or, after a 429, its tries."""
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy, stop: _Stop) -> None:
         self.policy = policy
+        self.stop = stop
 
     def __call__(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, RateLimited) and error.retry_after is not None:
             return error.retry_after + random.uniform(0.0, min(0.1, 0.05 * error.retry_after))
         policy = self.policy
-        backoff = min(policy.max_backoff, policy.initial_backoff * 2 ** (state.attempt_number - 1))
+        # tenacity asks the wait before the stop: the stop has not counted this fault yet
+        n = state.attempt_number if isinstance(error, RateLimited) else self.stop.faults + 1
+        backoff = min(policy.max_backoff, policy.initial_backoff * 2 ** (n - 1))
         spread = backoff * policy.jitter
         return max(0.0, min(policy.max_backoff, backoff + random.uniform(-spread, spread)))
+
+
+class _Stop:
+    """When to give up (one instance per request): after ``max_attempts`` faulty tries, 429s not counted; on a
+    429 once ``rate_limited_deadline`` seconds have passed since the first try."""
+
+    __slots__ = ("policy", "faults")
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.faults = 0
+
+    def __call__(self, state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RateLimited):
+            return state.seconds_since_start is not None and state.seconds_since_start >= (
+                self.policy.rate_limited_deadline
+            )
+        self.faults += 1
+        return self.faults >= self.policy.max_attempts
 
 
 class _Retryable:

@@ -2,7 +2,8 @@
 
 - :func:`item_key` — an item's identity (model + effective parameters + content), the ledger's ``key``;
 - :func:`content_hash` / :func:`file_hash` — sha256 hex of text, bytes or a (streamed) file;
-- :func:`id_hash64` — 64 bits of an item id, for indexes that hold millions of ids in 8 bytes each.
+- :func:`id_hash64` — 64 bits of an item id, for indexes that hold millions of ids in 8 bytes each;
+- :func:`budget_id` — the name of a rate budget: a fingerprint of the API key and base URL (never the key).
 """
 
 from __future__ import annotations
@@ -47,4 +48,9 @@ def id_hash64(item_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
 
 
-__all__ = ["content_hash", "file_hash", "id_hash64", "item_key"]
+def budget_id(api_key: str, base_url: str) -> str:
+    """The name of a rate budget: a hash of the key and the base URL (the key cannot be read back from it)."""
+    return hashlib.sha256(f"voxmill-rate\0{api_key}\0{base_url.rstrip('/')}".encode()).hexdigest()[:24]
+
+
+__all__ = ["budget_id", "content_hash", "file_hash", "id_hash64", "item_key"]

@@ -2,9 +2,10 @@
 
 :class:`Limiter` is the interface the client and the batch engine use; :class:`AsyncRateLimiter` is the
 implementation for one event loop, and :func:`build_limiter` builds the one a run uses from its settings.
-Where the start times come from is a :class:`~voxmill.rate.sources.TokenSource`: this process alone, or
-every process on the machine that uses the same key and base URL (the default). How the rate adapts is
-:mod:`voxmill.rate.control`.
+Where the start times come from is a :class:`~voxmill.rate.sources.TokenSource`: this process alone,
+every process on the machine that uses the same key and base URL (the default), or any source a
+``RateLimit.source_factory`` builds (``tasks.rate``: every worker of a Prefect API, on any machine). How the
+rate adapts is :mod:`voxmill.rate.control`.
 """
 
 from __future__ import annotations
@@ -150,7 +151,11 @@ class AsyncRateLimiter:
         while True:
             lease = self._lease
             if self._left <= 0 or lease.epoch != source.epoch:
-                lease = self._lease = source.lease(self.ceiling, self.burst)
+                if source.blocking:
+                    lease = await asyncio.to_thread(source.lease, self.ceiling, self.burst)
+                else:
+                    lease = source.lease(self.ceiling, self.burst)
+                self._lease = lease
                 self._next_start, self._left = lease.first, lease.count
             start = self._next_start
             self._next_start = start + lease.interval
@@ -199,11 +204,14 @@ def build_limiter(settings: Settings) -> AsyncRateLimiter:
 
     Adaptive and shared (the defaults): the budget lives in ``settings.cache_dir/rate`` and is shared with
     every process on this machine using the same key and base URL; it falls back to this process alone
-    (with a warning) when the cache directory cannot be written.
+    (with a warning) when the cache directory cannot be written. ``rate_limit.source_factory`` puts the budget
+    elsewhere (``tasks.rate.prefect_source``: a Prefect global concurrency limit, for workers on other machines).
     """
     rate_limit = settings.rate_limit
     source: TokenSource | None = None
-    if rate_limit.adaptive and rate_limit.shared and settings.api_key is not None:
+    if rate_limit.source_factory is not None:
+        source = rate_limit.source_factory(settings)
+    elif rate_limit.adaptive and rate_limit.shared and settings.api_key is not None:
         try:
             source = FileSource.for_api(
                 settings.cache_dir, settings.api_key.reveal(), settings.base_url, rate_limit.rate_per_second

@@ -8,7 +8,8 @@
 | VOXMILL_ADAPTIVE_RATE | learn the API's rate limit (0: a fixed rate, VOXMILL_RPS or unlimited) | 1 |
 | VOXMILL_SHARED_RATE | one rate budget per key and base URL for every process on this machine | 1 |
 | VOXMILL_CONCURRENCY | requests in flight at once | 4 |
-| VOXMILL_MAX_ATTEMPTS | tries per request (first one included) | 6 |
+| VOXMILL_MAX_ATTEMPTS | tries per request against faults (5xx, resets, cut bodies), the first included | 6 |
+| VOXMILL_RATE_LIMITED_DEADLINE | seconds a request keeps retrying 429s, from its first try | 900 |
 | VOXMILL_TIMEOUT | read timeout per request, seconds | 180 |
 | VOXMILL_CACHE_DIR | voice_id cache and other reusable state | ~/.cache/voxmill |
 | VOXMILL_ASR_MAX_SECONDS | longest audio sent in one ASR request; longer files are split on silence | 600 |
@@ -20,9 +21,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voxmill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from voxmill.rate.sources import TokenSource
 
 DEFAULT_BASE_URL = "https://api-web.eigenai.com"
 
@@ -88,7 +92,9 @@ class RateLimit:
     """How fast requests may go: a rate (per second and/or per minute) and a concurrency cap.
 
     ``adaptive``: the rate is learned from the API's answers and the given rates are a ceiling; ``shared``:
-    every process on this machine with the same key and base URL draws from one budget (``cache_dir/rate``).
+    every process on this machine with the same key and base URL draws from one budget (``cache_dir/rate``);
+    ``source_factory``: the budget lives elsewhere, built in each process by this picklable function (a
+    module-level one, e.g. ``tasks.rate.prefect_source``: a Prefect global concurrency limit).
     """
 
     requests_per_second: float | None = None
@@ -96,6 +102,7 @@ class RateLimit:
     max_concurrent: int = 4
     adaptive: bool = True
     shared: bool = True
+    source_factory: Callable[[Settings], TokenSource] | None = None
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -114,9 +121,15 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """One retry policy for every request: capped exponential backoff with jitter; Retry-After wins."""
+    """One retry policy for every request: capped exponential backoff with jitter; Retry-After wins.
+
+    Faults (5xx, resets, timeouts, cut bodies) are retried up to ``max_attempts`` tries. A 429 is the API
+    pacing us, not a fault of the item: 429s are retried until ``rate_limited_deadline`` seconds after the
+    request's first try, and do not count towards ``max_attempts``.
+    """
 
     max_attempts: int = 6
+    rate_limited_deadline: float = 900.0
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
     jitter: float = 0.5
@@ -126,6 +139,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be ≥ 1, got {self.max_attempts}")
+        if self.rate_limited_deadline < 0:
+            raise ConfigError(f"rate_limited_deadline must be ≥ 0 seconds, got {self.rate_limited_deadline}")
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,7 @@ class Settings:
         # defaults come from the value objects themselves: each default is written once
         limit, retry, timeouts, base = RateLimit(), RetryPolicy(), Timeouts(), cls()
         concurrency, attempts = _number(env, "VOXMILL_CONCURRENCY"), _number(env, "VOXMILL_MAX_ATTEMPTS")
+        deadline = _number(env, "VOXMILL_RATE_LIMITED_DEADLINE")
         return cls(
             api_key=ApiKey.from_env("VOXMILL_API_KEY", env) if key and key.strip() else None,
             base_url=env.get("VOXMILL_BASE_URL") or base.base_url,
@@ -168,7 +184,10 @@ class Settings:
                 adaptive=_flag(env, "VOXMILL_ADAPTIVE_RATE", limit.adaptive),
                 shared=_flag(env, "VOXMILL_SHARED_RATE", limit.shared),
             ),
-            retry=RetryPolicy(max_attempts=int(attempts) if attempts else retry.max_attempts),
+            retry=RetryPolicy(
+                max_attempts=int(attempts) if attempts else retry.max_attempts,
+                rate_limited_deadline=deadline if deadline is not None else retry.rate_limited_deadline,
+            ),
             timeouts=Timeouts(read=_number(env, "VOXMILL_TIMEOUT") or timeouts.read),
             cache_dir=Path(env["VOXMILL_CACHE_DIR"]) if env.get("VOXMILL_CACHE_DIR") else base.cache_dir,
             asr_max_seconds=_number(env, "VOXMILL_ASR_MAX_SECONDS") or base.asr_max_seconds,

@@ -25,7 +25,7 @@ from conftest import LocalServer
 from voxmill.audio.formats import check_audio_body, wav_bytes
 from voxmill.catalog import MODELS, ValidatedRequest, validate
 from voxmill.client import SpeechResult, VoxmillClient
-from voxmill.errors import AuthError, BadResponse, InvalidItem, TransientError, VoxmillError
+from voxmill.errors import AuthError, BadResponse, InvalidItem, RateLimited, TransientError, VoxmillError
 from voxmill.limiter import AsyncRateLimiter
 from voxmill.server import ServerConfig, request_content_hash, serve_in_thread
 from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings, Timeouts
@@ -263,6 +263,37 @@ async def test_429_waits_retry_after_and_bills_each_item_once(make_server, tmp_p
     assert waits
     # one admission per Retry-After window (burst 1): the third item lands ≥ 2 s in
     assert elapsed >= 2.0 - 0.01
+
+
+async def test_429s_do_not_use_up_the_fault_attempts(make_server, tmp_path):
+    """A 429 burst outlasting ``max_attempts`` tries fails no item: 429s are retried until their deadline."""
+    server = make_server(rate_limit_rps=2.0, rate_limit_burst=1.0)
+    requests = [tts(f"Burst line {i}.") for i in range(4)]
+    settings = settings_for(server, tmp_path, max_attempts=2)
+    limiter = AsyncRateLimiter(dataclasses.replace(settings.rate_limit, adaptive=False))  # only the 429s pace
+    async with VoxmillClient(settings, limiter=limiter) as client:
+        results = await asyncio.gather(*(client.synthesize(request) for request in requests))
+
+    assert all(isinstance(r, SpeechResult) for r in results)
+    assert max(r.attempts for r in results) > 2  # more tries than max_attempts, every extra one a 429
+    stats = server.stats()
+    assert stats["by_status"]["200"] == 4
+    assert stats["by_status"]["429"] == sum(r.attempts - 1 for r in results)
+
+
+async def test_429s_stop_at_the_rate_limited_deadline(make_server, tmp_path):
+    server = make_server(rate_limit_rps=0.5, rate_limit_burst=1.0)  # one admission, then Retry-After 2 s
+    settings = settings_for(server, tmp_path, max_attempts=10, rate_limited_deadline=1.5)
+    limiter = AsyncRateLimiter(dataclasses.replace(settings.rate_limit, adaptive=False))
+    requests = [tts(f"Deadline line {i}.") for i in range(3)]
+    async with VoxmillClient(settings, limiter=limiter) as client:
+        results = await asyncio.gather(*(client.synthesize(request) for request in requests), return_exceptions=True)
+
+    refused = [r for r in results if isinstance(r, RateLimited)]
+    assert len(refused) == 1, results  # t≈0: one admitted; t≈2 s: one more, the last is past its 1.5 s deadline
+    assert refused[0].attempts == 2 and refused[0].status == 429
+    stats = server.stats()
+    assert (stats["by_status"]["200"], stats["by_status"]["429"]) == (2, 3)
 
 
 async def test_latency_fault_shows_in_the_measured_latency(make_server, tmp_path):

@@ -14,8 +14,9 @@ import time
 
 import pytest
 
+from voxmill.identity import budget_id
 from voxmill.limiter import AsyncRateLimiter, Limiter, build_limiter
-from voxmill.rate import FileSource, LocalSource, RateControl, budget_id
+from voxmill.rate import FileSource, LocalSource, RateControl
 from voxmill.rate.control import INITIAL_RATE, PROBE_GROWTH, SLOW_START_DOUBLING_S
 from voxmill.settings import ApiKey, RateLimit, Settings
 
@@ -321,3 +322,37 @@ def test_build_limiter_modes(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         fallback = build_limiter(base.with_(cache_dir=blocked))
     assert isinstance(fallback.source, LocalSource) and "keeps its own" in caplog.text
+
+
+class SlowSource(LocalSource):
+    """A source whose lease waits, like one that asks another machine (tasks.rate.PrefectSource)."""
+
+    blocking = True
+
+    def lease(self, ceiling, burst):
+        time.sleep(0.3)
+        return super().lease(ceiling, burst)
+
+
+def slow_source(settings: Settings) -> SlowSource:
+    return SlowSource(RateControl.fixed_at(100.0))
+
+
+async def test_a_blocking_source_is_built_by_its_factory_and_leased_off_the_loop(tmp_path):
+    settings = Settings(api_key=ApiKey("k"), base_url="http://127.0.0.1:9", cache_dir=tmp_path,
+                        rate_limit=RateLimit(source_factory=slow_source))
+    limiter = build_limiter(settings)
+    assert isinstance(limiter.source, SlowSource) and not (tmp_path / "rate").exists()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.02)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    async with limiter.slot():
+        pass
+    ticker.cancel()
+    assert ticks >= 8  # the loop kept running while the lease waited 0.3 s

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from voxmill.errors import ConfigError
-from voxmill.settings import ApiKey, Settings
+from voxmill.settings import ApiKey, RetryPolicy, Settings
 
 SECRET = "sk-settings-test-0123456789"
 
@@ -18,6 +18,8 @@ def test_from_env_defaults_are_the_value_objects_defaults():
     assert (custom.rate_limit.max_concurrent, custom.retry.max_attempts, custom.timeouts.read) == (9, 2, 5.0)
     with pytest.raises(ConfigError, match="VOXMILL_RPS"):
         Settings.from_env({"VOXMILL_RPS": "fast"})
+    assert Settings.from_env({"VOXMILL_RATE_LIMITED_DEADLINE": "30"}).retry.rate_limited_deadline == 30.0
+    assert Settings.from_env({}).retry.rate_limited_deadline == RetryPolicy().rate_limited_deadline
 
 
 def test_env_key_pickles_as_the_variable_name(monkeypatch):

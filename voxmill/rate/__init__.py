@@ -2,6 +2,6 @@
 (:mod:`~voxmill.rate.sources`: one process, or every process on the machine sharing a key and base URL)."""
 
 from voxmill.rate.control import RateControl
-from voxmill.rate.sources import FileSource, Lease, LocalSource, TokenSource, budget_id
+from voxmill.rate.sources import FileSource, Lease, LocalSource, TokenSource
 
-__all__ = ["FileSource", "Lease", "LocalSource", "RateControl", "TokenSource", "budget_id"]
+__all__ = ["FileSource", "Lease", "LocalSource", "RateControl", "TokenSource"]

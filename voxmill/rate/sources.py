@@ -16,7 +16,6 @@ run on the same API starts from the learned rate.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from voxmill.identity import budget_id
 from voxmill.rate.control import COALESCE_S, RateControl
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class Lease:
 
 class TokenSource(Protocol):
     """What :class:`~voxmill.limiter.AsyncRateLimiter` needs from a budget."""
+
+    #: ``lease`` may wait (on another machine's say-so): the limiter calls it in a thread
+    blocking: bool
 
     def lease(self, ceiling: float | None, burst: int) -> Lease:
         """Book the next start times of the budget for this process."""
@@ -77,6 +80,8 @@ class TokenSource(Protocol):
 class LocalSource:
     """The budget of one process: the control in memory, one token per lease (exact spacing)."""
 
+    blocking = False
+
     def __init__(self, control: RateControl | None = None) -> None:
         self.control = control if control is not None else RateControl()
 
@@ -101,16 +106,13 @@ class LocalSource:
         return None
 
 
-def budget_id(api_key: str, base_url: str) -> str:
-    """The name of a budget: a hash of the key and the base URL (the key cannot be read back from it)."""
-    return hashlib.sha256(f"voxmill-rate\0{api_key}\0{base_url.rstrip('/')}".encode()).hexdigest()[:24]
-
-
 class FileSource:
     """The budget shared by every process on this machine with the same key and base URL (see module doc).
 
     Times in the file are wall-clock (``time.time()``), converted to this process's monotonic clock per lease.
     """
+
+    blocking = False
 
     def __init__(self, path: Path, base_url: str, ceiling: float | None = None) -> None:
         self.path = Path(path)
@@ -212,4 +214,4 @@ class FileSource:
         return RateControl.starting(self._ceiling)
 
 
-__all__ = ["FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource", "budget_id"]
+__all__ = ["FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource"]
