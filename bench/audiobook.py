@@ -151,7 +151,7 @@ def main() -> None:
         token, port = secrets.token_urlsafe(12), free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         server = subprocess.Popen([sys.executable, "-m", "voxmill.cli", "serve", "--engine", "null", "--port",
-                                   str(port), "--token", token], env=env, stdout=subprocess.DEVNULL,
+                                   str(port), f"--token={token}"], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 30
@@ -161,7 +161,7 @@ def main() -> None:
                         break
                 time.sleep(0.2)
             cmd = [sys.executable, __file__, "--phase", "book", "--book", str(book), "--out", str(work_dir / "out"),
-                   "--token", token, "--base-url", f"http://127.0.0.1:{port}", "--format", args.format,
+                   f"--token={token}", "--base-url", f"http://127.0.0.1:{port}", "--format", args.format,
                    "--concurrency", str(args.concurrency)] + (["--speech"] if args.speech else [])
             line = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
         finally:

@@ -106,7 +106,7 @@ class ServerProcess:
         cmd = [
             sys.executable, "-m", "voxmill.cli", "serve", "--engine", "null", "--no-preload",
             "--rate-limit-rps", str(rps), "--latency-ms", str(latency_ms),
-            "--port", str(self.port), "--token", self.token,
+            "--port", str(self.port), f"--token={self.token}",
         ]
         self.process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
         self._wait_healthy()
@@ -387,7 +387,7 @@ def run_phase(name: str, args: argparse.Namespace, **extra: Any) -> dict:
            "--rps", str(args.rps), "--concurrency", str(args.concurrency), "--workers", str(args.workers)]
     for key, value in extra.items():
         if value is not None:
-            cmd += [f"--{key.replace('_', '-')}", str(value)]
+            cmd.append(f"--{key.replace('_', '-')}={value}")  # '=': a value may start with '-'
     print(f"  … {name} {' '.join(f'{k}={v}' for k, v in extra.items() if k not in ('token', 'base_url'))}",
           file=sys.stderr, flush=True)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

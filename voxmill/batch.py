@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from typing import Any, TypeVar
 from voxmill.audio.formats import audio_format
 from voxmill.audio.measure import file_peak_dbfs, measure_file
 from voxmill.audio.split import split_on_silence, stitch_transcripts
-from voxmill.audio.transcode import OutputSpec, prepare_asr_input, transcode_audio
+from voxmill.audio.transcode import OutputSpec, partial_path, prepare_asr_input, transcode_audio
 from voxmill.catalog import ValidatedRequest, get_model
 from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
 from voxmill.errors import AuthError, RateLimited, VoxmillError, labelled
@@ -395,7 +394,7 @@ def _adopt_outputs(pairs: Sequence[tuple[Path, Path]], source_row: LedgerRow) ->
     staged: list[tuple[Path, Path]] = []
     try:
         for source, target in pairs:
-            temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+            temp = partial_path(target)
             try:
                 os.link(source, temp)  # a link keeps this inode even if the source is replaced meanwhile
             except FileNotFoundError:

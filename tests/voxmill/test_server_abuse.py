@@ -137,7 +137,7 @@ def server_process() -> Iterator[tuple[LocalServer, int]]:
         port = probe.getsockname()[1]
     token = secrets.token_urlsafe(12)
     process = subprocess.Popen([sys.executable, "-c", "from voxmill.cli import main; raise SystemExit(main())",
-                                "serve", "--engine", "null", "--no-preload", "--port", str(port), "--token", token,
+                                "serve", "--engine", "null", "--no-preload", "--port", str(port), f"--token={token}",
                                 "--max-upload-mb", "50", "--body-timeout", "5"], stdout=subprocess.DEVNULL)
     try:
         base_url = f"http://127.0.0.1:{port}"

@@ -90,6 +90,11 @@ class OutputSpec:
             raise ConfigError(f"true_peak_db {self.true_peak_db} is outside -9 to 0 dBTP")
 
 
+def partial_path(target: Path) -> Path:
+    """A fresh temp name beside ``target`` (``.name.<hex>.part``), swept by :func:`remove_partial_outputs`."""
+    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+
+
 @contextmanager
 def atomic_output(target: Path) -> Iterator[Path]:
     """Yield a temp path beside ``target``; on success it replaces ``target``, on any error it is removed.
@@ -98,7 +103,7 @@ def atomic_output(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    temp = partial_path(target)
     try:
         yield temp
         os.replace(temp, target)
@@ -239,6 +244,7 @@ def prepare_asr_input(path: Path, accepted: tuple[str, ...], *, cache_dir: Path 
 __all__ = [
     "OutputSpec",
     "atomic_output",
+    "partial_path",
     "loudnorm_filter",
     "prepare_asr_input",
     "remove_partial_outputs",
