@@ -119,7 +119,8 @@ def bench_shards(items: int, rps: float) -> None:
                 out = Path(tmp) / f"out-{shards}"
                 cmd = [sys.executable, "-m", "prefect", "deployment", "run", "voxmill-synthesize/synthesize",
                        "-p", f"manifest={manifest}", "-p", f"out_dir={out}", "-p", f"shards={shards}",
-                       "-p", f"requests_per_second={rps}", "-p", "max_concurrent=32", "-p", "output_format=wav",
+                       "--param", f'options={{"requests_per_second": {rps}, "max_concurrent": 32}}',
+                       "-p", "output_format=wav",
                        "--watch"]
                 process = subprocess.Popen(cmd, env=stack.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 first = last = None

@@ -61,13 +61,15 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """Counts for one batch; ``stopped`` when the run was halted (e.g. the key was refused)."""
+    """Counts for one batch; ``stopped`` when the run was halted (e.g. the key was refused), ``stop_kind`` the
+    kind of the error that halted it (``AuthError.kind``)."""
 
     done: int = 0
     failed: int = 0
     reused: int = 0
     not_attempted: int = 0
     stopped: str | None = None
+    stop_kind: str | None = None
 
 
 def output_stem(item_id: str) -> str:
@@ -98,6 +100,7 @@ class BatchEngine:
         self.progress = progress or ProgressBoard()
         self.flow_run_id = flow_run_id
         self.stop_reason: str | None = None
+        self.stop_kind: str | None = None
         self.done_index = done_index if done_index is not None else ledger.done_index()
         self._in_flight: dict[str, asyncio.Future[LedgerRow]] = {}
         self._retrying: set[str] = set()
@@ -161,7 +164,7 @@ class BatchEngine:
         counts = {"done": 0, "failed": 0, "reused": 0, "not_attempted": 0}
         for result in results:
             counts[result] += 1
-        return BatchOutcome(**counts, stopped=self.stop_reason)
+        return BatchOutcome(**counts, stopped=self.stop_reason, stop_kind=self.stop_kind)
 
     async def _run_batch(self, planned: Sequence[PlannedItem]) -> list[str]:
         return list(await asyncio.gather(*(self._handle(p) for p in planned)))
@@ -213,6 +216,7 @@ class BatchEngine:
             return await self._transcribe(item, key, started)
         except AuthError as exc:
             self.stop_reason = f"the API refused the key ({exc.message}); fix VOXMILL_API_KEY and rerun"
+            self.stop_kind = exc.kind
             return self._failed_row(item, key, exc.kind, exc.message, started, exc)
         except VoxmillError as exc:
             return self._failed_row(item, key, exc.kind, labelled(item.label, exc.message), started, exc)

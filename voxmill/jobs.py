@@ -108,6 +108,8 @@ class RunSummary:
     audio_seconds: float
     elapsed_s: float
     stopped: str | None = None
+    #: the kind of error that stopped the run (``AuthError.kind``), when one did: what exit codes are made from
+    stop_kind: str | None = None
     ledger_done: int = 0
     ledger_failed: int = 0
     #: the API rate the limiter held at the end, requests per second (learned unless fixed; None: unlimited)
@@ -355,6 +357,7 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
         audio_seconds=_new_audio_seconds(run_rows),
         elapsed_s=round(time.monotonic() - job.started, 3),
         stopped=job.engine.stop_reason or next((o.stopped for o in outcomes if o.stopped), None),
+        stop_kind=job.engine.stop_kind or next((o.stop_kind for o in outcomes if o.stop_kind), None),
         ledger_done=statuses.get("done", 0),
         ledger_failed=statuses.get("failed", 0),
         api_rate=round(job.progress.api_rate, 3) if job.progress.api_rate is not None else None,

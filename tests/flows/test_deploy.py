@@ -81,7 +81,7 @@ RUN_FAILING = (
     "import sys\n"
     "from prefect.deployments import run_deployment\n"
     "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3],"
-    " 'local_engine': 'null'}, timeout=None, poll_interval=1)\n"
+    " 'options': {'local_engine': 'null'}}, timeout=None, poll_interval=1)\n"
     "print(run.id, run.state.name)\n"
 )
 READ_RESULT = (
@@ -161,7 +161,8 @@ RUN_SHARDED = (
     "from prefect.deployments import run_deployment\n"
     f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
     "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
-    f" 'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'output_format': 'wav', 'max_concurrent': 2}},"
+    f" 'options': {{'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'max_concurrent': 2}},"
+    " 'output_format': 'wav'},"
     " timeout=None, poll_interval=1)\n"
     "print(json.dumps([run.state.name, run.state.message]))\n"
 )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -109,8 +108,8 @@ def work_dir_for(spec: DatasetSpec, store: DatasetStore, settings: Settings) -> 
 
 
 def _price_table() -> PriceTable | None:
-    path = os.environ.get("VOXMILL_PRICES")
-    return PriceTable.load(Path(path)) if path else None
+    path = Settings.from_env().prices_path
+    return PriceTable.load(path) if path else None
 
 
 def _run(request: JobRequest, settings: Settings, progress: ProgressBoard | None,
