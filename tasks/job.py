@@ -8,7 +8,6 @@ so the flow run ends Completed or Failed with the counts in its message and its 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from pathlib import Path
@@ -21,6 +20,7 @@ from tasks.batches import Batch, WorkerBatchOutcome, process_batch
 from tasks.runners import make_task_runner
 from tasks.settings import flow_settings
 from voxmill.batch import BatchOutcome
+from voxmill.identity import content_hash
 from voxmill.jobs import JobFailed, JobRequest, RunSummary, fan_out, finish_job, open_job
 from voxmill.options import RunnerKind, RunOptions
 from voxmill.progress import ProgressBoard, watched_board
@@ -36,7 +36,7 @@ def artifact_key(kind: str, where: str | Path) -> str:
     text = str(where)
     resolved = text.rstrip("/") if "://" in text else str(Path(text).expanduser().resolve())
     slug = re.sub(r"[^a-z0-9]+", "-", resolved.rsplit("/", 1)[-1].lower()).strip("-")[:40] or "out"
-    return f"voxmill-{kind}-{slug}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+    return f"voxmill-{kind}-{slug}-{content_hash(resolved)[:8]}"
 
 
 def run_job_in_flow(

@@ -12,7 +12,6 @@ one) and in the set of keys in flight; a duplicate waits for the first and reuse
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -29,10 +28,10 @@ from voxmill.audio.formats import audio_format
 from voxmill.audio.measure import file_peak_dbfs, measure_file
 from voxmill.audio.split import split_on_silence, stitch_transcripts
 from voxmill.audio.transcode import OutputSpec, partial_path, prepare_asr_input, transcode_audio
-from voxmill.catalog import ValidatedRequest, get_model
+from voxmill.catalog import ASR_MAX_SECONDS, ValidatedRequest, get_model
 from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
 from voxmill.errors import AuthError, RateLimited, VoxmillError, labelled
-from voxmill.identity import file_hash
+from voxmill.identity import content_hash, file_hash
 from voxmill.ledger import DoneIndex, Ledger, LedgerRow, utc_now
 from voxmill.limiter import AsyncRateLimiter, build_limiter
 from voxmill.manifests import JobKind, WorkItem, open_binary
@@ -56,7 +55,7 @@ class JobSpec:
     kind: JobKind
     out_dir: Path
     output: OutputSpec = field(default_factory=OutputSpec)
-    asr_max_seconds: float = 600.0
+    asr_max_seconds: float = ASR_MAX_SECONDS
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def output_stem(item_id: str) -> str:
     cleaned = _UNSAFE.sub("_", item_id)[:120] or "item"
     if cleaned == item_id:
         return cleaned
-    return f"{cleaned}-{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
+    return f"{cleaned}-{content_hash(item_id)[:8]}"
 
 
 class BatchEngine:
@@ -318,7 +317,7 @@ class BatchEngine:
         """A local path for an ASR input (fsspec URLs are fetched into scratch space first)."""
         if "://" not in audio or audio.startswith("file://"):
             return Path(audio.removeprefix("file://"))
-        target = self._scratch / f"{os.getpid()}-{abs(hash(audio))}{Path(audio.split('?')[0]).suffix}"
+        target = self._scratch / f"{os.getpid()}-{content_hash(audio)[:16]}{Path(audio.split('?')[0]).suffix}"
         with open_binary(audio) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
         return target
@@ -345,9 +344,9 @@ class BatchEngine:
         if not await asyncio.to_thread(_adopt_outputs, pairs, source_row):
             return None
         output_path = str(pairs[0][1].relative_to(self.job.out_dir))
-        values = {**source_row.__dict__, **self._base(item, key, utc_now()), "output_path": output_path,
+        values = {**source_row.to_dict(), **self._base(item, key, utc_now()), "output_path": output_path,
                   "reused_from": source_row.id, "attempts": 0, "latency_s": 0.0, "request_id": None}
-        return LedgerRow(**values)
+        return LedgerRow.from_dict(values)
 
     # --- rows ---------------------------------------------------------------------------------------
 

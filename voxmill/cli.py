@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS
+from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS, TTS_SAMPLE_RATE
 from voxmill.cli_common import (
     EXIT_FAILED_ITEMS,
     EXIT_OK,
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     tts.add_argument("--voice", help="default voice for rows without one")
     tts.add_argument("--format", default="wav", dest="output_format",
                      help="output audio: wav, mp3, opus, flac, m4a (default wav)")
-    tts.add_argument("--sample-rate", type=int, help="output sample rate (default: as generated, 24000)")
+    tts.add_argument("--sample-rate", type=int, help=f"output sample rate (default: as generated, {TTS_SAMPLE_RATE})")
     tts.add_argument("--channels", type=int, choices=(1, 2), help="output channels (default 1)")
     tts.add_argument("--bitrate", help="lossy bitrate, e.g. 128k")
     tts.add_argument("--loudness", type=float, dest="loudness_lufs",

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from voxmill.catalog import ASR_MAX_SECONDS
 from voxmill.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "voxmill")
-    asr_max_seconds: float = 600.0
+    asr_max_seconds: float = ASR_MAX_SECONDS
     #: the JSON price table estimates use (None: costs unknown)
     prices_path: Path | None = None
 

@@ -98,6 +98,7 @@ READ_RESULT = (
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_make_deploy_runs_every_deployment_shards_and_persists_a_failed_result(stack: Stack, clone: Path, tmp_path):
     listed = _prefect(stack, "deployment", "ls").communicate(timeout=120)[0]
     for name in (*DEPLOYMENTS, "voxmill-synthesize/shard", "voxmill-transcribe/shard"):
@@ -200,6 +201,7 @@ def _ended(process: subprocess.Popen) -> tuple[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(stack: Stack, make_server, tmp_path):
     server = make_server(latency_ms=400)  # a shard of ~15 items at 2 in flight: ~3 s of work to kill into
     texts = {f"item-{n:02d}": f"Sharded resume check, sentence number {n}." for n in range(SHARD_ITEMS)}

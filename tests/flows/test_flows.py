@@ -188,7 +188,7 @@ def test_bad_parameter_refused_when_the_run_is_created(api_env, null_server, tmp
 
     api_env(null_server)
     manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": "Hello."}])
-    for bad in ({"output_format": "wma"}, {"runner": "threads"}, {"model": "no-such-model"}):
+    for bad in ({"output_format": "wma"}, {"options": {"runner": "threads"}}, {"model": "no-such-model"}):
         with pytest.raises(ParameterTypeError):
             synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), **bad)
     assert null_server.stats()["requests"] == 0 and not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ from server_rates import StatsSampler
 
 from voxmill.options import RunOptions
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.rate]
 
 
 def test_process_runner_workers_share_one_budget(make_server, prefect_api, monkeypatch, tmp_path):

@@ -53,6 +53,7 @@ def test_the_scope_is_chosen_by_setting_and_needs_a_prefect_api(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.rate
 def test_two_processes_share_one_prefect_limit(make_server, prefect_api, tmp_path):
     from prefect.client.orchestration import get_client
 
