@@ -25,7 +25,7 @@ from manifest_files import write_manifest
 
 from voxmill.audio.formats import check_audio_body
 from voxmill.audio.measure import measure_file
-from voxmill.deploy import DEPLOYMENTS, Stack, deploy, undeploy
+from voxmill.cli.deploy import DEPLOYMENTS, Stack, deploy, undeploy
 from voxmill.ledger import Ledger
 from voxmill.server import request_content_hash
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from voxmill.cli_common import EXIT_OK, add_run_options, announce, run_options
+from voxmill.cli.common import EXIT_OK, add_run_options, announce, run_options
 from voxmill.dataset.build import build_dataset
 from voxmill.dataset.export import EXPORT_FORMATS, export_version
 from voxmill.dataset.publish import DatasetStore

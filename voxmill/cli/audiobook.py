@@ -20,7 +20,7 @@ from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookReque
 from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
 from voxmill.book.sources import BOOK_TYPES, read_book
 from voxmill.catalog import TTS_MODELS
-from voxmill.cli_common import (
+from voxmill.cli.common import (
     EXIT_OK,
     add_param_option,
     add_run_options,

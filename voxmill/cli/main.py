@@ -1,4 +1,5 @@
-"""The ``voxmill`` command: synthesize, transcribe, status, retry-failed, estimate, models, serve.
+"""The ``voxmill`` command tree: synthesize, transcribe, status, retry-failed, estimate, demo, models here; serve,
+audiobook, dataset and deploy in their own modules of this package.
 
 Exit codes: 0 every item done; 1 some items failed (see ``voxmill status OUT``); 2 a usage, manifest or
 configuration problem (nothing was sent); 3 the API refused the key (the run stopped).
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS, TTS_SAMPLE_RATE
-from voxmill.cli_common import (
+from voxmill.cli.common import (
     EXIT_FAILED_ITEMS,
     EXIT_OK,
     EXIT_USAGE,
@@ -29,6 +30,7 @@ from voxmill.cli_common import (
     progress_bar,
     run_options,
 )
+from voxmill.cli.deploy import PROJECT_ROOT
 from voxmill.errors import VoxmillError
 from voxmill.estimate import estimate_manifest
 from voxmill.jobs import JobFailed
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.set_defaults(handler=_cmd_estimate)
 
     demo = sub.add_parser("demo", help="the main job offline: synthesise manifests/demo_tts.csv, transcribe it back")
-    demo.add_argument("--manifest", default=str(Path(__file__).resolve().parent.parent / "manifests" / "demo_tts.csv"))
+    demo.add_argument("--manifest", default=str(PROJECT_ROOT / "manifests" / "demo_tts.csv"))
     demo.add_argument("-o", "--out", type=Path, default=Path("demo-out"))
     demo.add_argument("--format", default="mp3", dest="output_format")
     demo.add_argument("--local-engine", choices=("real", "null"), default="real")
@@ -118,18 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="the model catalogue: every model and parameter")
     models.set_defaults(handler=_cmd_models)
 
-    from voxmill.server.cli import add_serve_parser
+    from voxmill.cli.serve import add_serve_parser
 
     add_serve_parser(sub)
-    from voxmill.book.cli import add_audiobook_parser
+    from voxmill.cli.audiobook import add_audiobook_parser
 
     add_audiobook_parser(sub)
 
-    from voxmill.dataset.cli import add_dataset_parser
+    from voxmill.cli.dataset import add_dataset_parser
 
     add_dataset_parser(sub)
 
-    from voxmill.deploy import add_deploy_parser
+    from voxmill.cli.deploy import add_deploy_parser
 
     add_deploy_parser(sub)
     return parser
@@ -178,7 +180,7 @@ def _prefect_api() -> Iterator[None]:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    from voxmill.prefect_api import owned_prefect_server
+    from voxmill.cli.prefect_server import owned_prefect_server
 
     with owned_prefect_server(timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()) as api_url:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
