@@ -21,6 +21,7 @@ from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.estimate import PriceTable, estimate_manifest
 from voxmill.jobs import JobFailed
+from voxmill.limits import apply_limit_overrides
 from voxmill.progress import ProgressBoard
 from voxmill.report import describe_out_dir
 
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        apply_limit_overrides(args.limits)
         return int(args.handler(args) or 0)
     except ConfigError as exc:
         print(f"voxmill: {exc.message}", file=sys.stderr)
@@ -51,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (model names and parameters come from the catalogue)."""
     parser = argparse.ArgumentParser(prog="voxmill", description="Batch speech pipelines on Prefect.")
+    parser.add_argument("--limit", action="append", default=[], dest="limits", metavar="NAME=VALUE",
+                        help="raise an input limit for trusted files, e.g. archive_mb=2048 (repeatable; names and "
+                             "defaults: VOXMILL_MAX_* in docs/reliability.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     tts = sub.add_parser("synthesize", help="text manifest → audio files + results.parquet")

@@ -21,6 +21,7 @@ import numpy as np
 
 from voxmill.audio.formats import ffmpeg_path
 from voxmill.errors import ConfigError, InvalidItem, TooShortAudio, TruncatedAudio
+from voxmill.limits import InputLimits, InputTooLarge
 from voxmill.identity import content_hash, file_hash
 
 #: BS.1770 gates 400 ms blocks: shorter clips have no integrated loudness
@@ -172,6 +173,12 @@ def check_complete(probed: ProbeResult, *, min_seconds: float = MIN_ASR_SECONDS)
     TooShortAudio, naming the file, both durations and the fix.
     """
     where = f"audio file {str(probed.path)!r}"
+    limits = InputLimits.from_env()
+    if probed.duration_s > limits.audio_hours * 3600:  # checked before anything reads the frames
+        raise InputTooLarge(
+            f"{where} declares {probed.duration_s / 3600:,.1f} h of audio, over the limit of {limits.audio_hours:g} h "
+            f"(audio_hours): a corrupt or hostile header; {limits.fix('audio_hours')}"
+        )
     actual = probed.duration_s
     declared = None
     if probed.format == "wav":
