@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from voxmill.audio.transcode import OutputSpec, remove_partial_outputs
 from voxmill.batch import BatchEngine, BatchOutcome, JobSpec
-from voxmill.errors import ConfigError
+from voxmill.errors import ConfigError, disk_full_error
 from voxmill.ledger import Ledger
 from voxmill.manifests import JobKind, ManifestReader, RunDefaults, WorkItem, iter_record_batches
 from voxmill.plan import PlanCounts, PlannedItem, key_of, plan_items
@@ -200,7 +200,11 @@ def save_job_record(request: JobRequest) -> None:
     record["defaults"]["params"] = dict(request.defaults.params)
     target = request.out_dir / JOB_RECORD
     tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
+    try:
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise disk_full_error(exc, str(target)) or exc from None
     os.replace(tmp, target)
 
 

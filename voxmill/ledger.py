@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from voxmill.errors import ConfigError
+from voxmill.errors import ConfigError, DiskFull, disk_full_error
 from voxmill.identity import id_hash64
 
 RESULTS_FILE = "results.parquet"
@@ -297,12 +297,26 @@ class Ledger:
         # the row's own __dict__ (fields in order, flat values): dataclasses.asdict deep-copies every value
         # and was ~0.3 ms per item, the biggest per-item cost of a run
         line = (json.dumps(row.__dict__, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        where = str(self.journal_dir / self.journal_name)
         with self._write_lock:
-            if self._journal_fd is None:
-                self.journal_dir.mkdir(parents=True, exist_ok=True)
-                path = self.journal_dir / self.journal_name
-                self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.write(self._journal_fd, line)
+            try:
+                if self._journal_fd is None:
+                    self.journal_dir.mkdir(parents=True, exist_ok=True)
+                    self._journal_fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                end = os.lseek(self._journal_fd, 0, os.SEEK_END)
+                try:
+                    written = os.write(self._journal_fd, line)
+                except OSError:
+                    os.ftruncate(self._journal_fd, end)
+                    raise
+            except OSError as exc:
+                failure = disk_full_error(exc, where)
+                if failure is None:
+                    raise
+                raise failure from None
+            if written != len(line):  # a short write on a full disk: cut the torn line so later rows parse
+                os.ftruncate(self._journal_fd, end)
+                raise DiskFull.writing(where)
 
     def compact(self) -> pa.Table:
         """Fold journals into results.parquet (latest row per id) and failures.parquet; return the table."""
@@ -424,9 +438,16 @@ def _latest_per_id(table: pa.Table) -> pa.Table:
 
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+    except OSError as exc:  # the old table stays as it was; a full disk is one clear error
+        tmp.unlink(missing_ok=True)
+        failure = disk_full_error(exc, str(path))
+        if failure is None:
+            raise
+        raise failure from None
     os.replace(tmp, path)
 
 

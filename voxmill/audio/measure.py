@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from voxmill.audio.formats import ffmpeg_path
-from voxmill.errors import ConfigError, InvalidItem, TooShortAudio, TruncatedAudio
+from voxmill.errors import ConfigError, DiskFull, InvalidItem, TooShortAudio, TruncatedAudio
 from voxmill.limits import InputLimits, InputTooLarge
 from voxmill.identity import content_hash, file_hash
 
@@ -77,6 +77,8 @@ def run_tool(cmd: Sequence[str], *, what: str, stdin: bytes | None = None) -> su
     """Run ffmpeg/ffprobe; on failure raise InvalidItem ``"{what}: <ffmpeg's last lines>"``."""
     result = subprocess.run(list(cmd), input=stdin, capture_output=True, check=False)
     if result.returncode != 0:
+        if b"No space left on device" in result.stderr or b"Disk quota exceeded" in result.stderr:
+            raise DiskFull.writing(f"an output ({what})", _stderr_tail(result.stderr))
         raise InvalidItem(f"{what}: {_stderr_tail(result.stderr)}")
     return result
 
