@@ -24,6 +24,7 @@ from voxmill.jobs import JobFailed
 from voxmill.limits import apply_limit_overrides
 from voxmill.progress import ProgressBoard
 from voxmill.report import describe_out_dir
+from voxmill.shutdown import Terminated, sigterm_stops_the_run
 
 RUNNERS = ("thread", "process", "dask")  # tasks.runners.RUNNERS, without importing Prefect to parse arguments
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
@@ -190,6 +191,7 @@ def _prepare_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_drop_voxmill_tracebacks)
+        logging.getLogger("prefect.flow_runs").addFilter(_drop_termination_crash)
     if not os.environ.get("PREFECT_API_URL"):
         print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
 
@@ -197,6 +199,11 @@ def _prepare_prefect(verbose: bool) -> None:
 def _drop_voxmill_tracebacks(record: logging.LogRecord) -> bool:
     """Prefect logs a flow stopped by a voxmill error with its traceback; ``main`` prints the message alone."""
     return not (record.exc_info and isinstance(record.exc_info[1], VoxmillError))
+
+
+def _drop_termination_crash(record: logging.LogRecord) -> bool:
+    """After SIGTERM the CLI says what stopped and what is recorded; Prefect's "Crash detected!" would repeat it."""
+    return "aborted by a termination signal" not in record.getMessage()
 
 
 @contextlib.contextmanager
@@ -246,8 +253,12 @@ def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
     if bar:
         bar.start()
     try:
-        with _prefect_api():
+        with sigterm_stops_the_run(), _prefect_api():
             summary = flow_fn(**kwargs, return_state=True).result(raise_on_failure=False)
+    except Terminated as exc:
+        print(f"voxmill: {exc}; what came back is recorded — "
+              f"{_status_line(Path(kwargs['out_dir']))}; rerun the same command to continue", file=sys.stderr)
+        return 128 + exc.signum
     finally:
         stop.set()
         if bar:
@@ -265,6 +276,14 @@ def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
               f"`voxmill retry-failed {summary.out_dir}` reruns them", file=sys.stderr)
         return EXIT_FAILED_ITEMS
     return EXIT_OK
+
+
+def _status_line(out_dir: Path) -> str:
+    """The first line of ``voxmill status OUT`` without the folder name (counts against the manifest)."""
+    try:
+        return describe_out_dir(out_dir, failures=0).text.splitlines()[0].removeprefix(f"{out_dir}: ")
+    except VoxmillError:
+        return "nothing recorded yet"
 
 
 def _show_progress(board: ProgressBoard, stop: threading.Event) -> None:

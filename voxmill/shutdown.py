@@ -8,9 +8,11 @@ run state that is not passed explicitly: engines subscribe with :func:`on_stop`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from voxmill.errors import ConfigError
 
@@ -76,5 +78,41 @@ def reset_stop() -> None:
         _reason = None
 
 
-__all__ = ["DEFAULT_STOP_GRACE_S", "STOP_GRACE_ENV", "on_stop", "request_stop", "reset_stop", "stop_grace_s",
-           "stop_requested"]
+class Terminated(BaseException):
+    """SIGTERM reached the main thread (a BaseException: no ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_stops_the_run() -> Iterator[None]:
+    """In the main thread: SIGTERM requests the stop (:func:`request_stop`) and raises :class:`Terminated`.
+
+    Prefect's flow engine installs its own handler while a flow runs and, once it has crashed the run,
+    sends the signal again to the handler it replaced — this one — so the caller still gets Terminated.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        request_stop(f"stopped by {signal.Signals(signum).name}")
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+__all__ = [
+    "DEFAULT_STOP_GRACE_S",
+    "STOP_GRACE_ENV",
+    "Terminated",
+    "on_stop",
+    "request_stop",
+    "reset_stop",
+    "sigterm_stops_the_run",
+    "stop_grace_s",
+    "stop_requested",
+]
