@@ -192,6 +192,11 @@ def _prepare_prefect(verbose: bool) -> None:
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_drop_voxmill_tracebacks)
         logging.getLogger("prefect.flow_runs").addFilter(_drop_termination_crash)
+        # Prefect's own machinery (event and log delivery) logs to loggers outside "prefect": "EventsWorker - Still
+        # processing items…" ends many runs, and a restarting Prefect server dumps whole events. Not the user's story.
+        os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "CRITICAL")
+        for name in ("EventsWorker", "APILogWorker"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     if not os.environ.get("PREFECT_API_URL"):
         print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
 
