@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("the local server did not start")
+                    raise SystemExit("the local server did not start") from None
                 time.sleep(0.2)
         with tempfile.TemporaryDirectory(prefix="voxmill-cli-rss-") as work_dir:
             work = Path(work_dir)
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         server.terminate()
         server.wait(timeout=30)
     load = os.getloadavg()[0]
-    print(f"\nCLI peak RSS (its own process, VmHWM polled every 20 ms); load average {load:.1f}, {os.cpu_count()} cores\n")
+    print(f"\nCLI peak RSS (its own process, VmHWM polled every 20 ms); load average {load:.1f}, "
+          f"{os.cpu_count()} cores\n")
     print(f"| {'run':<52} | exit | wall s | peak RSS MB | vs baseline |")
     print(f"|{'-' * 54}|------|--------|-------------|-------------|")
     base = rows[0][3]

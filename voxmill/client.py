@@ -40,13 +40,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from voxmill.audio.formats import FORMATS, check_audio_body, detect_format
 from voxmill.catalog import UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest
 from voxmill.errors import (
-    RunStopped,
     AuthError,
     BadResponse,
     ConfigError,
     EmptyAudio,
     InvalidItem,
     RateLimited,
+    RunStopped,
     TransientError,
     ValidationError,
     VoxmillError,

@@ -67,7 +67,7 @@ def test_disk_full_stops_the_run_then_the_rerun_pays_only_what_was_in_flight(
     assert said.count("disk is full") <= 2, said[-3000:]  # the stop reason, once in the headline (and once more
     # at most if the final table could not be written either)
 
-    recorded = done_rows(out); print("SAID", said, "GEN", server.stats()["generations_total"], len(done_rows(out)))
+    recorded = done_rows(out)
     assert 0 < len(recorded) < ROWS
     for row in recorded:  # nothing partial recorded as done: every done row's file is whole
         assert file_hash(out / row["output_path"]) == row["sha256"], row["id"]
@@ -80,7 +80,7 @@ def test_disk_full_stops_the_run_then_the_rerun_pays_only_what_was_in_flight(
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     assert len(done_rows(out)) == ROWS
     twice = sum(n - 1 for n in Counter(server.stats()["generations"]).values() if n > 1)
-    assert twice <= CONCURRENCY, twice; print("TWICE", twice, second.stdout, second.stderr)
+    assert twice <= CONCURRENCY, twice
 
 
 def test_journal_on_a_full_disk_never_keeps_a_torn_line(small_disk):

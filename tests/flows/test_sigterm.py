@@ -64,7 +64,8 @@ def test_sigterm_with_the_api_unreachable_exits_within_the_grace(make_server, pr
         said, _ = process.communicate(timeout=GRACE_S + 30)
     except subprocess.TimeoutExpired:
         process.kill()
-        raise AssertionError(f"still running {GRACE_S + 30} s after SIGTERM: {process.stdout.read()[-3000:]}")
+        raise AssertionError(f"still running {GRACE_S + 30} s after SIGTERM: {process.stdout.read()[-3000:]}") \
+            from None
     took = time.monotonic() - signalled
     assert took <= GRACE_S + 5, (took, said[-3000:])
     assert process.returncode in (143, -signal.SIGTERM), (process.returncode, said[-3000:])

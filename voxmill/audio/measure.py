@@ -21,8 +21,8 @@ import numpy as np
 
 from voxmill.audio.formats import ffmpeg_path
 from voxmill.errors import ConfigError, DiskFull, InvalidItem, TooShortAudio, TruncatedAudio
-from voxmill.limits import InputLimits, InputTooLarge
 from voxmill.identity import content_hash, file_hash
+from voxmill.limits import InputLimits, InputTooLarge
 
 #: BS.1770 gates 400 ms blocks: shorter clips have no integrated loudness
 MIN_LOUDNESS_SECONDS = 0.4

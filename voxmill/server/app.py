@@ -53,9 +53,9 @@ from voxmill.errors import BadResponse, ConfigError, ForbiddenCharacter, Invalid
 from voxmill.server.engines import ASR_SAMPLE_RATE, PiperEngine, Transcript, WhisperEngine, decode_audio
 from voxmill.server.faults import BodyFault, Fault, FaultConfig, FaultInjector
 from voxmill.server.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_UPLOAD_BYTES,
     BodyTimeout,
     BodyTooLarge,

@@ -82,7 +82,8 @@ def guarded_http_protocol(
         def _headers_too_slow(self) -> None:
             self._header_timer = None
             if not self.transport.is_closing():
-                self.transport.write(_answer(_TIMEOUT_408, f"request headers not received within {header_timeout_s:g} s"))
+                message = f"request headers not received within {header_timeout_s:g} s"
+                self.transport.write(_answer(_TIMEOUT_408, message))
                 self.transport.close()
 
     return GuardedHttpProtocol
