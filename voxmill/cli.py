@@ -193,10 +193,12 @@ def _prepare_prefect(verbose: bool) -> None:
             logging.getLogger(name).addFilter(_drop_voxmill_tracebacks)
         logging.getLogger("prefect.flow_runs").addFilter(_drop_termination_crash)
         # Prefect's own machinery (event and log delivery) logs to loggers outside "prefect": "EventsWorker - Still
-        # processing items…" ends many runs, and a restarting Prefect server dumps whole events. Not the user's story.
+        # processing items…" ends many runs, and a restarting Prefect server dumps whole events and "Unable to
+        # connect to …/events/in" warnings. Not the user's story: the job goes on either way.
         os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "CRITICAL")
-        for name in ("EventsWorker", "APILogWorker"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        for name in ("EventsWorker", "APILogWorker", "prefect.events.clients"):
+            # a filter, not a level: Prefect's logging setup resets the levels of loggers under "prefect"
+            logging.getLogger(name).addFilter(_drop_below_critical)
     if not os.environ.get("PREFECT_API_URL"):
         print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
 
@@ -204,6 +206,10 @@ def _prepare_prefect(verbose: bool) -> None:
 def _drop_voxmill_tracebacks(record: logging.LogRecord) -> bool:
     """Prefect logs a flow stopped by a voxmill error with its traceback; ``main`` prints the message alone."""
     return not (record.exc_info and isinstance(record.exc_info[1], VoxmillError))
+
+
+def _drop_below_critical(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
 
 
 def _drop_termination_crash(record: logging.LogRecord) -> bool:
