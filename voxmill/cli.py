@@ -39,7 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         apply_limit_overrides(args.limits)
-        return int(args.handler(args) or 0)
+        with sigterm_stops_the_run():  # every command: SIGTERM stops within VOXMILL_STOP_GRACE, then exits 143
+            return int(args.handler(args) or 0)
+    except Terminated as exc:
+        print(f"voxmill: {exc}; what came back is recorded; rerun the same command to continue", file=sys.stderr)
+        return 128 + exc.signum
     except ConfigError as exc:
         print(f"voxmill: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -98,6 +98,9 @@ def sigterm_stops_the_run() -> Iterator[None]:
         request_stop(f"stopped by {signal.Signals(signum).name}")
         raise Terminated(signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may install handlers
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
