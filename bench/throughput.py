@@ -273,14 +273,17 @@ def phase_cli(args: argparse.Namespace) -> dict:
            "--no-progress"]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
+    from bench.cli_rss import run_with_own_peak
+
     with Measured() as m:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f"voxmill synthesize exited with {done.returncode}")
-    headline = re.search(r"(\d+) done, .* rows in ([0-9.]+)s", done.stdout)
+        code, _, cli_peak_mb, output = run_with_own_peak(cmd, env)
+    if code != 0:
+        sys.stderr.write(output)
+        raise SystemExit(f"voxmill synthesize exited with {code}")
+    headline = re.search(r"(\d+) done, .* rows in ([0-9.]+)s", output)
+    # the CLI process's own peak (not this phase process's, nor its Prefect server's)
     return {"wall_s": m.wall, "cpu_s": m.cpu, "done": int(headline.group(1)) if headline else None,
-            "steady_wall_s": float(headline.group(2)) if headline else None, "peak_rss_mb": peak_rss_mb()}
+            "steady_wall_s": float(headline.group(2)) if headline else None, "peak_rss_mb": cli_peak_mb}
 
 
 def phase_prefect(args: argparse.Namespace) -> dict:

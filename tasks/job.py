@@ -21,7 +21,7 @@ from tasks.runners import make_task_runner
 from tasks.settings import flow_settings
 from voxmill.batch import BatchOutcome
 from voxmill.identity import content_hash
-from voxmill.jobs import JobFailed, JobRequest, RunSummary, fan_out, finish_job, open_job
+from voxmill.jobs import JobFailed, JobRequest, RunSummary, fan_out, finish_job, open_job, stop_on_exit
 from voxmill.options import RunnerKind, RunOptions
 from voxmill.progress import ProgressBoard, watched_board
 from voxmill.settings import Settings
@@ -82,7 +82,7 @@ def run_job_in_flow(
     reporter.start()
     try:
         artifact_id = create_progress_artifact(0.0, description=f"voxmill {request.kind} {request.manifest}")
-        with make_task_runner(runner, request.workers) as task_runner:
+        with make_task_runner(runner, request.workers) as task_runner, stop_on_exit(job):
             outcomes = fan_out(
                 (Batch(i, items) for i, items in enumerate(job.batches())),
                 lambda index, batch: task_runner.submit(process_batch, parameters={"engine": handle, "batch": batch}),

@@ -5,6 +5,10 @@ limiter, so every request of the process shares the same connection pool and the
 whichever thread hands it work. :meth:`BatchEngine.run_batch` is blocking and thread-safe: Prefect
 tasks (or anything else) call it with a list of items and get counts back.
 
+Stopping: a stop (SIGTERM through :mod:`voxmill.shutdown`, a full disk, a refused key) sends no new request
+and retries nothing; requests in flight get a bounded grace (none for a full disk: nothing more can be
+stored), then are cancelled and left pending, unrecorded, for a rerun.
+
 Never paying twice: before sending, an item's key is looked up in the done index (earlier runs and this
 one) and in the set of keys in flight; a duplicate waits for the first and reuses its output.
 """
@@ -12,6 +16,7 @@ one) and in the set of keys in flight; a duplicate waits for the first and reuse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +35,7 @@ from voxmill.audio.split import split_on_silence, stitch_transcripts
 from voxmill.audio.transcode import OutputSpec, partial_path, prepare_asr_input, transcode_audio
 from voxmill.catalog import ASR_MAX_SECONDS, ValidatedRequest, get_model
 from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
-from voxmill.errors import AuthError, RateLimited, VoxmillError, labelled
+from voxmill.errors import AuthError, DiskFull, RateLimited, RunStopped, VoxmillError, disk_full_error, labelled
 from voxmill.identity import content_hash, file_hash
 from voxmill.ledger import DoneIndex, Ledger, LedgerRow, utc_now
 from voxmill.limiter import AsyncRateLimiter, build_limiter
@@ -39,6 +44,7 @@ from voxmill.plan import PlannedItem
 from voxmill.progress import ProgressBoard
 from voxmill.quality import transcript_qc, word_error_rate
 from voxmill.settings import Settings
+from voxmill.shutdown import on_stop, stop_grace_s
 from voxmill.subtitles import TRANSCRIPT_EXTENSIONS, write_transcript_files
 
 log = logging.getLogger(__name__)
@@ -102,6 +108,8 @@ class BatchEngine:
         self.stop_kind: str | None = None
         self.done_index = done_index if done_index is not None else ledger.done_index()
         self._in_flight: dict[str, asyncio.Future[LedgerRow]] = {}
+        self._tasks: set[asyncio.Task[str]] = set()
+        self._unsubscribe_stop: Callable[[], None] | None = None
         self._retrying: set[str] = set()
         self._client_factory = client_factory
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,17 +136,38 @@ class BatchEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="voxmill-engine", daemon=True)
         self._thread.start()
         self._client = self._call(self._make_client())
+        self._unsubscribe_stop = on_stop(self.stop)
+
+    def stop(self, reason: str, grace_s: float | None = None) -> None:
+        """Stop the run (thread-safe): nothing new is sent or retried; what is in flight gets ``grace_s``
+        (default ``VOXMILL_STOP_GRACE``) to come back and be recorded, then is cancelled, left pending."""
+        grace = stop_grace_s() if grace_s is None else grace_s
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._begin_stop, reason, grace)
+
+    def _begin_stop(self, reason: str, grace_s: float) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        assert self._loop is not None
+        self._loop.call_later(grace_s, self._cancel_in_flight)
+
+    def _cancel_in_flight(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
 
     async def _make_client(self) -> VoxmillClient:
         if self._client_factory is not None:
             return self._client_factory(self.settings)
         self.limiter = build_limiter(self.settings)
-        return VoxmillClient(self.settings, limiter=self.limiter, on_retry=self._on_retry)
+        return VoxmillClient(self.settings, limiter=self.limiter, on_retry=self._on_retry,
+                             should_stop=lambda: self.stop_reason)
 
     def close(self) -> None:
         """Close the client, stop the loop thread, remove scratch files."""
         if self._loop is None:
             return
+        if self._unsubscribe_stop is not None:
+            self._unsubscribe_stop()
         if self._client is not None:
             self._call(self._client.aclose())
         if self.limiter is not None:
@@ -166,7 +195,17 @@ class BatchEngine:
         return BatchOutcome(**counts, stopped=self.stop_reason, stop_kind=self.stop_kind)
 
     async def _run_batch(self, planned: Sequence[PlannedItem]) -> list[str]:
-        return list(await asyncio.gather(*(self._handle(p) for p in planned)))
+        tasks = [asyncio.create_task(self._handle(p)) for p in planned]
+        self._tasks.update(tasks)
+        try:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._tasks.difference_update(tasks)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+        # a task cancelled at the end of a stop's grace: its item stays pending, unrecorded
+        return ["not_attempted" if isinstance(r, BaseException) else r for r in results]
 
     # --- per item -----------------------------------------------------------------------------------
 
@@ -181,31 +220,39 @@ class BatchEngine:
         if self.stop_reason is not None:
             return "not_attempted"
         if item.problem is not None:
-            self._record(self._failed_row(item, key, item.problem.kind, item.problem.message, utc_now()))
-            return "failed"
+            return self._record_or_stop(self._failed_row(item, key, item.problem.kind, item.problem.message,
+                                                         utc_now()))
         if key in self._in_flight:
-            await asyncio.shield(self._in_flight[key])
+            with contextlib.suppress(asyncio.CancelledError):  # the first copy was cancelled by a stop
+                await asyncio.shield(self._in_flight[key])
+            if self.stop_reason is not None:
+                return "not_attempted"
         if self.done_index.done_as(key, item.item_id):
             return "reused"  # already recorded (a retried batch, or a duplicate row)
         if self.done_index.has_key(key):
             reused = await self._reuse(item, key)
             if reused is not None:
-                self._record(reused)
-                return "reused"
+                return "reused" if self._record_or_stop(reused) == "done" else "not_attempted"
         future: asyncio.Future[LedgerRow] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         self.progress.add(in_flight=1)
         try:
             row = await self._process(item, key)
+            future.set_result(row)
+        except RunStopped:
+            return "not_attempted"
+        except DiskFull as exc:
+            self._begin_stop(exc.message, 0.0)
+            return "not_attempted"
         finally:
             self.progress.add(in_flight=-1)
             del self._in_flight[key]
+            if not future.done():
+                future.cancel()
             if item.label in self._retrying:
                 self._retrying.discard(item.label)
                 self.progress.add(retrying=-1)
-        future.set_result(row)
-        self._record(row)
-        return row.status
+        return self._record_or_stop(row)
 
     async def _process(self, item: WorkItem, key: str) -> LedgerRow:
         started = utc_now()
@@ -213,6 +260,8 @@ class BatchEngine:
             if item.kind == "tts":
                 return await self._synthesize(item, key, started)
             return await self._transcribe(item, key, started)
+        except (RunStopped, DiskFull):
+            raise
         except AuthError as exc:
             self.stop_reason = f"the API refused the key ({exc.message}); fix VOXMILL_API_KEY and rerun"
             self.stop_kind = exc.kind
@@ -220,6 +269,9 @@ class BatchEngine:
         except VoxmillError as exc:
             return self._failed_row(item, key, exc.kind, labelled(item.label, exc.message), started, exc)
         except Exception as exc:  # a bug must not take the batch down with it: record it
+            full = disk_full_error(exc, getattr(exc, "filename", None) or f"the output of {item.label}")
+            if full is not None:
+                raise full from None
             log.exception("unexpected error on %s", item.label)
             return self._failed_row(item, key, "internal", f"{item.label}: {type(exc).__name__}: {exc}", started)
 
@@ -379,6 +431,15 @@ class BatchEngine:
             attempts=error.attempts if error else 0,
             http_status=error.status if error else None,
         )
+
+    def _record_or_stop(self, row: LedgerRow) -> str:
+        """Record ``row`` and return its status; on a full disk stop the run and return "not_attempted"."""
+        try:
+            self._record(row)
+        except DiskFull as exc:
+            self._begin_stop(exc.message, 0.0)
+            return "not_attempted"
+        return row.status
 
     def _record(self, row: LedgerRow) -> None:
         self.ledger.append(row)

@@ -46,6 +46,7 @@ from voxmill.errors import (
     EmptyAudio,
     InvalidItem,
     RateLimited,
+    RunStopped,
     TransientError,
     ValidationError,
     VoxmillError,
@@ -134,6 +135,7 @@ class VoxmillClient:
         transport: httpx.AsyncBaseTransport | None = None,
         on_retry: RetryHook | None = None,
         voice_cache: VoiceCache | None = None,
+        should_stop: Callable[[], str | None] | None = None,
     ) -> None:
         settings = settings if settings is not None else Settings.from_env()
         if settings.api_key is None:
@@ -148,6 +150,8 @@ class VoxmillClient:
             limiter = self._own_limiter = build_limiter(settings)
         self.limiter: Limiter = limiter
         self.on_retry = on_retry
+        #: why the run is stopping (None: it is not): checked before every try and while waiting to retry
+        self.should_stop = should_stop
         self.voice_cache = voice_cache if voice_cache is not None else VoiceCache.in_dir(settings.cache_dir)
         #: attempts now waiting to be retried (for a "retrying" progress display)
         self.retries_pending = 0
@@ -398,6 +402,7 @@ class VoxmillClient:
             wait=_Wait(self._retry, stop),
             retry=retry_if_exception(_Retryable(self._retry)),
             before_sleep=functools.partial(self._before_sleep, item),
+            sleep=self._sleep,
             reraise=True,
         )
         waiting = False  # counted in retries_pending
@@ -424,6 +429,7 @@ class VoxmillClient:
         number: int,
     ) -> Any:
         """One try: the response through the status table and ``parse``; the limiter hears how it went."""
+        self._check_stop(item)
         try:
             response, latency = await self._send_limited(request, item)
             error = error_for_status(response, item, self.base_url, self._preview)
@@ -447,6 +453,7 @@ class VoxmillClient:
     async def _send_limited(self, request: httpx.Request, item: str | None) -> tuple[httpx.Response, float]:
         """Send inside a limiter slot; the response (body read) and the seconds it took."""
         async with self.limiter.slot():
+            self._check_stop(item)  # the wait for a slot may have outlasted the run
             started = time.perf_counter()
             failure: VoxmillError | None = None
             try:
@@ -457,6 +464,19 @@ class VoxmillClient:
                 # raised outside the handler: no __context__ holding httpx's request
                 raise failure
             return response, time.perf_counter() - started
+
+    def _check_stop(self, item: str | None) -> None:
+        reason = self.should_stop() if self.should_stop is not None else None
+        if reason is not None:
+            raise RunStopped(f"{_label(item)}not sent: the run is stopping ({reason})")
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait before a retry, waking early when the run stops (the next try then raises RunStopped)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.should_stop is not None and self.should_stop() is not None:
+                return
+            await asyncio.sleep(min(left, 0.1))
 
     def _before_sleep(self, item: str | None, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None

@@ -6,6 +6,8 @@ item (when known) and the fix; they never contain the API key.
 
 from __future__ import annotations
 
+import os
+
 
 class VoxmillError(Exception):
     """Base of every error voxmill raises on purpose."""
@@ -90,6 +92,35 @@ class TransientError(VoxmillError):
     kind = "transient"
 
 
+class RunStopped(VoxmillError):
+    """The run is stopping (SIGTERM, a full disk): this request is not sent or retried; the item stays pending."""
+
+    kind = "stopped"
+
+
+class DiskFull(VoxmillError):
+    """The output disk is full (ENOSPC, or a quota): the whole run stops at once; free space and rerun."""
+
+    kind = "disk_full"
+
+    @classmethod
+    def writing(cls, where: str, detail: str = "No space left on device") -> DiskFull:
+        """The error for a write to ``where`` that found no room."""
+        return cls(f"the disk is full ({detail}) writing {where}; free space (or move the output) and rerun the "
+                   f"same command: what is recorded is not sent again")
+
+
+#: errno values that mean "no room to write", whichever call hit them
+_NO_SPACE = {28, 122}  # ENOSPC, EDQUOT
+
+
+def disk_full_error(exc: BaseException, where: str) -> DiskFull | None:
+    """A DiskFull naming ``where`` when ``exc`` is an OSError for a full disk or quota, else None."""
+    if isinstance(exc, OSError) and (exc.errno in _NO_SPACE or "No space left on device" in str(exc)):
+        return DiskFull.writing(where, os.strerror(exc.errno) if exc.errno in _NO_SPACE else "No space left on device")
+    return None
+
+
 class BadResponse(VoxmillError):
     """The body is not what was asked for (not audio of the requested format, truncated, not JSON)."""
 
@@ -111,15 +142,18 @@ __all__ = [
     "AuthError",
     "BadResponse",
     "ConfigError",
+    "DiskFull",
     "EmptyAudio",
     "ForbiddenCharacter",
     "InvalidItem",
     "RateLimited",
+    "RunStopped",
     "TooShortAudio",
     "TransientError",
     "TruncatedAudio",
     "UnspeakableText",
     "ValidationError",
     "VoxmillError",
+    "disk_full_error",
     "labelled",
 ]

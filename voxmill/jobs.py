@@ -7,10 +7,12 @@ version used by tests, benchmarks and scripts that want no orchestration.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -24,13 +26,14 @@ import pyarrow.compute as pc
 
 from voxmill.audio.transcode import OutputSpec, remove_partial_outputs
 from voxmill.batch import BatchEngine, BatchOutcome, JobSpec
-from voxmill.errors import ConfigError
+from voxmill.errors import ConfigError, disk_full_error
 from voxmill.identity import shard_of
 from voxmill.ledger import Ledger
 from voxmill.manifests import JobKind, ManifestReader, RunDefaults, WorkItem, iter_record_batches
 from voxmill.plan import PlanCounts, PlannedItem, key_of, plan_items
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
+from voxmill.shutdown import request_stop, reset_stop
 from voxmill.workers import EngineHandle, EngineSpec
 
 #: the largest batch one task handles; small manifests get smaller batches so progress stays visible
@@ -201,7 +204,11 @@ def save_job_record(request: JobRequest) -> None:
     record["defaults"]["params"] = dict(request.defaults.params)
     target = request.out_dir / JOB_RECORD
     tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
+    try:
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise disk_full_error(exc, str(target)) or exc from None
     os.replace(tmp, target)
 
 
@@ -257,6 +264,7 @@ def open_job(
             "so give an absolute path on storage every worker sees"
         )
     # the columns up front, then one whole pass (count_rows): a parse error anywhere stops before any request
+    reset_stop()  # a stop that ended an earlier job of this process does not carry over
     ManifestReader(request.manifest, request.kind, request.defaults).check_header()
     rows = count_rows(request.manifest)
     request.out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +300,25 @@ def open_job(
         batch_size=request.batch_size or auto_batch_size(rows),
         started=time.monotonic(),
     )
+
+
+@contextlib.contextmanager
+def stop_on_exit(job: OpenJob) -> Iterator[None]:
+    """Stop ``job``'s engine when the fan-out is left by an exception, before the executor waits for its threads.
+
+    A signal (SIGTERM: Prefect's ``TerminationSignal``; Ctrl-C) stops every engine of the process
+    (:func:`voxmill.shutdown.request_stop`): no new request, no retry, the requests in flight get
+    ``VOXMILL_STOP_GRACE`` seconds, so the executor's wait is bounded even when the API no longer answers.
+    """
+    try:
+        yield
+    except Exception as exc:
+        job.engine.stop(f"{type(exc).__name__}: {exc}"[:200])
+        raise
+    except BaseException as exc:
+        number = getattr(exc, "signal", None)
+        request_stop(f"stopped by {signal.Signals(number).name}" if number else "interrupted")
+        raise
 
 
 class _Future(Protocol):
@@ -383,7 +410,8 @@ def run_job(
     job = open_job(request, settings, progress=progress, client_factory=client_factory)
     outcomes: list[BatchOutcome] = []
     try:
-        with ThreadPoolExecutor(max_workers=request.workers, thread_name_prefix="voxmill-batch") as pool:
+        with ThreadPoolExecutor(max_workers=request.workers, thread_name_prefix="voxmill-batch") as pool, \
+                stop_on_exit(job):
             outcomes = fan_out(
                 job.batches(),
                 lambda index, batch: pool.submit(job.engine.run_batch, batch),
@@ -404,6 +432,7 @@ __all__ = [
     "count_rows",
     "load_job_record",
     "save_job_record",
+    "stop_on_exit",
     "fan_out",
     "finish_job",
     "open_job",

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from voxmill.errors import ConfigError
+from voxmill.errors import ConfigError, DiskFull, disk_full_error
 from voxmill.identity import id_hash64
 
 RESULTS_FILE = "results.parquet"
@@ -305,12 +305,26 @@ class Ledger:
     def append(self, row: LedgerRow) -> None:
         """Record one finished item durably: one line, one ``write()`` to this run's journal."""
         line = (json.dumps(row.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        where = str(self.journal_dir / self.journal_name)
         with self._write_lock:
-            if self._journal_fd is None:
-                self.journal_dir.mkdir(parents=True, exist_ok=True)
-                path = self.journal_dir / self.journal_name
-                self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.write(self._journal_fd, line)
+            try:
+                if self._journal_fd is None:
+                    self.journal_dir.mkdir(parents=True, exist_ok=True)
+                    self._journal_fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                end = os.lseek(self._journal_fd, 0, os.SEEK_END)
+                try:
+                    written = os.write(self._journal_fd, line)
+                except OSError:
+                    os.ftruncate(self._journal_fd, end)
+                    raise
+            except OSError as exc:
+                failure = disk_full_error(exc, where)
+                if failure is None:
+                    raise
+                raise failure from None
+            if written != len(line):  # a short write on a full disk: cut the torn line so later rows parse
+                os.ftruncate(self._journal_fd, end)
+                raise DiskFull.writing(where)
 
     def compact(self) -> pa.Table:
         """Fold journals into results.parquet (latest row per id) and failures.parquet; return the table."""
@@ -437,6 +451,12 @@ def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # the old table stays as it was; a full disk is one clear error
+        tmp.unlink(missing_ok=True)
+        failure = disk_full_error(exc, str(path))
+        if failure is None:
+            raise
+        raise failure from None
     except BaseException:
         tmp.unlink(missing_ok=True)  # the old table stands; leave no half-written copy beside it
         raise

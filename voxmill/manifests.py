@@ -28,11 +28,13 @@ from typing import Any, Literal
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from voxmill.catalog import ASR_MODELS, DEFAULT_TTS_MODEL, MODELS, TTS_MODELS, UPLOAD_FILE_TYPES, get_model, validate
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.identity import id_hash64
+from voxmill.limits import InputLimits, field_too_large
 
 JobKind = Literal["tts", "asr"]
 
@@ -126,7 +128,9 @@ def iter_record_batches(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> It
     if fmt == "parquet":
         with open_binary(source) as handle:
             try:
-                yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows):
+                    _check_cells(batch, source)
+                    yield batch
             except (pa.ArrowException, OSError) as exc:
                 raise ConfigError(
                     f"manifest {source!r} is not a readable Parquet file ({exc}); write it again, "
@@ -138,6 +142,18 @@ def iter_record_batches(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> It
         yield from _jsonl_batches(source, batch_rows)
 
 
+def _check_cells(batch: pa.RecordBatch, source: str) -> None:
+    """LimitExceeded when a string or binary cell of a Parquet batch is over ``field_mb``."""
+    limits = InputLimits.from_env()
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if pa.types.is_string(column.type) or pa.types.is_binary(column.type) or pa.types.is_large_string(
+                column.type):
+            lengths = pc.binary_length(column)
+            longest = pc.max(lengths).as_py() if len(column) else None
+            if longest is not None and longest > limits.bytes_of("field_mb"):
+                raise field_too_large(f"manifest {source!r} column {name!r}", longest, limits)
+
+
 def _csv_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """CSV/TSV rows as string columns (empty cells null), with Python's C csv parser in strict mode.
 
@@ -147,6 +163,8 @@ def _csv_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """
     delimiter = "\t" if manifest_format_suffix(source) == ".tsv" else ","
     where = f"manifest {source!r}"
+    limits = InputLimits.from_env()
+    csv.field_size_limit(limits.bytes_of("field_mb"))  # in characters: a cell is refused past it, never read whole
     with open_binary(source) as handle:
         reader = csv.reader(io.TextIOWrapper(handle, encoding="utf-8-sig", newline=""), delimiter=delimiter,
                             strict=True)
@@ -174,6 +192,8 @@ def _csv_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
         except UnicodeDecodeError:
             raise _not_utf8_error(source) from None
         except csv.Error as exc:
+            if "field larger than field limit" in str(exc):
+                raise field_too_large(f"{where} line {reader.line_num}", limits.bytes_of("field_mb"), limits) from None
             if "end of data" in str(exc):
                 raise ConfigError(
                     f"{where} line {previous_line + 1}: a quoted value opened on this line is never closed, so "
@@ -310,12 +330,16 @@ def _corpus_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
 
 def _jsonl_batches(source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
     rows: list[dict[str, Any]] = []
+    limits = InputLimits.from_env()
+    max_line = limits.bytes_of("field_mb")
     with open_binary(source) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
         line_number = 0
         try:
-            for line in text:
+            while line := text.readline(max_line + 1):  # bounded: a line with no end is never read whole
                 line_number += 1
+                if len(line) > max_line:
+                    raise field_too_large(f"manifest {source!r} line {line_number}", max_line, limits)
                 if not line.strip():
                     continue
                 try:

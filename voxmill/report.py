@@ -18,6 +18,10 @@ class OutDirReport:
 
     done: int
     failed: int
+    #: rows of the job's manifest (None when the output holds no job.json or the manifest is gone)
+    rows: int | None
+    #: manifest rows with no outcome recorded yet (None when ``rows`` is)
+    not_sent: int | None
     audio_hours: float
     failures_by_kind: dict[str, int]
     engines: dict[str, int]
@@ -37,9 +41,13 @@ def describe_out_dir(out_dir: Path, *, failures: int = 10) -> OutDirReport:
     done = table.filter(pc.equal(table["status"], "done"))
     seconds = pc.sum(done["duration_s"]).as_py() or 0.0
     engines = Counter(e or "?" for e in done["engine"].to_pylist())
+    rows = manifest_rows(Path(out_dir))
+    not_sent = None if rows is None else max(0, rows - table.num_rows)
+    counted = (f"{not_sent} not yet sent, of {rows} rows" if rows is not None
+               else f"{table.num_rows} items; the job's manifest cannot be read")
     lines = [
-        f"{out_dir}: {statuses.get('done', 0)} done, {statuses.get('failed', 0)} failed "
-        f"({table.num_rows} items); audio {seconds / 3600:.3f} h",
+        f"{out_dir}: {statuses.get('done', 0)} done, {statuses.get('failed', 0)} failed, {counted}; "
+        f"audio {seconds / 3600:.3f} h",
     ]
     if engines:
         lines.append("engines: " + ", ".join(f"{name} ×{count}" for name, count in engines.most_common()))
@@ -59,6 +67,8 @@ def describe_out_dir(out_dir: Path, *, failures: int = 10) -> OutDirReport:
     return OutDirReport(
         done=statuses.get("done", 0),
         failed=statuses.get("failed", 0),
+        rows=rows,
+        not_sent=not_sent,
         audio_hours=seconds / 3600,
         failures_by_kind=dict(by_kind),
         engines=dict(engines),
@@ -66,4 +76,25 @@ def describe_out_dir(out_dir: Path, *, failures: int = 10) -> OutDirReport:
     )
 
 
-__all__ = ["OutDirReport", "describe_out_dir"]
+def manifest_rows(out_dir: Path) -> int | None:
+    """Rows of the manifest the job in ``out_dir`` was run on (its job.json), or None when unknown.
+
+    A shard's folder counts its share of the rows (the manifest filtered by the shard, one pass).
+    """
+    from voxmill.jobs import JOB_RECORD, count_rows, load_job_record
+
+    if not (Path(out_dir) / JOB_RECORD).exists():
+        return None
+    try:
+        request = load_job_record(Path(out_dir))
+        if request.shard is None:
+            return count_rows(request.manifest)
+        from voxmill.manifests import ManifestReader
+
+        return sum(1 for item in ManifestReader(request.manifest, request.kind, request.defaults)
+                   if request.shard.holds(item))
+    except (ConfigError, OSError, KeyError, ValueError):
+        return None
+
+
+__all__ = ["OutDirReport", "describe_out_dir", "manifest_rows"]

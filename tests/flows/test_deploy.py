@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -248,3 +249,126 @@ def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(s
         check_audio_body((out / row["output_path"]).read_bytes(), "wav")
     print(f"recorded at the kill: {len(recorded_at_kill)}/{len(killed_slice)}; in flight: {len(in_flight)}; "
           f"paid twice: {sum(n - 1 for n in generations.values())}")
+
+
+RUN_ONE = (
+    "import json, os, sys\n"
+    "from prefect.blocks.system import Secret\n"
+    "from prefect.deployments import run_deployment\n"
+    f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
+    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3],"
+    f" 'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'output_format': 'wav', 'max_concurrent': 2}},"
+    " timeout=0)\n"
+    "print(run.id)\n"
+)
+READ_STATE = (
+    "import sys, asyncio\n"
+    "from prefect.client.orchestration import get_client\n"
+    "async def main():\n"
+    "    async with get_client() as client:\n"
+    "        print((await client.read_flow_run(sys.argv[1])).state.type.value)\n"
+    "asyncio.run(main())\n"
+)
+
+
+def _restart_prefect_server(stack: Stack, down_s: float) -> None:
+    """Kill ``make deploy``'s Prefect server (its whole session), wait ``down_s``, start it again on the same port
+    and database, as `deploy` does (pid file included, so `undeploy` stops the new one)."""
+    pid_file = stack.state_dir / "server.pid"
+    os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    time.sleep(down_s)
+    port = stack.api_url.rsplit(":", 1)[1].split("/")[0]
+    env = {**stack.env(), "PREFECT_UI_API_URL": stack.api_url}
+    with open(stack.state_dir / "server.log", "ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                   port], env=env, cwd=stack.state_dir.parent, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    pid_file.write_text(str(server.pid))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{stack.api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the Prefect server did not come back")
+
+
+def _run_state(stack: Stack, run_id: str) -> str | None:
+    reader = _python(stack, READ_STATE, run_id)
+    output, _ = reader.communicate(timeout=120)
+    return output.strip() or None
+
+
+@pytest.mark.slow
+def test_prefect_server_restart_mid_run_of_a_worker_run_pays_nothing_twice(stack: Stack, make_server, tmp_path):
+    """A deployment run executed by the worker while `make deploy`'s Prefect server is killed for 10 s and started
+    again: the job either finishes or ends Crashed/Failed and the rerun finishes it; no item is paid twice beyond
+    the requests in flight, and the run's state is readable once the server is back."""
+    server = make_server(latency_ms=100)
+    rows = 150
+    texts = {f"item-{n:03d}": f"Prefect restart check, sentence number {n}." for n in range(rows)}
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": i, "text": t} for i, t in texts.items()])
+    out = tmp_path / "restart"
+    trigger = _python(stack, RUN_ONE, DEPLOYMENTS[0], str(manifest), str(out), server.base_url,
+                      env={"TEST_SERVER_TOKEN": server.token})
+    run_id, errors = trigger.communicate(timeout=120)
+    assert trigger.returncode == 0, errors[-3000:]
+    run_id = run_id.strip().splitlines()[-1]
+    deadline = time.monotonic() + 240
+    while not (out.exists() and len(_done_ids(out)) >= 20):
+        assert time.monotonic() < deadline, "the worker's run never got going"
+        time.sleep(0.2)
+    _restart_prefect_server(stack, down_s=10)
+    deadline = time.monotonic() + 300
+    while (state := _run_state(stack, run_id)) not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() < deadline, f"the run is still {state} 300 s after the restart"
+        time.sleep(2)
+    if state != "COMPLETED":  # ended by the outage: the rerun finishes it
+        rerun = _python(stack, RUN_ONE, DEPLOYMENTS[0], str(manifest), str(out), server.base_url,
+                        env={"TEST_SERVER_TOKEN": server.token})
+        rerun_id, errors = rerun.communicate(timeout=120)
+        rerun_id = rerun_id.strip().splitlines()[-1]
+        deadline = time.monotonic() + 300
+        while (final := _run_state(stack, rerun_id)) != "COMPLETED":
+            assert final not in ("FAILED", "CRASHED") and time.monotonic() < deadline, final
+            time.sleep(2)
+    assert _done_ids(out) == set(texts)
+    generations = Counter(server.stats()["generations"])
+    twice = sum(n - 1 for n in generations.values())
+    assert twice <= 2, twice  # at most the 2 requests in flight when the run ended
+    print(f"the worker's run ended {state} after a 10 s Prefect outage; paid twice: {twice}")
+
+
+@pytest.mark.slow
+def test_prefect_server_restart_mid_cli_run_pays_nothing_twice_and_stays_quiet(stack: Stack, make_server, tmp_path):
+    """`voxmill synthesize` against `make deploy`'s server, killed for 10 s mid-run and started again: the job
+    finishes (or the rerun does), no item is paid twice beyond the requests in flight, and the terminal shows
+    none of Prefect's event-delivery errors."""
+    server = make_server(latency_ms=100)
+    rows = 150
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"item-{n:03d}", "text": f"CLI restart check {n}."}
+                                                   for n in range(rows)])
+    out = tmp_path / "cli-restart"
+    env = {**stack.env(), "VOXMILL_API_KEY": server.token, "VOXMILL_BASE_URL": server.base_url,
+           "VOXMILL_CONCURRENCY": "2"}
+    command = [sys.executable, "-m", "voxmill.cli", "synthesize", str(manifest), "-o", str(out), "--no-progress"]
+    cli = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not (out.exists() and len(_done_ids(out)) >= 20):
+        assert cli.poll() is None and time.monotonic() < deadline, cli.stdout.read()[-3000:]
+        time.sleep(0.2)
+    _restart_prefect_server(stack, down_s=10)
+    said, _ = cli.communicate(timeout=300)
+    first_exit = cli.returncode
+    if first_exit != 0:
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    assert len(_done_ids(out)) == rows
+    twice = sum(n - 1 for n in Counter(server.stats()["generations"]).values())
+    assert twice <= 2, twice
+    lines = [line for line in said.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith(f"{rows} done") or first_exit != 0, said[-3000:]
+    assert "EventsWorker" not in said and "WARNING" not in said and "Traceback" not in said, said[-3000:]
+    print(f"the CLI run exited {first_exit} after a 10 s Prefect outage; paid twice: {twice}; it said: {said!r}")

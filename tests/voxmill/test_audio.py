@@ -288,3 +288,32 @@ def test_stitch_offsets_piece_segments_by_piece_start() -> None:
         TimedText(pytest.approx(6.7), pytest.approx(7.5), "world"),
         TimedText(pytest.approx(13.5), 14.0, "overrun"),
     ]
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.35, 0.9])
+def test_truncated_mp3_without_a_xing_header_is_caught(tmp_path, keep):
+    """ffmpeg's MP3 with no Xing/Info frame (nothing declares the duration), cut mid-frame: TruncatedAudio; the
+    whole file and a cut at a frame boundary (a shorter valid file) pass."""
+    from voxmill.audio.measure import check_complete, mp3_cut_frame, probe
+    from voxmill.errors import TruncatedAudio
+
+    whole = tmp_path / "whole.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=f=440:d=3",
+                    "-ar", "24000", "-c:a", "libmp3lame", "-b:a", "64k", "-write_xing", "0", str(whole)], check=True)
+    data = whole.read_bytes()
+    assert b"Xing" not in data and b"Info" not in data
+    check_complete(probe(whole))
+    cut = tmp_path / "cut.mp3"
+    size = int(len(data) * keep)
+    cut.write_bytes(data[:size])
+    frame = mp3_cut_frame(cut)
+    if frame is None:  # the cut fell on a frame boundary: move it into the next frame
+        cut.write_bytes(data[:size + 7])
+        frame = mp3_cut_frame(cut)
+    assert frame is not None
+    with pytest.raises(TruncatedAudio, match=r"cut\.mp3' is truncated: its last MP3 frame starts at byte"):
+        check_complete(probe(cut))
+    boundary = tmp_path / "boundary.mp3"
+    boundary.write_bytes(data[:frame[0]])
+    assert mp3_cut_frame(boundary) is None
+    check_complete(probe(boundary))

@@ -91,7 +91,7 @@ def test_compaction_is_atomic(tmp_path, monkeypatch):
     ledger.append(row("b", key=hexkey(2)))
 
     def dies_at_the_rename(src, dst):
-        raise OSError(28, "No space left on device")
+        raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "replace", dies_at_the_rename)
     with pytest.raises(OSError):

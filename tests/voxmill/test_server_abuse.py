@@ -300,3 +300,80 @@ def test_an_early_answer_drains_a_small_body_and_closes_on_a_trickler(capped_ser
             response = client.post(f"{capped_server.base_url}/api/v1/generate", files={"file": ("a", b"x" * MiB)})
             assert response.status_code == 401 and "connection" not in response.headers
     assert capped_server.stats()["by_status"] == {"401": 4, "400": 1}
+
+
+# --- slow headers and too many connections -------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_server() -> Iterator[LocalServer]:
+    """A null-engine server with a 1 s header deadline and at most 5 connections per client address."""
+    config = ServerConfig(token=secrets.token_urlsafe(12), engine="null", header_timeout_s=1.0,
+                          max_connections_per_client=5)
+    with serve_in_thread(config) as running:
+        yield LocalServer(running)
+
+
+def raw_socket(server: LocalServer) -> socket.socket:
+    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_headers_that_never_finish_time_out_with_408(guarded_server):
+    """Slowloris: a silent connection, and one trickling a header byte every 0.1 s, are each answered 408 and
+    closed at the header deadline; a normal request on the same server still works."""
+    silent = raw_socket(guarded_server)
+    trickler = raw_socket(guarded_server)
+    trickler.sendall(b"POST /api/v1/generate HTTP/1.1\r\nHost: voxmill\r\n")
+    started = time.monotonic()
+    try:
+        for _ in range(30):  # never idle, never done
+            trickler.sendall(b"X")
+            time.sleep(0.1)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    replies = [read_response(silent), read_response(trickler)]
+    elapsed = time.monotonic() - started
+    silent.close()
+    trickler.close()
+    assert all(reply.startswith(b"HTTP/1.1 408") for reply in replies), replies
+    assert b"headers not received within 1 s" in replies[0]
+    assert elapsed < 2.5, elapsed
+    assert generate(guarded_server, "Still answering.").status_code == 200
+
+
+def test_a_kept_alive_connection_gets_the_deadline_again_for_its_next_request(guarded_server):
+    with httpx.Client(base_url=guarded_server.base_url, headers=guarded_server.headers) as client:
+        assert client.post("/api/v1/generate", files={"model": (None, "higgs2p5"),
+                                                      "text": (None, "One.")}).status_code == 200
+    sock = raw_socket(guarded_server)
+    body = f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nhiggs2p5\r\n" \
+           f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\nTwo.\r\n--{BOUNDARY}--\r\n"
+    request = (f"POST /api/v1/generate HTTP/1.1\r\nHost: voxmill\r\nAuthorization: Bearer {guarded_server.token}\r\n"
+               f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+    time.sleep(0.6)
+    sock.sendall(request.encode())  # complete within the deadline (from the connection): answered
+    first = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first[:100]
+    time.sleep(1.5)  # idle past the header deadline: uvicorn's keep-alive (5 s) still holds the connection
+    sock.sendall(b"POST /api/v1/generate HTTP/1.1\r\nHost: voxmill\r\n")  # the next request starts, never ends
+    started = time.monotonic()
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    assert b"HTTP/1.1 408" in data and time.monotonic() - started < 2.5
+
+
+def test_connections_per_client_are_capped_with_503(guarded_server):
+    held = [raw_socket(guarded_server) for _ in range(5)]
+    time.sleep(0.2)  # the server has accepted all five
+    extra = raw_socket(guarded_server)
+    reply = read_response(extra)
+    extra.close()
+    assert reply.startswith(b"HTTP/1.1 503") and b"too many connections from 127.0.0.1 (the cap is 5)" in reply
+    assert b"retry-after: 1" in reply.lower()
+    for sock in held:
+        sock.close()
+    time.sleep(0.2)  # closed connections free their places
+    assert generate(guarded_server, "A place again.").status_code == 200

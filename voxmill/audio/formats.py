@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from voxmill.catalog import TTS_SAMPLE_RATE
-from voxmill.errors import BadResponse, ConfigError, EmptyAudio, InvalidItem
+from voxmill.errors import BadResponse, ConfigError, DiskFull, EmptyAudio, InvalidItem
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,8 @@ def convert_file(
     result = subprocess.run(cmd, capture_output=True, check=False)
     if result.returncode != 0:
         reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        if "No space left on device" in result.stderr.decode("utf-8", "replace"):
+            raise DiskFull.writing(str(target))
         raise InvalidItem(f"ffmpeg could not convert {source.name} to {fmt.name}: {' '.join(reason[-3:])[:500]}")
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from voxmill.audio.formats import ffmpeg_path
-from voxmill.errors import ConfigError, InvalidItem, TooShortAudio, TruncatedAudio
+from voxmill.errors import ConfigError, DiskFull, InvalidItem, TooShortAudio, TruncatedAudio
 from voxmill.identity import content_hash, file_hash
+from voxmill.limits import InputLimits, InputTooLarge
 
 #: BS.1770 gates 400 ms blocks: shorter clips have no integrated loudness
 MIN_LOUDNESS_SECONDS = 0.4
@@ -76,6 +77,8 @@ def run_tool(cmd: Sequence[str], *, what: str, stdin: bytes | None = None) -> su
     """Run ffmpeg/ffprobe; on failure raise InvalidItem ``"{what}: <ffmpeg's last lines>"``."""
     result = subprocess.run(list(cmd), input=stdin, capture_output=True, check=False)
     if result.returncode != 0:
+        if b"No space left on device" in result.stderr or b"Disk quota exceeded" in result.stderr:
+            raise DiskFull.writing(f"an output ({what})", _stderr_tail(result.stderr))
         raise InvalidItem(f"{what}: {_stderr_tail(result.stderr)}")
     return result
 
@@ -172,6 +175,12 @@ def check_complete(probed: ProbeResult, *, min_seconds: float = MIN_ASR_SECONDS)
     TooShortAudio, naming the file, both durations and the fix.
     """
     where = f"audio file {str(probed.path)!r}"
+    limits = InputLimits.from_env()
+    if probed.duration_s > limits.audio_hours * 3600:  # checked before anything reads the frames
+        raise InputTooLarge(
+            f"{where} declares {probed.duration_s / 3600:,.1f} h of audio, over the limit of {limits.audio_hours:g} h "
+            f"(audio_hours): a corrupt or hostile header; {limits.fix('audio_hours')}"
+        )
     actual = probed.duration_s
     declared = None
     if probed.format == "wav":
@@ -179,6 +188,13 @@ def check_complete(probed: ProbeResult, *, min_seconds: float = MIN_ASR_SECONDS)
     elif probed.codec == "mp3":
         actual = _mp3_frames_seconds(probed)
         declared = probed.duration_s
+    if probed.codec == "mp3":
+        cut = mp3_cut_frame(probed.path)
+        if cut is not None:
+            raise TruncatedAudio(
+                f"{where} is truncated: its last MP3 frame starts at byte {cut[0]:,} and needs {cut[1]:,} bytes, but "
+                f"the file ends {cut[2]:,} bytes in; copy or download it again"
+            )
     if declared is not None and actual < declared - max(_TRUNCATION_TOLERANCE_S,
                                                         _TRUNCATION_TOLERANCE_SHARE * declared):
         raise TruncatedAudio(
@@ -206,6 +222,60 @@ def _wav_declared_seconds(path: Path) -> float | None:
             return size / byte_rate if byte_rate and size not in (0, 0xFFFFFFFF) else None
         offset += 8 + size + (size & 1)
     return None
+
+
+#: MPEG audio layer III bitrates (kbit/s) by bitrate index: MPEG-1, and MPEG-2/2.5
+_MP3_BITRATES = {
+    1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+#: sample rates by version bits (0: MPEG-2.5, 2: MPEG-2, 3: MPEG-1) and rate index
+_MP3_RATES = {0: (11025, 12000, 8000), 2: (22050, 24000, 16000), 3: (44100, 48000, 32000)}
+
+
+def _mp3_frame_length(header: bytes) -> int | None:
+    """Bytes of the layer III frame whose 4-byte header this is; None when it is no such header."""
+    if header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (header[1] >> 3) & 0x3, (header[1] >> 1) & 0x3
+    bitrate_index, rate_index, padding = header[2] >> 4, (header[2] >> 2) & 0x3, (header[2] >> 1) & 0x1
+    if version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
+        return None
+    bitrate = _MP3_BITRATES[1 if version == 3 else 2][bitrate_index] * 1000
+    rate = _MP3_RATES[version][rate_index]
+    return (144 if version == 3 else 72) * bitrate // rate + padding
+
+
+def mp3_cut_frame(path: Path) -> tuple[int, int, int] | None:
+    """(start, length, file size) of an MP3's last frame when the file ends inside it, else None.
+
+    Walks the frame headers from the first one (after any ID3v2 tag): a file cut mid-frame (a copy or a
+    download that stopped) ends in a frame its header says is longer, whether or not a Xing/Info header
+    declares the duration. A cut exactly at a frame boundary leaves a shorter valid file: only a Xing
+    header (see :func:`check_complete`) can tell that one.
+    """
+    import mmap
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        position = 0
+        if data[:3] == b"ID3" and size >= 10:
+            tag = data[6] << 21 | data[7] << 14 | data[8] << 7 | data[9]
+            position = 10 + tag + (10 if data[5] & 0x10 else 0)
+        first = data.find(b"\xff", position)
+        while first != -1 and first + 4 <= size and _mp3_frame_length(data[first:first + 4]) is None:
+            first = data.find(b"\xff", first + 1)
+        if first == -1:
+            return None
+        position = first
+        while position + 4 <= size:
+            length = _mp3_frame_length(data[position:position + 4])
+            if length is None:
+                return None  # a tag or trailing bytes after the last whole frame
+            if position + length > size:
+                return position, length, size
+            position += length
+        return None
 
 
 def _mp3_frames_seconds(probed: ProbeResult) -> float:
@@ -420,6 +490,7 @@ __all__ = [
     "ProbeResult",
     "MIN_ASR_SECONDS",
     "check_complete",
+    "mp3_cut_frame",
     "decode_float32",
     "ffmpeg_command",
     "file_peak_dbfs",

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
+from voxmill.limits import InputLimits, depth_exceeded
+
 _BLOCK_TAGS = {
     "p", "div", "section", "article", "aside", "header", "footer", "blockquote", "li", "ul", "ol", "dl", "dt",
     "dd", "table", "tr", "td", "th", "pre", "figure", "figcaption", "br", "hr", "body", "nav",
@@ -22,6 +24,10 @@ _DROPPED_TAGS = {"script", "style", "head", "title", "svg", "math"}
 _DROPPED_TYPES = {"noteref", "pagebreak", "footnote", "endnote", "endnotes", "rearnote", "footnotes",
                   "doc-noteref", "doc-pagebreak", "doc-footnote", "doc-endnotes"}
 _MARKER = re.compile(r"^\s*[\[(]?(\d{1,3}|[*†‡§])[\])]?\s*$")
+#: a start tag of one of these closes an open element of the same tag (HTML's implied end tags), so a
+#: document of unclosed ``<p>`` does not look deeply nested
+_IMPLIED_END = {"p", "li", "dt", "dd", "tr", "td", "th", "option"}
+DEFAULT_MAX_DEPTH = 512
 _VOID = {"br", "hr", "img", "meta", "link", "input", "col", "area", "base", "wbr", "source"}
 
 
@@ -36,8 +42,10 @@ class Block:
 
 
 class _BlockParser(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, where: str, max_depth: int) -> None:
         super().__init__(convert_charrefs=True)
+        self._where = where
+        self._max_depth = max_depth
         self.blocks: list[Block] = []
         self._parts: list[str] = []
         self._heading = 0
@@ -57,6 +65,10 @@ class _BlockParser(HTMLParser):
                 self._heading = _HEADINGS[tag]
         if tag in _VOID:
             return
+        if tag in _IMPLIED_END and self._stack and self._stack[-1][0] == tag:
+            self.handle_endtag(tag)
+        if len(self._stack) >= self._max_depth:
+            raise depth_exceeded(self._where, InputLimits(markup_depth=self._max_depth))
         kinds = set((values.get("epub:type") or "").split()) | set((values.get("role") or "").split())
         dropped = tag in _DROPPED_TAGS or bool(kinds & _DROPPED_TYPES)
         self._stack.append((tag, dropped))
@@ -106,9 +118,10 @@ class _BlockParser(HTMLParser):
             self.blocks.append(Block("", 0, self._pending_anchors))
 
 
-def html_blocks(markup: str) -> list[Block]:
-    """The text blocks of an HTML/XHTML document, in order."""
-    parser = _BlockParser()
+def html_blocks(markup: str, *, where: str = "document", max_depth: int = DEFAULT_MAX_DEPTH) -> list[Block]:
+    """The text blocks of an HTML/XHTML document, in order; LimitExceeded (naming ``where``) when elements
+    nest deeper than ``max_depth``."""
+    parser = _BlockParser(where, max_depth)
     parser.feed(markup)
     parser.close()
     return parser.blocks

@@ -5,6 +5,10 @@ the content): chapters come from the table of contents (EPUB 3 nav, else the EPU
 document), nested entries flattened in reading order, each running from its anchor to the next entry's.
 Plain text splits at chapter headings (``CHAPTER IV.``, ``Chapter 4``, ``PROLOGUE``) and honours Project
 Gutenberg's start/end markers; text with ``#`` lines, Markdown and HTML split at their headings.
+
+Every read is bounded (:mod:`voxmill.limits`): zip members are inflated against a byte budget and a
+compression-ratio check, documents against a size and a nesting-depth cap; a book over one is refused
+with :class:`~voxmill.limits.LimitExceeded` naming the file and the limit.
 """
 
 from __future__ import annotations
@@ -21,27 +25,31 @@ from voxmill.book.chapters import FRONT_MATTER, Section, number_chapters, skip_r
 from voxmill.book.html_text import Block, html_blocks
 from voxmill.book.model import Book
 from voxmill.errors import ConfigError
+from voxmill.limits import BoundedZip, InputLimits, check_markup_size, depth_exceeded
 
 BOOK_TYPES = ("epub", "txt", "md", "markdown", "html", "htm", "xhtml")
 _EPUB_TYPE = "{http://www.idpf.org/2007/ops}type"
 
 
-def read_book(path: Path) -> Book:
-    """Parse the book at ``path`` by its extension; ConfigError naming the file when it cannot be read."""
+def read_book(path: Path, limits: InputLimits | None = None) -> Book:
+    """Parse the book at ``path`` by its extension; ConfigError naming the file when it cannot be read,
+    LimitExceeded when it is over an input limit (default: :meth:`InputLimits.from_env`)."""
     path = Path(path)
+    limits = limits or InputLimits.from_env()
     suffix = path.suffix.lower().lstrip(".")
     if not path.is_file():
         raise ConfigError(f"book {str(path)!r} does not exist")
     if suffix not in BOOK_TYPES:
         raise ConfigError(f"book {str(path)!r}: unknown type {suffix!r}; give an .epub, .txt, .md or .html file")
     if suffix == "epub":
-        return read_epub(path)
+        return read_epub(path, limits)
+    check_markup_size(path.stat().st_size, f"book {str(path)!r}", limits)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(f"book {str(path)!r} is not UTF-8 text; re-save it as UTF-8") from None
     if suffix in ("html", "htm", "xhtml"):
-        return _book_from_blocks(path, html_blocks(text))
+        return _book_from_blocks(path, html_blocks(text, where=f"book {str(path)!r}", max_depth=limits.markup_depth))
     if suffix in ("md", "markdown") or re.search(r"(?m)^#{1,6} \S", text):
         return read_markdown(path, text)
     return read_text(path, text)
@@ -222,12 +230,13 @@ def _resolve(base_file: str, href: str) -> tuple[str, str]:
 class _Epub:
     """The parts of an EPUB needed for chapters: metadata, manifest, spine, table of contents, landmarks."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limits: InputLimits) -> None:
         self.path = path
+        self.limits = limits
         try:
-            self.zip = zipfile.ZipFile(path)
+            self.zip = BoundedZip(path, f"book {str(path)!r}", limits)
             container = self._xml("META-INF/container.xml")
-        except (zipfile.BadZipFile, KeyError, ElementTree.ParseError) as exc:
+        except (zipfile.BadZipFile, KeyError, ElementTree.ParseError, OSError) as exc:
             raise ConfigError(f"book {str(path)!r} is not a readable EPUB ({exc}); re-export it") from None
         rootfile = next(_descendants(container, "rootfile"), None)
         if rootfile is None or not rootfile.get("full-path"):
@@ -249,7 +258,7 @@ class _Epub:
         ]
 
     def _xml(self, name: str) -> ElementTree.Element:
-        return ElementTree.fromstring(self.zip.read(name))
+        return bounded_xml(self.zip.read(name), f"book {str(self.path)!r}: {name!r}", self.limits)
 
     def metadata(self, name: str) -> str | None:
         node = next(_descendants(self.opf, name), None)
@@ -338,15 +347,42 @@ class _Epub:
 
     def blocks(self, doc: str) -> list[Block]:
         try:
-            markup = self.zip.read(doc).decode("utf-8", "replace")
+            data = self.zip.read(doc)
         except KeyError:
             raise ConfigError(f"book {str(self.path)!r}: the spine names {doc!r}, which is not in the file") from None
-        return html_blocks(markup)
+        where = f"book {str(self.path)!r}: {doc!r}"
+        check_markup_size(len(data), where, self.limits)
+        return html_blocks(data.decode("utf-8", "replace"), where=where, max_depth=self.limits.markup_depth)
 
 
-def read_epub(path: Path) -> Book:
+def bounded_xml(data: bytes, where: str, limits: InputLimits) -> ElementTree.Element:
+    """Parse XML, refusing (LimitExceeded) a document over ``markup_mb`` or nested over ``markup_depth``."""
+    check_markup_size(len(data), where, limits)
+    parser = ElementTree.XMLPullParser(events=("start", "end"))
+    depth = 0
+    root: ElementTree.Element | None = None
+    step = 1 << 16
+    for offset in range(0, len(data) + 1, step):
+        if offset < len(data):
+            parser.feed(data[offset: offset + step])
+        else:
+            parser.close()
+        for event, element in parser.read_events():
+            if event == "start":
+                depth += 1
+                root = element if root is None else root
+                if depth > limits.markup_depth:
+                    raise depth_exceeded(where, limits)
+            else:
+                depth -= 1
+    if root is None:
+        raise ElementTree.ParseError(f"{where}: no element found")
+    return root
+
+
+def read_epub(path: Path, limits: InputLimits | None = None) -> Book:
     """An EPUB 2 or 3 book; chapters from its table of contents (see the module docstring)."""
-    epub = _Epub(path)
+    epub = _Epub(path, limits or InputLimits.from_env())
     if not epub.spine:
         raise ConfigError(f"book {str(path)!r}: the EPUB spine is empty (no readable documents)")
     types = epub.structural_types()

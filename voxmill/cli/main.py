@@ -34,8 +34,10 @@ from voxmill.cli.deploy import PROJECT_ROOT
 from voxmill.errors import VoxmillError
 from voxmill.estimate import estimate_manifest
 from voxmill.jobs import JobFailed
+from voxmill.limits import apply_limit_overrides
 from voxmill.progress import ProgressBoard, watching
 from voxmill.report import describe_out_dir
+from voxmill.shutdown import Terminated, sigterm_stops_the_run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return int(args.handler(args) or 0)
+        apply_limit_overrides(args.limits)
+        with sigterm_stops_the_run():  # every command: SIGTERM stops within VOXMILL_STOP_GRACE, then exits 143
+            return int(args.handler(args) or 0)
+    except Terminated as exc:
+        print(f"voxmill: {exc}; what came back is recorded; rerun the same command to continue", file=sys.stderr)
+        return 128 + exc.signum
     except VoxmillError as exc:
         print(f"voxmill: {exc.message}", file=sys.stderr)
         return exit_code_for_error(exc)
@@ -58,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (model names and parameters come from the catalogue)."""
     parser = argparse.ArgumentParser(prog="voxmill", description="Batch speech pipelines on Prefect.")
+    parser.add_argument("--limit", action="append", default=[], dest="limits", metavar="NAME=VALUE",
+                        help="raise an input limit for trusted files, e.g. archive_mb=2048 (repeatable; names and "
+                             "defaults: VOXMILL_MAX_* in docs/reliability.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     tts = sub.add_parser("synthesize", help="text manifest → audio files + results.parquet")
@@ -159,6 +169,14 @@ def _prepare_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_drop_voxmill_tracebacks)
+        logging.getLogger("prefect.flow_runs").addFilter(_drop_termination_crash)
+        # Prefect's own machinery (event and log delivery) logs to loggers outside "prefect": "EventsWorker - Still
+        # processing items…" ends many runs, and a restarting Prefect server dumps whole events and "Unable to
+        # connect to …/events/in" warnings. Not the user's story: the job goes on either way.
+        os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "CRITICAL")
+        for name in ("EventsWorker", "APILogWorker", "prefect.events.clients"):
+            # a filter, not a level: Prefect's logging setup resets the levels of loggers under "prefect"
+            logging.getLogger(name).addFilter(_drop_below_critical)
     if not os.environ.get("PREFECT_API_URL"):
         print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
 
@@ -166,6 +184,15 @@ def _prepare_prefect(verbose: bool) -> None:
 def _drop_voxmill_tracebacks(record: logging.LogRecord) -> bool:
     """Prefect logs a flow stopped by a voxmill error with its traceback; ``main`` prints the message alone."""
     return not (record.exc_info and isinstance(record.exc_info[1], VoxmillError))
+
+
+def _drop_below_critical(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
+
+
+def _drop_termination_crash(record: logging.LogRecord) -> bool:
+    """After SIGTERM the CLI says what stopped and what is recorded; Prefect's "Crash detected!" would repeat it."""
+    return "aborted by a termination signal" not in record.getMessage()
 
 
 @contextlib.contextmanager
@@ -199,8 +226,14 @@ def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
         shards=args.shards,
         options=run_options(args),
     )
-    with progress_bar(ProgressBoard(), enabled=not args.no_progress) as board, watching(board), _prefect_api():
-        summary = flow_fn(**kwargs, return_state=True).result(raise_on_failure=False)
+    try:
+        with progress_bar(ProgressBoard(), enabled=not args.no_progress) as board, watching(board), \
+                sigterm_stops_the_run(), _prefect_api():
+            summary = flow_fn(**kwargs, return_state=True).result(raise_on_failure=False)
+    except Terminated as exc:
+        print(f"voxmill: {exc}; what came back is recorded — "
+              f"{_status_line(Path(kwargs['out_dir']))}; rerun the same command to continue", file=sys.stderr)
+        return 128 + exc.signum
     if isinstance(summary, JobFailed):
         summary = summary.summary
     elif isinstance(summary, BaseException):
@@ -212,6 +245,14 @@ def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
         print(f"failures: {Path(summary.out_dir) / 'failures.parquet'} — `voxmill status {summary.out_dir}`; "
               f"`voxmill retry-failed {summary.out_dir}` reruns them", file=sys.stderr)
     return code
+
+
+def _status_line(out_dir: Path) -> str:
+    """The first line of ``voxmill status OUT`` without the folder name (counts against the manifest)."""
+    try:
+        return describe_out_dir(out_dir, failures=0).text.splitlines()[0].removeprefix(f"{out_dir}: ")
+    except VoxmillError:
+        return "nothing recorded yet"
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> int:

@@ -12,7 +12,12 @@ from pathlib import Path
 from voxmill.errors import ConfigError
 from voxmill.server.app import ServerConfig, create_app
 from voxmill.server.faults import FaultConfig
-from voxmill.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_UPLOAD_BYTES
+from voxmill.server.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_MAX_UPLOAD_BYTES,
+)
 from voxmill.server.running import DEFAULT_HOST
 
 DEFAULT_PORT = 8765
@@ -41,6 +46,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="largest request body in MiB; larger ones get 413 (default %(default)g)")
     parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S,
                         help="seconds a request body may take to arrive, else 408 (0: no limit; default %(default)g)")
+    parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
+                        help="seconds a request's headers may take to arrive, else 408 and the connection is closed "
+                             "(0: no limit; default %(default)g)")
+    parser.add_argument("--max-connections-per-client", type=int, default=DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+                        help="connections one client address may hold; one more gets 503 (0: no cap; default "
+                             "%(default)d)")
     faults = parser.add_argument_group("fault injection (all off by default; change live with PUT /admin/faults)")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="fixed extra latency per request")
     faults.add_argument("--jitter-ms", type=float, default=0.0, help="uniform random extra latency, up to this")
@@ -80,6 +91,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         preload=args.preload,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout,
+        max_connections_per_client=args.max_connections_per_client,
     )
 
 
@@ -96,6 +109,8 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run the server in the foreground until interrupted; the exit status."""
     import uvicorn
 
+    from voxmill.server.connections import guarded_http_protocol
+
     try:
         config = config_from_args(args)
     except ConfigError as exc:
@@ -108,7 +123,8 @@ def run_serve(args: argparse.Namespace) -> int:
               "with the token above", file=sys.stderr, flush=True)
     if config.preload and config.engine == "real":
         print("loading models…", flush=True)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", ws="websockets-sansio",
+                http=guarded_http_protocol(config.header_timeout_s, config.max_connections_per_client))
     return 0
 
 

@@ -54,6 +54,8 @@ from voxmill.server.engines import ASR_SAMPLE_RATE, PiperEngine, Transcript, Whi
 from voxmill.server.faults import BodyFault, Fault, FaultConfig, FaultInjector
 from voxmill.server.limits import (
     DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_MAX_UPLOAD_BYTES,
     BodyTimeout,
     BodyTooLarge,
@@ -105,6 +107,10 @@ class ServerConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     #: seconds a whole request body may take to arrive (slow or short bodies are answered 408); 0: no limit
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    #: seconds a request's headers may take to arrive (slowloris clients get 408 and are closed); 0: no limit
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    #: connections one client address may hold at once (one more gets 503 and is closed); 0: no cap
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -117,6 +123,11 @@ class ServerConfig:
             raise ConfigError(f"max_upload_bytes must be ≥ 1, got {self.max_upload_bytes}")
         if self.body_timeout_s < 0:
             raise ConfigError(f"body_timeout_s must be ≥ 0 (0: no limit), got {self.body_timeout_s}")
+        if self.header_timeout_s < 0:
+            raise ConfigError(f"header_timeout_s must be ≥ 0 (0: no limit), got {self.header_timeout_s}")
+        if self.max_connections_per_client < 0:
+            raise ConfigError(f"max_connections_per_client must be ≥ 0 (0: no cap), got "
+                              f"{self.max_connections_per_client}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ from starlette.types import Message, Receive
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 #: default time allowed for a whole request body to arrive
 DEFAULT_BODY_TIMEOUT_S = 30.0
+#: default time allowed for a request's headers to arrive (see :mod:`voxmill.server.connections`)
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+#: default cap on connections one client address may hold (a voxmill client opens one per request in flight)
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256
 
 
 class BodyTooLarge(Exception):
