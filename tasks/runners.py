@@ -7,7 +7,7 @@ import logging
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from voxmill.errors import ConfigError
-from voxmill.options import RUNNERS, RunnerKind
+from voxmill.settings import RUNNERS, RunnerKind
 
 
 def make_task_runner(kind: RunnerKind, workers: int) -> TaskRunner:

@@ -12,8 +12,7 @@ import secrets
 from collections.abc import Callable, Iterator
 
 from voxmill.errors import ConfigError
-from voxmill.options import LocalEngine
-from voxmill.settings import DEFAULT_BASE_URL, ApiKey, Settings
+from voxmill.settings import DEFAULT_BASE_URL, ApiKey, LocalEngine, Settings
 
 
 def wants_local_server(settings: Settings, *, local: bool) -> bool:

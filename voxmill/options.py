@@ -12,16 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from voxmill.settings import RATE_SCOPES, RateScope, Settings
-
-LocalEngine = Literal["real", "null"]
-RunnerKind = Literal["thread", "process", "dask"]
-RUNNERS: tuple[RunnerKind, ...] = ("thread", "process", "dask")
-LOCAL_ENGINES: tuple[LocalEngine, ...] = ("real", "null")
+from voxmill.settings import LOCAL_ENGINES, RATE_SCOPES, RUNNERS, LocalEngine, RateScope, RunnerKind, Settings
 
 
 class RunOptions(BaseModel):

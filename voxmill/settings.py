@@ -38,6 +38,12 @@ DEFAULT_BASE_URL = "https://api-web.eigenai.com"
 
 RateScope = Literal["machine", "prefect"]
 RATE_SCOPES: tuple[RateScope, ...] = ("machine", "prefect")
+#: a local server's engines: real (piper/whisper) or null (instant, for plumbing tests)
+LocalEngine = Literal["real", "null"]
+LOCAL_ENGINES: tuple[LocalEngine, ...] = ("real", "null")
+#: where a job's batches run: threads of this process, a process pool, or Dask workers
+RunnerKind = Literal["thread", "process", "dask"]
+RUNNERS: tuple[RunnerKind, ...] = ("thread", "process", "dask")
 
 
 class ApiKey:
@@ -238,4 +244,5 @@ def _number(env: Mapping[str, str], name: str) -> float | None:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
-__all__ = ["ApiKey", "DEFAULT_BASE_URL", "RATE_SCOPES", "RateLimit", "RateScope", "RetryPolicy", "Settings", "Timeouts"]
+__all__ = ["ApiKey", "DEFAULT_BASE_URL", "LOCAL_ENGINES", "LocalEngine", "RATE_SCOPES", "RUNNERS", "RateLimit",
+           "RateScope", "RunnerKind", "RetryPolicy", "Settings", "Timeouts"]

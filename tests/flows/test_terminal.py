@@ -32,8 +32,8 @@ def test_a_normal_run_prints_only_voxmills_story(make_server, prefect_api, tmp_p
 
 
 _EMIT = """
-from voxmill.cli.main import _prepare_prefect
-_prepare_prefect({verbose})
+from voxmill.cli.prefect_server import prepare_prefect
+prepare_prefect({verbose})
 import logging
 from prefect.logging.configuration import setup_logging
 setup_logging()

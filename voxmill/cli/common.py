@@ -13,12 +13,15 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voxmill.errors import AuthError, ConfigError, VoxmillError
 from voxmill.estimate import PriceTable
-from voxmill.options import LOCAL_ENGINES, RATE_SCOPES, RUNNERS, RunOptions
 from voxmill.progress import ProgressBoard
+from voxmill.settings import LOCAL_ENGINES, RATE_SCOPES, RUNNERS
+
+if TYPE_CHECKING:
+    from voxmill.options import RunOptions
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 
@@ -92,6 +95,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, runner: bool = True) -> 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """The :class:`RunOptions` of parsed run flags (a bad value is a ConfigError naming the flag)."""
     from pydantic import ValidationError
+
+    from voxmill.options import RunOptions  # pydantic: imported when a command runs, not to parse its flags
 
     try:
         return RunOptions(

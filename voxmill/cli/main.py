@@ -8,11 +8,8 @@ configuration problem (nothing was sent); 3 the API refused the key (the run sto
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ from voxmill.cli.common import (
     run_options,
 )
 from voxmill.cli.deploy import PROJECT_ROOT
+from voxmill.cli.prefect_server import prefect_api, prepare_prefect
 from voxmill.errors import VoxmillError
 from voxmill.estimate import estimate_manifest
 from voxmill.jobs import JobFailed
@@ -159,65 +157,6 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
 # --- running flows -----------------------------------------------------------------------------------
 
 
-def _prepare_prefect(verbose: bool) -> None:
-    """Settings Prefect must see before it is imported: a patient ephemeral start, quiet logs, no telemetry."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
-        for name in ("prefect.flow_runs", "prefect.task_runs"):
-            logging.getLogger(name).addFilter(_drop_voxmill_tracebacks)
-        logging.getLogger("prefect.flow_runs").addFilter(_drop_termination_crash)
-        # Prefect's own machinery (event and log delivery) logs to loggers outside "prefect": "EventsWorker - Still
-        # processing items…" ends many runs, and a restarting Prefect server dumps whole events and "Unable to
-        # connect to …/events/in" warnings. Not the user's story: the job goes on either way.
-        os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "CRITICAL")
-        for name in ("EventsWorker", "APILogWorker", "prefect.events.clients"):
-            # a filter, not a level: Prefect's logging setup resets the levels of loggers under "prefect"
-            logging.getLogger(name).addFilter(_drop_below_critical)
-    if not os.environ.get("PREFECT_API_URL"):
-        print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
-
-
-def _drop_voxmill_tracebacks(record: logging.LogRecord) -> bool:
-    """Prefect logs a flow stopped by a voxmill error with its traceback; ``main`` prints the message alone."""
-    return not (record.exc_info and isinstance(record.exc_info[1], VoxmillError))
-
-
-def _drop_below_critical(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.CRITICAL
-
-
-def _drop_termination_crash(record: logging.LogRecord) -> bool:
-    """After SIGTERM the CLI says what stopped and what is recorded; Prefect's "Crash detected!" would repeat it."""
-    return "aborted by a termination signal" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _prefect_api() -> Iterator[None]:
-    """The Prefect API configured (PREFECT_API_URL, a profile); else one owned by this run, which dies with it
-    (even on kill -9)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    from voxmill.cli.prefect_server import owned_prefect_server
-
-    with owned_prefect_server(timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()) as api_url:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            try:
-                yield
-            finally:  # deliver what is queued while the server is still up
-                APILogWorker.drain_all(timeout=10)
-                EventsWorker.drain_all(timeout=10)
-
-
 def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
     """Run a job flow in this process, its progress on a live bar; the exit code from its summary."""
     kwargs.update(
@@ -228,7 +167,7 @@ def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
     )
     try:
         with progress_bar(ProgressBoard(), enabled=not args.no_progress) as board, watching(board), \
-                sigterm_stops_the_run(), _prefect_api():
+                sigterm_stops_the_run(), prefect_api():
             summary = flow_fn(**kwargs, return_state=True).result(raise_on_failure=False)
     except Terminated as exc:
         print(f"voxmill: {exc}; what came back is recorded — "
@@ -256,7 +195,7 @@ def _status_line(out_dir: Path) -> str:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> int:
-    _prepare_prefect(args.verbose)
+    prepare_prefect(args.verbose)
     from flows.synthesize import synthesize
 
     params = parse_params(args.param)
@@ -270,7 +209,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
-    _prepare_prefect(args.verbose)
+    prepare_prefect(args.verbose)
     from flows.transcribe import transcribe
 
     return _run_flow(args, transcribe, dict(
@@ -280,7 +219,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def _cmd_retry_failed(args: argparse.Namespace) -> int:
-    _prepare_prefect(args.verbose)
+    prepare_prefect(args.verbose)
     from voxmill.jobs import load_job_record
 
     request = load_job_record(args.out)
@@ -312,10 +251,10 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    _prepare_prefect(args.verbose)
+    prepare_prefect(args.verbose)
     from flows.roundtrip import RoundTripFailed, roundtrip
 
-    with _prefect_api():
+    with prefect_api():
         state = roundtrip(manifest=args.manifest, out_dir=str(args.out), output_format=args.output_format,
                           options=run_options(args), return_state=True)
         result = state.result(raise_on_failure=False)

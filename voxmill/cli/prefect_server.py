@@ -1,4 +1,7 @@
-"""A Prefect API server owned by one CLI run: it dies with the run, even on ``kill -9``.
+"""Prefect for the commands that run flows: :func:`prepare_prefect` (settings and quiet logs before Prefect is
+imported) and :func:`prefect_api` (the configured API, else one this run owns).
+
+A Prefect API server owned by one CLI run dies with the run, even on ``kill -9``.
 
 Prefect's own ephemeral server outlives a killed parent (re-parented to PID 1, ~200 MB, forever). The CLI
 starts the same server itself (uvicorn over Prefect's app factory, SQLite in ``PREFECT_HOME``) with the
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -22,7 +26,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from voxmill.errors import ConfigError
+from voxmill.errors import ConfigError, VoxmillError
 
 _PR_SET_PDEATHSIG = 1
 
@@ -86,4 +90,61 @@ def _wait_healthy(api_url: str, process: subprocess.Popen, log, timeout: float) 
                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or run `make deploy` and set PREFECT_API_URL")
 
 
-__all__ = ["owned_prefect_server"]
+def prepare_prefect(verbose: bool) -> None:
+    """Settings Prefect must see before it is imported: a patient ephemeral start, quiet logs, no telemetry."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).addFilter(_drop_voxmill_tracebacks)
+        logging.getLogger("prefect.flow_runs").addFilter(_drop_termination_crash)
+        # Prefect's own machinery (event and log delivery) logs to loggers outside "prefect": "EventsWorker - Still
+        # processing items…" ends many runs, and a restarting Prefect server dumps whole events and "Unable to
+        # connect to …/events/in" warnings. Not the user's story: the job goes on either way.
+        os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "CRITICAL")
+        for name in ("EventsWorker", "APILogWorker", "prefect.events.clients"):
+            # a filter, not a level: Prefect's logging setup resets the levels of loggers under "prefect"
+            logging.getLogger(name).addFilter(_drop_below_critical)
+    if not os.environ.get("PREFECT_API_URL"):
+        print("voxmill: starting Prefect's local API for this run (the first start takes ~20 s)…", file=sys.stderr)
+
+
+def _drop_voxmill_tracebacks(record: logging.LogRecord) -> bool:
+    """Prefect logs a flow stopped by a voxmill error with its traceback; ``main`` prints the message alone."""
+    return not (record.exc_info and isinstance(record.exc_info[1], VoxmillError))
+
+
+def _drop_below_critical(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
+
+
+def _drop_termination_crash(record: logging.LogRecord) -> bool:
+    """After SIGTERM the CLI says what stopped and what is recorded; Prefect's "Crash detected!" would repeat it."""
+    return "aborted by a termination signal" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[None]:
+    """The Prefect API configured (PREFECT_API_URL, a profile); else one owned by this run, which dies with it
+    (even on kill -9)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with owned_prefect_server(timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()) as api_url:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                yield
+            finally:  # deliver what is queued while the server is still up
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
+
+
+__all__ = ["owned_prefect_server", "prefect_api", "prepare_prefect"]
