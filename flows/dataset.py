@@ -8,7 +8,7 @@ from prefect.artifacts import create_table_artifact
 from tasks.job import artifact_key
 from tasks.params import LocalEngine
 from tasks.settings import flow_settings
-from voxmill.dataset import BuildReport, load_spec
+from voxmill.dataset import BuildReport, PublishRefused, load_spec
 from voxmill.dataset import build_dataset as build_version
 
 
@@ -24,16 +24,25 @@ def build_dataset(
     api_key_block: str | None = None,
     local: bool = False,
     local_engine: LocalEngine = "real",
+    force: bool = False,
 ) -> BuildReport:
     """Build the dataset of the TOML ``spec`` file (``source``/``dest`` override the spec's); only new or
     changed rows are sent. Publishes a verified version and moves ``latest``; a summary artifact per build.
-    With no key and no Secret block a local server makes the rows, labelled."""
+    With no key and no Secret block a local server makes the rows, labelled. A version that fails the spec's
+    ``[publish]`` gates is not published and the run fails, naming the gates (``force`` publishes it anyway)."""
     dataset = load_spec(spec, source=source, dest=dest)
+    refused: PublishRefused | None = None
     with flow_settings(base_url=base_url, requests_per_second=requests_per_second,
                        requests_per_minute=requests_per_minute, max_concurrent=max_concurrent,
                        api_key_block=api_key_block, local=local, local_engine=local_engine) as settings:
-        report = build_version(dataset, settings)
+        try:
+            report = build_version(dataset, settings, force=force)
+        except PublishRefused as exc:
+            refused, report = exc, exc.report
     create_table_artifact(key=artifact_key("dataset", dataset.dest), table=report.summary_table(),
                           description=report.headline())
+    if refused is not None:
+        get_run_logger().error(refused.message)
+        raise refused
     get_run_logger().info(report.headline())
     return report

@@ -8,6 +8,7 @@ import inspect
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from voxmill.dataset import DatasetStore
@@ -57,3 +58,27 @@ def test_dataset_build_deployment_entry():
     assert schedule["active"] is False and len(schedule["cron"].split()) == 5
     assert set(entry["parameters"]) <= set(inspect.signature(build_dataset.fn).parameters)
     assert (REPO / entry["parameters"]["spec"]).exists()
+
+
+@pytest.mark.prefect
+def test_dataset_flow_fails_naming_the_gate_and_force_publishes(make_server, prefect_api, tmp_path, monkeypatch):
+    from flows.dataset import build_dataset
+
+    server = make_server(garbage_audio_rate=1.0)
+    monkeypatch.setenv("VOXMILL_API_KEY", server.token)
+    monkeypatch.setenv("VOXMILL_BASE_URL", server.base_url)
+    monkeypatch.setenv("VOXMILL_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "texts.csv").write_text("id,text\na,First line.\nb,Second line.\n")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('name = "garbage"\nkind = "tts"\nsource = "texts.csv"\ndest = "dest"\n[qc]\nmin_duration_s = 0.05\n')
+    state = build_dataset(spec=str(spec), return_state=True)
+    assert state.is_failed()
+    assert "min_rows: 0 accepted rows < 1" in state.message and "max_reject_fraction" in state.message, state.message
+    assert server.stats()["generations_total"] == 2
+    store = DatasetStore(str(tmp_path / "dest"))
+    assert store.latest_id() is None
+    forced = build_dataset(spec=str(spec), force=True, return_state=True)
+    assert forced.is_completed(), forced.message
+    report = forced.result()
+    assert report.published and report.rows == 0 and store.latest_id() == report.version
+    assert server.stats()["generations_total"] == 2, "forcing paid nothing again"

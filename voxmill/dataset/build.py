@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from voxmill.audio.transcode import OutputSpec
 from voxmill.dataset.card import render_card
+from voxmill.dataset.gates import PublishRefused, check_gates
 from voxmill.dataset.incremental import (
     BuildPlan,
     SourceRow,
@@ -77,15 +78,22 @@ class BuildReport:
     published: bool = True
     #: seconds spent planning (source keys, previous version), making new rows, judging + publishing
     phases: dict[str, float] = field(default_factory=dict)
+    #: publish gates the version failed: it was refused (``published`` False), or published with ``force``
+    gate_failures: tuple[str, ...] = ()
 
     def headline(self) -> str:
         """One line for logs and the CLI."""
         d = self.diff
-        if not self.published:
+        if not self.published and not self.gate_failures:
             return f"{self.name}: nothing changed since {self.version} (same rows, same spec); latest stays"
-        return (f"{self.name} {self.version}: {self.rows} rows ({self.hours:.3f} h), {self.rejected} rejected; "
+        line = (f"{self.name} {self.version}: {self.rows} rows ({self.hours:.3f} h), {self.rejected} rejected; "
                 f"added {d.added}, changed {d.changed}, removed {d.removed}, unchanged {d.unchanged}; "
                 f"{self.billed_requests} billed requests, {self.carried} rows carried over, in {self.elapsed_s:.1f}s")
+        if self.gate_failures and not self.published:
+            return f"{line}; NOT PUBLISHED, failed gates: {'; '.join(self.gate_failures)}"
+        if self.gate_failures:
+            return f"{line}; published with --force despite: {'; '.join(self.gate_failures)}"
+        return line
 
     def summary_table(self) -> list[dict[str, Any]]:
         """Measure/value rows (the flow's summary artifact)."""
@@ -95,6 +103,8 @@ class BuildReport:
             ("changed", d.changed), ("removed", d.removed), ("unchanged", d.unchanged), ("rows", self.rows),
             ("rejected", self.rejected), ("hours", round(self.hours, 4)), ("billed requests", self.billed_requests),
             ("cost", "unknown" if self.cost is None else round(self.cost, 4)), ("destination", self.dest),
+            ("published", "yes" if self.published else "no"),
+            ("failed gates", "; ".join(self.gate_failures) or "none"),
         )]
 
 
@@ -304,10 +314,13 @@ def build_dataset(
     *,
     progress: ProgressBoard | None = None,
     client_factory: Callable[[Settings], Any] | None = None,
+    force: bool = False,
 ) -> BuildReport:
     """Build, verify and publish a new version of ``spec``'s dataset; the report of what happened.
 
-    One build per work folder at a time (a lock; the deployment also runs one at a time).
+    One build per work folder at a time (a lock; the deployment also runs one at a time). A version that fails
+    the spec's publish gates is written but not published: PublishRefused (carrying the report), unless
+    ``force``.
     """
     store = DatasetStore(spec.dest)
     work = work_dir_for(spec, store, settings)
@@ -315,13 +328,13 @@ def build_dataset(
     lock = Ledger(work)  # the ledger's lock file: a second build of the same dataset is refused, not interleaved
     lock.lock()
     try:
-        return _build(spec, settings, store, work, progress, client_factory)
+        return _build(spec, settings, store, work, progress, client_factory, force)
     finally:
         lock.close()
 
 
 def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Path, progress: ProgressBoard | None,
-           client_factory: Callable[[Settings], Any] | None) -> BuildReport:
+           client_factory: Callable[[Settings], Any] | None, force: bool) -> BuildReport:
     started = time.monotonic()
     store.sweep_unpublished()
     previous_id = store.latest_id()
@@ -356,27 +369,40 @@ def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Pat
     reasons = pa.array([r or None for r in verdict.reasons], pa.list_(pa.string()))
     effect = reasons_effect(verdict)
     hours = round(float(pc.sum(meta.filter(mask)["duration"]).as_py() or 0.0) / 3600, 6)
+    mean_wer = pc.mean(meta.filter(mask)["wer"]).as_py()
+    failures = [str(f) for f in check_gates(
+        spec.publish, rows=accepted_rows, rejected=meta.num_rows - accepted_rows, hours=hours, mean_wer=mean_wer,
+        previous=store.manifest(previous_id) if previous_id else None)]
     version_id = store.next_version_id()
     manifest_record = VersionManifest(
         id=version_id, name=spec.name, created_at=utc_now(), previous=previous_id, rows=accepted_rows,
         rejected=meta.num_rows - accepted_rows, hours=hours, diff=plan.diff, filters_effect=effect,
         models=sorted(set(filter(None, meta["model"].to_pylist()))),
         engines=sorted(set(filter(None, meta["engine"].to_pylist()))),
-        billed_requests=billed, cost=cost, spec=spec.to_dict(),
+        billed_requests=billed, cost=cost, spec=spec.to_dict(), gate_failures=failures,
     )
     new_ids = frozenset(made[p].id for p in made if made[p].failure is None)
     card = render_card(manifest_record, s_per_char_bounds=verdict.s_per_char_bounds)
     version = PreparedVersion(lambda: candidates.chunks(reasons), accepted_rows, manifest_record, card, new_ids)
-    store.publish(version, spec.shard_rows)
-    removed = store.apply_retention(spec.keep_versions)
-    return BuildReport(
+    publishing = force or not failures
+    store.publish(version, spec.shard_rows, move_latest=publishing)
+    removed = store.apply_retention(spec.keep_versions) if publishing else []
+    report = BuildReport(
         name=spec.name, dest=spec.dest, version=version_id, previous=previous_id, rows=accepted_rows,
         rejected=meta.num_rows - accepted_rows, hours=hours, diff=plan.diff, made=len(plan.to_make),
         carried=len(plan.carried), billed_requests=billed, cost=cost, elapsed_s=round(time.monotonic() - started, 3),
         filters_effect=effect, removed_versions=tuple(removed),
         phases={"plan": round(planned - started, 3), "make": round(produced_at - planned, 3),
                 "publish": round(time.monotonic() - produced_at, 3)},
+        published=publishing, gate_failures=tuple(failures),
     )
+    if not publishing:
+        raise PublishRefused(
+            f"{spec.name} {version_id} was NOT published: it failed its publish gates: {'; '.join(failures)}. "
+            f"latest stays at {previous_id or '(none)'}; the refused version is at {store.url(version_id)} for "
+            "inspection (the next build removes it). Fix the cause, loosen [publish] in the spec, or rerun with "
+            "--force to publish it anyway.", report)
+    return report
 
 
 __all__ = ["BuildReport", "BuildStopped", "build_dataset", "work_dir_for"]

@@ -36,6 +36,8 @@ def render_card(manifest: VersionManifest, *, s_per_char_bounds: tuple[float, fl
         f"| billed requests in this build | {manifest.billed_requests} |",
         f"| cost of this build | {cost} |",
         "",
+        *([f"**Published with --force despite failed publish gates:** {'; '.join(manifest.gate_failures)}", ""]
+          if manifest.gate_failures else []),
         f"## Changes since {manifest.previous or 'nothing (first version)'}",
         "",
         f"added {diff.added}, changed {diff.changed}, removed {diff.removed}, unchanged {diff.unchanged}",

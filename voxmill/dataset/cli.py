@@ -14,6 +14,7 @@ from pathlib import Path
 
 from voxmill.dataset.build import build_dataset
 from voxmill.dataset.export import EXPORT_FORMATS, export_version
+from voxmill.dataset.gates import PublishRefused
 from voxmill.dataset.publish import DatasetStore
 from voxmill.dataset.spec import load_spec
 from voxmill.settings import Settings
@@ -33,6 +34,8 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="use a local server started for this run (the default when no VOXMILL_API_KEY is set)")
     build.add_argument("--local-engine", choices=("real", "null"), default="real",
                        help="local server engines: real (piper/whisper) or null (instant, for plumbing tests)")
+    build.add_argument("--force", action="store_true",
+                       help="publish even if the version fails the spec's [publish] gates (they are still reported)")
     build.set_defaults(handler=_cmd_build)
 
     listing = sub.add_parser("list", help="the versions at a destination: counts, hours, what changed")
@@ -48,7 +51,7 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from voxmill.cli import EXIT_OK
+    from voxmill.cli import EXIT_FAILED_ITEMS, EXIT_OK
     from voxmill.local_api import api_settings
 
     spec = load_spec(args.spec, source=args.source, dest=args.dest)
@@ -57,7 +60,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         settings = settings.with_(base_url=args.base_url)
     announce = functools.partial(print, "voxmill:", file=sys.stderr)
     with api_settings(settings, local=args.local, engine=args.local_engine, announce=announce) as settings:
-        report = build_dataset(spec, settings)
+        try:
+            report = build_dataset(spec, settings, force=args.force)
+        except PublishRefused as refused:
+            print(refused.report.headline())
+            print(f"voxmill: {refused.message}", file=sys.stderr)
+            return EXIT_FAILED_ITEMS
     print(report.headline())
     if report.published:
         print(f"published: {DatasetStore(spec.dest).url(report.version)} (latest)")

@@ -93,6 +93,8 @@ class VersionManifest:
     cost: float | None
     spec: dict[str, Any]
     files: list[FileEntry] = field(default_factory=list)
+    #: publish gates this version failed (non-empty only when it was published with ``--force``, or refused)
+    gate_failures: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         """The manifest as JSON text."""
@@ -261,8 +263,11 @@ class DatasetStore:
         ids = self.version_ids()
         return new_version_id(version_number(ids[-1]) + 1 if ids else 1)
 
-    def publish(self, version: PreparedVersion, shard_rows: int) -> VersionManifest:
-        """Write, verify, then move ``latest``; PublishError (and nothing published) when verify fails."""
+    def publish(self, version: PreparedVersion, shard_rows: int, *, move_latest: bool = True) -> VersionManifest:
+        """Write, verify, then move ``latest``; PublishError (and nothing published) when verify fails.
+
+        ``move_latest=False`` (a version that failed its publish gates) writes and verifies the version but
+        leaves ``latest`` alone: the folder stays for inspection and the next build sweeps it."""
         version_id = version.manifest.id
         final = self.version_path(version_id)
         staging = self._path(VERSIONS, f".{version_id}.partial") if self.local else final
@@ -278,7 +283,8 @@ class DatasetStore:
             raise
         if self.local:
             os.rename(staging, final)
-        self._move_latest(version_id)
+        if move_latest:
+            self._move_latest(version_id)
         return manifest
 
     def _write(self, folder: str, name: str, data: bytes) -> None:

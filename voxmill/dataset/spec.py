@@ -19,6 +19,10 @@ sample_rate = 16000
 [qc]
 roundtrip = true                  # tts: transcribe every new clip back and score its WER
 max_wer = 0.3
+
+[publish]                         # gates checked before `latest` moves (see PublishGates)
+min_rows = 1
+max_reject_fraction = 0.5
 ```
 
 Relative local paths are resolved against the spec file's folder, so a spec runs from anywhere.
@@ -63,6 +67,35 @@ class QcThresholds:
 
 
 @dataclass(frozen=True)
+class PublishGates:
+    """Checks a built version must pass before ``latest`` moves to it (None: that gate is off).
+
+    The defaults refuse a build whose rows were all (or mostly) rejected, or that lost half the dataset.
+    """
+
+    #: accepted rows the version must hold
+    min_rows: int | None = 1
+    #: largest share of the version's rows that QC may reject
+    max_reject_fraction: float | None = 0.5
+    #: largest drop in accepted rows against the previous version, as a fraction of its rows
+    max_rows_drop: float | None = 0.5
+    #: largest drop in accepted hours against the previous version, as a fraction of its hours
+    max_hours_drop: float | None = 0.5
+    #: largest mean WER of the accepted rows (rows without a WER are left out)
+    max_mean_wer: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_reject_fraction", "max_rows_drop", "max_hours_drop"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"[publish] {name} must be a fraction in [0, 1], got {value}")
+        if self.min_rows is not None and self.min_rows < 0:
+            raise ConfigError(f"[publish] min_rows must be ≥ 0, got {self.min_rows}")
+        if self.max_mean_wer is not None and self.max_mean_wer < 0:
+            raise ConfigError(f"[publish] max_mean_wer must be ≥ 0, got {self.max_mean_wer}")
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A validated dataset spec (see the module docstring for the file format)."""
 
@@ -74,6 +107,7 @@ class DatasetSpec:
     params: dict[str, Any] = field(default_factory=dict)
     output: OutputSpec = field(default_factory=OutputSpec)
     qc: QcThresholds = field(default_factory=QcThresholds)
+    publish: PublishGates = field(default_factory=PublishGates)
     shard_rows: int = 500
     keep_versions: int = 5
     #: ASR model of the TTS round trip
@@ -92,13 +126,14 @@ class DatasetSpec:
             "name": self.name, "kind": self.kind, "source": self.source, "dest": self.dest, "model": self.model,
             "params": self.params, "output": {f.name: getattr(self.output, f.name) for f in fields(OutputSpec)},
             "qc": {f.name: getattr(self.qc, f.name) for f in fields(QcThresholds)},
+            "publish": {f.name: getattr(self.publish, f.name) for f in fields(PublishGates)},
             "shard_rows": self.shard_rows, "keep_versions": self.keep_versions, "asr_model": self.asr_model,
             "language": self.language,
         }
 
 
 _TOP_KEYS = {"name", "kind", "source", "dest", "shard_rows", "keep_versions", "work_dir", "language",
-             "model", "output", "qc"}
+             "model", "output", "qc", "publish"}
 
 
 def _resolve(value: str, base: Path) -> str:
@@ -142,6 +177,12 @@ def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec")
         qc = QcThresholds(**_section(data, "qc", where))
     except TypeError as exc:
         raise ConfigError(f"{where}: [qc]: {exc}; see docs/datasets.md for the filters") from None
+    try:
+        gates = PublishGates(**_section(data, "publish", where))
+    except TypeError as exc:
+        raise ConfigError(f"{where}: [publish]: {exc}; see docs/datasets.md for the gates") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
     if qc.roundtrip and kind != "tts":
         raise ConfigError(f"{where}: [qc] roundtrip is for tts builds; asr builds score WER against reference_text")
     if kind == "tts" and qc.max_wer is not None and not qc.roundtrip:
@@ -153,7 +194,8 @@ def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec")
     work_dir = data.get("work_dir")
     return DatasetSpec(
         name=data["name"], kind=kind, source=_resolve(data["source"], base), dest=_resolve(data["dest"], base),
-        model=model, params=dict(params), output=output, qc=qc, shard_rows=shard_rows, keep_versions=keep,
+        model=model, params=dict(params), output=output, qc=qc, publish=gates, shard_rows=shard_rows,
+        keep_versions=keep,
         asr_model=asr_model, language=str(data.get("language", "en")),
         work_dir=_resolve(work_dir, base) if work_dir else None,
     )
@@ -172,4 +214,4 @@ def load_spec(path: str | Path, *, source: str | None = None, dest: str | None =
     return spec.with_overrides(source=source, dest=dest)
 
 
-__all__ = ["DatasetSpec", "QcThresholds", "load_spec", "parse_spec"]
+__all__ = ["DatasetSpec", "PublishGates", "QcThresholds", "load_spec", "parse_spec"]
