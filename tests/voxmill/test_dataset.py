@@ -87,7 +87,7 @@ def test_measures_and_verdicts_thresholds_and_iqr(tmp_path):
     assert [k for k, v in reasons.items() if v] == ["slow", "noisy", "gone"]
     assert reasons["slow"][0] == "duration_s 9 > 8" and "IQR" in reasons["slow"][1]
     assert reasons["noisy"] == ["wer 0.8 > 0.5"] and reasons["gone"] == ["failed: http: 400"]
-    low, high = verdict.s_per_char_bounds
+    low, high = verdict.s_per_char_bounds["default"]
     assert low < 2.0 / 39 < high < 9.0 / 39
 
 

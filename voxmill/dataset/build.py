@@ -1,9 +1,13 @@
 """A dataset build from end to end, without Prefect: plan against ``latest``, make only what is new or
 changed through the ordinary job engine, measure, judge, publish a verified version.
 
-The work folder holds ordinary job output directories (``job/``, and ``roundtrip/`` for the TTS round
+The work folder holds ordinary job output directories (``made/``, and ``roundtrip/`` for the TTS round
 trip), each with its ledger: a build killed at any point and rerun plans the same rows and the ledgers
 skip what was already paid for. Carried-over rows come from the previous version's own Parquet rows.
+
+TTS rows keep their *master*: the clip as the API returned it (the job writes it as generated, 16-bit WAV).
+The dataset's audio is derived from it locally by the spec's ``[output]``, so a new format, rate or loudness
+re-derives carried rows without a call (see :mod:`voxmill.dataset.incremental` for every path a row takes).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from voxmill.audio.transcode import OutputSpec
+from voxmill.audio.formats import audio_format
+from voxmill.audio.measure import measure_file
+from voxmill.audio.transcode import OutputSpec, transcode_audio, write_bytes_atomic
+from voxmill.batch import output_stem
 from voxmill.dataset.card import render_card
 from voxmill.dataset.gates import PublishRefused, check_gates
 from voxmill.dataset.incremental import (
@@ -45,7 +52,11 @@ from voxmill.manifests import RunDefaults, find_duplicate_ids, open_binary
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
 
-JOB_DIR = "job"
+#: the job that makes new rows (TTS: master clips, written as the API returned them)
+JOB_DIR = "made"
+#: audio derived from masters by the spec's [output], and the carried rows' clips written out to work on
+DERIVED_DIR = "derived"
+CARRIED_DIR = "carried"
 #: rows made in this build are read from disk and written this many at a time
 MADE_CHUNK_ROWS = 1000
 ROUNDTRIP_DIR = "roundtrip"
@@ -80,6 +91,10 @@ class BuildReport:
     phases: dict[str, float] = field(default_factory=dict)
     #: publish gates the version failed: it was refused (``published`` False), or published with ``force``
     gate_failures: tuple[str, ...] = ()
+    #: carried rows whose audio was derived again from their master (a new [output]), and carried rows that
+    #: were transcribed for the round trip (no WER yet)
+    rederived: int = 0
+    transcribed: int = 0
 
     def headline(self) -> str:
         """One line for logs and the CLI."""
@@ -88,7 +103,8 @@ class BuildReport:
             return f"{self.name}: nothing changed since {self.version} (same rows, same spec); latest stays"
         line = (f"{self.name} {self.version}: {self.rows} rows ({self.hours:.3f} h), {self.rejected} rejected; "
                 f"added {d.added}, changed {d.changed}, removed {d.removed}, unchanged {d.unchanged}; "
-                f"{self.billed_requests} billed requests, {self.carried} rows carried over, in {self.elapsed_s:.1f}s")
+                f"{self.billed_requests} billed requests, {self.carried} rows carried over "
+                f"({self.rederived} re-derived locally, {self.transcribed} transcribed), in {self.elapsed_s:.1f}s")
         if self.gate_failures and not self.published:
             return f"{line}; NOT PUBLISHED, failed gates: {'; '.join(self.gate_failures)}"
         if self.gate_failures:
@@ -118,7 +134,8 @@ def work_dir_for(spec: DatasetSpec, store: DatasetStore, settings: Settings) -> 
     return Path(settings.cache_dir) / "datasets" / f"{spec.name}-{digest}"
 
 
-def _price_table() -> PriceTable | None:
+def price_table() -> PriceTable | None:
+    """The price table VOXMILL_PRICES names, or None."""
     path = os.environ.get("VOXMILL_PRICES")
     return PriceTable.load(Path(path)) if path else None
 
@@ -149,32 +166,51 @@ def _local_audio(source: str, work: Path) -> Path:
     return target
 
 
-def _new_row(spec: DatasetSpec, source: SourceRow, done: dict[str, Any], work: Path,
-             check: dict[str, Any] | None) -> DatasetRow:
-    """A row made in this build, measured."""
-    item = source.item
-    if spec.kind == "tts":
-        path = work / JOB_DIR / done["output_path"]
-        text = done["text"] or ""
-        check_text = check["transcript"] if check else None
-        wer = check["wer"] if check else None
-    else:
-        path = _local_audio(str(item.audio), work)
-        text = done["transcript"] or ""
-        check_text, wer = item.reference_text, done["wer"]
+def is_master_output(output: OutputSpec) -> bool:
+    """Whether ``output`` keeps clips as generated (WAV, no change): the audio is then its own master."""
+    return output == OutputSpec()
+
+
+def _derive(spec: DatasetSpec, master: Path, work: Path, row_id: str) -> tuple[Path, Path | None, int]:
+    """The row's audio made from its master by the spec's [output] (no call): (audio, master or None when the
+    audio is the master, sample rate)."""
+    if is_master_output(spec.output):
+        return master, None, measure_file(master, loudness=False).sample_rate
+    target = work / DERIVED_DIR / f"{output_stem(row_id)}.{audio_format(spec.output.format).extension}"
+    info = transcode_audio(master.read_bytes(), "wav", target, spec.output)
+    return target, master, info.sample_rate
+
+
+def _measured(row: DatasetRow, path: Path, sample_rate: int) -> DatasetRow:
+    """``row`` with its audio at ``path`` and every QC measure taken from that clip."""
     measures = measure_clip(path)
-    duration = done["duration_s"] or measures.duration_s
-    chars = len(text.strip())
-    return DatasetRow(
-        id=item.item_id, text=text, audio_file=str(path), audio_path=f"{item.item_id}{path.suffix}",
-        duration=duration, sample_rate=done["sample_rate"], model=item.model, engine=done["engine"],
-        params=done["params"], key=source.key or "",
+    duration = measures.duration_s
+    chars = len(row.text.strip())
+    return replace(
+        row, audio_file=str(path), audio_path=f"{row.id}{path.suffix}", duration=duration, sample_rate=sample_rate,
         chars_per_s=round(chars / duration, 4) if duration else None,
         s_per_char=round(duration / chars, 5) if chars else None,
         leading_silence_s=measures.leading_silence_s, trailing_silence_s=measures.trailing_silence_s,
         peak_dbfs=finite_or_none(measures.peak_dbfs), clipped_fraction=measures.clipped_fraction,
-        lufs=finite_or_none(measures.lufs), wer=wer, check_text=check_text,
+        lufs=finite_or_none(measures.lufs),
     )
+
+
+def _new_row(spec: DatasetSpec, source: SourceRow, done: dict[str, Any], work: Path) -> DatasetRow:
+    """A row made in this build, measured (TTS: its audio derived from the master the job wrote)."""
+    item = source.item
+    base = DatasetRow(
+        id=item.item_id, text="", audio_file=None, audio_path=None, duration=None, sample_rate=None,
+        model=item.model, engine=done["engine"], params=done["params"], key=source.key or "",
+    )
+    if spec.kind == "tts":
+        path, master, rate = _derive(spec, work / JOB_DIR / done["output_path"], work, item.item_id)
+        row = replace(base, text=done["text"] or "", master_file=None if master is None else str(master))
+        return _measured(row, path, rate)
+    path = _local_audio(str(item.audio), work)
+    row = replace(base, text=done["transcript"] or "", check_text=item.reference_text, wer=done["wer"])
+    row = _measured(row, path, done["sample_rate"])
+    return replace(row, duration=done["duration_s"] or row.duration)
 
 
 def _failed_row(source: SourceRow, reason: str) -> DatasetRow:
@@ -187,14 +223,13 @@ def _failed_row(source: SourceRow, reason: str) -> DatasetRow:
     )
 
 
-def _roundtrip(spec: DatasetSpec, made: dict[str, dict[str, Any]], work: Path, settings: Settings,
+def _roundtrip(spec: DatasetSpec, rows: list[DatasetRow], work: Path, settings: Settings,
                progress: ProgressBoard | None, client_factory) -> tuple[dict[str, dict[str, Any]], RunSummary]:
-    """Transcribe this build's new clips back (ASR job with the texts as references); rows by id."""
-    rows = [r for r in made.values() if r["status"] == "done"]
+    """Transcribe clips back (an ASR job of their masters, the texts as references); its rows by id."""
     manifest = pa.table({
-        "id": [r["id"] for r in rows],
-        "audio": [str((work / JOB_DIR / r["output_path"]).resolve()) for r in rows],
-        "reference_text": [r["text"] for r in rows],
+        "id": [r.id for r in rows],
+        "audio": [str(Path(r.master_file or r.audio_file or "").resolve()) for r in rows],
+        "reference_text": [r.text for r in rows],
     })
     target = work / "roundtrip.parquet"
     pq.write_table(manifest, target)
@@ -206,52 +241,118 @@ def _roundtrip(spec: DatasetSpec, made: dict[str, dict[str, Any]], work: Path, s
     return {r["id"]: r for r in done}, summary
 
 
-def _make_rows(spec: DatasetSpec, plan: BuildPlan, manifest: str, work: Path, settings: Settings,
-               progress: ProgressBoard | None, client_factory) -> tuple[dict[int, DatasetRow], int, float | None]:
-    """Send the planned rows through the job (and the round trip); their rows by position, billed, cost."""
+def _generate(spec: DatasetSpec, plan: BuildPlan, manifest: str, work: Path, settings: Settings,
+              progress: ProgressBoard | None, client_factory) -> tuple[dict[int, DatasetRow], RunSummary]:
+    """Send the rows to generate through the job; their rows by position (measured, no WER yet), summary."""
     positions = plan.to_make
     delta = write_delta_manifest(manifest, positions, work / "delta.parquet")
-    output = spec.output if spec.kind == "tts" else OutputSpec()
-    request = JobRequest(spec.kind, delta, work / JOB_DIR, defaults=run_defaults(spec), output=output)
+    # TTS: the job keeps the master (as generated); the spec's [output] is derived from it locally
+    request = JobRequest(spec.kind, delta, work / JOB_DIR, defaults=run_defaults(spec), output=OutputSpec())
     summary = _run(request, settings, progress, client_factory)
-    billed = summary.done
-    results = read_results(work / JOB_DIR)
-    by_id = {r["id"]: r for r in results.to_pylist()}
-    made: dict[str, dict[str, Any]] = {}
-    for position in positions:
-        source = plan.rows[position]
-        row = by_id.get(source.item.item_id)
-        if row is not None and row["key"] == source.key:
-            made[source.item.item_id] = row
-    checks: dict[str, dict[str, Any]] = {}
-    asr_summary = None
-    if spec.kind == "tts" and spec.qc.roundtrip and any(r["status"] == "done" for r in made.values()):
-        checks, asr_summary = _roundtrip(spec, made, work, settings, progress, client_factory)
-        billed += asr_summary.done
+    by_id = {r["id"]: r for r in read_results(work / JOB_DIR).to_pylist()}
     rows: dict[int, DatasetRow] = {}
     for position in positions:
         source = plan.rows[position]
-        row = made.get(source.item.item_id)
-        if row is None:
+        row = by_id.get(source.item.item_id)
+        if row is None or row["key"] != source.key:
             rows[position] = _failed_row(source, "failed: the job produced no row for it; rerun the build")
         elif row["status"] != "done":
             rows[position] = _failed_row(source, _failure_text(row))
         else:
-            rows[position] = _new_row(spec, source, row, work, checks.get(source.item.item_id))
-    return rows, billed, _cost(spec, rows.values(), summary, asr_summary)
+            rows[position] = _new_row(spec, source, row, work)
+    return rows, summary
 
 
-def _cost(spec: DatasetSpec, rows, summary: RunSummary, asr_summary: RunSummary | None) -> float | None:
-    prices = _price_table()
+def _previous_rows(store: DatasetStore, version_id: str, indices: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Full rows (audio and master included) of a version at ``indices`` (ascending), a file at a time."""
+    wanted, offset = sorted(indices), 0
+    cursor = 0
+    for entry in store.parquet_files(version_id):
+        end, first = offset + (entry.rows or 0), cursor
+        while cursor < len(wanted) and wanted[cursor] < end:
+            cursor += 1
+        if cursor > first:
+            picked = wanted[first:cursor]
+            table = store.read_file(version_id, entry).take([i - offset for i in picked])
+            yield from zip(picked, table.to_pylist(), strict=True)
+        offset = end
+
+
+def _refresh_carried(spec: DatasetSpec, store: DatasetStore, previous_id: str, plan: BuildPlan,
+                     work: Path) -> dict[int, DatasetRow]:
+    """Carried rows that change in this build, by position: audio re-derived from the master (a new [output];
+    no call) and/or written out for the round trip's ASR. Their clips are written under ``WORK/carried``."""
+    by_index: dict[int, list[int]] = {}
+    for position in plan.refreshed:
+        by_index.setdefault(plan.carried[position], []).append(position)
+    rederive = set(plan.rederive)
+    folder = work / CARRIED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = set(DatasetRow.__dataclass_fields__) - {"audio_file", "audio_path", "master_file"}
+    rows: dict[int, DatasetRow] = {}
+    for index, previous in _previous_rows(store, previous_id, list(by_index)):
+        audio = previous["audio"]
+        for position in by_index[index]:
+            row_id = plan.rows[position].item.item_id
+            stem = output_stem(row_id)
+            audio_file = folder / f"{stem}{Path(audio['path'] or '.wav').suffix}"
+            write_bytes_atomic(audio_file, audio["bytes"])
+            master_file = None
+            if previous["master"] is not None:
+                master_file = folder / f"{stem}.master.wav"
+                write_bytes_atomic(master_file, previous["master"])
+            row = DatasetRow(**{**{k: previous[k] for k in fields}, "id": row_id}, audio_file=str(audio_file),
+                             audio_path=f"{row_id}{audio_file.suffix}",
+                             master_file=None if master_file is None else str(master_file))
+            if position in rederive:
+                # the planner sends a row here only when its master exists: a master column, or audio as generated
+                path, master, rate = _derive(spec, master_file or audio_file, work, row_id)
+                row = _measured(replace(row, master_file=None if master is None else str(master)), path, rate)
+            rows[position] = row
+    return rows
+
+
+def _make_rows(spec: DatasetSpec, plan: BuildPlan, manifest: str, work: Path, store: DatasetStore,
+               previous_id: str | None, settings: Settings, progress: ProgressBoard | None,
+               client_factory) -> tuple[dict[int, DatasetRow], int, float | None]:
+    """Rows this build makes or changes, by position: generated (job), re-derived or transcribed carried rows,
+    each with its round trip when the spec asks; billed requests; cost."""
+    rows: dict[int, DatasetRow] = {}
+    summary = asr_summary = None
+    if plan.to_make:
+        rows, summary = _generate(spec, plan, manifest, work, settings, progress, client_factory)
+    if plan.refreshed and previous_id is not None:
+        rows.update(_refresh_carried(spec, store, previous_id, plan, work))
+    if spec.kind == "tts" and spec.qc.roundtrip:
+        needs = [p for p in plan.to_make if rows[p].failure is None] + plan.asr
+        if needs:
+            checks, asr_summary = _roundtrip(spec, [rows[p] for p in needs], work, settings, progress,
+                                             client_factory)
+            for position in needs:
+                check = checks.get(rows[position].id)
+                if check is not None:
+                    rows[position] = replace(rows[position], wer=check["wer"], check_text=check["transcript"])
+    billed = (summary.done if summary else 0) + (asr_summary.done if asr_summary else 0)
+    generated = [rows[p] for p in plan.to_make if rows[p].failure is None]
+    transcribed = [rows[p] for p in plan.asr] if asr_summary else []
+    return rows, billed, _cost(spec, generated, transcribed, summary, asr_summary)
+
+
+def _cost(spec: DatasetSpec, generated: list[DatasetRow], transcribed: list[DatasetRow], summary: RunSummary | None,
+          asr_summary: RunSummary | None) -> float | None:
+    """What this build's calls cost by the price table (VOXMILL_PRICES); None without one."""
+    prices = price_table()
     if prices is None:
         return None
-    made = [r for r in rows if r.failure is None]
-    minutes = sum(r.duration or 0 for r in made) / 60
-    chars = sum(len(r.text) for r in made) if spec.kind == "tts" else 0
-    main = prices.cost(spec.model, chars=chars, minutes=0 if spec.kind == "tts" else minutes, requests=summary.done)
-    parts = [main]
+    minutes = sum(r.duration or 0 for r in generated) / 60
+    parts = []
+    if summary is not None:
+        chars = sum(len(r.text) for r in generated) if spec.kind == "tts" else 0
+        parts.append(prices.cost(spec.model, chars=chars, minutes=0 if spec.kind == "tts" else minutes,
+                                 requests=summary.done))
     if asr_summary is not None:
-        parts.append(prices.cost(spec.asr_model, chars=0, minutes=minutes, requests=asr_summary.done))
+        asr_minutes = minutes + sum(r.duration or 0 for r in transcribed) / 60
+        parts.append(prices.cost(spec.asr_model, chars=0, minutes=asr_minutes, requests=asr_summary.done))
     return None if any(p is None for p in parts) else round(sum(parts), 6)
 
 
@@ -292,7 +393,8 @@ class Candidates:
 
 def _candidates(store: DatasetStore, previous_id: str | None, previous: pa.Table | None, plan: BuildPlan,
                 made: dict[int, DatasetRow]) -> Candidates:
-    carried = sorted((index, plan.rows[position].item.item_id) for position, index in plan.carried.items())
+    carried = sorted((index, plan.rows[position].item.item_id) for position, index in plan.carried.items()
+                     if position not in made)
     made_rows = [made[p] for p in sorted(made)]
     parts = [rows_table(made_rows, with_audio=False)]
     if carried:
@@ -301,11 +403,69 @@ def _candidates(store: DatasetStore, previous_id: str | None, previous: pa.Table
     return Candidates(store, previous_id, carried, made_rows, pa.concat_tables(parts))
 
 
-def _unchanged(plan: BuildPlan, previous: VersionManifest, spec: DatasetSpec) -> bool:
-    """Whether a build would publish what ``latest`` holds: no row added, changed or removed, same spec."""
-    diff = plan.diff
-    same_rows = diff.added == diff.changed == diff.removed == 0 and not plan.to_make
-    return same_rows and json.loads(json.dumps(spec.to_dict())) == previous.spec
+def _spec_dict(spec: DatasetSpec) -> dict[str, Any]:
+    """The spec as its version manifest stores it (JSON round trip: tuples become lists)."""
+    return json.loads(json.dumps(spec.to_dict()))
+
+
+#: spec sections that change no row (the publish gates judge a version; they do not make one)
+_NOT_CONTENT = ("publish",)
+
+
+def spec_changes(spec: DatasetSpec, previous: VersionManifest | None) -> list[str]:
+    """The spec sections that differ from the previous version's (``output``, ``qc``, ``model``…)."""
+    if previous is None:
+        return []
+    now = _spec_dict(spec)
+    return sorted(k for k in set(now) | set(previous.spec)
+                  if k not in _NOT_CONTENT and now.get(k) != previous.spec.get(k))
+
+
+@dataclass
+class PlannedBuild:
+    """Everything a build decides before it sends anything: the previous version, the source rows and what
+    happens to each (:class:`~voxmill.dataset.incremental.BuildPlan`), and which spec sections changed."""
+
+    previous_id: str | None
+    previous_manifest: VersionManifest | None
+    #: the previous version's rows without audio
+    previous: pa.Table | None
+    #: the source as a manifest path
+    manifest: str
+    rows: list[SourceRow]
+    plan: BuildPlan
+    changes: list[str]
+    #: the output changed but the previous version kept no master clips (older code): carried rows are made again
+    regenerated_for_output: bool = False
+
+    @property
+    def unchanged(self) -> bool:
+        """Whether a build would publish what ``latest`` holds: no row added, changed or removed, same spec."""
+        diff, plan = self.plan.diff, self.plan
+        same_rows = diff.added == diff.changed == diff.removed == 0 and not plan.to_make and not plan.refreshed
+        return self.previous_id is not None and same_rows and not self.changes
+
+
+def plan_dataset(spec: DatasetSpec, store: DatasetStore, work: Path) -> PlannedBuild:
+    """Plan a build of ``spec`` against ``store``'s latest version; sends nothing."""
+    previous_id = store.latest_id()
+    previous_manifest = store.manifest(previous_id) if previous_id else None
+    previous = store.read_rows(previous_id, META_COLUMNS) if previous_id else None
+    manifest = source_manifest(spec, work)
+    duplicates = find_duplicate_ids(manifest, spec.kind)
+    if duplicates:
+        raise ConfigError(f"source {spec.source!r} has duplicate ids: {', '.join(map(repr, duplicates[:10]))}; "
+                          "ids must be unique in a dataset")
+    rows = list(read_source_rows(spec, manifest))
+    changes = spec_changes(spec, previous_manifest)
+    rederive = regenerate = False
+    if spec.kind == "tts" and "output" in changes and previous_id is not None and previous_manifest is not None:
+        old_output = OutputSpec(**previous_manifest.spec["output"])
+        masters = is_master_output(old_output) or store.has_column(previous_id, "master")
+        rederive, regenerate = masters, not masters
+    need_wer = spec.kind == "tts" and spec.qc.roundtrip
+    plan = plan_build(rows, previous, rederive=rederive, regenerate=regenerate, need_wer=need_wer)
+    return PlannedBuild(previous_id, previous_manifest, previous, manifest, rows, plan, changes, regenerate)
 
 
 def build_dataset(
@@ -337,28 +497,25 @@ def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Pat
            client_factory: Callable[[Settings], Any] | None, force: bool) -> BuildReport:
     started = time.monotonic()
     store.sweep_unpublished()
-    previous_id = store.latest_id()
-    previous = store.read_rows(previous_id, META_COLUMNS) if previous_id else None
-    manifest = source_manifest(spec, work)
-    duplicates = find_duplicate_ids(manifest, spec.kind)
-    if duplicates:
-        raise ConfigError(f"source {spec.source!r} has duplicate ids: {', '.join(map(repr, duplicates[:10]))}; "
-                          "ids must be unique in a dataset")
-    rows = list(read_source_rows(spec, manifest))
-    plan = plan_build(rows, previous)
+    planned_build = plan_dataset(spec, store, work)
+    previous_id, previous, plan = planned_build.previous_id, planned_build.previous, planned_build.plan
+    rows = planned_build.rows
     planned = time.monotonic()
-    if previous_id and _unchanged(plan, store.manifest(previous_id), spec):
-        prev = store.manifest(previous_id)
+    if planned_build.unchanged:
+        prev = planned_build.previous_manifest
+        assert prev is not None and previous_id is not None
+        elapsed = round(time.monotonic() - started, 3)
         return BuildReport(
             name=spec.name, dest=spec.dest, version=previous_id, previous=prev.previous, rows=prev.rows,
             rejected=prev.rejected, hours=prev.hours, diff=plan.diff, made=0, carried=len(plan.carried),
-            billed_requests=0, cost=None, elapsed_s=round(time.monotonic() - started, 3),
-            filters_effect=prev.filters_effect, published=False,
+            billed_requests=0, cost=None, elapsed_s=elapsed, filters_effect=prev.filters_effect, published=False,
+            phases={"plan": round(planned - started, 3), "make": 0.0, "publish": 0.0},
         )
     made: dict[int, DatasetRow] = {r.position: _failed_row(r, r.problem) for r in rows if r.problem}
     billed, cost = 0, None
-    if plan.to_make:
-        produced, billed, cost = _make_rows(spec, plan, manifest, work, settings, progress, client_factory)
+    if plan.to_make or plan.refreshed:
+        produced, billed, cost = _make_rows(spec, plan, planned_build.manifest, work, store, previous_id, settings,
+                                            progress, client_factory)
         made.update(produced)
     produced_at = time.monotonic()
     candidates = _candidates(store, previous_id, previous, plan, made)
@@ -372,7 +529,7 @@ def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Pat
     mean_wer = pc.mean(meta.filter(mask)["wer"]).as_py()
     failures = [str(f) for f in check_gates(
         spec.publish, rows=accepted_rows, rejected=meta.num_rows - accepted_rows, hours=hours, mean_wer=mean_wer,
-        previous=store.manifest(previous_id) if previous_id else None)]
+        previous=planned_build.previous_manifest)]
     version_id = store.next_version_id()
     manifest_record = VersionManifest(
         id=version_id, name=spec.name, created_at=utc_now(), previous=previous_id, rows=accepted_rows,
@@ -391,7 +548,8 @@ def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Pat
         name=spec.name, dest=spec.dest, version=version_id, previous=previous_id, rows=accepted_rows,
         rejected=meta.num_rows - accepted_rows, hours=hours, diff=plan.diff, made=len(plan.to_make),
         carried=len(plan.carried), billed_requests=billed, cost=cost, elapsed_s=round(time.monotonic() - started, 3),
-        filters_effect=effect, removed_versions=tuple(removed),
+        filters_effect=effect, removed_versions=tuple(removed), rederived=len(plan.rederive),
+        transcribed=len(plan.asr),
         phases={"plan": round(planned - started, 3), "make": round(produced_at - planned, 3),
                 "publish": round(time.monotonic() - produced_at, 3)},
         published=publishing, gate_failures=tuple(failures),
@@ -405,4 +563,5 @@ def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Pat
     return report
 
 
-__all__ = ["BuildReport", "BuildStopped", "build_dataset", "work_dir_for"]
+__all__ = ["BuildReport", "BuildStopped", "PlannedBuild", "build_dataset", "plan_dataset", "price_table",
+           "spec_changes", "work_dir_for"]

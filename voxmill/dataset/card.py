@@ -5,14 +5,15 @@ from __future__ import annotations
 from voxmill.dataset.publish import DATA, REJECTS, VersionManifest
 
 
-def render_card(manifest: VersionManifest, *, s_per_char_bounds: tuple[float, float] | None) -> str:
+def render_card(manifest: VersionManifest, *, s_per_char_bounds: dict[str, tuple[float, float]]) -> str:
     """Markdown with a YAML header that tells Hugging Face ``datasets`` where the train split is."""
     diff = manifest.diff
     qc = manifest.spec.get("qc", {})
     thresholds = [f"- `{name}` = {value}" for name, value in qc.items() if value is not None]
     effect = [f"- {name}: {count} row(s)" for name, count in manifest.filters_effect.items()] or ["- none"]
-    bounds = (f"{s_per_char_bounds[0]:.4f} – {s_per_char_bounds[1]:.4f} s/char" if s_per_char_bounds
-              else "not applied (too few rows or turned off)")
+    by = manifest.spec.get("qc", {}).get("iqr_by", "voice")
+    bounds = ("; ".join(f"{group}: {low:.4f} – {high:.4f}" for group, (low, high) in s_per_char_bounds.items())
+              + f" s/char (per {by})" if s_per_char_bounds else "not applied (too few rows or turned off)")
     cost = "unknown (no price table: VOXMILL_PRICES)" if manifest.cost is None else f"{manifest.cost:.4f}"
     lines = [
         "---",

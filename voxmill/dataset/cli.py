@@ -34,6 +34,9 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="use a local server started for this run (the default when no VOXMILL_API_KEY is set)")
     build.add_argument("--local-engine", choices=("real", "null"), default="real",
                        help="local server engines: real (piper/whisper) or null (instant, for plumbing tests)")
+    build.add_argument("--plan", action="store_true",
+                       help="only show which rows would be generated, carried, re-derived or transcribed, and the "
+                            "calls and cost; send nothing")
     build.add_argument("--force", action="store_true",
                        help="publish even if the version fails the spec's [publish] gates (they are still reported)")
     build.set_defaults(handler=_cmd_build)
@@ -56,6 +59,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, source=args.source, dest=args.dest)
     settings = Settings.from_env()
+    if args.plan:
+        from voxmill.dataset.preview import plan_build_preview
+
+        print(plan_build_preview(spec, settings).text())
+        return EXIT_OK
     if args.base_url:
         settings = settings.with_(base_url=args.base_url)
     announce = functools.partial(print, "voxmill:", file=sys.stderr)

@@ -228,10 +228,22 @@ class DatasetStore:
 
     def read_file(self, version_id: str, entry: FileEntry, columns: list[str] | None = None) -> pa.Table:
         """One Parquet file of a version, in the row schema (or ``columns`` of it)."""
-        with self.fs.open(self._path(VERSIONS, version_id, entry.path), "rb") as handle:
-            table = pq.read_table(handle, columns=columns).replace_schema_metadata(None)
         schema = ROW_SCHEMA if columns is None else pa.schema([ROW_SCHEMA.field(c) for c in columns])
+        with self.fs.open(self._path(VERSIONS, version_id, entry.path), "rb") as handle:
+            present = set(pq.read_schema(handle).names)
+            handle.seek(0)
+            wanted = [c for c in schema.names if c in present]
+            table = pq.read_table(handle, columns=wanted).replace_schema_metadata(None)
+        for name in schema.names:  # a column added since that version was written: all null there
+            if name not in present:
+                table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
         return table.select(schema.names).cast(schema)
+
+    def has_column(self, version_id: str, name: str) -> bool:
+        """Whether the version's Parquet files have column ``name`` (versions from older code may not)."""
+        entry = self.parquet_files(version_id)[0]
+        with self.fs.open(self._path(VERSIONS, version_id, entry.path), "rb") as handle:
+            return name in pq.read_schema(handle).names
 
     def read_rows(self, version_id: str, columns: list[str] | None = None) -> pa.Table:
         """Every row of a version, accepted shards then rejects (``reasons`` says which)."""

@@ -62,8 +62,14 @@ class QcThresholds:
     roundtrip: bool = False
     #: k of the IQR rule on seconds per character (Emilia-Pipe uses 1.5); None turns it off
     iqr_k: float | None = 1.5
-    #: the IQR rule needs this many rows to say anything
+    #: the IQR rule needs this many rows (of a group) to say anything
     iqr_min_rows: int = 8
+    #: the IQR rule's groups: ``voice`` (each voice against itself), ``model``, or ``all`` rows at once
+    iqr_by: str = "voice"
+
+    def __post_init__(self) -> None:
+        if self.iqr_by not in ("voice", "model", "all"):
+            raise ConfigError(f"[qc] iqr_by must be 'voice', 'model' or 'all', got {self.iqr_by!r}")
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,11 @@ def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
     return section
 
 
+def _off(section: dict[str, Any], keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The section with ``false`` values (but those of boolean keys in ``keep``) as None: that check is off."""
+    return {k: None if v is False and k not in keep else v for k, v in section.items()}
+
+
 def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec") -> DatasetSpec:
     """A DatasetSpec from parsed TOML; ConfigError naming the key and the fix for anything wrong."""
     unknown = set(data) - _TOP_KEYS
@@ -174,11 +185,14 @@ def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec")
     except TypeError as exc:
         raise ConfigError(f"{where}: [output]: {exc}") from None
     try:
-        qc = QcThresholds(**_section(data, "qc", where))
+        # TOML has no null: `false` turns a filter (or a gate) off
+        qc = QcThresholds(**_off(_section(data, "qc", where), keep=frozenset({"roundtrip"})))
     except TypeError as exc:
         raise ConfigError(f"{where}: [qc]: {exc}; see docs/datasets.md for the filters") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
     try:
-        gates = PublishGates(**_section(data, "publish", where))
+        gates = PublishGates(**_off(_section(data, "publish", where)))
     except TypeError as exc:
         raise ConfigError(f"{where}: [publish]: {exc}; see docs/datasets.md for the gates") from None
     except ConfigError as exc:
