@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.job import artifact_key
 from tasks.params import LocalEngine
@@ -39,8 +39,11 @@ def build_dataset(
             report = build_version(dataset, settings, force=force)
         except PublishRefused as exc:
             refused, report = exc, exc.report
-    create_table_artifact(key=artifact_key("dataset", dataset.dest), table=report.summary_table(),
-                          description=report.headline())
+    key = artifact_key("dataset", dataset.dest)
+    create_table_artifact(key=key, table=report.summary_table(), description=report.headline())
+    # the card's tables (per voice/model/language, balance, rejects, duplicates) and links to its plots
+    create_markdown_artifact(key=f"{key}-card", markdown=report.card_markdown(),
+                             description=f"{dataset.name} {report.version}: the card's tables and plots")
     if refused is not None:
         get_run_logger().error(refused.message)
         raise refused

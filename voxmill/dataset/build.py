@@ -29,7 +29,8 @@ from voxmill.audio.formats import audio_format
 from voxmill.audio.measure import measure_file
 from voxmill.audio.transcode import OutputSpec, transcode_audio, write_bytes_atomic
 from voxmill.batch import output_stem
-from voxmill.dataset.card import render_card
+from voxmill.dataset.card import card_tables, markdown_table, render_card
+from voxmill.dataset.dedup import AUDIO_REASON, audio_duplicates, drop_text_duplicates, text_duplicates
 from voxmill.dataset.gates import PublishRefused, check_gates
 from voxmill.dataset.incremental import (
     BuildPlan,
@@ -40,12 +41,15 @@ from voxmill.dataset.incremental import (
     source_manifest,
     write_delta_manifest,
 )
+from voxmill.dataset.plots import render_plots
 from voxmill.dataset.publish import BuildDiff, DatasetStore, PreparedVersion, VersionManifest
-from voxmill.dataset.qc import finite_or_none, judge, measure_clip, reasons_effect
+from voxmill.dataset.qc import Verdict, finite_or_none, judge, measure_clip, reasons_effect
 from voxmill.dataset.rows import META_COLUMNS, DatasetRow, rows_table
 from voxmill.dataset.spec import DatasetSpec
+from voxmill.dataset.stats import dataset_stats, rows_frame
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.estimate import PriceTable
+from voxmill.identity import file_hash
 from voxmill.jobs import JobRequest, RunSummary, run_job
 from voxmill.ledger import Ledger, read_results, utc_now
 from voxmill.manifests import RunDefaults, find_duplicate_ids, open_binary
@@ -95,6 +99,18 @@ class BuildReport:
     #: were transcribed for the round trip (no WER yet)
     rederived: int = 0
     transcribed: int = 0
+    #: the card's tables (title → rows) and its plots (path in the version → URL or local path)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
+
+    def card_markdown(self) -> str:
+        """The card's tables and links to its plots, as Markdown (the flow's artifact)."""
+        lines = [f"# {self.headline()}", ""]
+        for title, rows in self.tables.items():
+            lines += [f"## {title}", "", *markdown_table(rows), ""]
+        if self.images:
+            lines += ["## Plots", "", *(f"- [{Path(p).stem}]({url})" for p, url in self.images.items()), ""]
+        return "\n".join(lines)
 
     def headline(self) -> str:
         """One line for logs and the CLI."""
@@ -192,7 +208,7 @@ def _measured(row: DatasetRow, path: Path, sample_rate: int) -> DatasetRow:
         s_per_char=round(duration / chars, 5) if chars else None,
         leading_silence_s=measures.leading_silence_s, trailing_silence_s=measures.trailing_silence_s,
         peak_dbfs=finite_or_none(measures.peak_dbfs), clipped_fraction=measures.clipped_fraction,
-        lufs=finite_or_none(measures.lufs),
+        lufs=finite_or_none(measures.lufs), audio_sha256=file_hash(path),
     )
 
 
@@ -373,8 +389,9 @@ class Candidates:
     made: list[DatasetRow]
     meta: pa.Table
 
-    def chunks(self, reasons: pa.Array) -> Iterator[pa.Table]:
-        """Full rows in ``meta`` order, each chunk with its slice of ``reasons`` (null: accepted)."""
+    def chunks(self, columns: dict[str, pa.Array]) -> Iterator[pa.Table]:
+        """Full rows in ``meta`` order, each chunk with its slice of the judged ``columns`` (``reasons``: null
+        when accepted; ``duplicate_of``)."""
         cursor, offset = 0, 0
         for entry in self.store.parquet_files(self.previous_id) if self.previous_id else []:
             end, first = offset + (entry.rows or 0), cursor
@@ -384,11 +401,15 @@ class Candidates:
                 picked = self.carried[first:cursor]
                 table = self.store.read_file(self.previous_id, entry).take([i - offset for i, _ in picked])
                 table = _set(table, "id", pa.array([row_id for _, row_id in picked], pa.string()))
-                yield _set(table, "reasons", reasons.slice(first, cursor - first))
+                for name, values in columns.items():
+                    table = _set(table, name, values.slice(first, cursor - first))
+                yield table
             offset = end
         for start in range(0, len(self.made), MADE_CHUNK_ROWS):
             table = rows_table(self.made[start:start + MADE_CHUNK_ROWS])  # reads these clips from disk
-            yield _set(table, "reasons", reasons.slice(len(self.carried) + start, table.num_rows))
+            for name, values in columns.items():
+                table = _set(table, name, values.slice(len(self.carried) + start, table.num_rows))
+            yield table
 
 
 def _candidates(store: DatasetStore, previous_id: str | None, previous: pa.Table | None, plan: BuildPlan,
@@ -401,6 +422,26 @@ def _candidates(store: DatasetStore, previous_id: str | None, previous: pa.Table
         kept = previous.take([i for i, _ in carried])
         parts.insert(0, _set(kept, "id", pa.array([row_id for _, row_id in carried], pa.string())))
     return Candidates(store, previous_id, carried, made_rows, pa.concat_tables(parts))
+
+
+def _judge(spec: DatasetSpec, meta: pa.Table, text_duplicates: dict[str, str]
+           ) -> tuple[Verdict, pa.Array, dict[str, int]]:
+    """QC's verdict with [dedup] applied: the verdict (dropped audio duplicates get their reason), the
+    ``duplicate_of`` column (flagged rows), and how many duplicates of each kind were found."""
+    verdict = judge(meta, spec.qc)
+    ids = meta["id"].to_pylist()
+    duplicate_of: list[str | None] = [None] * len(ids)
+    if spec.dedup.text == "flag":
+        for index, row_id in enumerate(ids):
+            duplicate_of[index] = text_duplicates.get(row_id)
+    audio = audio_duplicates(meta) if spec.dedup.audio != "off" else {}
+    for index, first in audio.items():
+        if spec.dedup.audio == "drop":
+            verdict.reasons[index].append(AUDIO_REASON.format(first=first))
+        else:
+            duplicate_of[index] = duplicate_of[index] or first
+    counts = {"text": len(text_duplicates), "audio": len(audio)}
+    return verdict, pa.array(duplicate_of, pa.string()), counts
 
 
 def _spec_dict(spec: DatasetSpec) -> dict[str, Any]:
@@ -417,8 +458,10 @@ def spec_changes(spec: DatasetSpec, previous: VersionManifest | None) -> list[st
     if previous is None:
         return []
     now = _spec_dict(spec)
+    # a section newer than the previous version's code counts as its default there
+    defaults = _spec_dict(DatasetSpec(name="", kind=spec.kind, source="", dest="", model=spec.model))
     return sorted(k for k in set(now) | set(previous.spec)
-                  if k not in _NOT_CONTENT and now.get(k) != previous.spec.get(k))
+                  if k not in _NOT_CONTENT and now.get(k) != previous.spec.get(k, defaults.get(k)))
 
 
 @dataclass
@@ -437,6 +480,8 @@ class PlannedBuild:
     changes: list[str]
     #: the output changed but the previous version kept no master clips (older code): carried rows are made again
     regenerated_for_output: bool = False
+    #: id → id of the earlier source row with the same normalised text ([dedup] text flag or drop)
+    text_duplicates: dict[str, str] = field(default_factory=dict)
 
     @property
     def unchanged(self) -> bool:
@@ -457,6 +502,9 @@ def plan_dataset(spec: DatasetSpec, store: DatasetStore, work: Path) -> PlannedB
         raise ConfigError(f"source {spec.source!r} has duplicate ids: {', '.join(map(repr, duplicates[:10]))}; "
                           "ids must be unique in a dataset")
     rows = list(read_source_rows(spec, manifest))
+    duplicates = text_duplicates(rows) if spec.dedup.text != "off" else {}
+    if spec.dedup.text == "drop":
+        rows = drop_text_duplicates(rows, duplicates)
     changes = spec_changes(spec, previous_manifest)
     rederive = regenerate = False
     if spec.kind == "tts" and "output" in changes and previous_id is not None and previous_manifest is not None:
@@ -465,7 +513,8 @@ def plan_dataset(spec: DatasetSpec, store: DatasetStore, work: Path) -> PlannedB
         rederive, regenerate = masters, not masters
     need_wer = spec.kind == "tts" and spec.qc.roundtrip
     plan = plan_build(rows, previous, rederive=rederive, regenerate=regenerate, need_wer=need_wer)
-    return PlannedBuild(previous_id, previous_manifest, previous, manifest, rows, plan, changes, regenerate)
+    return PlannedBuild(previous_id, previous_manifest, previous, manifest, rows, plan, changes, regenerate,
+                        {rows[p].item.item_id: first for p, first in duplicates.items()})
 
 
 def build_dataset(
@@ -519,17 +568,21 @@ def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Pat
         made.update(produced)
     produced_at = time.monotonic()
     candidates = _candidates(store, previous_id, previous, plan, made)
-    meta = candidates.meta
-    verdict = judge(meta, spec.qc)
+    verdict, duplicate_of, duplicates = _judge(spec, candidates.meta, planned_build.text_duplicates)
+    meta = _set(candidates.meta, "duplicate_of", duplicate_of)
     mask = pa.array(verdict.accepted)
     accepted_rows = int(verdict.accepted.sum())
     reasons = pa.array([r or None for r in verdict.reasons], pa.list_(pa.string()))
     effect = reasons_effect(verdict)
     hours = round(float(pc.sum(meta.filter(mask)["duration"]).as_py() or 0.0) / 3600, 6)
     mean_wer = pc.mean(meta.filter(mask)["wer"]).as_py()
+    # dropped duplicates are deliberate: they do not count against the reject gate
+    qc_rejected = sum(1 for r in verdict.reasons if r and not all(x.startswith("duplicate:") for x in r))
     failures = [str(f) for f in check_gates(
-        spec.publish, rows=accepted_rows, rejected=meta.num_rows - accepted_rows, hours=hours, mean_wer=mean_wer,
+        spec.publish, rows=accepted_rows, rejected=qc_rejected, hours=hours, mean_wer=mean_wer,
         previous=planned_build.previous_manifest)]
+    stats = dataset_stats(meta, verdict.accepted, language=spec.language, targets=spec.balance.target,
+                          tolerance=spec.balance.tolerance)
     version_id = store.next_version_id()
     manifest_record = VersionManifest(
         id=version_id, name=spec.name, created_at=utc_now(), previous=previous_id, rows=accepted_rows,
@@ -537,10 +590,14 @@ def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Pat
         models=sorted(set(filter(None, meta["model"].to_pylist()))),
         engines=sorted(set(filter(None, meta["engine"].to_pylist()))),
         billed_requests=billed, cost=cost, spec=spec.to_dict(), gate_failures=failures,
+        stats=stats.to_dict(), duplicates=duplicates,
     )
     new_ids = frozenset(made[p].id for p in made if made[p].failure is None)
-    card = render_card(manifest_record, s_per_char_bounds=verdict.s_per_char_bounds)
-    version = PreparedVersion(lambda: candidates.chunks(reasons), accepted_rows, manifest_record, card, new_ids)
+    plots = render_plots(rows_frame(meta, spec.language)[verdict.accepted], effect)
+    card = render_card(manifest_record, s_per_char_bounds=verdict.s_per_char_bounds, plots=list(plots))
+    judged = {"reasons": reasons, "duplicate_of": duplicate_of}
+    version = PreparedVersion(lambda: candidates.chunks(judged), accepted_rows, manifest_record, card, new_ids,
+                              plots)
     publishing = force or not failures
     store.publish(version, spec.shard_rows, move_latest=publishing)
     removed = store.apply_retention(spec.keep_versions) if publishing else []
@@ -553,6 +610,8 @@ def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Pat
         phases={"plan": round(planned - started, 3), "make": round(produced_at - planned, 3),
                 "publish": round(time.monotonic() - produced_at, 3)},
         published=publishing, gate_failures=tuple(failures),
+        tables=card_tables(manifest_record),
+        images={path: f"{store.url(version_id)}/{path}" for path in plots},
     )
     if not publishing:
         raise PublishRefused(

@@ -3,6 +3,7 @@
     DEST/versions/<id>/data/train-00000-of-00002.parquet   accepted rows (the HF ``datasets`` layout)
     DEST/versions/<id>/rejects.parquet                      rejected rows, each with every reason
     DEST/versions/<id>/README.md                            the dataset card
+DEST/versions/<id>/plots/*.png                          the card's plots (with the ``plots`` extra)
     DEST/versions/<id>/SHA256SUMS                           checksums of every file above (sha256sum -c)
     DEST/versions/<id>/manifest.json                        counts, diff, files: written last = complete
     DEST/latest                                             symlink (local) or pointer object naming the version
@@ -95,6 +96,10 @@ class VersionManifest:
     files: list[FileEntry] = field(default_factory=list)
     #: publish gates this version failed (non-empty only when it was published with ``--force``, or refused)
     gate_failures: list[str] = field(default_factory=list)
+    #: statistics of the accepted rows (:class:`voxmill.dataset.stats.DatasetStats` as a dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    #: duplicates found by kind (``text``, ``audio``), whatever [dedup] did with them
+    duplicates: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The manifest as JSON text."""
@@ -121,6 +126,8 @@ class PreparedVersion:
     card: str
     #: ids whose audio is new in this build (decoded in full at verify)
     new_ids: frozenset[str] = frozenset()
+    #: more files of the version by path inside its folder (the card's plots), checksummed like the rest
+    extra_files: dict[str, bytes] = field(default_factory=dict)
 
 
 def version_number(version_id: str) -> int:
@@ -337,6 +344,9 @@ class DatasetStore:
         card = version.card.encode()
         self._write(folder, CARD, card)
         entries.append(FileEntry(CARD, len(card), _sha256(card)))
+        for name, data in sorted(version.extra_files.items()):
+            self._write(folder, name, data)
+            entries.append(FileEntry(name, len(data), _sha256(data)))
         sums = "".join(f"{e.sha256}  {e.path}\n" for e in entries).encode()
         self._write(folder, CHECKSUMS, sums)
         return entries

@@ -37,6 +37,10 @@ ROW_SCHEMA = pa.schema([
     #: why the row has no usable audio (API failure, bad manifest row); None when it has
     pa.field("failure", pa.string()),
     pa.field("reasons", pa.list_(pa.string())),
+    #: sha256 of the audio bytes (identical-clip dedup); null in rows carried from versions before it existed
+    pa.field("audio_sha256", pa.string()),
+    #: with [dedup] flag: the id of the first row this one duplicates (same normalised text or same audio)
+    pa.field("duplicate_of", pa.string()),
     #: TTS: the clip as the API returned it (16-bit WAV), kept so a new output format, rate or loudness is
     #: derived locally without a call; null when ``audio`` itself is that clip (output = wav as generated)
     pa.field("master", pa.binary()),
@@ -76,6 +80,8 @@ class DatasetRow:
     wer: float | None = None
     check_text: str | None = None
     failure: str | None = None
+    audio_sha256: str | None = None
+    duplicate_of: str | None = None
     #: the local file holding the master clip when it differs from ``audio_file`` (None: the audio is the master)
     master_file: str | None = None
 

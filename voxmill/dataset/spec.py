@@ -102,6 +102,38 @@ class PublishGates:
 
 
 @dataclass(frozen=True)
+class Balance:
+    """Speaker balance: the share of the accepted hours each voice should have (the card compares)."""
+
+    #: voice → target share of the hours (shares sum to at most 1)
+    target: dict[str, float] = field(default_factory=dict)
+    #: a voice whose share is further than this from its target is flagged
+    tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        if any(not 0.0 <= v <= 1.0 for v in self.target.values()) or sum(self.target.values()) > 1.0 + 1e-9:
+            raise ConfigError(f"[balance] target shares must be fractions summing to at most 1, got {self.target}")
+        if not 0.0 <= self.tolerance <= 1.0:
+            raise ConfigError(f"[balance] tolerance must be a fraction, got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """What to do with duplicates: ``off``, ``flag`` (kept, ``duplicate_of`` names the first) or ``drop``
+    (rejected with the reason ``duplicate: …``; a duplicate text is never sent)."""
+
+    #: source rows whose normalised text (case, punctuation and spacing ignored) repeats an earlier row's
+    text: str = "off"
+    #: clips whose audio bytes repeat an earlier row's
+    audio: str = "off"
+
+    def __post_init__(self) -> None:
+        for name in ("text", "audio"):
+            if getattr(self, name) not in ("off", "flag", "drop"):
+                raise ConfigError(f"[dedup] {name} must be 'off', 'flag' or 'drop', got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A validated dataset spec (see the module docstring for the file format)."""
 
@@ -114,6 +146,8 @@ class DatasetSpec:
     output: OutputSpec = field(default_factory=OutputSpec)
     qc: QcThresholds = field(default_factory=QcThresholds)
     publish: PublishGates = field(default_factory=PublishGates)
+    balance: Balance = field(default_factory=Balance)
+    dedup: Dedup = field(default_factory=Dedup)
     shard_rows: int = 500
     keep_versions: int = 5
     #: ASR model of the TTS round trip
@@ -133,13 +167,15 @@ class DatasetSpec:
             "params": self.params, "output": {f.name: getattr(self.output, f.name) for f in fields(OutputSpec)},
             "qc": {f.name: getattr(self.qc, f.name) for f in fields(QcThresholds)},
             "publish": {f.name: getattr(self.publish, f.name) for f in fields(PublishGates)},
+            "balance": {"target": dict(self.balance.target), "tolerance": self.balance.tolerance},
+            "dedup": {"text": self.dedup.text, "audio": self.dedup.audio},
             "shard_rows": self.shard_rows, "keep_versions": self.keep_versions, "asr_model": self.asr_model,
             "language": self.language,
         }
 
 
 _TOP_KEYS = {"name", "kind", "source", "dest", "shard_rows", "keep_versions", "work_dir", "language",
-             "model", "output", "qc", "publish"}
+             "model", "output", "qc", "publish", "balance", "dedup"}
 
 
 def _resolve(value: str, base: Path) -> str:
@@ -197,6 +233,13 @@ def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec")
         raise ConfigError(f"{where}: [publish]: {exc}; see docs/datasets.md for the gates") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.message}") from None
+    try:
+        balance = Balance(**_section(data, "balance", where))
+        dedup = Dedup(**_section(data, "dedup", where))
+    except TypeError as exc:
+        raise ConfigError(f"{where}: [balance]/[dedup]: {exc}; see docs/datasets.md") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
     if qc.roundtrip and kind != "tts":
         raise ConfigError(f"{where}: [qc] roundtrip is for tts builds; asr builds score WER against reference_text")
     if kind == "tts" and qc.max_wer is not None and not qc.roundtrip:
@@ -208,7 +251,8 @@ def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec")
     work_dir = data.get("work_dir")
     return DatasetSpec(
         name=data["name"], kind=kind, source=_resolve(data["source"], base), dest=_resolve(data["dest"], base),
-        model=model, params=dict(params), output=output, qc=qc, publish=gates, shard_rows=shard_rows,
+        model=model, params=dict(params), output=output, qc=qc, publish=gates, balance=balance, dedup=dedup,
+        shard_rows=shard_rows,
         keep_versions=keep,
         asr_model=asr_model, language=str(data.get("language", "en")),
         work_dir=_resolve(work_dir, base) if work_dir else None,
@@ -228,4 +272,4 @@ def load_spec(path: str | Path, *, source: str | None = None, dest: str | None =
     return spec.with_overrides(source=source, dest=dest)
 
 
-__all__ = ["DatasetSpec", "PublishGates", "QcThresholds", "load_spec", "parse_spec"]
+__all__ = ["Balance", "DatasetSpec", "Dedup", "PublishGates", "QcThresholds", "load_spec", "parse_spec"]
