@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from voxmill.audio.formats import audio_format
 from voxmill.audio.measure import measure_file
-from voxmill.audio.transcode import OutputSpec, transcode_audio, write_bytes_atomic
+from voxmill.audio.transcode import OutputSpec, transcode_audio
 from voxmill.batch import output_stem
 from voxmill.dataset.card import card_tables, markdown_table, render_card
 from voxmill.dataset.dedup import AUDIO_REASON, audio_duplicates, drop_text_duplicates, text_duplicates
@@ -61,6 +62,8 @@ JOB_DIR = "made"
 #: audio derived from masters by the spec's [output], and the carried rows' clips written out to work on
 DERIVED_DIR = "derived"
 CARRIED_DIR = "carried"
+#: threads deriving and measuring clips (ffmpeg subprocesses and numpy release the GIL)
+DERIVE_WORKERS = max(2, os.cpu_count() or 2)
 #: rows made in this build are read from disk and written this many at a time
 MADE_CHUNK_ROWS = 1000
 ROUNDTRIP_DIR = "roundtrip"
@@ -192,6 +195,8 @@ def _derive(spec: DatasetSpec, master: Path, work: Path, row_id: str) -> tuple[P
     audio is the master, sample rate)."""
     if is_master_output(spec.output):
         return master, None, measure_file(master, loudness=False).sample_rate
+    if not master.is_file():
+        raise ConfigError(f"{row_id}: its master clip {master} is missing; rerun the build")
     target = work / DERIVED_DIR / f"{output_stem(row_id)}.{audio_format(spec.output.format).extension}"
     info = transcode_audio(master.read_bytes(), "wav", target, spec.output)
     return target, master, info.sample_rate
@@ -267,6 +272,7 @@ def _generate(spec: DatasetSpec, plan: BuildPlan, manifest: str, work: Path, set
     summary = _run(request, settings, progress, client_factory)
     by_id = {r["id"]: r for r in read_results(work / JOB_DIR).to_pylist()}
     rows: dict[int, DatasetRow] = {}
+    done: list[tuple[int, dict[str, Any]]] = []
     for position in positions:
         source = plan.rows[position]
         row = by_id.get(source.item.item_id)
@@ -275,7 +281,11 @@ def _generate(spec: DatasetSpec, plan: BuildPlan, manifest: str, work: Path, set
         elif row["status"] != "done":
             rows[position] = _failed_row(source, _failure_text(row))
         else:
-            rows[position] = _new_row(spec, source, row, work)
+            done.append((position, row))
+    # deriving (ffmpeg) and measuring run in threads: the work is in subprocesses and numpy
+    with ThreadPoolExecutor(DERIVE_WORKERS) as pool:
+        made = pool.map(lambda pair: _new_row(spec, plan.rows[pair[0]], pair[1], work), done)
+        rows.update(zip((position for position, _ in done), made, strict=True))
     return rows, summary
 
 
@@ -301,7 +311,6 @@ def _refresh_carried(spec: DatasetSpec, store: DatasetStore, previous_id: str, p
     by_index: dict[int, list[int]] = {}
     for position in plan.refreshed:
         by_index.setdefault(plan.carried[position], []).append(position)
-    rederive = set(plan.rederive)
     folder = work / CARRIED_DIR
     folder.mkdir(parents=True, exist_ok=True)
     fields = set(DatasetRow.__dataclass_fields__) - {"audio_file", "audio_path", "master_file"}
@@ -311,20 +320,25 @@ def _refresh_carried(spec: DatasetSpec, store: DatasetStore, previous_id: str, p
         for position in by_index[index]:
             row_id = plan.rows[position].item.item_id
             stem = output_stem(row_id)
+            # scratch copies (the version keeps the bytes): no fsync, a rerun writes them again
             audio_file = folder / f"{stem}{Path(audio['path'] or '.wav').suffix}"
-            write_bytes_atomic(audio_file, audio["bytes"])
+            audio_file.write_bytes(audio["bytes"])
             master_file = None
             if previous["master"] is not None:
                 master_file = folder / f"{stem}.master.wav"
-                write_bytes_atomic(master_file, previous["master"])
-            row = DatasetRow(**{**{k: previous[k] for k in fields}, "id": row_id}, audio_file=str(audio_file),
-                             audio_path=f"{row_id}{audio_file.suffix}",
-                             master_file=None if master_file is None else str(master_file))
-            if position in rederive:
-                # the planner sends a row here only when its master exists: a master column, or audio as generated
-                path, master, rate = _derive(spec, master_file or audio_file, work, row_id)
-                row = _measured(replace(row, master_file=None if master is None else str(master)), path, rate)
-            rows[position] = row
+                master_file.write_bytes(previous["master"])
+            rows[position] = DatasetRow(**{**{k: previous[k] for k in fields}, "id": row_id},
+                                        audio_file=str(audio_file), audio_path=f"{row_id}{audio_file.suffix}",
+                                        master_file=None if master_file is None else str(master_file))
+
+    def rederived(position: int) -> DatasetRow:
+        # the planner sends a row here only when its master exists: a master column, or audio as generated
+        row = rows[position]
+        path, master, rate = _derive(spec, Path(row.master_file or row.audio_file or ""), work, row.id)
+        return _measured(replace(row, master_file=None if master is None else str(master)), path, rate)
+
+    with ThreadPoolExecutor(DERIVE_WORKERS) as pool:
+        rows.update(zip(plan.rederive, pool.map(rederived, plan.rederive), strict=True))
     return rows
 
 
