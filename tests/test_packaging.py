@@ -93,7 +93,7 @@ def test_install_without_extras_runs_a_hosted_job(null_server, prefect_api, tmp_
 
 
 #: imports that are optional by design (imported only when asked for, with an install hint): module → extra
-OPTIONAL_IMPORTS = {"prefect_dask": "dask"}
+OPTIONAL_IMPORTS = {"prefect_dask": "dask", "matplotlib": "plots"}
 
 
 def test_optional_imports_are_declared_in_their_extra():
