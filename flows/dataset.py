@@ -25,18 +25,20 @@ def build_dataset(
     local: bool = False,
     local_engine: LocalEngine = "real",
     force: bool = False,
+    remake_rejected: bool = False,
 ) -> BuildReport:
     """Build the dataset of the TOML ``spec`` file (``source``/``dest`` override the spec's); only new or
     changed rows are sent. Publishes a verified version and moves ``latest``; a summary artifact per build.
     With no key and no Secret block a local server makes the rows, labelled. A version that fails the spec's
-    ``[publish]`` gates is not published and the run fails, naming the gates (``force`` publishes it anyway)."""
+    ``[publish]`` gates is not published and the run fails, naming the gates (``force`` publishes it anyway;
+    ``remake_rejected`` makes the rejected rows again once a broken engine is fixed)."""
     dataset = load_spec(spec, source=source, dest=dest)
     refused: PublishRefused | None = None
     with flow_settings(base_url=base_url, requests_per_second=requests_per_second,
                        requests_per_minute=requests_per_minute, max_concurrent=max_concurrent,
                        api_key_block=api_key_block, local=local, local_engine=local_engine) as settings:
         try:
-            report = build_version(dataset, settings, force=force)
+            report = build_version(dataset, settings, force=force, remake_rejected=remake_rejected)
         except PublishRefused as exc:
             refused, report = exc, exc.report
     key = artifact_key("dataset", dataset.dest)

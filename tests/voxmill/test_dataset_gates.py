@@ -67,6 +67,19 @@ def test_garbage_engine_is_refused_and_force_publishes(make_server, tmp_path, mo
     card = (tmp_path / "dest" / "versions" / forced / "README.md").read_text()
     assert "Published with --force despite failed publish gates" in card
 
+    # the engine is fixed: a plain rerun has nothing to do (the garbage is paid for and published), while
+    # --remake-rejected makes the rejected rows again, and only those
+    server.clear_faults()
+    server.reset_stats()
+    assert main(["dataset", "build", str(spec)]) == 0
+    assert server.stats()["generations_total"] == 0 and store.latest_id() == forced
+    assert main(["dataset", "build", str(spec), "--remake-rejected", "--plan"]) == 0
+    assert "generate              3" in capsys.readouterr().out
+    assert main(["dataset", "build", str(spec), "--remake-rejected"]) == 0
+    assert server.stats()["generations_total"] == 3
+    fixed = store.manifest(store.latest_id())
+    assert (fixed.rows, fixed.rejected, fixed.previous) == (3, 0, forced)
+
 
 def manifest(rows: int, hours: float) -> VersionManifest:
     return VersionManifest(id="v00001-x", name="t", created_at="now", previous=None, rows=rows, rejected=0,

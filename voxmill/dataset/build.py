@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -505,7 +506,8 @@ class PlannedBuild:
         return self.previous_id is not None and same_rows and not self.changes
 
 
-def plan_dataset(spec: DatasetSpec, store: DatasetStore, work: Path) -> PlannedBuild:
+def plan_dataset(spec: DatasetSpec, store: DatasetStore, work: Path, *, remake_rejected: bool = False
+                 ) -> PlannedBuild:
     """Plan a build of ``spec`` against ``store``'s latest version; sends nothing."""
     previous_id = store.latest_id()
     previous_manifest = store.manifest(previous_id) if previous_id else None
@@ -526,7 +528,8 @@ def plan_dataset(spec: DatasetSpec, store: DatasetStore, work: Path) -> PlannedB
         masters = is_master_output(old_output) or store.has_column(previous_id, "master")
         rederive, regenerate = masters, not masters
     need_wer = spec.kind == "tts" and spec.qc.roundtrip
-    plan = plan_build(rows, previous, rederive=rederive, regenerate=regenerate, need_wer=need_wer)
+    plan = plan_build(rows, previous, rederive=rederive, regenerate=regenerate, need_wer=need_wer,
+                      remake_rejected=remake_rejected)
     return PlannedBuild(previous_id, previous_manifest, previous, manifest, rows, plan, changes, regenerate,
                         {rows[p].item.item_id: first for p, first in duplicates.items()})
 
@@ -538,12 +541,14 @@ def build_dataset(
     progress: ProgressBoard | None = None,
     client_factory: Callable[[Settings], Any] | None = None,
     force: bool = False,
+    remake_rejected: bool = False,
 ) -> BuildReport:
     """Build, verify and publish a new version of ``spec``'s dataset; the report of what happened.
 
     One build per work folder at a time (a lock; the deployment also runs one at a time). A version that fails
     the spec's publish gates is written but not published: PublishRefused (carrying the report), unless
-    ``force``.
+    ``force``. ``remake_rejected`` (after fixing a broken engine): rows the latest version rejected are made
+    again, and the work folder's earlier results are not reused for any row made in this build (paid again).
     """
     store = DatasetStore(spec.dest)
     work = work_dir_for(spec, store, settings)
@@ -551,16 +556,19 @@ def build_dataset(
     lock = Ledger(work)  # the ledger's lock file: a second build of the same dataset is refused, not interleaved
     lock.lock()
     try:
-        return _build(spec, settings, store, work, progress, client_factory, force)
+        if remake_rejected:
+            for folder in (JOB_DIR, ROUNDTRIP_DIR):
+                shutil.rmtree(work / folder, ignore_errors=True)
+        return _build(spec, settings, store, work, progress, client_factory, force, remake_rejected)
     finally:
         lock.close()
 
 
 def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Path, progress: ProgressBoard | None,
-           client_factory: Callable[[Settings], Any] | None, force: bool) -> BuildReport:
+           client_factory: Callable[[Settings], Any] | None, force: bool, remake_rejected: bool) -> BuildReport:
     started = time.monotonic()
     store.sweep_unpublished()
-    planned_build = plan_dataset(spec, store, work)
+    planned_build = plan_dataset(spec, store, work, remake_rejected=remake_rejected)
     previous_id, previous, plan = planned_build.previous_id, planned_build.previous, planned_build.plan
     rows = planned_build.rows
     planned = time.monotonic()
@@ -632,7 +640,8 @@ def _build(spec: DatasetSpec, settings: Settings, store: DatasetStore, work: Pat
             f"{spec.name} {version_id} was NOT published: it failed its publish gates: {'; '.join(failures)}. "
             f"latest stays at {previous_id or '(none)'}; the refused version is at {store.url(version_id)} for "
             "inspection (the next build removes it). Fix the cause, loosen [publish] in the spec, or rerun with "
-            "--force to publish it anyway.", report)
+            "--force to publish it anyway. If the engine was at fault, rerun with --remake-rejected once it is "
+            "fixed: its rows are paid for again (a plain rerun reuses what this build paid for).", report)
     return report
 
 

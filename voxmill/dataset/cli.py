@@ -39,6 +39,9 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
                             "calls and cost; send nothing")
     build.add_argument("--force", action="store_true",
                        help="publish even if the version fails the spec's [publish] gates (they are still reported)")
+    build.add_argument("--remake-rejected", action="store_true",
+                       help="after fixing a broken engine: make the rows the latest version rejected again, and "
+                            "do not reuse the work folder's earlier results (those rows are paid for again)")
     build.set_defaults(handler=_cmd_build)
 
     listing = sub.add_parser("list", help="the versions at a destination: counts, hours, what changed")
@@ -62,14 +65,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.plan:
         from voxmill.dataset.preview import plan_build_preview
 
-        print(plan_build_preview(spec, settings).text())
+        print(plan_build_preview(spec, settings, remake_rejected=args.remake_rejected).text())
         return EXIT_OK
     if args.base_url:
         settings = settings.with_(base_url=args.base_url)
     announce = functools.partial(print, "voxmill:", file=sys.stderr)
     with api_settings(settings, local=args.local, engine=args.local_engine, announce=announce) as settings:
         try:
-            report = build_dataset(spec, settings, force=args.force)
+            report = build_dataset(spec, settings, force=args.force, remake_rejected=args.remake_rejected)
         except PublishRefused as refused:
             print(refused.report.headline())
             print(f"voxmill: {refused.message}", file=sys.stderr)

@@ -138,13 +138,14 @@ def read_source_rows(spec: DatasetSpec, manifest: str) -> Iterator[SourceRow]:
 
 
 def plan_build(rows: list[SourceRow], previous: pa.Table | None, *, rederive: bool = False,
-               regenerate: bool = False, need_wer: bool = False) -> BuildPlan:
+               regenerate: bool = False, need_wer: bool = False, remake_rejected: bool = False) -> BuildPlan:
     """Carry over rows whose key the previous version holds with audio; plan the rest; count the diff.
 
     ``previous`` needs the columns ``id``, ``key``, ``failure`` (None: the row has audio) and ``wer``.
     ``rederive``: the output spec changed (carried rows get new audio from their master); ``regenerate``: it
     changed and the previous version kept no master (made by older code): carried rows are made again.
-    ``need_wer``: the round trip is on, so carried rows without a WER are transcribed.
+    ``need_wer``: the round trip is on, so carried rows without a WER are transcribed. ``remake_rejected``:
+    rows the previous version rejected are made again instead of carried (``previous`` needs ``reasons``).
     """
     plan = BuildPlan(rows)
     prev_wer = previous["wer"].to_pylist() if previous is not None and need_wer else []
@@ -154,6 +155,9 @@ def plan_build(rows: list[SourceRow], previous: pa.Table | None, *, rederive: bo
         ids = previous["id"].to_pylist()
         keys = previous["key"].to_pylist()
         usable = pc.is_null(previous["failure"]).to_pylist()
+        if remake_rejected:
+            usable = [ok and not reasons for ok, reasons in zip(usable, previous["reasons"].to_pylist(),
+                                                                strict=True)]
         prev_ids = dict(zip(ids, keys, strict=True))
         for index, (key, ok) in enumerate(zip(keys, usable, strict=True)):
             if ok and key is not None and not regenerate:

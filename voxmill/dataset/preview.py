@@ -106,14 +106,14 @@ def _cost(spec: DatasetSpec, planned: PlannedBuild) -> float | None:
     return None if any(p is None for p in parts) else round(sum(p or 0.0 for p in parts), 6)
 
 
-def plan_build_preview(spec: DatasetSpec, settings: Settings) -> PlanPreview:
+def plan_build_preview(spec: DatasetSpec, settings: Settings, *, remake_rejected: bool = False) -> PlanPreview:
     """Plan ``spec``'s next build against its latest version and describe it; sends nothing, writes no version."""
     import time
 
     started = time.monotonic()
     store = DatasetStore(spec.dest)
     work = work_dir_for(spec, store, settings)
-    planned = plan_dataset(spec, store, work)
+    planned = plan_dataset(spec, store, work, remake_rejected=remake_rejected)
     result = preview(spec, planned)
     result.plan_s = round(time.monotonic() - started, 3)
     return result
