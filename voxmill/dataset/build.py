@@ -513,14 +513,14 @@ def plan_dataset(spec: DatasetSpec, store: DatasetStore, work: Path, *, remake_r
     previous_manifest = store.manifest(previous_id) if previous_id else None
     previous = store.read_rows(previous_id, META_COLUMNS) if previous_id else None
     manifest = source_manifest(spec, work)
-    duplicates = find_duplicate_ids(manifest, spec.kind)
-    if duplicates:
-        raise ConfigError(f"source {spec.source!r} has duplicate ids: {', '.join(map(repr, duplicates[:10]))}; "
+    same_ids = find_duplicate_ids(manifest, spec.kind)
+    if same_ids:
+        raise ConfigError(f"source {spec.source!r} has duplicate ids: {', '.join(map(repr, same_ids[:10]))}; "
                           "ids must be unique in a dataset")
     rows = list(read_source_rows(spec, manifest))
-    duplicates = text_duplicates(rows) if spec.dedup.text != "off" else {}
+    same_texts = text_duplicates(rows) if spec.dedup.text != "off" else {}
     if spec.dedup.text == "drop":
-        rows = drop_text_duplicates(rows, duplicates)
+        rows = drop_text_duplicates(rows, same_texts)
     changes = spec_changes(spec, previous_manifest)
     rederive = regenerate = False
     if spec.kind == "tts" and "output" in changes and previous_id is not None and previous_manifest is not None:
@@ -531,7 +531,7 @@ def plan_dataset(spec: DatasetSpec, store: DatasetStore, work: Path, *, remake_r
     plan = plan_build(rows, previous, rederive=rederive, regenerate=regenerate, need_wer=need_wer,
                       remake_rejected=remake_rejected)
     return PlannedBuild(previous_id, previous_manifest, previous, manifest, rows, plan, changes, regenerate,
-                        {rows[p].item.item_id: first for p, first in duplicates.items()})
+                        {rows[p].item.item_id: first for p, first in same_texts.items()})
 
 
 def build_dataset(
