@@ -84,6 +84,15 @@ def test_install_without_extras_runs_a_hosted_job(null_server, prefect_api, tmp_
         # the null engine answers 0.1 s of silence; mp3 adds its encoder padding
         assert info.format == "mp3" and info.sample_rate == 24000 and 0.09 < info.duration_s < 0.3
         assert row["duration_s"] == pytest.approx(info.duration_s, abs=0.01)
+    # a dataset build runs too (pandas is core); without the plots extra its card has tables and no PNGs
+    spec = tmp_path / "dataset.toml"
+    spec.write_text('name = "plain"\nkind = "tts"\nsource = "m.csv"\ndest = "ds"\n[qc]\nmin_duration_s = 0.05\n')
+    command = [venv / "bin" / "voxmill", "dataset", "build", str(spec), "--base-url", null_server.base_url]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (version,) = (tmp_path / "ds" / "versions").iterdir()
+    card = (version / "README.md").read_text()
+    assert "| default | 2 |" in card and "matplotlib is not installed" in card and not (version / "plots").exists()
     installed = subprocess.run([python, "-c", "import voxmill; print(voxmill.__file__)"], capture_output=True,
                                text=True, timeout=60, env=env, cwd=tmp_path, check=True)
     assert str(venv) in installed.stdout  # the plain install ran, not this checkout
@@ -94,7 +103,7 @@ def test_install_without_extras_runs_a_hosted_job(null_server, prefect_api, tmp_
 
 
 #: imports that are optional by design (imported only when asked for, with an install hint): module → extra
-OPTIONAL_IMPORTS = {"prefect_dask": "dask"}
+OPTIONAL_IMPORTS = {"prefect_dask": "dask", "matplotlib": "plots"}
 
 
 def test_optional_imports_are_declared_in_their_extra():

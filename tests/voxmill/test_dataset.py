@@ -3,9 +3,9 @@ ASR builds from a folder of audio and the ``voxmill dataset`` command (null-engi
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import soundfile
 from voxmill.audio.formats import wav_bytes
 from voxmill.cli import main
 from voxmill.dataset import DatasetSpec, DatasetStore, PublishError, QcThresholds, build_dataset, load_spec
-from voxmill.dataset.export import export_version
+from voxmill.dataset.export import NEMO_FIELDS, export_version
 from voxmill.dataset.publish import BuildDiff, PreparedVersion, VersionManifest, new_version_id
 from voxmill.dataset.qc import judge, measure_samples
 from voxmill.dataset.rows import DatasetRow, rows_table
@@ -87,7 +87,7 @@ def test_measures_and_verdicts_thresholds_and_iqr(tmp_path):
     assert [k for k, v in reasons.items() if v] == ["slow", "noisy", "gone"]
     assert reasons["slow"][0] == "duration_s 9 > 8" and "IQR" in reasons["slow"][1]
     assert reasons["noisy"] == ["wer 0.8 > 0.5"] and reasons["gone"] == ["failed: http: 400"]
-    low, high = verdict.s_per_char_bounds
+    low, high = verdict.s_per_char_bounds["default"]
     assert low < 2.0 / 39 < high < 9.0 / 39
 
 
@@ -118,24 +118,43 @@ def test_verify_refuses_undecodable_audio_and_retention_keeps_latest(tmp_path):
 
 
 def test_exports_nemo_and_lhotse(tmp_path):
+    """Each export is read by its own rules: NeMo's documented manifest fields with durations that match the
+    audio, and lhotse itself loading the recordings, supervisions and cuts and reading the audio through them."""
+    from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest
+
     clips = tmp_path / "clips"
     store = DatasetStore(str(tmp_path / "dest"))
     version = new_version_id(1)
-    rows = [clip_row(clips, "a", "hello there", 1.0), clip_row(clips, "b", "good bye", 0.5)]
+    flac = tmp_path / "b.flac"
+    soundfile.write(flac, speech_like(0.5)[:, 0], 16000, format="FLAC")
+    (clips / "spk1").mkdir(parents=True)
+    rows = [clip_row(clips, "spk1/a", "hello there", 1.0),
+            replace(clip_row(clips, "b", "good bye", 0.5), audio_file=str(flac), audio_path="b.flac",
+                    params='{"voice": "Linda"}')]
     store.publish(prepared(version, rows), 1)
+
     nemo = export_version(str(tmp_path / "dest"), tmp_path / "nemo", "nemo")
     lines = [json.loads(line) for line in nemo.files[0].read_text().splitlines()]
+    assert [tuple(sorted(e)) for e in lines] == [tuple(sorted(NEMO_FIELDS))] * 2
     assert [(e["text"], e["duration"]) for e in lines] == [("hello there", 1.0), ("good bye", 0.5)]
     for entry in lines:
-        samples, rate = soundfile.read(entry["audio_filepath"])
-        assert len(samples) / rate == pytest.approx(entry["duration"], abs=0.001)
+        assert Path(entry["audio_filepath"]).is_absolute() and isinstance(entry["duration"], float)
+        info = soundfile.info(entry["audio_filepath"])
+        assert info.frames / info.samplerate == pytest.approx(entry["duration"], abs=1 / info.samplerate)
+
     lhotse = export_version(str(tmp_path / "dest"), tmp_path / "lhotse", "lhotse", version_id=version)
-    recordings, supervisions = ([json.loads(x) for x in gzip.decompress(f.read_bytes()).splitlines()]
-                                for f in lhotse.files)
-    assert [r["num_samples"] for r in recordings] == [16000, 8000]
-    assert Path(recordings[0]["sources"][0]["source"]).exists() and recordings[0]["sampling_rate"] == 16000
-    assert [(s["recording_id"], s["text"], s["start"]) for s in supervisions] == [
-        ("a", "hello there", 0.0), ("b", "good bye", 0.0)]
+    recordings, supervisions, cuts = (load_manifest(f) for f in lhotse.files)
+    assert isinstance(recordings, RecordingSet) and isinstance(supervisions, SupervisionSet)
+    assert isinstance(cuts, CutSet) and len(cuts) == 2
+    assert [r.num_samples for r in recordings] == [16000, 8000]
+    assert [(s.recording_id, s.text, s.speaker) for s in supervisions] == [
+        ("spk1/a", "hello there", "default"), ("b", "good bye", "Linda")]
+    for cut in cuts:
+        audio = cut.load_audio()  # lhotse reads the exported file (WAV, FLAC) through the manifest
+        assert audio.shape == (1, cut.num_samples) and np.abs(audio).max() == pytest.approx(0.3, abs=0.01)
+        assert cut.supervisions[0].text in ("hello there", "good bye")
+    rebuilt = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+    assert sorted(c.recording.id for c in rebuilt) == ["b", "spk1/a"]
 
 
 def test_asr_build_from_a_folder_of_audio(null_server, tmp_path, monkeypatch):

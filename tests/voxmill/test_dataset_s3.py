@@ -67,7 +67,7 @@ def test_s3_destination_incremental_and_atomic(s3_server, null_server, tmp_path,
     assert fs.cat_file(f"{BUCKET}/speech/latest").decode().strip() == f"versions/{v1.version}"
     v1_prefix = f"{BUCKET}/speech/versions/{v1.version}"
     before = tree_checksums(fs, v1_prefix)
-    assert any(p.endswith("rejects.parquet") for p in before) and len(before) == 7  # 3 shards + 4 files
+    assert any(p.endswith("rejects.parquet") for p in before) and len(before) == 12  # 3 shards + 4 files + 5 plots
 
     changed = [r for r in rows if r["id"] != "r05"]
     changed[1] = {**changed[1], "text": "An edited sentence for the bucket."}

@@ -397,11 +397,12 @@ def test_stats_count_requests_statuses_generations_and_uploads(null_server):
         request_content_hash(asr, {"file": audio}): 1,
     }
     assert stats["generations_total"] == 3
+    assert stats["generations_by_model"] == {"higgs2p5": 2, "whisper_v3_turbo": 1}
     assert stats["uploads"] == 1
     null_server.reset_stats()
     assert null_server.stats() == {"requests": 0, "by_status": {}, "resets": 0, "generations_total": 0,
-                                   "generations": {}, "truncations_total": 0, "truncations": {}, "uploads": 0,
-                                   "empty_audio": 0}
+                                   "generations": {}, "generations_by_model": {}, "truncations_total": 0,
+                                   "truncations": {}, "uploads": 0, "empty_audio": 0}
     credits = generate(null_server, tts).headers["x-credits-remaining"]
     assert credits == "999999"
 

@@ -11,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from voxmill.cli.common import EXIT_OK, add_run_options, announce, run_options
+from voxmill.cli.common import EXIT_FAILED_ITEMS, EXIT_OK, add_run_options, announce, run_options
 from voxmill.dataset.build import build_dataset
 from voxmill.dataset.export import EXPORT_FORMATS, export_version
+from voxmill.dataset.gates import PublishRefused
 from voxmill.dataset.publish import DatasetStore
 from voxmill.dataset.spec import load_spec
 
@@ -27,6 +28,14 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("spec", type=Path, help="the dataset spec, e.g. manifests/dataset.example.toml")
     build.add_argument("--source", help="override the spec's source (manifest path/URL, or audio folder/glob)")
     build.add_argument("--dest", help="override the spec's destination (local folder or fsspec URL)")
+    build.add_argument("--plan", action="store_true",
+                       help="only show which rows would be generated, carried, re-derived or transcribed, and the "
+                            "calls and cost; send nothing")
+    build.add_argument("--force", action="store_true",
+                       help="publish even if the version fails the spec's [publish] gates (they are still reported)")
+    build.add_argument("--remake-rejected", action="store_true",
+                       help="after fixing a broken engine: make the rows the latest version rejected again, and "
+                            "do not reuse the work folder's earlier results (those rows are paid for again)")
     add_run_options(build, runner=False)
     build.set_defaults(handler=_cmd_build)
 
@@ -43,11 +52,22 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from tasks.settings import run_settings
+    from tasks.settings import resolve_settings, run_settings
 
     spec = load_spec(args.spec, source=args.source, dest=args.dest)
-    with run_settings(run_options(args), announce=announce) as settings:
-        report = build_dataset(spec, settings)
+    options = run_options(args)
+    if args.plan:
+        from voxmill.dataset.preview import plan_build_preview
+
+        print(plan_build_preview(spec, resolve_settings(options), remake_rejected=args.remake_rejected).text())
+        return EXIT_OK
+    with run_settings(options, announce=announce) as settings:
+        try:
+            report = build_dataset(spec, settings, force=args.force, remake_rejected=args.remake_rejected)
+        except PublishRefused as refused:
+            print(refused.report.headline())
+            print(f"voxmill: {refused.message}", file=sys.stderr)
+            return EXIT_FAILED_ITEMS
     print(report.headline())
     if report.published:
         print(f"published: {DatasetStore(spec.dest).url(report.version)} (latest)")

@@ -4,8 +4,9 @@ No Prefect here: ``flows/dataset.py`` wraps :func:`build_dataset` in a flow.
 """
 
 from voxmill.dataset.build import BuildReport, BuildStopped, build_dataset
+from voxmill.dataset.gates import PublishRefused
 from voxmill.dataset.publish import DatasetStore, PublishError
-from voxmill.dataset.spec import DatasetSpec, QcThresholds, load_spec
+from voxmill.dataset.spec import DatasetSpec, PublishGates, QcThresholds, load_spec
 
 __all__ = [
     "BuildReport",
@@ -13,6 +14,8 @@ __all__ = [
     "DatasetSpec",
     "DatasetStore",
     "PublishError",
+    "PublishGates",
+    "PublishRefused",
     "QcThresholds",
     "build_dataset",
     "load_spec",

@@ -1,9 +1,17 @@
-"""Planning a build against the previous version, by content key.
+"""Planning a build against the previous version, by content key, and by what the spec changed.
 
 Every source row gets the same key a job would give it (:func:`voxmill.plan.key_of`: model + effective
 parameters + text, or the audio file's bytes). A row whose key the previous version holds with audio is
 carried over (its audio, measures and id; no request); every other row goes to the build's job, whose
 ledger makes a killed build resume without paying twice. Rows gone from the source are simply not planned.
+
+A carried row takes one of these paths, decided by what changed in the spec since the previous version:
+
+- ``carry``: as it is (QC thresholds are re-applied to every row at every build anyway: no call);
+- ``rederive``: the output format, rate, channels, bitrate or loudness changed: the new audio is derived
+  locally from the row's master clip (what the API returned), no call;
+- ``asr``: the round trip is on and the row has no WER yet: one ASR call, no TTS;
+- (both, when both changed). Model, voice, parameters or text change the key: the row is ``generate``d.
 """
 
 from __future__ import annotations
@@ -40,11 +48,27 @@ class BuildPlan:
     """What a build does with each source row: carry it over (index into the previous rows) or make it."""
 
     rows: list[SourceRow]
-    #: source position → row index in the previous version's table
+    #: source position → row index in the previous version's table (every row not made anew)
     carried: dict[int, int] = field(default_factory=dict)
     #: source positions to send to the job
     to_make: list[int] = field(default_factory=list)
     diff: BuildDiff = field(default_factory=BuildDiff)
+    #: carried positions whose audio is derived again from the master (a new output spec): no call
+    rederive: list[int] = field(default_factory=list)
+    #: carried positions that need the round trip's ASR (no WER yet): one ASR call each, no TTS
+    asr: list[int] = field(default_factory=list)
+
+    @property
+    def refreshed(self) -> list[int]:
+        """Carried positions whose row changes in this build (rederived and/or transcribed), in order."""
+        return sorted(set(self.rederive) | set(self.asr))
+
+    def path_of(self, position: int) -> str:
+        """The path of one source row: generate, carry, rederive, asr, rederive+asr or invalid."""
+        if position in self.carried:
+            parts = [name for name, rows in (("rederive", self.rederive), ("asr", self.asr)) if position in rows]
+            return "+".join(parts) or "carry"
+        return "invalid" if self.rows[position].key is None else "generate"
 
 
 def run_defaults(spec: DatasetSpec) -> RunDefaults:
@@ -113,21 +137,30 @@ def read_source_rows(spec: DatasetSpec, manifest: str) -> Iterator[SourceRow]:
         yield SourceRow(position, item, key)
 
 
-def plan_build(rows: list[SourceRow], previous: pa.Table | None) -> BuildPlan:
+def plan_build(rows: list[SourceRow], previous: pa.Table | None, *, rederive: bool = False,
+               regenerate: bool = False, need_wer: bool = False, remake_rejected: bool = False) -> BuildPlan:
     """Carry over rows whose key the previous version holds with audio; plan the rest; count the diff.
 
-    ``previous`` needs the columns ``id``, ``key`` and ``failure`` (None: the row has audio).
+    ``previous`` needs the columns ``id``, ``key``, ``failure`` (None: the row has audio) and ``wer``.
+    ``rederive``: the output spec changed (carried rows get new audio from their master); ``regenerate``: it
+    changed and the previous version kept no master (made by older code): carried rows are made again.
+    ``need_wer``: the round trip is on, so carried rows without a WER are transcribed. ``remake_rejected``:
+    rows the previous version rejected are made again instead of carried (``previous`` needs ``reasons``).
     """
     plan = BuildPlan(rows)
+    prev_wer = previous["wer"].to_pylist() if previous is not None and need_wer else []
     prev_ids: dict[str, str] = {}
     prev_key_index: dict[str, int] = {}
     if previous is not None and previous.num_rows:
         ids = previous["id"].to_pylist()
         keys = previous["key"].to_pylist()
         usable = pc.is_null(previous["failure"]).to_pylist()
+        if remake_rejected:
+            usable = [ok and not reasons for ok, reasons in zip(usable, previous["reasons"].to_pylist(),
+                                                                strict=True)]
         prev_ids = dict(zip(ids, keys, strict=True))
         for index, (key, ok) in enumerate(zip(keys, usable, strict=True)):
-            if ok and key is not None:
+            if ok and key is not None and not regenerate:
                 prev_key_index.setdefault(key, index)
     added = changed = unchanged = 0
     source_ids: set[str] = set()
@@ -135,7 +168,12 @@ def plan_build(rows: list[SourceRow], previous: pa.Table | None) -> BuildPlan:
         row_id = row.item.item_id
         source_ids.add(row_id)
         if row.key is not None and row.key in prev_key_index:
-            plan.carried[row.position] = prev_key_index[row.key]
+            index = prev_key_index[row.key]
+            plan.carried[row.position] = index
+            if rederive:
+                plan.rederive.append(row.position)
+            if need_wer and prev_wer[index] is None:
+                plan.asr.append(row.position)
         elif row.key is not None:
             plan.to_make.append(row.position)
         if row_id not in prev_ids:

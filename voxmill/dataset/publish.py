@@ -3,6 +3,7 @@
     DEST/versions/<id>/data/train-00000-of-00002.parquet   accepted rows (the HF ``datasets`` layout)
     DEST/versions/<id>/rejects.parquet                      rejected rows, each with every reason
     DEST/versions/<id>/README.md                            the dataset card
+DEST/versions/<id>/plots/*.png                          the card's plots (with the ``plots`` extra)
     DEST/versions/<id>/SHA256SUMS                           checksums of every file above (sha256sum -c)
     DEST/versions/<id>/manifest.json                        counts, diff, files: written last = complete
     DEST/latest                                             symlink (local) or pointer object naming the version
@@ -93,6 +94,12 @@ class VersionManifest:
     cost: float | None
     spec: dict[str, Any]
     files: list[FileEntry] = field(default_factory=list)
+    #: publish gates this version failed (non-empty only when it was published with ``--force``, or refused)
+    gate_failures: list[str] = field(default_factory=list)
+    #: statistics of the accepted rows (:class:`voxmill.dataset.stats.DatasetStats` as a dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    #: duplicates found by kind (``text``, ``audio``), whatever [dedup] did with them
+    duplicates: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The manifest as JSON text."""
@@ -119,6 +126,8 @@ class PreparedVersion:
     card: str
     #: ids whose audio is new in this build (decoded in full at verify)
     new_ids: frozenset[str] = frozenset()
+    #: more files of the version by path inside its folder (the card's plots), checksummed like the rest
+    extra_files: dict[str, bytes] = field(default_factory=dict)
 
 
 def version_number(version_id: str) -> int:
@@ -226,10 +235,22 @@ class DatasetStore:
 
     def read_file(self, version_id: str, entry: FileEntry, columns: list[str] | None = None) -> pa.Table:
         """One Parquet file of a version, in the row schema (or ``columns`` of it)."""
-        with self.fs.open(self._path(VERSIONS, version_id, entry.path), "rb") as handle:
-            table = pq.read_table(handle, columns=columns).replace_schema_metadata(None)
         schema = ROW_SCHEMA if columns is None else pa.schema([ROW_SCHEMA.field(c) for c in columns])
+        with self.fs.open(self._path(VERSIONS, version_id, entry.path), "rb") as handle:
+            present = set(pq.read_schema(handle).names)
+            handle.seek(0)
+            wanted = [c for c in schema.names if c in present]
+            table = pq.read_table(handle, columns=wanted).replace_schema_metadata(None)
+        for name in schema.names:  # a column added since that version was written: all null there
+            if name not in present:
+                table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
         return table.select(schema.names).cast(schema)
+
+    def has_column(self, version_id: str, name: str) -> bool:
+        """Whether the version's Parquet files have column ``name`` (versions from older code may not)."""
+        entry = self.parquet_files(version_id)[0]
+        with self.fs.open(self._path(VERSIONS, version_id, entry.path), "rb") as handle:
+            return name in pq.read_schema(handle).names
 
     def read_rows(self, version_id: str, columns: list[str] | None = None) -> pa.Table:
         """Every row of a version, accepted shards then rejects (``reasons`` says which)."""
@@ -261,8 +282,11 @@ class DatasetStore:
         ids = self.version_ids()
         return new_version_id(version_number(ids[-1]) + 1 if ids else 1)
 
-    def publish(self, version: PreparedVersion, shard_rows: int) -> VersionManifest:
-        """Write, verify, then move ``latest``; PublishError (and nothing published) when verify fails."""
+    def publish(self, version: PreparedVersion, shard_rows: int, *, move_latest: bool = True) -> VersionManifest:
+        """Write, verify, then move ``latest``; PublishError (and nothing published) when verify fails.
+
+        ``move_latest=False`` (a version that failed its publish gates) writes and verifies the version but
+        leaves ``latest`` alone: the folder stays for inspection and the next build sweeps it."""
         version_id = version.manifest.id
         final = self.version_path(version_id)
         staging = self._path(VERSIONS, f".{version_id}.partial") if self.local else final
@@ -278,7 +302,8 @@ class DatasetStore:
             raise
         if self.local:
             os.rename(staging, final)
-        self._move_latest(version_id)
+        if move_latest:
+            self._move_latest(version_id)
         return manifest
 
     def _write(self, folder: str, name: str, data: bytes) -> None:
@@ -319,6 +344,9 @@ class DatasetStore:
         card = version.card.encode()
         self._write(folder, CARD, card)
         entries.append(FileEntry(CARD, len(card), _sha256(card)))
+        for name, data in sorted(version.extra_files.items()):
+            self._write(folder, name, data)
+            entries.append(FileEntry(name, len(data), _sha256(data)))
         sums = "".join(f"{e.sha256}  {e.path}\n" for e in entries).encode()
         self._write(folder, CHECKSUMS, sums)
         return entries

@@ -2,7 +2,9 @@
 
 Measures travel with a row from version to version, so a carried-over row is never decoded again; the
 verdict (thresholds + the interquartile outlier rule on seconds per character, as Emilia-Pipe does) is
-recomputed on the whole candidate set at each build, because the outlier bounds depend on it.
+recomputed on the whole candidate set at each build, because the outlier bounds depend on it. The outlier
+rule runs per voice by default: voices speak at different rates, and one slow voice's normal rows are not
+outliers of the whole set.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from voxmill.audio.measure import decode_float32, loudness_lufs, pcm16_wav_layout, peak_dbfs, probe
 from voxmill.dataset.spec import QcThresholds
+from voxmill.dataset.stats import iqr_bounds_by, voice_of
 
 #: a 10 ms frame quieter than this (RMS, dBFS) is silence
 SILENCE_DBFS = -40.0
@@ -83,22 +87,22 @@ def _numbers(table: pa.Table, column: str) -> np.ndarray:
     return table[column].to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def iqr_bounds(values: np.ndarray, k: float) -> tuple[float, float] | None:
-    """(low, high) = (Q1 − k·IQR, Q3 + k·IQR) of the finite values; None when there are none."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return None
-    q1, q3 = np.percentile(finite, [25, 75])
-    spread = q3 - q1
-    return float(q1 - k * spread), float(q3 + k * spread)
+def iqr_groups(table: pa.Table, by: str) -> list[str]:
+    """The group of each row for the outlier rule: its voice, its model, or one group ``all``."""
+    if by == "voice":
+        return [voice_of(p) for p in table["params"].to_pylist()]
+    if by == "model":
+        return [m or "" for m in table["model"].to_pylist()]
+    return ["all"] * table.num_rows
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """Every row's reasons for rejection (empty: accepted) and the outlier bounds that were used."""
+    """Every row's reasons for rejection (empty: accepted) and the outlier bounds used, per group."""
 
     reasons: list[list[str]]
-    s_per_char_bounds: tuple[float, float] | None
+    #: group (voice, model or ``all``, as ``iqr_by`` says) → (low, high) s/char; groups too small are absent
+    s_per_char_bounds: dict[str, tuple[float, float]]
 
     @property
     def accepted(self) -> np.ndarray:
@@ -145,17 +149,20 @@ def judge(table: pa.Table, qc: QcThresholds) -> Verdict:
         wer = _numbers(table, "wer")
         for index in np.flatnonzero(~np.isfinite(wer) & has_audio):
             reasons[index].append("wer not measured (no transcript)")
-    bounds = None
-    if qc.iqr_k is not None and int(has_audio.sum()) >= qc.iqr_min_rows:
+    bounds: dict[str, tuple[float, float]] = {}
+    if qc.iqr_k is not None:
         s_per_char = _numbers(table, "s_per_char")
-        bounds = iqr_bounds(s_per_char[has_audio], qc.iqr_k)
-        if bounds is not None:
-            low, high = bounds
+        groups = np.array(iqr_groups(table, qc.iqr_by), dtype=object)
+        values = np.where(has_audio, s_per_char, np.nan)
+        bounds = iqr_bounds_by(pd.Series(values), pd.Series(groups), qc.iqr_k, qc.iqr_min_rows)
+        of = "" if qc.iqr_by == "all" else f" of {qc.iqr_by} "
+        for group, (low, high) in bounds.items():
             with np.errstate(invalid="ignore"):
-                outside = (s_per_char < low) | (s_per_char > high)
+                outside = (groups == group) & ((s_per_char < low) | (s_per_char > high))
             for index in np.flatnonzero(outside & has_audio):
+                where = f"{of}{group!r}" if of else ""
                 reasons[index].append(
-                    f"s_per_char {_fmt(s_per_char[index])} outside the IQR bounds [{_fmt(low)}, {_fmt(high)}]"
+                    f"s_per_char {_fmt(s_per_char[index])} outside the IQR bounds{where} [{_fmt(low)}, {_fmt(high)}]"
                 )
     return Verdict(reasons, bounds)
 
@@ -178,7 +185,7 @@ __all__ = [
     "ClipMeasures",
     "Verdict",
     "finite_or_none",
-    "iqr_bounds",
+    "iqr_groups",
     "judge",
     "measure_clip",
     "measure_samples",

@@ -37,10 +37,19 @@ ROW_SCHEMA = pa.schema([
     #: why the row has no usable audio (API failure, bad manifest row); None when it has
     pa.field("failure", pa.string()),
     pa.field("reasons", pa.list_(pa.string())),
+    #: sha256 of the audio bytes (identical-clip dedup); null in rows carried from versions before it existed
+    pa.field("audio_sha256", pa.string()),
+    #: with [dedup] flag: the id of the first row this one duplicates (same normalised text or same audio)
+    pa.field("duplicate_of", pa.string()),
+    #: TTS: the clip as the API returned it (16-bit WAV), kept so a new output format, rate or loudness is
+    #: derived locally without a call; null when ``audio`` itself is that clip (output = wav as generated)
+    pa.field("master", pa.binary()),
 ])
 
+#: columns holding audio bytes
+AUDIO_COLUMNS = ("audio", "master")
 #: every column but the audio: what planning and judging read
-META_COLUMNS = [name for name in ROW_SCHEMA.names if name != "audio"]
+META_COLUMNS = [name for name in ROW_SCHEMA.names if name not in AUDIO_COLUMNS]
 META_SCHEMA = pa.schema([ROW_SCHEMA.field(name) for name in META_COLUMNS])
 
 
@@ -71,13 +80,18 @@ class DatasetRow:
     wer: float | None = None
     check_text: str | None = None
     failure: str | None = None
+    audio_sha256: str | None = None
+    duplicate_of: str | None = None
+    #: the local file holding the master clip when it differs from ``audio_file`` (None: the audio is the master)
+    master_file: str | None = None
 
     def to_dict(self, *, with_audio: bool = True) -> dict[str, object]:
-        """The row as a dict in :data:`ROW_SCHEMA` (reads the clip), or :data:`META_SCHEMA` without it."""
+        """The row as a dict in :data:`ROW_SCHEMA` (reads the clips), or :data:`META_SCHEMA` without them."""
         values = dict(self.__dict__)
-        source, name = values.pop("audio_file"), values.pop("audio_path")
+        source, name, master = values.pop("audio_file"), values.pop("audio_path"), values.pop("master_file")
         if with_audio:
             values["audio"] = None if source is None else {"bytes": Path(source).read_bytes(), "path": name}
+            values["master"] = None if master is None else Path(master).read_bytes()
         values["reasons"] = None
         return values
 
@@ -104,4 +118,5 @@ def with_hf_features(table: pa.Table) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
-__all__ = ["AUDIO_TYPE", "DatasetRow", "META_COLUMNS", "META_SCHEMA", "ROW_SCHEMA", "rows_table", "with_hf_features"]
+__all__ = ["AUDIO_COLUMNS", "AUDIO_TYPE", "DatasetRow", "META_COLUMNS", "META_SCHEMA", "ROW_SCHEMA", "rows_table",
+           "with_hf_features"]

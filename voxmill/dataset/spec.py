@@ -19,6 +19,10 @@ sample_rate = 16000
 [qc]
 roundtrip = true                  # tts: transcribe every new clip back and score its WER
 max_wer = 0.3
+
+[publish]                         # gates checked before `latest` moves (see PublishGates)
+min_rows = 1
+max_reject_fraction = 0.5
 ```
 
 Relative local paths are resolved against the spec file's folder, so a spec runs from anywhere.
@@ -58,8 +62,75 @@ class QcThresholds:
     roundtrip: bool = False
     #: k of the IQR rule on seconds per character (Emilia-Pipe uses 1.5); None turns it off
     iqr_k: float | None = 1.5
-    #: the IQR rule needs this many rows to say anything
+    #: the IQR rule needs this many rows (of a group) to say anything
     iqr_min_rows: int = 8
+    #: the IQR rule's groups: ``voice`` (each voice against itself), ``model``, or ``all`` rows at once
+    iqr_by: str = "voice"
+
+    def __post_init__(self) -> None:
+        if self.iqr_by not in ("voice", "model", "all"):
+            raise ConfigError(f"[qc] iqr_by must be 'voice', 'model' or 'all', got {self.iqr_by!r}")
+
+
+@dataclass(frozen=True)
+class PublishGates:
+    """Checks a built version must pass before ``latest`` moves to it (None: that gate is off).
+
+    The defaults refuse a build whose rows were all (or mostly) rejected, or that lost half the dataset.
+    """
+
+    #: accepted rows the version must hold
+    min_rows: int | None = 1
+    #: largest share of the version's rows that QC may reject
+    max_reject_fraction: float | None = 0.5
+    #: largest drop in accepted rows against the previous version, as a fraction of its rows
+    max_rows_drop: float | None = 0.5
+    #: largest drop in accepted hours against the previous version, as a fraction of its hours
+    max_hours_drop: float | None = 0.5
+    #: largest mean WER of the accepted rows (rows without a WER are left out)
+    max_mean_wer: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_reject_fraction", "max_rows_drop", "max_hours_drop"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"[publish] {name} must be a fraction in [0, 1], got {value}")
+        if self.min_rows is not None and self.min_rows < 0:
+            raise ConfigError(f"[publish] min_rows must be ≥ 0, got {self.min_rows}")
+        if self.max_mean_wer is not None and self.max_mean_wer < 0:
+            raise ConfigError(f"[publish] max_mean_wer must be ≥ 0, got {self.max_mean_wer}")
+
+
+@dataclass(frozen=True)
+class Balance:
+    """Speaker balance: the share of the accepted hours each voice should have (the card compares)."""
+
+    #: voice → target share of the hours (shares sum to at most 1)
+    target: dict[str, float] = field(default_factory=dict)
+    #: a voice whose share is further than this from its target is flagged
+    tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        if any(not 0.0 <= v <= 1.0 for v in self.target.values()) or sum(self.target.values()) > 1.0 + 1e-9:
+            raise ConfigError(f"[balance] target shares must be fractions summing to at most 1, got {self.target}")
+        if not 0.0 <= self.tolerance <= 1.0:
+            raise ConfigError(f"[balance] tolerance must be a fraction, got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """What to do with duplicates: ``off``, ``flag`` (kept, ``duplicate_of`` names the first) or ``drop``
+    (rejected with the reason ``duplicate: …``; a duplicate text is never sent)."""
+
+    #: source rows whose normalised text (case, punctuation and spacing ignored) repeats an earlier row's
+    text: str = "off"
+    #: clips whose audio bytes repeat an earlier row's
+    audio: str = "off"
+
+    def __post_init__(self) -> None:
+        for name in ("text", "audio"):
+            if getattr(self, name) not in ("off", "flag", "drop"):
+                raise ConfigError(f"[dedup] {name} must be 'off', 'flag' or 'drop', got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +145,9 @@ class DatasetSpec:
     params: dict[str, Any] = field(default_factory=dict)
     output: OutputSpec = field(default_factory=OutputSpec)
     qc: QcThresholds = field(default_factory=QcThresholds)
+    publish: PublishGates = field(default_factory=PublishGates)
+    balance: Balance = field(default_factory=Balance)
+    dedup: Dedup = field(default_factory=Dedup)
     shard_rows: int = 500
     keep_versions: int = 5
     #: ASR model of the TTS round trip
@@ -92,13 +166,16 @@ class DatasetSpec:
             "name": self.name, "kind": self.kind, "source": self.source, "dest": self.dest, "model": self.model,
             "params": self.params, "output": {f.name: getattr(self.output, f.name) for f in fields(OutputSpec)},
             "qc": {f.name: getattr(self.qc, f.name) for f in fields(QcThresholds)},
+            "publish": {f.name: getattr(self.publish, f.name) for f in fields(PublishGates)},
+            "balance": {"target": dict(self.balance.target), "tolerance": self.balance.tolerance},
+            "dedup": {"text": self.dedup.text, "audio": self.dedup.audio},
             "shard_rows": self.shard_rows, "keep_versions": self.keep_versions, "asr_model": self.asr_model,
             "language": self.language,
         }
 
 
 _TOP_KEYS = {"name", "kind", "source", "dest", "shard_rows", "keep_versions", "work_dir", "language",
-             "model", "output", "qc"}
+             "model", "output", "qc", "publish", "balance", "dedup"}
 
 
 def _resolve(value: str, base: Path) -> str:
@@ -112,6 +189,11 @@ def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: [{name}] must be a table")
     return section
+
+
+def _off(section: dict[str, Any], keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The section with ``false`` values (but those of boolean keys in ``keep``) as None: that check is off."""
+    return {k: None if v is False and k not in keep else v for k, v in section.items()}
 
 
 def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec") -> DatasetSpec:
@@ -139,9 +221,25 @@ def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec")
     except TypeError as exc:
         raise ConfigError(f"{where}: [output]: {exc}") from None
     try:
-        qc = QcThresholds(**_section(data, "qc", where))
+        # TOML has no null: `false` turns a filter (or a gate) off
+        qc = QcThresholds(**_off(_section(data, "qc", where), keep=frozenset({"roundtrip"})))
     except TypeError as exc:
         raise ConfigError(f"{where}: [qc]: {exc}; see docs/datasets.md for the filters") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
+    try:
+        gates = PublishGates(**_off(_section(data, "publish", where)))
+    except TypeError as exc:
+        raise ConfigError(f"{where}: [publish]: {exc}; see docs/datasets.md for the gates") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
+    try:
+        balance = Balance(**_section(data, "balance", where))
+        dedup = Dedup(**_section(data, "dedup", where))
+    except TypeError as exc:
+        raise ConfigError(f"{where}: [balance]/[dedup]: {exc}; see docs/datasets.md") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
     if qc.roundtrip and kind != "tts":
         raise ConfigError(f"{where}: [qc] roundtrip is for tts builds; asr builds score WER against reference_text")
     if kind == "tts" and qc.max_wer is not None and not qc.roundtrip:
@@ -153,7 +251,9 @@ def parse_spec(data: dict[str, Any], *, base: Path, where: str = "dataset spec")
     work_dir = data.get("work_dir")
     return DatasetSpec(
         name=data["name"], kind=kind, source=_resolve(data["source"], base), dest=_resolve(data["dest"], base),
-        model=model, params=dict(params), output=output, qc=qc, shard_rows=shard_rows, keep_versions=keep,
+        model=model, params=dict(params), output=output, qc=qc, publish=gates, balance=balance, dedup=dedup,
+        shard_rows=shard_rows,
+        keep_versions=keep,
         asr_model=asr_model, language=str(data.get("language", "en")),
         work_dir=_resolve(work_dir, base) if work_dir else None,
     )
@@ -172,4 +272,4 @@ def load_spec(path: str | Path, *, source: str | None = None, dest: str | None =
     return spec.with_overrides(source=source, dest=dest)
 
 
-__all__ = ["DatasetSpec", "QcThresholds", "load_spec", "parse_spec"]
+__all__ = ["Balance", "DatasetSpec", "Dedup", "PublishGates", "QcThresholds", "load_spec", "parse_spec"]

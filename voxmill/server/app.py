@@ -258,9 +258,9 @@ class _Service:
     def credits(self) -> int:
         return self._credits
 
-    def bill(self, content_hash: str, *, truncated: bool = False) -> int:
+    def bill(self, content_hash: str, *, truncated: bool = False, model: str | None = None) -> int:
         """Count a generation (and whether its body is sent cut short) and take one credit; the credits left."""
-        self.stats.record_generation(content_hash)
+        self.stats.record_generation(content_hash, model)
         if truncated:
             self.stats.record_truncation(content_hash)
         with self._credits_lock:
@@ -543,10 +543,13 @@ def create_app(config: ServerConfig) -> Starlette:
             headers.update(service.voice_headers(request))
             speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
             samples = await service.speak(request.params["text"], speed)
+            garbage = service.faults.garbage_audio(TTS_SAMPLE_RATE // 10 if samples is None else len(samples))
+            if garbage is not None:
+                samples, headers["x-voxmill-fault"] = garbage, "garbage-audio"
             fmt = request.output_format
             body, media_type = await service.encode(samples, fmt), MEDIA_TYPES[fmt]
         fault = service.faults.body_fault()
-        headers["x-credits-remaining"] = str(service.bill(content_hash, truncated=fault.truncate))
+        headers["x-credits-remaining"] = str(service.bill(content_hash, truncated=fault.truncate, model=model))
         return _deliver(body, media_type, headers, fault)
 
     async def upload_work(form: _Form, headers: dict[str, str]) -> Response:
@@ -690,7 +693,7 @@ async def _stream(service: _Service, websocket: WebSocket) -> None:
         samples = await service.speak(request.params["text"], speed)
         pcm = await service.encode(samples, "pcm")
         fault = service.faults.body_fault()
-        credits = service.bill(content_hash, truncated=fault.truncate)
+        credits = service.bill(content_hash, truncated=fault.truncate, model=model)
         if fault.truncate:
             pcm = pcm[: len(pcm) // 2]
         chunks = [pcm[i : i + WS_CHUNK_BYTES] for i in range(0, len(pcm), WS_CHUNK_BYTES)]

@@ -14,6 +14,10 @@ Order of decisions for one request, so a test can reason about which fault it se
 4. ``fail_first_n``: the first N requests of each distinct content hash answer 503 (deterministic retries);
 5. after the work, a 200 may be truncated (``truncate_rate``) or trickled (``slow_body_rate``), each with its
    own draw; truncation wins when both hit.
+
+``garbage_audio_rate`` is a different kind of fault: the HTTP exchange is perfect, but a TTS body (HTTP only)
+holds a valid WAV of clipped full-scale noise instead of speech, as a broken engine would return. It is
+billed like any generation; only the receiver's QC can notice it (a dataset build's publish gates).
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any, Mapping
 
+import numpy as np
+
 from voxmill.errors import ConfigError
 
-_RATES = ("error_rate", "reset_rate", "truncate_rate", "slow_body_rate")
+#: garbage audio is at least this many samples (0.5 s at 24 kHz), so duration filters alone cannot catch it
+GARBAGE_MIN_FRAMES = 12000
+_RATES = ("error_rate", "reset_rate", "truncate_rate", "slow_body_rate", "garbage_audio_rate")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class FaultConfig:
     slow_body_seconds: float = 2.0
     #: the first N requests of each distinct content hash answer 503
     fail_first_n: int = 0
+    #: fraction of TTS 200s (HTTP) whose audio is replaced by clipped white noise of the same length (valid WAV)
+    garbage_audio_rate: float = 0.0
     #: seed of the fault RNG (None: random)
     seed: int | None = None
 
@@ -218,5 +228,16 @@ class FaultInjector:
                 return BodyFault(truncate=True)
             return BodyFault(slow_seconds=config.slow_body_seconds if slow else 0.0)
 
+    def garbage_audio(self, frames: int) -> np.ndarray | None:
+        """Clipped full-scale white noise (int16, ``frames`` long, at least 0.5 s at 24 kHz) when this TTS
+        answer is to be garbage, else None."""
+        with self._lock:
+            rate = self._config.garbage_audio_rate
+            if not rate or self._rng.random() >= rate:
+                return None
+            seed = self._rng.getrandbits(64)
+        noise = np.random.default_rng(seed).standard_normal(max(frames, GARBAGE_MIN_FRAMES))
+        return np.clip(noise * 32767, -32768, 32767).astype(np.int16)
 
-__all__ = ["Admission", "BodyFault", "Fault", "FaultConfig", "FaultInjector"]
+
+__all__ = ["GARBAGE_MIN_FRAMES", "Admission", "BodyFault", "Fault", "FaultConfig", "FaultInjector"]

@@ -40,6 +40,8 @@ class ServerStats:
     by_status: Counter[str] = field(default_factory=Counter)
     resets: int = 0
     generations: Counter[str] = field(default_factory=Counter)
+    #: generations by model name (HTTP; e.g. TTS and round-trip ASR calls of one build apart)
+    generations_by_model: Counter[str] = field(default_factory=Counter)
     #: generations whose body was cut short by the ``truncate`` fault, by content hash (billed all the same)
     truncations: Counter[str] = field(default_factory=Counter)
     uploads: int = 0
@@ -62,10 +64,12 @@ class ServerStats:
         with self._lock:
             self.resets += 1
 
-    def record_generation(self, content_hash: str) -> None:
-        """A generation was done and its 200 handed over for sending."""
+    def record_generation(self, content_hash: str, model: str | None = None) -> None:
+        """A generation was done and its 200 handed over for sending (``model``: counted per model too)."""
         with self._lock:
             self.generations[content_hash] += 1
+            if model:
+                self.generations_by_model[model] += 1
 
     def record_truncation(self, content_hash: str) -> None:
         """A generation's body is being sent cut short (fault ``truncate``)."""
@@ -89,6 +93,7 @@ class ServerStats:
             self.by_status.clear()
             self.resets = 0
             self.generations.clear()
+            self.generations_by_model.clear()
             self.truncations.clear()
             self.uploads = 0
             self.empty_audio = 0
@@ -102,6 +107,7 @@ class ServerStats:
                 "resets": self.resets,
                 "generations_total": sum(self.generations.values()),
                 "generations": dict(self.generations),
+                "generations_by_model": dict(self.generations_by_model),
                 "truncations_total": sum(self.truncations.values()),
                 "truncations": dict(self.truncations),
                 "uploads": self.uploads,
