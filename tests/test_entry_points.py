@@ -74,7 +74,7 @@ def test_dataset_build_takes_the_rate_switches(built_limits, null_server, tmp_pa
                                                     for i in range(3)])
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC.format(source=source, dest=tmp_path / "dest"))
-    assert main(["dataset", "build", str(spec)]) == 0
+    assert main(["dataset", "build", str(spec), "--force"]) == 0  # the null engine's clips fail QC: publish anyway
     assert null_server.stats()["generations_total"] == 3
     _assert_switched(built_limits)
 
