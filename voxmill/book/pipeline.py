@@ -44,6 +44,7 @@ from voxmill.book.m4b import (
 )
 from voxmill.book.model import Book, Chapter, Chunk
 from voxmill.book.qc import ChunkQc, QcOptions, QcSummary, check_chunks, done_rows
+from voxmill.book.shared import adopt_shared_chunks
 from voxmill.book.sources import read_book
 from voxmill.catalog import TTS_MODELS, TTS_SAMPLE_RATE
 from voxmill.errors import ConfigError
@@ -85,6 +86,9 @@ class AudiobookRequest:
     workers: int = 4
     pauses: Pauses = field(default_factory=Pauses)
     qc: QcOptions = field(default_factory=QcOptions)
+    #: reuse chunks already made in the other book folders under ``out_dir``'s parent (same key: same model,
+    #: parameters and spoken text), whatever the book file is called
+    share_chunks: bool = True
 
     def __post_init__(self) -> None:
         if self.model not in TTS_MODELS:
@@ -125,6 +129,8 @@ class AudiobookResult:
     summary: RunSummary
     timings: dict[str, float]
     qc: QcSummary | None = None
+    #: chunks taken from other book folders under the same output root (not billed)
+    shared_chunks: int = 0
 
     @property
     def ok(self) -> bool:
@@ -179,11 +185,15 @@ def make_audiobook(
     manifest = work / "chunks.manifest.parquet"
     all_chunks = [chunk for chapter in plan.selected for chunk in plan.chunks[chapter.index]]
     write_table(pa.table({"id": [c.item_id for c in all_chunks], "text": [c.text for c in all_chunks]}), manifest)
+    defaults = RunDefaults(model=request.model, params=dict(request.params))
+    adopted = adopt_shared_chunks(out_dir, manifest, defaults) if request.share_chunks else 0
+    if adopted:
+        say(f"{plan.book.title}: {adopted} chunks already made under {out_dir.parent} (reused, not billed)")
     job = JobRequest(
         kind="tts",
         manifest=str(manifest),
         out_dir=out_dir,
-        defaults=RunDefaults(model=request.model, params=dict(request.params)),
+        defaults=defaults,
         output=OutputSpec(format="wav"),
         workers=request.workers,
     )
@@ -197,7 +207,7 @@ def make_audiobook(
     missing = tuple(c.item_id for c in all_chunks if c.item_id not in rows)
     base = dict(title=plan.book.title, out_dir=str(out_dir), chapters=len(plan.selected), chunks=len(all_chunks),
                 skipped=tuple(f"{c.index} {c.title} ({c.skip_reason or 'not selected'})" for c in plan.skipped),
-                missing=missing, summary=summary)
+                missing=missing, summary=summary, shared_chunks=adopted)
     if missing:
         return AudiobookResult(m4b=None, audio_seconds=0.0, timings=_rounded(timings), **base)
 
