@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voxmill.book.chapters import select_chapters
+from voxmill.book.chapters import large_skip_warnings, select_chapters
 from voxmill.book.chunking import ChunkLimits, chunk_chapter
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, make_audiobook, slug
@@ -167,6 +167,7 @@ def list_book(request: AudiobookRequest, prices: PriceTable) -> str:
             cost_known = cost_known and cost is not None
             total["cost"] += cost or 0.0
     cost_text = f"{total['cost']:.2f}" if cost_known else "unknown (give --prices)"
+    lines.extend(large_skip_warnings(book.chapters, chosen))
     lines.append(f"selected: {len(chosen)} chapters, {total['words']} words, {total['chars']} chars, "
                  f"{total['chunks']} requests, ~{total['minutes'] / 60:.2f} h of speech; cost {cost_text}")
     return "\n".join(lines)
