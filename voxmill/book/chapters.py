@@ -157,5 +157,5 @@ def select_chapters(
     return chosen
 
 
-__all__ = ["BOILERPLATE_MAX_WORDS", "FRONT_MATTER", "large_skip_warnings", "reads_as_boilerplate", "Section", "normalise_paragraph", "number_chapters", "parse_indices",
-           "select_chapters", "skip_reason"]
+__all__ = ["BOILERPLATE_MAX_WORDS", "FRONT_MATTER", "Section", "large_skip_warnings", "normalise_paragraph",
+           "number_chapters", "parse_indices", "reads_as_boilerplate", "select_chapters", "skip_reason"]

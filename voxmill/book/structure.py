@@ -144,7 +144,8 @@ def _split(entry: RawSection, long: bool) -> list[Section]:
 def _title_of(blocks: Sequence[Block]) -> str:
     """A piece's title: its heading, with the next line when that is a heading too ("CHAPTER I." "The Keeper")."""
     first = " ".join(blocks[0].text.split())
-    if len(blocks) > 1 and blocks[1].heading and len(blocks[1].text.split()) <= 10 and heading_family(blocks[1]) is None:
+    second = blocks[1] if len(blocks) > 1 else None
+    if second is not None and second.heading and len(second.text.split()) <= 10 and heading_family(second) is None:
         return f"{first.rstrip()} {' '.join(blocks[1].text.split())}"
     return first
 
