@@ -19,15 +19,17 @@ from typing import Any
 
 from voxmill.book.chapters import large_skip_warnings, select_chapters
 from voxmill.book.chunking import ChunkLimits, chunk_chapter
+from voxmill.book.lexicon import resolve_lexicon
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, make_audiobook, slug
 from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
+from voxmill.book.shared import count_to_send
 from voxmill.book.sources import BOOK_TYPES, read_book
 from voxmill.catalog import TTS_MODELS
 from voxmill.errors import ConfigError
 from voxmill.estimate import WORDS_PER_SECOND, PriceTable
 from voxmill.local_api import api_settings
-from voxmill.manifests import iter_record_batches, manifest_format
+from voxmill.manifests import RunDefaults, iter_record_batches, manifest_format
 from voxmill.progress import ProgressBoard
 from voxmill.settings import RateLimit, Settings
 
@@ -43,6 +45,8 @@ class BookEntry:
     author: str | None = None
     model: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: the book's own pronunciation lexicon (manifest column ``lexicon``)
+    lexicon: Path | None = None
 
 
 def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +73,11 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--title", help="book title (one book only; default: from the book)")
     parser.add_argument("--author", help="author (one book only; default: from the book)")
     parser.add_argument("--prices", type=Path, help="JSON price table for --list (default VOXMILL_PRICES)")
+    parser.add_argument("--lexicon", type=Path, metavar="FILE",
+                        help="global pronunciation lexicon, TOML or CSV (default VOXMILL_LEXICON); a book's own "
+                             "<stem>.lexicon.toml next to it is applied first")
+    parser.add_argument("--lexicon-book", type=Path, metavar="FILE",
+                        help="the book's own lexicon (one book only; a manifest gives a 'lexicon' column)")
     parser.add_argument("--qc", action="store_true", help="transcribe every chunk back: WER and chars/s per chunk")
     parser.add_argument("--retakes", type=int, default=0,
                         help="with --qc: regenerate chunks over the WER threshold up to N times (best take kept)")
@@ -123,8 +132,10 @@ def book_entries(sources: list[str]) -> list[BookEntry]:
                 if row.get("voice"):
                     params = {**params, "voice": row["voice"]}
                 path = Path(row["path"])
+                lexicon = Path(row["lexicon"]) if row.get("lexicon") else None
                 entries.append(BookEntry(path if path.is_absolute() else base / path, row.get("title") or None,
-                                         row.get("author") or None, row.get("model") or None, dict(params)))
+                                         row.get("author") or None, row.get("model") or None, dict(params),
+                                         lexicon if lexicon is None or lexicon.is_absolute() else base / lexicon))
     return entries
 
 
@@ -139,15 +150,24 @@ def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> Audiobook
         params=params, chapter_format=args.chapter_format, loudness_lufs=args.loudness, true_peak_db=args.true_peak,
         bitrate=args.bitrate, chapters=args.chapters, exclude=args.exclude, title=args.title or entry.title,
         author=args.author or entry.author,
+        lexicon_book=str(args.lexicon_book or entry.lexicon or "") or None,
+        lexicon=str(args.lexicon) if args.lexicon else None,
         qc=QcOptions(enabled=args.qc or args.retakes > 0, retakes=args.retakes, max_wer=args.qc_wer),
     )
 
 
-def list_book(request: AudiobookRequest, prices: PriceTable) -> str:
-    """The chapter table of one book: index, title, words, characters, chunks, estimated minutes and cost."""
+def list_book(request: AudiobookRequest, prices: PriceTable, *, count_made: bool = False) -> str:
+    """The chapter table of one book: index, title, words, characters, chunks, estimated minutes and cost.
+
+    Then warnings about large skipped sections, what the lexicon respells and, with ``count_made``, how many
+    chunks are still to send (the rest are already made in the book's folder or one beside it).
+    """
     book = read_book(Path(request.book))
     chosen = {c.index for c in select_chapters(book.chapters, request.chapters, request.exclude)}
     limits = ChunkLimits.for_model(request.model)
+    lexicon = resolve_lexicon(request.book, request.lexicon_book, request.lexicon)
+    printed: list[str] = []
+    spoken: list[str] = []
     lines = [f"{request.title or book.title}" + (f" — {request.author or book.author}" if book.author else "")
              + f" ({request.book}; model {request.model})",
              f"{'#':>4}  {'title':<40} {'words':>7} {'chars':>8} {'chunks':>6} {'min':>6} {'cost':>8}"]
@@ -155,7 +175,11 @@ def list_book(request: AudiobookRequest, prices: PriceTable) -> str:
     cost_known = True
     for chapter in book.chapters:
         minutes = chapter.words / WORDS_PER_SECOND / 60
-        chunks = len(chunk_chapter(chapter, limits))
+        chapter_chunks = chunk_chapter(chapter, limits)
+        chunks = len(chapter_chunks)
+        if chapter.index in chosen:
+            printed += [c.text for c in chapter_chunks]
+            spoken += [lexicon.apply(c.text) if lexicon else c.text for c in chapter_chunks]
         cost = prices.cost(request.model, chars=chapter.chars, minutes=minutes, requests=chunks)
         status = "" if chapter.index in chosen else f"  skipped ({chapter.skip_reason or 'not selected'})"
         shown = f"{cost:.2f}" if cost is not None else "?"
@@ -168,6 +192,13 @@ def list_book(request: AudiobookRequest, prices: PriceTable) -> str:
             total["cost"] += cost or 0.0
     cost_text = f"{total['cost']:.2f}" if cost_known else "unknown (give --prices)"
     lines.extend(large_skip_warnings(book.chapters, chosen))
+    if lexicon:
+        changed = sum(1 for said, text in zip(spoken, printed, strict=True) if said != text)
+        lines.append(f"lexicon: {lexicon.describe()}; respells {changed} of {len(spoken)} chunks")
+    if count_made:
+        to_send = count_to_send(request.out_dir, spoken, RunDefaults(model=request.model, params=dict(request.params)))
+        lines.append(f"to send: {to_send} of {len(spoken)} chunks ({len(spoken) - to_send} already made under "
+                     f"{request.out_dir.parent})")
     lines.append(f"selected: {len(chosen)} chapters, {total['words']} words, {total['chars']} chars, "
                  f"{total['chunks']} requests, ~{total['minutes'] / 60:.2f} h of speech; cost {cost_text}")
     return "\n".join(lines)
@@ -187,12 +218,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 def run_audiobook_command(args: argparse.Namespace) -> int:
     """The ``voxmill audiobook`` handler."""
     entries = book_entries(args.books)
-    if (args.title or args.author) and len(entries) > 1:
-        raise ConfigError("--title/--author name one book; give titles per book in a manifest instead")
+    if (args.title or args.author or args.lexicon_book) and len(entries) > 1:
+        raise ConfigError("--title/--author/--lexicon-book name one book; give them per book in a manifest instead")
     if args.list:
         prices_path = args.prices or (Path(os.environ["VOXMILL_PRICES"]) if os.environ.get("VOXMILL_PRICES") else None)
         prices = PriceTable.load(prices_path) if prices_path else PriceTable()
-        print("\n\n".join(list_book(_request(e, args, Path(".")), prices) for e in entries))
+        print("\n\n".join(list_book(_request(e, args, args.out or Path(".")), prices, count_made=args.out is not None)
+                           for e in entries))
         return EXIT_OK
     if args.out is None:
         raise ConfigError("give -o/--out (the output directory), or --list to only look")

@@ -31,6 +31,7 @@ from voxmill.book.assemble import ChapterAudio, Pauses, PlacedChunk, assemble_ch
 from voxmill.book.captions import chapter_cues
 from voxmill.book.chapters import select_chapters
 from voxmill.book.chunking import ChunkLimits, chunk_chapter
+from voxmill.book.lexicon import Lexicon, resolve_lexicon
 from voxmill.book.m4b import (
     DEFAULT_BITRATE,
     DEFAULT_LOUDNESS_LUFS,
@@ -89,6 +90,10 @@ class AudiobookRequest:
     #: reuse chunks already made in the other book folders under ``out_dir``'s parent (same key: same model,
     #: parameters and spoken text), whatever the book file is called
     share_chunks: bool = True
+    #: the book's pronunciation lexicon (None: ``<book stem>.lexicon.toml``/``.csv`` next to it, if any)
+    lexicon_book: str | None = None
+    #: the global lexicon shared by every book (None: ``VOXMILL_LEXICON``, if set)
+    lexicon: str | None = None
 
     def __post_init__(self) -> None:
         if self.model not in TTS_MODELS:
@@ -106,6 +111,12 @@ class BookPlan:
     book: Book
     selected: tuple[Chapter, ...]
     chunks: dict[int, list[Chunk]]
+    lexicon: Lexicon = field(default_factory=Lexicon)
+
+    @property
+    def respelled(self) -> int:
+        """Chunks whose spoken text the lexicon changed."""
+        return sum(1 for chunks in self.chunks.values() for c in chunks if c.spoken is not None)
 
     @property
     def skipped(self) -> tuple[Chapter, ...]:
@@ -154,7 +165,14 @@ def plan_book(request: AudiobookRequest) -> BookPlan:
     if not selected:
         raise ConfigError(f"book {request.book!r}: no chapter selected (see `voxmill audiobook --list`)")
     limits = ChunkLimits.for_model(request.model)
-    return BookPlan(book, selected, {c.index: chunk_chapter(c, limits) for c in selected})
+    lexicon = resolve_lexicon(request.book, request.lexicon_book, request.lexicon)
+    chunks = {c.index: [_spoken(chunk, lexicon) for chunk in chunk_chapter(c, limits)] for c in selected}
+    return BookPlan(book, selected, chunks, lexicon)
+
+
+def _spoken(chunk: Chunk, lexicon: Lexicon) -> Chunk:
+    spoken = lexicon.apply(chunk.text) if lexicon else chunk.text
+    return dataclasses.replace(chunk, spoken=spoken) if spoken != chunk.text else chunk
 
 
 def slug(text: str, limit: int = 60) -> str:
@@ -184,7 +202,7 @@ def make_audiobook(
     work.mkdir(parents=True, exist_ok=True)
     manifest = work / "chunks.manifest.parquet"
     all_chunks = [chunk for chapter in plan.selected for chunk in plan.chunks[chapter.index]]
-    write_table(pa.table({"id": [c.item_id for c in all_chunks], "text": [c.text for c in all_chunks]}), manifest)
+    write_table(pa.table({"id": [c.item_id for c in all_chunks], "text": [c.speech for c in all_chunks]}), manifest)
     defaults = RunDefaults(model=request.model, params=dict(request.params))
     adopted = adopt_shared_chunks(out_dir, manifest, defaults) if request.share_chunks else 0
     if adopted:
@@ -342,6 +360,7 @@ def _write_tables(
             chunk_rows.append({
                 "chapter": chapter.index, "chunk": placed.chunk.index, "id": placed.chunk.item_id,
                 "key": row["key"], "paragraph": placed.chunk.paragraph, "text": placed.chunk.text,
+                "spoken": placed.chunk.spoken,
                 "start_s": round(placed.start_s, 3), "end_s": round(placed.end_s, 3),
                 "book_start_s": round(cursor + placed.start_s, 3),
                 "duration_s": round(placed.end_s - placed.start_s, 3), "generated_s": row["duration_s"],

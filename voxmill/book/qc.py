@@ -77,7 +77,7 @@ RunJob = Callable[["JobRequest"], "RunSummary"]
 def done_rows(out_dir: Path, chunks: Sequence[Chunk]) -> dict[str, dict[str, Any]]:
     """Ledger rows of ``out_dir`` for the chunks done with their current text, by id (``audio_path`` added)."""
     table = read_results(out_dir)
-    wanted = {c.item_id: c.text for c in chunks}
+    wanted = {c.item_id: c.speech for c in chunks}
     rows: dict[str, dict[str, Any]] = {}
     if table.num_rows == 0:
         return rows
@@ -122,7 +122,7 @@ def check_chunks(
     """Transcribe every chunk back, retake the bad ones up to ``options.retakes`` times, keep the best takes."""
     from voxmill.jobs import JobRequest
 
-    texts = {c.item_id: c.text for c in chunks}
+    texts = {c.item_id: c.speech for c in chunks}
     qc_dir = Path(out_dir) / QC_DIR
     wers = _transcribe(rows, texts, qc_dir / "asr-0", options, run)
     best = {i: ChunkQc(row, 0, 1, wers.get(i), _rate(texts[i], row)) for i, row in rows.items()}

@@ -96,4 +96,24 @@ def adopt_shared_chunks(out_dir: Path, manifest: Path, defaults: RunDefaults, ro
     return len(adopted)
 
 
-__all__ = ["adopt_shared_chunks"]
+def count_to_send(out_dir: Path, texts: list[str], defaults: RunDefaults, root: Path | None = None) -> int:
+    """How many requests ``texts`` (spoken chunk texts) still need: keys neither ``out_dir`` nor a book folder
+    beside it has made (identical texts count once)."""
+    import tempfile
+
+    from voxmill.ledger import write_table
+
+    out_dir = Path(out_dir)
+    root = Path(root) if root is not None else out_dir.parent
+    with tempfile.TemporaryDirectory() as scratch:
+        manifest = Path(scratch) / "chunks.parquet"
+        write_table(pa.table({"id": [f"c{i}" for i in range(len(texts))], "text": texts}), manifest)
+        wanted = _wanted_keys(manifest, defaults)
+    made = _done_keys(out_dir) if out_dir.is_dir() else set()
+    missing = set(wanted) - made
+    if missing and root.is_dir():
+        missing -= {row.key for _, row in _sibling_rows(root, out_dir, missing)}
+    return len(missing)  # identical texts are one request: the engine reuses the first one's audio
+
+
+__all__ = ["adopt_shared_chunks", "count_to_send"]
