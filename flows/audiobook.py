@@ -46,6 +46,9 @@ def audiobook(
     exclude: str | None = None,
     title: str | None = None,
     author: str | None = None,
+    cast: str | None = None,
+    lexicon: str | None = None,
+    lexicon_book: str | None = None,
     qc: bool = False,
     retakes: int = 0,
     qc_max_wer: float = DEFAULT_MAX_WER,
@@ -62,15 +65,18 @@ def audiobook(
 ) -> AudiobookResult:
     """Speak ``book`` into ``out_dir``; every chunk goes through the batch engine as Prefect tasks.
 
-    Rerunning on the same ``out_dir`` sends only chunks whose text changed. ``qc`` transcribes every chunk
-    back; ``retakes`` regenerates chunks over ``qc_max_wer`` (every take billed and recorded, best kept).
+    Rerunning on the same ``out_dir`` sends only chunks whose text changed. ``cast`` (a TOML file) gives the
+    narrator, the dialogue and each character a voice; ``lexicon`` (global) and ``lexicon_book`` respell words
+    before chunks are keyed. ``qc`` transcribes every chunk back; ``retakes`` regenerates chunks over
+    ``qc_max_wer`` (every take billed and recorded, best kept).
     With no key and no Secret block a local server speaks it, labelled. Ends Failed (AudiobookFailed, with
     the counts) when a chunk failed: the book is then not assembled; rerun to retry.
     """
     request = AudiobookRequest(
         book=book, out_dir=Path(out_dir), model=model, params=params or {}, chapter_format=chapter_format,
         loudness_lufs=loudness_lufs, true_peak_db=true_peak_db, bitrate=bitrate, chapters=chapters,
-        exclude=exclude, title=title, author=author, workers=workers,
+        exclude=exclude, title=title, author=author, workers=workers, cast=cast, lexicon=lexicon,
+        lexicon_book=lexicon_book,
         qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer),
     )
     logger = get_run_logger()

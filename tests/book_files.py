@@ -201,3 +201,24 @@ def write_coarse_epub(path: Path) -> Path:
     book.spine = [first, second]
     epub.write_epub(str(path), book)
     return path
+
+
+#: a conversation of three speakers (Mara, Tom, Ben) in narration, attributed in every way the rules know
+DIALOGUE_PARAGRAPHS = [
+    "The wind rose over the harbour as the light faded.",
+    "“The boats are late,” said Mara. “They should be back by now.”",
+    "“Give them an hour,” Tom replied.",
+    "“An hour is too long.”",
+    "“Then go and look for them, Mara.”",
+    "Ben came down the path with a lantern. He asked, “Is it the storm?”",
+    "Ben said: “I have seen worse nights than this one.”",
+    "“What did you see out there, Ben?” asked Tom.",
+    "Nobody answered for a while, and the waves kept breaking on the stones.",
+]
+
+
+def write_dialogue_md(path: Path) -> Path:
+    """A short Markdown story in which Mara, Tom and Ben talk."""
+    body = "\n\n".join(DIALOGUE_PARAGRAPHS)
+    path.write_text(f"---\ntitle: Three at the Harbour\nauthor: Ada Writer\n---\n\n# The Storm\n\n{body}\n")
+    return path

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voxmill.book.cast import NARRATOR, cast_chunks, load_cast
 from voxmill.book.chapters import large_skip_warnings, select_chapters
 from voxmill.book.chunking import ChunkLimits, chunk_chapter
+from voxmill.book.dialogue import find_characters
 from voxmill.book.lexicon import resolve_lexicon
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, make_audiobook, slug
@@ -34,6 +36,7 @@ from voxmill.progress import ProgressBoard
 from voxmill.settings import RateLimit, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+_LIST_CAST = "\0list"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class BookEntry:
     params: dict[str, Any] = field(default_factory=dict)
     #: the book's own pronunciation lexicon (manifest column ``lexicon``)
     lexicon: Path | None = None
+    #: the book's cast file (manifest column ``cast``)
+    cast: Path | None = None
 
 
 def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,6 +83,9 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
                              "<stem>.lexicon.toml next to it is applied first")
     parser.add_argument("--lexicon-book", type=Path, metavar="FILE",
                         help="the book's own lexicon (one book only; a manifest gives a 'lexicon' column)")
+    parser.add_argument("--cast", nargs="?", const=_LIST_CAST, metavar="FILE",
+                        help="alone: list the characters found in the dialogue (lines, samples) and send nothing; "
+                             "with a TOML cast file: narrator, dialogue and character voices")
     parser.add_argument("--qc", action="store_true", help="transcribe every chunk back: WER and chars/s per chunk")
     parser.add_argument("--retakes", type=int, default=0,
                         help="with --qc: regenerate chunks over the WER threshold up to N times (best take kept)")
@@ -132,11 +140,19 @@ def book_entries(sources: list[str]) -> list[BookEntry]:
                 if row.get("voice"):
                     params = {**params, "voice": row["voice"]}
                 path = Path(row["path"])
-                lexicon = Path(row["lexicon"]) if row.get("lexicon") else None
+                lexicon, cast = (_relative(base, row.get(name)) for name in ("lexicon", "cast"))
                 entries.append(BookEntry(path if path.is_absolute() else base / path, row.get("title") or None,
                                          row.get("author") or None, row.get("model") or None, dict(params),
-                                         lexicon if lexicon is None or lexicon.is_absolute() else base / lexicon))
+                                         lexicon, cast))
     return entries
+
+
+def _relative(base: Path, value: str | None) -> Path | None:
+    """A manifest cell naming a file, relative to the manifest's folder."""
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else base / path
 
 
 def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> AudiobookRequest:
@@ -152,6 +168,7 @@ def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> Audiobook
         author=args.author or entry.author,
         lexicon_book=str(args.lexicon_book or entry.lexicon or "") or None,
         lexicon=str(args.lexicon) if args.lexicon else None,
+        cast=str(args.cast) if args.cast and args.cast != _LIST_CAST else (str(entry.cast) if entry.cast else None),
         qc=QcOptions(enabled=args.qc or args.retakes > 0, retakes=args.retakes, max_wer=args.qc_wer),
     )
 
@@ -164,8 +181,10 @@ def list_book(request: AudiobookRequest, prices: PriceTable, *, count_made: bool
     """
     book = read_book(Path(request.book))
     chosen = {c.index for c in select_chapters(book.chapters, request.chapters, request.exclude)}
-    limits = ChunkLimits.for_model(request.model)
+    cast = load_cast(request.cast, request.model, request.params) if request.cast else None
+    limits = cast.limits() if cast else ChunkLimits.for_model(request.model)
     lexicon = resolve_lexicon(request.book, request.lexicon_book, request.lexicon)
+    roles: dict[str, int] = {}
     printed: list[str] = []
     spoken: list[str] = []
     lines = [f"{request.title or book.title}" + (f" — {request.author or book.author}" if book.author else "")
@@ -175,10 +194,12 @@ def list_book(request: AudiobookRequest, prices: PriceTable, *, count_made: bool
     cost_known = True
     for chapter in book.chapters:
         minutes = chapter.words / WORDS_PER_SECOND / 60
-        chapter_chunks = chunk_chapter(chapter, limits)
+        chapter_chunks = cast_chunks(chapter, limits, cast, book.language) if cast else chunk_chapter(chapter, limits)
         chunks = len(chapter_chunks)
         if chapter.index in chosen:
             printed += [c.text for c in chapter_chunks]
+            for chunk in chapter_chunks:
+                roles[chunk.role or NARRATOR] = roles.get(chunk.role or NARRATOR, 0) + 1
             spoken += [lexicon.apply(c.text) if lexicon else c.text for c in chapter_chunks]
         cost = prices.cost(request.model, chars=chapter.chars, minutes=minutes, requests=chunks)
         status = "" if chapter.index in chosen else f"  skipped ({chapter.skip_reason or 'not selected'})"
@@ -192,15 +213,36 @@ def list_book(request: AudiobookRequest, prices: PriceTable, *, count_made: bool
             total["cost"] += cost or 0.0
     cost_text = f"{total['cost']:.2f}" if cost_known else "unknown (give --prices)"
     lines.extend(large_skip_warnings(book.chapters, chosen))
+    if cast:
+        lines.append("cast: " + "; ".join(f"{role} ({cast.voice(role).describe()}) {count} chunks"
+                                          for role, count in sorted(roles.items(), key=lambda r: -r[1])))
     if lexicon:
         changed = sum(1 for said, text in zip(spoken, printed, strict=True) if said != text)
         lines.append(f"lexicon: {lexicon.describe()}; respells {changed} of {len(spoken)} chunks")
-    if count_made:
-        to_send = count_to_send(request.out_dir, spoken, RunDefaults(model=request.model, params=dict(request.params)))
+    if count_made and cast is None:  # (with a cast, each chunk's voice differs: counted when it runs)
+        defaults = RunDefaults(model=request.model, params=dict(request.params))
+        to_send = count_to_send(request.out_dir, spoken, defaults)
         lines.append(f"to send: {to_send} of {len(spoken)} chunks ({len(spoken) - to_send} already made under "
                      f"{request.out_dir.parent})")
     lines.append(f"selected: {len(chosen)} chapters, {total['words']} words, {total['chars']} chars, "
                  f"{total['chunks']} requests, ~{total['minutes'] / 60:.2f} h of speech; cost {cost_text}")
+    return "\n".join(lines)
+
+
+def list_cast(request: AudiobookRequest) -> str:
+    """The characters in the chosen chapters' dialogue: lines, confidence and sample lines; a cast to start from."""
+    book = read_book(Path(request.book))
+    chosen = select_chapters(book.chapters, request.chapters, request.exclude)
+    characters, quotes, unattributed = find_characters((c.paragraphs for c in chosen), book.language)
+    lines = [f"{request.title or book.title}: {len(characters)} characters in {quotes} quotes "
+             f"({unattributed} with no speaker found: read by the dialogue voice)",
+             f"{'character':<24} {'lines':>6} {'conf':>5}  samples"]
+    for character in characters:
+        lines.append(f"{character.name[:24]:<24} {character.lines:>6} {character.mean_confidence:>5.2f}  "
+                     + " | ".join(character.samples))
+    lines.append("a cast file (TOML) to start from:")
+    lines += ["  [narrator]", '  voice = "..."', "  [dialogue]", '  voice = "..."']
+    lines += [f'  [characters."{c.name}"]\n  voice = "..."' for c in characters]
     return "\n".join(lines)
 
 
@@ -220,6 +262,9 @@ def run_audiobook_command(args: argparse.Namespace) -> int:
     entries = book_entries(args.books)
     if (args.title or args.author or args.lexicon_book) and len(entries) > 1:
         raise ConfigError("--title/--author/--lexicon-book name one book; give them per book in a manifest instead")
+    if args.cast == _LIST_CAST:
+        print("\n\n".join(list_cast(_request(e, args, args.out or Path("."))) for e in entries))
+        return EXIT_OK
     if args.list:
         prices_path = args.prices or (Path(os.environ["VOXMILL_PRICES"]) if os.environ.get("VOXMILL_PRICES") else None)
         prices = PriceTable.load(prices_path) if prices_path else PriceTable()

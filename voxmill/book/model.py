@@ -65,6 +65,8 @@ class Chunk:
     ends_paragraph: bool
     #: the text as it is spoken (the pronunciation lexicon applied), when it differs from ``text``
     spoken: str | None = None
+    #: with a cast: who reads it (``narrator``, ``dialogue`` or a character's name); None: the one voice
+    role: str | None = None
 
     @property
     def speech(self) -> str:

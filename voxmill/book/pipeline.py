@@ -29,6 +29,7 @@ import pyarrow as pa
 from voxmill.audio.transcode import OutputSpec, write_bytes_atomic
 from voxmill.book.assemble import ChapterAudio, Pauses, PlacedChunk, assemble_chapter
 from voxmill.book.captions import chapter_cues
+from voxmill.book.cast import Cast, Voice, cast_chunks, load_cast
 from voxmill.book.chapters import select_chapters
 from voxmill.book.chunking import ChunkLimits, chunk_chapter
 from voxmill.book.lexicon import Lexicon, resolve_lexicon
@@ -94,6 +95,8 @@ class AudiobookRequest:
     lexicon_book: str | None = None
     #: the global lexicon shared by every book (None: ``VOXMILL_LEXICON``, if set)
     lexicon: str | None = None
+    #: a cast file (TOML): narrator, dialogue and character voices; None: one voice reads everything
+    cast: str | None = None
 
     def __post_init__(self) -> None:
         if self.model not in TTS_MODELS:
@@ -112,6 +115,11 @@ class BookPlan:
     selected: tuple[Chapter, ...]
     chunks: dict[int, list[Chunk]]
     lexicon: Lexicon = field(default_factory=Lexicon)
+    cast: Cast | None = None
+
+    def voice(self, chunk: Chunk, request: AudiobookRequest) -> Voice:
+        """The model and parameters that read ``chunk``."""
+        return self.cast.voice(chunk.role) if self.cast else Voice(request.model, dict(request.params))
 
     @property
     def respelled(self) -> int:
@@ -164,10 +172,16 @@ def plan_book(request: AudiobookRequest) -> BookPlan:
     selected = tuple(select_chapters(book.chapters, request.chapters, request.exclude))
     if not selected:
         raise ConfigError(f"book {request.book!r}: no chapter selected (see `voxmill audiobook --list`)")
-    limits = ChunkLimits.for_model(request.model)
     lexicon = resolve_lexicon(request.book, request.lexicon_book, request.lexicon)
-    chunks = {c.index: [_spoken(chunk, lexicon) for chunk in chunk_chapter(c, limits)] for c in selected}
-    return BookPlan(book, selected, chunks, lexicon)
+    cast = load_cast(request.cast, request.model, request.params) if request.cast else None
+    if cast is None:
+        limits = ChunkLimits.for_model(request.model)
+        raw = {c.index: chunk_chapter(c, limits) for c in selected}
+    else:
+        limits = cast.limits()
+        raw = {c.index: cast_chunks(c, limits, cast, book.language) for c in selected}
+    chunks = {index: [_spoken(chunk, lexicon) for chunk in found] for index, found in raw.items()}
+    return BookPlan(book, selected, chunks, lexicon, cast)
 
 
 def _spoken(chunk: Chunk, lexicon: Lexicon) -> Chunk:
@@ -202,8 +216,8 @@ def make_audiobook(
     work.mkdir(parents=True, exist_ok=True)
     manifest = work / "chunks.manifest.parquet"
     all_chunks = [chunk for chapter in plan.selected for chunk in plan.chunks[chapter.index]]
-    write_table(pa.table({"id": [c.item_id for c in all_chunks], "text": [c.speech for c in all_chunks]}), manifest)
-    defaults = RunDefaults(model=request.model, params=dict(request.params))
+    write_table(_manifest_table(plan, request, all_chunks), manifest)
+    defaults = RunDefaults(model=request.model, params=dict(request.params) if plan.cast is None else {})
     adopted = adopt_shared_chunks(out_dir, manifest, defaults) if request.share_chunks else 0
     if adopted:
         say(f"{plan.book.title}: {adopted} chunks already made under {out_dir.parent} (reused, not billed)")
@@ -259,6 +273,16 @@ def make_audiobook(
                              qc=qc_summary, **base)
     _write_summary(result, out_dir)
     return result
+
+
+def _manifest_table(plan: BookPlan, request: AudiobookRequest, chunks: list[Chunk]) -> pa.Table:
+    """The chunks' TTS manifest: id and spoken text; with a cast, each row's own model and parameters too."""
+    columns: dict[str, list[Any]] = {"id": [c.item_id for c in chunks], "text": [c.speech for c in chunks]}
+    if plan.cast is not None:
+        voices = [plan.voice(c, request) for c in chunks]
+        columns["model"] = [v.model for v in voices]
+        columns["params"] = [json.dumps(dict(v.params), sort_keys=True) for v in voices]
+    return pa.table(columns)
 
 
 def _rounded(timings: Mapping[str, float]) -> dict[str, float]:
@@ -360,7 +384,7 @@ def _write_tables(
             chunk_rows.append({
                 "chapter": chapter.index, "chunk": placed.chunk.index, "id": placed.chunk.item_id,
                 "key": row["key"], "paragraph": placed.chunk.paragraph, "text": placed.chunk.text,
-                "spoken": placed.chunk.spoken,
+                "spoken": placed.chunk.spoken, "role": placed.chunk.role,
                 "start_s": round(placed.start_s, 3), "end_s": round(placed.end_s, 3),
                 "book_start_s": round(cursor + placed.start_s, 3),
                 "duration_s": round(placed.end_s - placed.start_s, 3), "generated_s": row["duration_s"],

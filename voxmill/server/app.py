@@ -50,7 +50,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from voxmill.audio.formats import convert_bytes, read_wav, wav_bytes
 from voxmill.catalog import TTS_SAMPLE_RATE, UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest, validate
 from voxmill.errors import BadResponse, ConfigError, ForbiddenCharacter, InvalidItem, ValidationError
-from voxmill.server.engines import ASR_SAMPLE_RATE, PiperEngine, Transcript, WhisperEngine, decode_audio
+from voxmill.server.engines import (
+    ASR_SAMPLE_RATE,
+    PiperEngine,
+    Style,
+    Transcript,
+    WhisperEngine,
+    decode_audio,
+    garble,
+)
 from voxmill.server.faults import BodyFault, Fault, FaultConfig, FaultInjector
 from voxmill.server.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -198,14 +206,19 @@ class _Service:
             samples = self.tts.synthesize("Ready when you are.")
             self.asr.transcribe(wav_bytes(samples, TTS_SAMPLE_RATE))
 
-    async def speak(self, text: str, speed: float) -> np.ndarray | None:
-        """24 kHz int16 samples (an empty result counted in the stats); None from the null engine (precomputed)."""
+    async def speak(self, text: str, speed: float, params: dict[str, Any] | None = None) -> np.ndarray | None:
+        """24 kHz int16 samples (an empty result counted in the stats); None from the null engine (precomputed).
+
+        The voice named in ``params`` sets the pitch and ``seed``/``temperature`` vary the take (:class:`Style`);
+        the ``garble_text`` fault garbles the middle of matching texts' first takes."""
         if self.tts is None:
             return None
-        tts = self.tts
-        samples = await self.in_thread(lambda: tts.synthesize(text, speed))
+        tts, style = self.tts, Style.from_params(params or {})
+        samples = await self.in_thread(lambda: tts.synthesize(text, speed, style))
         if samples.size == 0:
             self.stats.record_empty_audio()
+        elif self.faults.garbles(text):
+            samples = garble(samples)
         return samples
 
     async def encode(self, samples: np.ndarray | None, fmt: str) -> bytes:
@@ -531,7 +544,7 @@ def create_app(config: ServerConfig) -> Starlette:
         else:
             headers.update(service.voice_headers(request))
             speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
-            samples = await service.speak(request.params["text"], speed)
+            samples = await service.speak(request.params["text"], speed, request.params)
             fmt = request.output_format
             body, media_type = await service.encode(samples, fmt), MEDIA_TYPES[fmt]
         fault = service.faults.body_fault()
@@ -676,7 +689,7 @@ async def _stream(service: _Service, websocket: WebSocket) -> None:
         await websocket.send_json({"type": "progress", "stage": "synthesizing", "request_id": request_id,
                                    "engine": engine, **notes})
         speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
-        samples = await service.speak(request.params["text"], speed)
+        samples = await service.speak(request.params["text"], speed, request.params)
         pcm = await service.encode(samples, "pcm")
         fault = service.faults.body_fault()
         credits = service.bill(content_hash, truncated=fault.truncate)

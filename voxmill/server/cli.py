@@ -110,6 +110,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     faults.add_argument("--slow-body-rate", type=float, default=0.0, help="fraction of 200s trickled slowly")
     faults.add_argument("--slow-body-seconds", type=float, default=2.0, help="how long a slow body takes")
     faults.add_argument("--fail-first-n", type=int, default=0, help="first N tries of each request answer 503")
+    faults.add_argument("--garble-text", default="", help="TTS texts holding this come back garbled mid-chunk")
+    faults.add_argument("--garble-first-n", type=int, default=1, help="how many takes of such a text are garbled")
     faults.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
     parser.set_defaults(handler=run_serve)
 
@@ -127,6 +129,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         slow_body_rate=args.slow_body_rate,
         slow_body_seconds=args.slow_body_seconds,
         fail_first_n=args.fail_first_n,
+        garble_text=args.garble_text,
+        garble_first_n=args.garble_first_n,
         seed=args.seed,
     )
     return ServerConfig(
