@@ -13,7 +13,7 @@ from tasks.params import LocalEngine, RunnerKind, TtsModel
 from tasks.settings import flow_settings
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, AudiobookResult, make_audiobook
-from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
+from voxmill.book.qc import DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
 from voxmill.jobs import JobFailed, JobRequest, RunSummary
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
@@ -22,7 +22,8 @@ ChapterFormat = Literal[CHAPTER_FORMATS]  # type: ignore[valid-type]
 
 
 class AudiobookFailed(Exception):
-    """Some chunks of the book are not done, so it was not assembled; ``result`` holds the counts."""
+    """Some chunks of the book are not done (it was not assembled), or are still bad after every QC retake
+    (it was assembled with their best takes); ``result`` holds the counts and the chunks."""
 
     def __init__(self, result: AudiobookResult) -> None:
         super().__init__(result.headline())
@@ -52,6 +53,7 @@ def audiobook(
     qc: bool = False,
     retakes: int = 0,
     qc_max_wer: float = DEFAULT_MAX_WER,
+    qc_max_run: int = DEFAULT_MAX_RUN,
     requests_per_second: float | None = None,
     requests_per_minute: float | None = None,
     max_concurrent: int | None = None,
@@ -77,7 +79,7 @@ def audiobook(
         loudness_lufs=loudness_lufs, true_peak_db=true_peak_db, bitrate=bitrate, chapters=chapters,
         exclude=exclude, title=title, author=author, workers=workers, cast=cast, lexicon=lexicon,
         lexicon_book=lexicon_book,
-        qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer),
+        qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer, max_run=qc_max_run),
     )
     logger = get_run_logger()
     with flow_settings(base_url=base_url, requests_per_second=requests_per_second,
@@ -89,7 +91,8 @@ def audiobook(
         key=artifact_key("audiobook", request.out_dir),
         table=[{"measure": name, "value": value} for name, value in (
             ("title", result.title), ("chapters", result.chapters), ("chunks", result.chunks),
-            ("chunks not done", len(result.missing)), ("skipped", "; ".join(result.skipped) or "-"),
+            ("chunks not done", len(result.missing)), ("chunks still bad after QC", len(result.qc_failed)),
+            ("skipped", "; ".join(result.skipped) or "-"),
             ("audio hours", round(result.audio_seconds / 3600, 4)), ("m4b", result.m4b or "-"),
             *((f"{name} (s)", value) for name, value in result.timings.items()),
             *(("QC", line) for line in (result.qc.lines() if result.qc else ())),
@@ -97,7 +100,7 @@ def audiobook(
         description=result.headline(),
     )
     logger.info(result.headline())
-    if not result.ok:
+    if not result.ok or result.qc_failed:
         raise AudiobookFailed(result)
     return result
 

@@ -24,7 +24,7 @@ from voxmill.book.dialogue import find_characters
 from voxmill.book.lexicon import resolve_lexicon
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, make_audiobook, slug
-from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
+from voxmill.book.qc import DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
 from voxmill.book.shared import count_to_send
 from voxmill.book.sources import BOOK_TYPES, read_book
 from voxmill.catalog import TTS_MODELS
@@ -91,6 +91,8 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
                         help="with --qc: regenerate chunks over the WER threshold up to N times (best take kept)")
     parser.add_argument("--qc-wer", type=float, default=DEFAULT_MAX_WER,
                         help=f"with --qc: the WER above which a chunk is retaken (default {DEFAULT_MAX_WER})")
+    parser.add_argument("--qc-run", type=int, default=DEFAULT_MAX_RUN,
+                        help=f"with --qc: this many wrong words in a row make a chunk bad (default {DEFAULT_MAX_RUN})")
     run = parser.add_argument_group("run")
     run.add_argument("--rps", type=float, help="requests per second (default VOXMILL_RPS: unlimited)")
     run.add_argument("--rpm", type=float, help="requests per minute (default VOXMILL_RPM: unlimited)")
@@ -169,7 +171,8 @@ def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> Audiobook
         lexicon_book=str(args.lexicon_book or entry.lexicon or "") or None,
         lexicon=str(args.lexicon) if args.lexicon else None,
         cast=str(args.cast) if args.cast and args.cast != _LIST_CAST else (str(entry.cast) if entry.cast else None),
-        qc=QcOptions(enabled=args.qc or args.retakes > 0, retakes=args.retakes, max_wer=args.qc_wer),
+        qc=QcOptions(enabled=args.qc or args.retakes > 0, retakes=args.retakes, max_wer=args.qc_wer,
+                     max_run=args.qc_run),
     )
 
 
@@ -285,7 +288,7 @@ def run_audiobook_command(args: argparse.Namespace) -> int:
                 print("\n".join(result.qc.lines()))
             if result.summary.stopped and "refused the key" in result.summary.stopped:
                 return EXIT_AUTH
-            failed += 0 if result.ok else 1
+            failed += 0 if result.ok and not result.qc_failed else 1
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 

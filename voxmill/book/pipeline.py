@@ -156,13 +156,21 @@ class AudiobookResult:
         """True when every chunk is done and the book was written."""
         return self.m4b is not None and not self.missing
 
+    @property
+    def qc_failed(self) -> tuple[str, ...]:
+        """Ids of chunks still bad after every retake (QC on); the book is written with their best takes."""
+        return tuple(item[0] for item in self.qc.failing) if self.qc else ()
+
     def headline(self) -> str:
         """One line for logs and the CLI."""
         if not self.ok:
             return (f"{self.title}: {len(self.missing)} of {self.chunks} chunks not done "
                     f"({self.summary.headline()}); the book was not assembled — rerun to retry them")
+        still_bad = (f"; {len(self.qc_failed)} chunks still bad after {self.qc.retakes} retakes "
+                     f"({', '.join(self.qc_failed[:5])}{'…' if len(self.qc_failed) > 5 else ''}): see qc.parquet"
+                     if self.qc_failed and self.qc else "")
         return (f"{self.title}: {self.chapters} chapters, {self.chunks} chunks, "
-                f"{self.audio_seconds / 3600:.2f} h → {self.m4b}")
+                f"{self.audio_seconds / 3600:.2f} h → {self.m4b}{still_bad}")
 
 
 def plan_book(request: AudiobookRequest) -> BookPlan:
@@ -251,8 +259,8 @@ def make_audiobook(
         if options.language is None and plan.book.language:  # "en-GB" → "en"
             options = dataclasses.replace(options, language=plan.book.language.split("-")[0].lower())
         say(f"{plan.book.title}: QC — transcribing {len(all_chunks)} chunks back")
-        qc, qc_summary = check_chunks(all_chunks, rows, out_dir=out_dir, model=request.model, params=request.params,
-                                      options=options, run=run)
+        qc, qc_summary = check_chunks(all_chunks, rows, out_dir=out_dir, options=options, run=run,
+                                      voice_of=lambda chunk: _model_params(plan.voice(chunk, request)))
         rows = {item_id: dict(check.row) for item_id, check in qc.items()}  # the best take of each chunk
         timings["qc_s"] = time.monotonic() - clock
     clock = time.monotonic()
@@ -266,13 +274,17 @@ def make_audiobook(
     clock = time.monotonic()
     m4b = _master(request, plan, assembled, out_dir)
     timings["mastering_s"] = time.monotonic() - clock
-    _write_tables(plan, assembled, rows, qc, out_dir)
+    _write_tables(plan, assembled, rows, qc, out_dir, request.qc)
     audio_seconds = sum(a.duration_s for a in assembled)
     timings["total_s"] = time.monotonic() - started
     result = AudiobookResult(m4b=str(m4b), audio_seconds=round(audio_seconds, 3), timings=_rounded(timings),
                              qc=qc_summary, **base)
     _write_summary(result, out_dir)
     return result
+
+
+def _model_params(voice: Voice) -> tuple[str, Mapping[str, Any]]:
+    return voice.model, voice.params
 
 
 def _manifest_table(plan: BookPlan, request: AudiobookRequest, chunks: list[Chunk]) -> pa.Table:
@@ -362,6 +374,7 @@ def _write_tables(
     rows: Mapping[str, Mapping[str, Any]],
     qc: Mapping[str, ChunkQc],
     out_dir: Path,
+    request_qc: QcOptions,
 ) -> None:
     """``chapters.parquet`` (every chapter, skipped ones included) and ``chunks.parquet`` (one row per chunk)."""
     by_index = {a.chapter: a for a in assembled}
@@ -390,6 +403,8 @@ def _write_tables(
                 "duration_s": round(placed.end_s - placed.start_s, 3), "generated_s": row["duration_s"],
                 "audio_path": str(Path(row["audio_path"]).relative_to(out_dir)),
                 "wer": qc[placed.chunk.item_id].wer if qc else None,
+                "longest_run": qc[placed.chunk.item_id].longest_run if qc else None,
+                "qc_bad": qc[placed.chunk.item_id].bad(request_qc) if qc else None,
                 "chars_per_s": round(len(placed.chunk.text) / row["duration_s"], 2) if row["duration_s"] else None,
                 "take": qc[placed.chunk.item_id].take if qc else 0,
                 "takes": qc[placed.chunk.item_id].takes if qc else 1,
