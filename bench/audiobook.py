@@ -12,11 +12,17 @@ the book is mostly pauses; ``--speech`` overwrites every chunk's WAV, after the 
 assembly, with a voiced stand-in as long as the chunk would be spoken (2.5 words/s): a ~13-hour book for
 120,000 words, to measure assembly and mastering at full length. The baseline is the requests phase
 (the ordinary engine job on the book's chunks); the table gives every phase's ratio to it.
+
+Mastering is then measured twice more on the same book folder (its chunks and assembled chapters reused,
+only mastering redone): the earlier whole-book path (one AAC stream for the book, loudness measured over the
+joined book) and today's chapter path (each chapter encoded once, in parallel, joined by stream copy), in
+that order, in the same run; the second table gives the chapter path's ratio to the whole-book one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -118,6 +124,10 @@ def phase_book(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     result = make_audiobook(request, settings, run_chunks=run_chunks)
     wall = time.monotonic() - started
+    mastering = {}
+    for path in ("whole-book", "chapters"):  # the same folder again: only mastering is redone
+        again = make_audiobook(dataclasses.replace(request, mastering=path), settings, run_chunks=run_chunks)
+        mastering[path] = again.timings["mastering_s"]
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     timings = dict(result.timings)
@@ -125,7 +135,9 @@ def phase_book(args: argparse.Namespace) -> dict:
     timings["total_s"] = round(timings["total_s"] - stand_in["s"], 3)
     return {"ok": result.ok, "chapters": result.chapters, "chunks": result.chunks, **timings,
             "audio_hours": round(result.audio_seconds / 3600, 3), "wall_s": round(wall, 2),
-            "peak_rss_mb": round(own, 1), "peak_child_rss_mb": round(kids, 1), "stand_in_s": round(stand_in["s"], 2)}
+            "peak_rss_mb": round(own, 1), "peak_child_rss_mb": round(kids, 1), "stand_in_s": round(stand_in["s"], 2),
+            "mastering_whole_book_s": mastering["whole-book"], "mastering_chapters_s": mastering["chapters"],
+            "cpus": os.cpu_count()}
 
 
 def main() -> None:
@@ -179,6 +191,12 @@ def main() -> None:
     print(f"{'requests per second':<28} {report['chunks'] / baseline:>9.1f}")
     if args.speech:
         print(f"{'writing stand-ins (excluded)':<28} {report['stand_in_s']:>9.2f}")
+    before, after = report["mastering_whole_book_s"], report["mastering_chapters_s"]
+    print(f"\nmastering the same {report['audio_hours']} h ({report['cpus']} CPUs): before (whole book, one AAC "
+          "stream) and after (chapters in parallel, joined by stream copy)")
+    print(f"{'mastering path':<28} {'seconds':>9} {'× before':>11}")
+    print(f"{'before: whole-book':<28} {before:>9.2f} {1.0:>11.2f}")
+    print(f"{'after: chapters':<28} {after:>9.2f} {after / before:>11.2f}")
     print(f"{'peak RSS, book process':<28} {report['peak_rss_mb']:>7.0f} MB")
     print(f"{'peak RSS, largest child':<28} {report['peak_child_rss_mb']:>7.0f} MB")
 

@@ -69,7 +69,8 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="model parameter (repeatable; JSON values allowed)")
     parser.add_argument("--format", default="m4b", choices=CHAPTER_FORMATS, dest="chapter_format",
-                        help="per-chapter files (default m4b); the whole book is always an .m4b")
+                        help="per-chapter files (default m4b); the whole book is always an .m4b; epub: a read-along "
+                             "EPUB 3 (text synchronised with the audio per sentence) beside it, m4a chapters")
     parser.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS_LUFS,
                         help=f"integrated loudness of the book in LUFS, or 'off' (default {DEFAULT_LOUDNESS_LUFS})")
     parser.add_argument("--true-peak", type=float, default=DEFAULT_TRUE_PEAK_DB,
