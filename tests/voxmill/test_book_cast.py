@@ -5,6 +5,7 @@ measuring them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -120,3 +121,20 @@ def test_each_voice_comes_back_with_its_own_measurable_timbre(real_server, tmp_p
     measured = {role: float(np.median(values)) for role, values in shifts.items()}
     expected = {"Tom": -3, "narrator": 0, "dialogue": 3, "Mara": 6}  # Eric, default, Sohee, Vivian
     assert all(abs(measured[role] - semitones) <= 1.0 for role, semitones in expected.items()), measured
+
+
+def test_the_example_cast_and_lexicon_in_manifests_load(tmp_path, capsys):
+    from voxmill.book.lexicon import resolve_lexicon
+    from voxmill.book.pipeline import plan_book
+
+    manifests = Path(__file__).resolve().parents[2] / "manifests"
+    book = manifests / "example_dialogue.md"
+    plan = plan_book(AudiobookRequest(book=str(book), out_dir=tmp_path, model="qwen3-tts",
+                                      cast=str(manifests / "example_dialogue.cast.toml")))
+    assert plan.lexicon.describe() == "3 entries (example_dialogue.lexicon.toml 3)"  # found next to the book
+    roles = {c.role for chunks in plan.chunks.values() for c in chunks}
+    assert roles == {"narrator", "dialogue", "Mara", "Tom"}
+    assert any("SKERR-eez" in (c.spoken or "") for chunks in plan.chunks.values() for c in chunks)
+    assert resolve_lexicon(book, None, None).apply("a steady 12 kn breeze") == "a steady 12 knots breeze"
+    assert main(["audiobook", str(book), "--cast"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:5]] == ["Mara", "Tom", "Ben"]
