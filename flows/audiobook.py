@@ -13,7 +13,7 @@ from tasks.params import LocalEngine, RunnerKind, TtsModel
 from tasks.settings import flow_settings
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, AudiobookResult, make_audiobook
-from voxmill.book.qc import DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
+from voxmill.book.qc import DEFAULT_MAX_DRIFT, DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
 from voxmill.jobs import JobFailed, JobRequest, RunSummary
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
@@ -54,6 +54,7 @@ def audiobook(
     retakes: int = 0,
     qc_max_wer: float = DEFAULT_MAX_WER,
     qc_max_run: int = DEFAULT_MAX_RUN,
+    qc_max_drift: float | None = DEFAULT_MAX_DRIFT,
     requests_per_second: float | None = None,
     requests_per_minute: float | None = None,
     max_concurrent: int | None = None,
@@ -79,7 +80,8 @@ def audiobook(
         loudness_lufs=loudness_lufs, true_peak_db=true_peak_db, bitrate=bitrate, chapters=chapters,
         exclude=exclude, title=title, author=author, workers=workers, cast=cast, lexicon=lexicon,
         lexicon_book=lexicon_book,
-        qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer, max_run=qc_max_run),
+        qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer, max_run=qc_max_run,
+                     max_drift=qc_max_drift),
     )
     logger = get_run_logger()
     with flow_settings(base_url=base_url, requests_per_second=requests_per_second,

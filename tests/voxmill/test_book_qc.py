@@ -78,3 +78,22 @@ def test_chunks_still_bad_after_the_retakes_fail_the_run(real_server, tmp_path, 
     assert "1 chunks still bad after 1 retakes" in out
     rows = pq.read_table(tmp_path / "out" / "island" / "chunks.parquet").to_pylist()
     assert [r["qc_bad"] for r in rows].count(True) == 1
+
+
+@pytest.mark.engines
+def test_a_swapped_voice_is_found_by_its_pitch_and_retaken(real_server, tmp_path):
+    book = write_epub(tmp_path / "island.epub")
+    # words are not judged here (whisper tiny hears "harbor", "layer"…): only the voice
+    request = AudiobookRequest(book=str(book), out_dir=tmp_path / "out", model="chatterbox", chapters="3-6",
+                               loudness_lufs=None, qc=QcOptions(enabled=True, retakes=1, max_wer=1.0, max_run=99))
+    with real_server.faults(garble_text="compass", garble_mode="voice", garble_first_n=1):
+        result = make_audiobook(request, _settings(real_server))
+    assert result.ok and not result.qc_failed, result.headline()
+    takes = pq.read_table(tmp_path / "out" / "qc.parquet").to_pylist()
+    first = {t["id"]: t for t in takes if t["take"] == 0}
+    chunks = pq.read_table(tmp_path / "out" / "chunks.parquet").to_pylist()
+    swapped = [c["id"] for c in chunks if "compass" in c["text"]]
+    assert len(swapped) == 1 and first[swapped[0]]["drift_semitones"] > 9  # an octave up, measured
+    assert all(abs(t["drift_semitones"]) < 6 for i, t in first.items() if i not in swapped), first
+    retaken = [t for t in takes if t["take"] == 1]
+    assert [t["id"] for t in retaken] == swapped and abs(retaken[0]["drift_semitones"]) < 6 and retaken[0]["kept"]

@@ -24,7 +24,7 @@ from voxmill.book.dialogue import find_characters
 from voxmill.book.lexicon import resolve_lexicon
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, make_audiobook, slug
-from voxmill.book.qc import DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
+from voxmill.book.qc import DEFAULT_MAX_DRIFT, DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
 from voxmill.book.shared import count_to_send
 from voxmill.book.sources import BOOK_TYPES, read_book
 from voxmill.catalog import TTS_MODELS
@@ -92,6 +92,9 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
                         help="with --qc: regenerate chunks over the WER threshold up to N times (best take kept)")
     parser.add_argument("--qc-wer", type=float, default=DEFAULT_MAX_WER,
                         help=f"with --qc: the WER above which a chunk is retaken (default {DEFAULT_MAX_WER})")
+    parser.add_argument("--qc-drift", type=_drift, default=DEFAULT_MAX_DRIFT, metavar="SEMITONES",
+                        help=f"with --qc: a take whose pitch is this far from its chapter's voice is retaken, or "
+                             f"'off' (default {DEFAULT_MAX_DRIFT})")
     parser.add_argument("--qc-run", type=int, default=DEFAULT_MAX_RUN,
                         help=f"with --qc: this many wrong words in a row make a chunk bad (default {DEFAULT_MAX_RUN})")
     run = parser.add_argument_group("run")
@@ -105,6 +108,15 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
                      help="local server engines: real (piper/whisper) or null (instant silence, for plumbing)")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
     parser.set_defaults(handler=run_audiobook_command)
+
+
+def _drift(value: str) -> float | None:
+    if value.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of semitones (e.g. 6) or 'off'") from None
 
 
 def _loudness(value: str) -> float | None:
@@ -173,7 +185,7 @@ def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> Audiobook
         lexicon=str(args.lexicon) if args.lexicon else None,
         cast=str(args.cast) if args.cast and args.cast != _LIST_CAST else (str(entry.cast) if entry.cast else None),
         qc=QcOptions(enabled=args.qc or args.retakes > 0, retakes=args.retakes, max_wer=args.qc_wer,
-                     max_run=args.qc_run),
+                     max_run=args.qc_run, max_drift=args.qc_drift),
     )
 
 

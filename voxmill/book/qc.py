@@ -9,12 +9,19 @@ own voice, varying the sampling where the model has any: ``seed = N`` (chatterbo
 temperature (higgs2p5); qwen3-tts takes neither, so its retake is the same request again. The same take
 number gives the same key on a rerun, so a rerun resumes instead of paying again. The best take is kept:
 good before bad, then the shorter run, then the lower WER, then the earlier take.
+
+Voice drift: each take's median pitch (:mod:`voxmill.book.voiceprint`) is compared with the median of its
+group — the chunks of its chapter read by the same voice, or of the whole book when the chapter has fewer
+than ``DRIFT_GROUP`` — and a take more than ``max_drift`` semitones away (a voice that changed, a swapped
+voice) is bad too, and retaken like any other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,7 @@ import pyarrow as pa
 from voxmill.audio.transcode import OutputSpec
 from voxmill.book.align import align
 from voxmill.book.model import Chunk
+from voxmill.book.voiceprint import semitones, voiceprint_file
 from voxmill.catalog import ASR_MODELS, get_model
 from voxmill.ledger import read_results, write_table
 from voxmill.manifests import RunDefaults
@@ -36,6 +44,10 @@ QC_DIR = "qc"
 DEFAULT_MAX_WER = 0.15
 #: this many wrong words in a row make a take bad, whatever its WER
 DEFAULT_MAX_RUN = 4
+#: semitones from its group's median pitch that make a take's voice drifted (None: no drift check)
+DEFAULT_MAX_DRIFT = 6.0
+#: the fewest pitched takes a group needs for a median to compare with
+DRIFT_GROUP = 5
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ class QcOptions:
     retakes: int = 0
     max_wer: float = DEFAULT_MAX_WER
     max_run: int = DEFAULT_MAX_RUN
+    max_drift: float | None = DEFAULT_MAX_DRIFT
     #: the transcription language; None: the book's own (``dc:language``), else English
     language: str | None = None
 
@@ -65,14 +78,22 @@ class ChunkQc:
     worst_sentence: str | None = None
     worst_sentence_wer: float | None = None
     transcript: str | None = None
+    #: semitones from its group's median pitch (None: not measured)
+    drift: float | None = None
+
+    def drifted(self, options: QcOptions) -> bool:
+        """Whether the take's voice is further from its group's than ``max_drift`` semitones."""
+        return options.max_drift is not None and self.drift is not None and abs(self.drift) > options.max_drift
 
     def bad(self, options: QcOptions) -> bool:
-        """Not transcribed, over the WER threshold, or with too long a run of wrong words."""
-        return self.wer is None or self.wer > options.max_wer or (self.longest_run or 0) >= options.max_run
+        """Not transcribed, over the WER threshold, with too long a run of wrong words, or drifted."""
+        return (self.wer is None or self.wer > options.max_wer or (self.longest_run or 0) >= options.max_run
+                or self.drifted(options))
 
-    def rank(self, options: QcOptions) -> tuple[bool, int, float, int]:
+    def rank(self, options: QcOptions) -> tuple[bool, bool, int, float, int]:
         """Sort key of takes, best first (see the module docstring)."""
-        return (self.bad(options), self.longest_run if self.longest_run is not None else 1 << 30,
+        return (self.bad(options), self.drifted(options),
+                self.longest_run if self.longest_run is not None else 1 << 30,
                 self.wer if self.wer is not None else float("inf"), self.take)
 
 
@@ -181,6 +202,8 @@ def check_chunks(
     qc_dir = Path(out_dir) / QC_DIR
     transcripts = _transcribe(rows, texts, qc_dir / "asr-0", options, run)
     best = {i: _scored(i, row, 0, 1, texts[i], transcripts) for i, row in rows.items()}
+    medians = _group_medians(chunks, best) if options.max_drift is not None else {}
+    best = {i: _with_drift(q, medians.get(i)) for i, q in best.items()}
     records = [_record(i, 0, q) for i, q in best.items()]
     retakes = 0
     for take in range(1, options.retakes + 1):
@@ -205,7 +228,8 @@ def check_chunks(
             best[item_id] = previous
             if item_id not in take_rows:
                 continue
-            candidate = _scored(item_id, take_rows[item_id], take, previous.takes, texts[item_id], take_transcripts)
+            candidate = _with_drift(_scored(item_id, take_rows[item_id], take, previous.takes, texts[item_id],
+                                            take_transcripts), medians.get(item_id))
             records.append(_record(item_id, take, candidate))
             if candidate.rank(options) < previous.rank(options):
                 best[item_id] = candidate
@@ -215,7 +239,8 @@ def check_chunks(
         record["kept"] = (record["id"], record["take"]) in kept
     write_table(pa.Table.from_pylist(records), Path(out_dir) / "qc.parquet")
     scored = sorted(((i, q.wer) for i, q in best.items() if q.wer is not None), key=lambda p: -p[1])
-    failing = tuple((i, q.wer, q.longest_run, q.run_text or "") for i, q in sorted(best.items()) if q.bad(options))
+    failing = tuple((i, q.wer, q.longest_run, (f"voice {q.drift:+.1f} semitones off; " if q.drifted(options) else "")
+                     + (q.run_text or "")) for i, q in sorted(best.items()) if q.bad(options))
     summary = QcSummary(
         checked=len(scored),
         mean_wer=round(sum(w for _, w in scored) / len(scored), 4) if scored else float("nan"),
@@ -229,6 +254,33 @@ def check_chunks(
     return best, summary
 
 
+def _group_medians(chunks: Sequence[Chunk], takes: Mapping[str, ChunkQc]) -> dict[str, float]:
+    """Each chunk's reference pitch: the median of its chapter's takes in its voice, else of the book's."""
+    pitch = {i: voiceprint_file(Path(q.row["audio_path"])).pitch_hz for i, q in takes.items()}
+    by_chapter: dict[tuple[int, str | None], list[float]] = {}
+    by_book: dict[str | None, list[float]] = {}
+    for chunk in chunks:
+        value = pitch.get(chunk.item_id, math.nan)
+        if not math.isnan(value):
+            by_chapter.setdefault((chunk.chapter, chunk.role), []).append(value)
+            by_book.setdefault(chunk.role, []).append(value)
+    medians: dict[str, float] = {}
+    for chunk in chunks:
+        group = by_chapter.get((chunk.chapter, chunk.role), [])
+        if len(group) < DRIFT_GROUP:
+            group = by_book.get(chunk.role, [])
+        if len(group) >= DRIFT_GROUP:
+            medians[chunk.item_id] = statistics.median(group)
+    return medians
+
+
+def _with_drift(qc: ChunkQc, median: float | None) -> ChunkQc:
+    if median is None:
+        return qc
+    drift = semitones(voiceprint_file(Path(qc.row["audio_path"])).pitch_hz, median)
+    return dataclasses.replace(qc, drift=None if math.isnan(drift) else round(drift, 2))
+
+
 def _rate(text: str, row: Mapping[str, Any]) -> float | None:
     duration = row.get("duration_s")
     return round(len(text) / duration, 2) if duration else None
@@ -237,7 +289,8 @@ def _rate(text: str, row: Mapping[str, Any]) -> float | None:
 def _record(item_id: str, take: int, qc: ChunkQc) -> dict[str, Any]:
     return {"id": item_id, "take": take, "wer": qc.wer, "longest_run": qc.longest_run, "run_text": qc.run_text,
             "worst_sentence": qc.worst_sentence, "worst_sentence_wer": qc.worst_sentence_wer,
-            "transcript": qc.transcript, "chars_per_s": qc.chars_per_s, "audio_path": qc.row["audio_path"],
+            "transcript": qc.transcript, "drift_semitones": qc.drift, "chars_per_s": qc.chars_per_s,
+            "audio_path": qc.row["audio_path"],
             "key": qc.row["key"]}
 
 
@@ -255,5 +308,5 @@ def describe_book(out_dir: Path) -> list[str]:
     return lines
 
 
-__all__ = ["DEFAULT_MAX_RUN", "DEFAULT_MAX_WER", "ChunkQc", "QcOptions", "QcSummary", "check_chunks", "describe_book",
-           "done_rows", "retake_params"]
+__all__ = ["DEFAULT_MAX_DRIFT", "DEFAULT_MAX_RUN", "DEFAULT_MAX_WER", "ChunkQc", "QcOptions", "QcSummary",
+           "check_chunks", "describe_book", "done_rows", "retake_params"]

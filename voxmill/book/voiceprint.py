@@ -8,7 +8,9 @@ over frames loud enough to be speech; numpy only.
 from __future__ import annotations
 
 import math
+import wave
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -69,4 +71,26 @@ def voiceprint(samples: np.ndarray, rate: int) -> VoicePrint:
                       float(np.median(centroids)) if centroids else math.nan)
 
 
-__all__ = ["VoicePrint", "voiceprint"]
+def voiceprint_file(path: Path) -> VoicePrint:
+    """The print of an audio file: 16-bit PCM WAV read directly, anything else decoded by ffmpeg."""
+    try:
+        with wave.open(str(path), "rb") as reader:
+            if reader.getsampwidth() == 2:
+                frames = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
+                channels = reader.getnchannels()
+                return voiceprint(frames[::channels] if channels > 1 else frames, reader.getframerate())
+    except (wave.Error, EOFError):
+        pass
+    from voxmill.audio.measure import decode_float32
+
+    return voiceprint(decode_float32(Path(path), sample_rate=24000, channels=1)[:, 0], 24000)
+
+
+def semitones(pitch_hz: float, reference_hz: float) -> float:
+    """How far ``pitch_hz`` is from ``reference_hz``, in semitones (NaN when either is unknown)."""
+    if math.isnan(pitch_hz) or math.isnan(reference_hz) or pitch_hz <= 0 or reference_hz <= 0:
+        return math.nan
+    return 12 * math.log2(pitch_hz / reference_hz)
+
+
+__all__ = ["VoicePrint", "semitones", "voiceprint", "voiceprint_file"]

@@ -22,6 +22,7 @@ Differences from the hosted API, on purpose:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -210,14 +211,17 @@ class _Service:
         """24 kHz int16 samples (an empty result counted in the stats); None from the null engine (precomputed).
 
         The voice named in ``params`` sets the pitch and ``seed``/``temperature`` vary the take (:class:`Style`);
-        the ``garble_text`` fault garbles the middle of matching texts' first takes."""
+        the ``garble_text`` fault garbles the middle of matching texts' first takes, or swaps their voice."""
         if self.tts is None:
             return None
         tts, style = self.tts, Style.from_params(params or {})
+        garbled = self.faults.garbles(text)
+        if garbled and self.faults.config.garble_mode == "voice":
+            style = dataclasses.replace(style, pitch=style.pitch * 2.0)
         samples = await self.in_thread(lambda: tts.synthesize(text, speed, style))
         if samples.size == 0:
             self.stats.record_empty_audio()
-        elif self.faults.garbles(text):
+        elif garbled and self.faults.config.garble_mode == "reverse":
             samples = garble(samples)
         return samples
 

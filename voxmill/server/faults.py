@@ -57,6 +57,8 @@ class FaultConfig:
     #: takes: a QC fault that a whole-chunk check may miss
     garble_text: str = ""
     garble_first_n: int = 1
+    #: how: ``reverse`` (the middle half played backwards) or ``voice`` (the take an octave up: a swapped voice)
+    garble_mode: str = "reverse"
     #: seed of the fault RNG (None: random)
     seed: int | None = None
 
@@ -104,7 +106,9 @@ def _coerce(key: str, value: Any) -> Any:
         if key in ("rate_limit_rps", "rate_limit_burst", "seed"):
             return None
         raise ConfigError(f"fault {key!r} cannot be null")
-    if key == "garble_text":
+    if key in ("garble_text", "garble_mode"):
+        if key == "garble_mode" and value not in ("reverse", "voice"):
+            raise ConfigError(f"fault garble_mode must be 'reverse' or 'voice', got {value!r}")
         return str(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"fault {key!r} must be a number, got {value!r}")
