@@ -35,6 +35,10 @@ from voxmill.audio.transcode import atomic_output, write_bytes_atomic
 DEFAULT_LOUDNESS_LUFS = -18.0
 DEFAULT_TRUE_PEAK_DB = -3.0
 DEFAULT_BITRATE = "64k"
+#: ffmpeg's AAC coders: ``fast`` (the chapter path's default: ~35% less CPU than ``twoloop``, ffmpeg's own
+#: default; on piper speech at 64 kb/s mono its SNR measured higher, 31 vs 25 dB) or ``twoloop``
+AAC_CODERS = ("fast", "twoloop")
+DEFAULT_AAC_CODER = "fast"
 #: samples per AAC frame, and the encoder's priming (one frame of silence at the start of every stream)
 AAC_FRAME = 1024
 AAC_PRIMING = 1024
@@ -218,11 +222,11 @@ def chapters_loudness_filter(
 
 
 def encode_chapter(chapter_wav: Path, target: Path, samples: int, *, filters: str | None, sample_rate: int,
-                   bitrate: str = DEFAULT_BITRATE) -> Path:
+                   bitrate: str = DEFAULT_BITRATE, coder: str = DEFAULT_AAC_CODER) -> Path:
     """One chapter to AAC (mp4), padded with silence to whole frames (see the module docstring)."""
     chain = ",".join(f for f in (filters, f"apad=whole_len={padded_frames(samples)}") if f)
     args = ["-i", str(chapter_wav), "-vn", "-map_metadata", "-1", "-af", chain, "-ar", str(sample_rate), "-ac", "1",
-            "-c:a", "aac", "-b:a", bitrate]
+            "-c:a", "aac", "-aac_coder", coder, "-b:a", bitrate]
     with atomic_output(target) as temp:
         run_tool(ffmpeg_command(*args, "-f", "ipod", str(temp)), what=f"could not encode {target.name}")
     return target
@@ -230,11 +234,11 @@ def encode_chapter(chapter_wav: Path, target: Path, samples: int, *, filters: st
 
 def encode_chapters(chapter_wavs: Sequence[Path], targets: Sequence[Path], samples: Sequence[int], *,
                     filters: str | None, sample_rate: int, bitrate: str = DEFAULT_BITRATE,
-                    workers: int | None = None) -> list[Path]:
+                    coder: str = DEFAULT_AAC_CODER, workers: int | None = None) -> list[Path]:
     """:func:`encode_chapter` for every chapter, in parallel (one ffmpeg per core)."""
     jobs = list(zip(chapter_wavs, targets, samples, strict=True))
     return parallel_map(lambda job: encode_chapter(job[0], job[1], job[2], filters=filters, sample_rate=sample_rate,
-                                                   bitrate=bitrate), jobs, workers)
+                                                   bitrate=bitrate, coder=coder), jobs, workers)
 
 
 def join_chapters(encoded: Sequence[Path], target: Path, *, tags: Mapping[str, str | None],
@@ -307,7 +311,7 @@ def write_chapter_file(
     return target
 
 
-__all__ = ["AAC_FRAME", "AAC_PRIMING", "DEFAULT_BITRATE", "DEFAULT_LOUDNESS_LUFS", "DEFAULT_TRUE_PEAK_DB",
-           "ChapterMark", "book_loudness_filter", "chapter_span", "chapters_loudness_filter", "combined_loudness",
-           "concat_list", "cut_chapter", "encode_chapter", "encode_chapters", "ffmetadata", "join_chapters",
-           "join_wavs", "padded_frames", "parallel_map", "retag", "write_chapter_file", "write_m4b"]
+__all__ = ["AAC_CODERS", "AAC_FRAME", "AAC_PRIMING", "DEFAULT_AAC_CODER", "DEFAULT_BITRATE", "DEFAULT_LOUDNESS_LUFS",
+           "DEFAULT_TRUE_PEAK_DB", "ChapterMark", "book_loudness_filter", "chapter_span", "chapters_loudness_filter",
+           "combined_loudness", "concat_list", "cut_chapter", "encode_chapter", "encode_chapters", "ffmetadata",
+           "join_chapters", "join_wavs", "padded_frames", "parallel_map", "retag", "write_chapter_file", "write_m4b"]

@@ -34,7 +34,9 @@ from voxmill.book.chapters import select_chapters
 from voxmill.book.chunking import ChunkLimits, chunk_chapter
 from voxmill.book.lexicon import Lexicon, resolve_lexicon
 from voxmill.book.m4b import (
+    AAC_CODERS,
     AAC_PRIMING,
+    DEFAULT_AAC_CODER,
     DEFAULT_BITRATE,
     DEFAULT_LOUDNESS_LUFS,
     DEFAULT_TRUE_PEAK_DB,
@@ -110,6 +112,8 @@ class AudiobookRequest:
     #: ``chapters``: each chapter encoded once, in parallel, joined by stream copy; ``whole-book``: the book
     #: encoded as one stream (the earlier path, kept as the benchmark's baseline)
     mastering: str = "chapters"
+    #: the chapter path's AAC coder (:data:`voxmill.book.m4b.AAC_CODERS`)
+    aac_coder: str = DEFAULT_AAC_CODER
 
     @property
     def audio_format(self) -> str:
@@ -123,6 +127,8 @@ class AudiobookRequest:
             raise ConfigError(f"chapter format {self.chapter_format!r}: choose one of {', '.join(CHAPTER_FORMATS)}")
         if self.mastering not in ("chapters", "whole-book"):
             raise ConfigError(f"mastering {self.mastering!r}: choose 'chapters' or 'whole-book'")
+        if self.aac_coder not in AAC_CODERS:
+            raise ConfigError(f"AAC coder {self.aac_coder!r}: choose one of {', '.join(AAC_CODERS)}")
         OutputSpec(format=self.audio_format, loudness_lufs=self.loudness_lufs, true_peak_db=self.true_peak_db,
                    bitrate=self.bitrate)  # the same checks as any output
 
@@ -390,7 +396,8 @@ def _master(request: AudiobookRequest, plan: BookPlan, assembled: list[ChapterAu
     filters = chapters_loudness_filter([a.path for a in assembled], [a.duration_s for a in assembled],
                                        request.loudness_lufs, request.true_peak_db, rate)
     encoded = encode_chapters([a.path for a in assembled], [work / f"ch{a.chapter:03d}.m4a" for a in assembled],
-                              samples, filters=filters, sample_rate=rate, bitrate=request.bitrate)
+                              samples, filters=filters, sample_rate=rate, bitrate=request.bitrate,
+                              coder=request.aac_coder)
     marks, cursor = [], 0
     for chapter, count in zip(plan.selected, samples, strict=True):
         marks.append(ChapterMark(chapter.title, cursor / rate, (cursor + chapter_span(count)) / rate))
