@@ -48,6 +48,7 @@ def _clips(archive: zipfile.ZipFile, number: int) -> list[tuple[float, float]]:
     return [(_seconds(b), _seconds(e)) for b, e in re.findall(r'clipBegin="([^"]+)" clipEnd="([^"]+)"', smil)]
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(_epubcheck() is None, reason="epubcheck is not installed (make system-deps)")
 def test_readalong_epub_passes_epubcheck(null_server, tmp_path):
     result, out, epub = _make(null_server, tmp_path)
