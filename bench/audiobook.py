@@ -12,11 +12,18 @@ the book is mostly pauses; ``--speech`` overwrites every chunk's WAV, after the 
 assembly, with a voiced stand-in as long as the chunk would be spoken (2.5 words/s): a ~13-hour book for
 120,000 words, to measure assembly and mastering at full length. The baseline is the requests phase
 (the ordinary engine job on the book's chunks); the table gives every phase's ratio to it.
+
+Mastering is then measured twice more on the same book folder (its chunks and assembled chapters reused,
+only mastering redone): the earlier whole-book path (one AAC stream for the book, loudness measured over the
+joined book, ffmpeg's default ``twoloop`` AAC coder) and today's chapter path (each chapter encoded once, in
+parallel, joined by stream copy) with the ``twoloop`` coder and with the default ``fast`` coder, in that order,
+in the same run; the second table gives each one's ratio to the whole-book path.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -92,6 +99,12 @@ def speech_stand_ins(out_dir: Path, texts: dict[str, str]) -> float:
     return total
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children: the ffmpeg processes of mastering."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def phase_book(args: argparse.Namespace) -> dict:
     """Run one book in this process and report what it cost."""
     import pyarrow.parquet as pq
@@ -118,6 +131,17 @@ def phase_book(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     result = make_audiobook(request, settings, run_chunks=run_chunks)
     wall = time.monotonic() - started
+    first_stand_in = stand_in["s"]
+    mastering = {}
+    for name, changes in (("whole-book", {"mastering": "whole-book"}),
+                          ("chapters-twoloop", {"mastering": "chapters", "aac_coder": "twoloop"}),
+                          ("chapters", {"mastering": "chapters", "aac_coder": "fast"})):
+        # the same folder again: chunks and assembled chapters are reused, only mastering is redone
+        cpu_before = _children_cpu()
+        again = make_audiobook(dataclasses.replace(request, **changes), settings, run_chunks=run_chunks)
+        mastering[name] = again.timings["mastering_s"]
+        mastering[f"{name}-cpu"] = round(_children_cpu() - cpu_before, 2)
+    stand_in["s"] = first_stand_in
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     timings = dict(result.timings)
@@ -125,7 +149,11 @@ def phase_book(args: argparse.Namespace) -> dict:
     timings["total_s"] = round(timings["total_s"] - stand_in["s"], 3)
     return {"ok": result.ok, "chapters": result.chapters, "chunks": result.chunks, **timings,
             "audio_hours": round(result.audio_seconds / 3600, 3), "wall_s": round(wall, 2),
-            "peak_rss_mb": round(own, 1), "peak_child_rss_mb": round(kids, 1), "stand_in_s": round(stand_in["s"], 2)}
+            "peak_rss_mb": round(own, 1), "peak_child_rss_mb": round(kids, 1), "stand_in_s": round(stand_in["s"], 2),
+            "mastering_whole_book_s": mastering["whole-book"], "mastering_chapters_s": mastering["chapters"],
+            "mastering_chapters_twoloop_s": mastering["chapters-twoloop"],
+            "cpu": {name: mastering[f"{name}-cpu"] for name in ("whole-book", "chapters-twoloop", "chapters")},
+            "cpus": os.cpu_count()}
 
 
 def main() -> None:
@@ -179,6 +207,18 @@ def main() -> None:
     print(f"{'requests per second':<28} {report['chunks'] / baseline:>9.1f}")
     if args.speech:
         print(f"{'writing stand-ins (excluded)':<28} {report['stand_in_s']:>9.2f}")
+    before, after = report["mastering_whole_book_s"], report["mastering_chapters_s"]
+    print(f"\nmastering the same {report['audio_hours']} h ({report['cpus']} CPUs): before (whole book, one AAC "
+          "stream, ffmpeg's default twoloop coder) and after (chapters encoded in parallel, joined by stream copy)")
+    twoloop = report["mastering_chapters_twoloop_s"]
+    cpu = report["cpu"]
+    print("wall seconds depend on what else the machine runs; ffmpeg CPU seconds do not (much), and an idle machine")
+    print("runs the chapter path's ffmpeg processes on every core at once")
+    print(f"{'mastering path':<28} {'wall s':>9} {'× before':>9} {'ffmpeg CPU s':>13} {'× before':>9}")
+    for label, wall, used in (("before: whole-book", before, cpu["whole-book"]),
+                              ("chapters, twoloop coder", twoloop, cpu["chapters-twoloop"]),
+                              ("after: chapters, fast coder", after, cpu["chapters"])):
+        print(f"{label:<28} {wall:>9.2f} {wall / before:>9.2f} {used:>13.2f} {used / cpu['whole-book']:>9.2f}")
     print(f"{'peak RSS, book process':<28} {report['peak_rss_mb']:>7.0f} MB")
     print(f"{'peak RSS, largest child':<28} {report['peak_child_rss_mb']:>7.0f} MB")
 

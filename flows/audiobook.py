@@ -13,7 +13,7 @@ from tasks.params import TtsModel
 from tasks.settings import flow_settings
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, AudiobookResult, make_audiobook
-from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
+from voxmill.book.qc import DEFAULT_MAX_DRIFT, DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
 from voxmill.jobs import JobFailed, JobRequest, RunSummary
 from voxmill.options import DEFAULT_OPTIONS, RunnerKind, RunOptions
 from voxmill.settings import Settings
@@ -22,7 +22,8 @@ ChapterFormat = Literal[CHAPTER_FORMATS]  # type: ignore[valid-type]
 
 
 class AudiobookFailed(Exception):
-    """Some chunks of the book are not done, so it was not assembled; ``result`` holds the counts."""
+    """Some chunks of the book are not done (it was not assembled), or are still bad after every QC retake
+    (it was assembled with their best takes); ``result`` holds the counts and the chunks."""
 
     def __init__(self, result: AudiobookResult) -> None:
         super().__init__(result.headline())
@@ -46,23 +47,32 @@ def audiobook(
     exclude: str | None = None,
     title: str | None = None,
     author: str | None = None,
+    cast: str | None = None,
+    lexicon: str | None = None,
+    lexicon_book: str | None = None,
     qc: bool = False,
     retakes: int = 0,
     qc_max_wer: float = DEFAULT_MAX_WER,
+    qc_max_run: int = DEFAULT_MAX_RUN,
+    qc_max_drift: float | None = DEFAULT_MAX_DRIFT,
     options: RunOptions = DEFAULT_OPTIONS,
 ) -> AudiobookResult:
     """Speak ``book`` into ``out_dir``; every chunk goes through the batch engine as Prefect tasks.
 
-    Rerunning on the same ``out_dir`` sends only chunks whose text changed. ``qc`` transcribes every chunk
-    back; ``retakes`` regenerates chunks over ``qc_max_wer`` (every take billed and recorded, best kept).
+    Rerunning on the same ``out_dir`` sends only chunks whose text changed. ``cast`` (a TOML file) gives the
+    narrator, the dialogue and each character a voice; ``lexicon`` (global) and ``lexicon_book`` respell words
+    before chunks are keyed. ``qc`` transcribes every chunk back; ``retakes`` regenerates chunks over
+    ``qc_max_wer`` (every take billed and recorded, best kept).
     With no key and no Secret block a local server speaks it, labelled. Ends Failed (AudiobookFailed, with
     the counts) when a chunk failed: the book is then not assembled; rerun to retry.
     """
     request = AudiobookRequest(
         book=book, out_dir=Path(out_dir), model=model, params=params or {}, chapter_format=chapter_format,
         loudness_lufs=loudness_lufs, true_peak_db=true_peak_db, bitrate=bitrate, chapters=chapters,
-        exclude=exclude, title=title, author=author, workers=options.workers,
-        qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer),
+        exclude=exclude, title=title, author=author, workers=options.workers, cast=cast, lexicon=lexicon,
+        lexicon_book=lexicon_book,
+        qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer, max_run=qc_max_run,
+                     max_drift=qc_max_drift),
     )
     logger = get_run_logger()
     with flow_settings(options) as settings:
@@ -72,7 +82,8 @@ def audiobook(
         key=artifact_key("audiobook", request.out_dir),
         table=[{"measure": name, "value": value} for name, value in (
             ("title", result.title), ("chapters", result.chapters), ("chunks", result.chunks),
-            ("chunks not done", len(result.missing)), ("skipped", "; ".join(result.skipped) or "-"),
+            ("chunks not done", len(result.missing)), ("chunks still bad after QC", len(result.qc_failed)),
+            ("skipped", "; ".join(result.skipped) or "-"),
             ("audio hours", round(result.audio_seconds / 3600, 4)), ("m4b", result.m4b or "-"),
             *((f"{name} (s)", value) for name, value in result.timings.items()),
             *(("QC", line) for line in (result.qc.lines() if result.qc else ())),
@@ -80,7 +91,7 @@ def audiobook(
         description=result.headline(),
     )
     logger.info(result.headline())
-    if not result.ok:
+    if not result.ok or result.qc_failed:
         raise AudiobookFailed(result)
     return result
 

@@ -136,3 +136,89 @@ Rain had fallen all night over the `harbour`.
 
 At noon the postman arrived with a parcel from the _city_.
 """
+
+
+#: chapters of the coarse book: (heading as printed, its paragraphs); typographic forms vary on purpose
+COARSE_CHAPTERS = [
+    ("PREFACE", [PARAGRAPHS[0]]),
+    ("INTRODUCTION", [PARAGRAPHS[1]]),
+    ("CHAPTER I.", [PARAGRAPHS[2]]),
+    ("Chapter II — The Parcel", [PARAGRAPHS[3]]),
+    ("CHAPTER III", [PARAGRAPHS[4]]),
+    ("Chapter 4", [PARAGRAPHS[5]]),
+    ("CHAPTER FIVE. The Fog", ["The fog rolled in from the sea and covered the harbour until nightfall."]),
+    ("AFTERWORD", ["The island was never found again, though many sailed to look for it."]),
+]
+COARSE_LICENCE = [
+    "*** END OF THE PROJECT GUTENBERG EBOOK THE HARBOUR ***",
+    "Updated editions will replace the previous one. Creating the works from print editions not protected by "
+    "U.S. copyright law means that no one owns a United States copyright in these works.",
+    "START: FULL LICENSE",
+    "THE FULL PROJECT GUTENBERG LICENSE",
+    "To protect the Project Gutenberg mission of promoting the free distribution of electronic works, by using "
+    "or distributing this work you agree to comply with all the terms of the Full Project Gutenberg License.",
+]
+
+
+def write_coarse_epub(path: Path) -> Path:
+    """An EPUB like one built from a plain-text edition: a TOC of two entries. The first, titled after the
+    Project Gutenberg header, runs the header, a contents page, the preface, the introduction and chapters
+    I–III together; the second, "Chapter 4", runs chapters 4 and 5, the afterword and the licence."""
+    from ebooklib import epub
+
+    book = epub.EpubBook()
+    book.set_identifier("voxmill-coarse-book")
+    book.set_title("The Harbour")
+    book.set_language("en")
+    book.add_author("Ada Writer")
+
+    def body(chapters: list[tuple[str, list[str]]]) -> str:
+        parts = []
+        for heading, paragraphs in chapters:
+            tag = "h2" if heading.isupper() else "p"  # some headings are marked up, some are plain lines
+            parts.append(f"<{tag}>{heading}</{tag}>" + "".join(f"<p>{p}</p>" for p in paragraphs))
+        return "".join(parts)
+
+    first = epub.EpubHtml(title="Header", file_name="part1.xhtml", lang="en")
+    first.content = (
+        "<html><body><p>The Project Gutenberg eBook of The Harbour, by Ada Writer</p>"
+        "<p>This ebook is for the use of anyone anywhere at no cost and with almost no restrictions.</p>"
+        "<p>*** START OF THE PROJECT GUTENBERG EBOOK THE HARBOUR ***</p>"
+        "<p>THE HARBOUR</p><p>by Ada Writer</p>"
+        "<h2>CONTENTS</h2><p>PREFACE</p><p>INTRODUCTION</p><p>CHAPTER I. The Keeper</p>"
+        "<p>CHAPTER II. The Parcel</p><p>CHAPTER III. The Map</p>"
+        f"{body(COARSE_CHAPTERS[:5])}</body></html>"
+    )
+    second = epub.EpubHtml(title="Chapter 4", file_name="part2.xhtml", lang="en")
+    second.content = (f"<html><body>{body(COARSE_CHAPTERS[5:])}"
+                      + "".join(f"<p>{p}</p>" for p in COARSE_LICENCE) + "</body></html>")
+    for item in (first, second):
+        book.add_item(item)
+    book.toc = [epub.Link("part1.xhtml", "The Project Gutenberg eBook of The Harbour", "p1"),
+                epub.Link("part2.xhtml", "Chapter 4", "p2")]
+    book.add_item(epub.EpubNcx())
+    book.add_item(epub.EpubNav())
+    book.spine = [first, second]
+    epub.write_epub(str(path), book)
+    return path
+
+
+#: a conversation of three speakers (Mara, Tom, Ben) in narration, attributed in every way the rules know
+DIALOGUE_PARAGRAPHS = [
+    "The wind rose over the harbour as the light faded.",
+    "“The boats are late,” said Mara. “They should be back by now.”",
+    "“Give them an hour,” Tom replied.",
+    "“An hour is too long.”",
+    "“Then go and look for them, Mara.”",
+    "Ben came down the path with a lantern. He asked, “Is it the storm?”",
+    "Ben said: “I have seen worse nights than this one.”",
+    "“What did you see out there, Ben?” asked Tom.",
+    "Nobody answered for a while, and the waves kept breaking on the stones.",
+]
+
+
+def write_dialogue_md(path: Path) -> Path:
+    """A short Markdown story in which Mara, Tom and Ben talk."""
+    body = "\n\n".join(DIALOGUE_PARAGRAPHS)
+    path.write_text(f"---\ntitle: Three at the Harbour\nauthor: Ada Writer\n---\n\n# The Storm\n\n{body}\n")
+    return path

@@ -30,6 +30,12 @@ _SKIP_TYPES = {
     "toc": "contents", "index": "index", "copyright-page": "licence", "colophon": "colophon",
     "cover": "title page", "titlepage": "title page", "title-page": "title page", "halftitlepage": "title page",
 }
+#: words a licence or copyright page is made of (their density tells boilerplate from prose)
+_BOILERPLATE_WORDS = re.compile(r"project gutenberg|licen[cs]|copyright|trademark|redistribut|royalt|warrant|"
+                                r"all rights reserved|terms of use|permission|liabilit|donation|e-?book",
+                                re.IGNORECASE)
+#: a section titled like boilerplate but larger than this must also read like it to be skipped
+BOILERPLATE_MAX_WORDS = 1500
 _FOOTNOTE_MARK = re.compile(r"\[\d{1,3}\]")
 FRONT_MATTER = "front matter"
 
@@ -62,6 +68,22 @@ def skip_reason(title: str, kind: str | None) -> str | None:
     return None
 
 
+def reads_as_boilerplate(reason: str, paragraphs: Sequence[str]) -> bool:
+    """Whether text titled as ``reason`` (licence, contents, index) reads like it, judged by its words.
+
+    Small sections are trusted by their title. A large one must look the part: a licence dense in licence
+    words, a contents page or an index made of short lines. A title alone never skips a book's worth of prose.
+    """
+    words = sum(len(p.split()) for p in paragraphs)
+    if words <= BOILERPLATE_MAX_WORDS:
+        return True
+    if reason == "licence":
+        return len(_BOILERPLATE_WORDS.findall(" ".join(paragraphs))) * 150 >= words
+    if reason in ("contents", "index"):
+        return words / max(1, len(paragraphs)) <= 12
+    return True
+
+
 def number_chapters(sections: Iterable[Section]) -> tuple[Chapter, ...]:
     """Chapters numbered from 1, with normalised text; sections without any text are dropped."""
     chapters: list[Chapter] = []
@@ -76,9 +98,31 @@ def number_chapters(sections: Iterable[Section]) -> tuple[Chapter, ...]:
             title=title,
             text="\n\n".join(paragraphs),
             depth=section.depth,
-            skip_reason=skip_reason(title, section.kind),
+            skip_reason=_checked_reason(skip_reason(title, section.kind), paragraphs),
         ))
     return tuple(chapters)
+
+
+def _checked_reason(reason: str | None, paragraphs: Sequence[str]) -> str | None:
+    return reason if reason is None or reads_as_boilerplate(reason, paragraphs) else None
+
+
+#: a skipped chapter this long (in words, or as a share of the book) is worth a warning
+LARGE_SKIP_WORDS, LARGE_SKIP_SHARE = 1000, 0.10
+
+
+def large_skip_warnings(chapters: Sequence[Chapter], chosen: set[int]) -> list[str]:
+    """One line per chapter skipped by default that is large: what it is, how big, why, how to include it."""
+    total = sum(c.words for c in chapters) or 1
+    lines = []
+    for chapter in chapters:
+        if chapter.index in chosen or chapter.skip_reason is None:
+            continue
+        if chapter.words >= LARGE_SKIP_WORDS or chapter.words >= LARGE_SKIP_SHARE * total:
+            lines.append(f"warning: chapter {chapter.index} {chapter.title[:50]!r} ({chapter.words:,} words, "
+                         f"{chapter.words / total:.0%} of the book) is skipped as {chapter.skip_reason}; "
+                         f"include it with --chapters (e.g. --chapters {chapter.index},…)")
+    return lines
 
 
 def parse_indices(spec: str, count: int) -> list[int]:
@@ -113,5 +157,5 @@ def select_chapters(
     return chosen
 
 
-__all__ = ["FRONT_MATTER", "Section", "normalise_paragraph", "number_chapters", "parse_indices",
-           "select_chapters", "skip_reason"]
+__all__ = ["BOILERPLATE_MAX_WORDS", "FRONT_MATTER", "Section", "large_skip_warnings", "normalise_paragraph",
+           "number_chapters", "parse_indices", "reads_as_boilerplate", "select_chapters", "skip_reason"]

@@ -8,13 +8,24 @@ keep their relative levels.
 
 The m4b carries a chapter mark per chapter (an FFMETADATA file with ``[CHAPTER]`` blocks in
 milliseconds), the cover as an attached picture, and title/album/artist/composer (narrator) tags.
+
+Mastering encodes each chapter once, chapters in parallel (:func:`encode_chapters`), and joins the encoded
+chapters without re-encoding (:func:`join_chapters`). AAC frames hold 1024 samples and ffmpeg's encoder
+primes every stream with one frame of silence, which a stream copy keeps: each chapter is padded to whole
+frames, so in the book it spans exactly ``padded + 1024`` samples (:func:`chapter_span`) and its speech
+starts 1024 samples after its mark. The chapters' loudness is measured in parallel too and combined into
+the book's (:func:`chapters_loudness_filter`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from voxmill.audio.formats import audio_format
 from voxmill.audio.measure import ffmpeg_command, integrated_loudness_of, run_tool
@@ -24,6 +35,16 @@ from voxmill.audio.transcode import atomic_output, write_bytes_atomic
 DEFAULT_LOUDNESS_LUFS = -18.0
 DEFAULT_TRUE_PEAK_DB = -3.0
 DEFAULT_BITRATE = "64k"
+#: ffmpeg's AAC coders: ``fast`` (the chapter path's default: ~35% less CPU than ``twoloop``, ffmpeg's own
+#: default; on piper speech at 64 kb/s mono its SNR measured higher, 31 vs 25 dB) or ``twoloop``
+AAC_CODERS = ("fast", "twoloop")
+DEFAULT_AAC_CODER = "fast"
+#: samples per AAC frame, and the encoder's priming (one frame of silence at the start of every stream)
+AAC_FRAME = 1024
+AAC_PRIMING = 1024
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -141,6 +162,117 @@ def write_m4b(
     return target
 
 
+def parallel_map(work: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
+    """``work`` over ``items`` in threads (each runs an ffmpeg process, so they run on every core), in order."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(items) or 1))
+    if workers == 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="voxmill-master") as pool:
+        return list(pool.map(work, items))
+
+
+def padded_frames(samples: int) -> int:
+    """``samples`` rounded up to whole AAC frames."""
+    return math.ceil(samples / AAC_FRAME) * AAC_FRAME
+
+
+def chapter_span(samples: int) -> int:
+    """Samples a chapter of ``samples`` spans in the joined book: padded to whole frames, plus the priming."""
+    return padded_frames(samples) + AAC_PRIMING
+
+
+def combined_loudness(measures: Sequence[tuple[float | None, float]]) -> float | None:
+    """The loudness of chapters played in a row, from each one's (integrated LUFS, seconds): energy-weighted.
+
+    BS.1770 gates blocks against the whole programme; per-chapter gating differs from it by hundredths of a
+    LU for speech at an even level. None when every chapter is silent.
+    """
+    voiced = [(lufs, seconds) for lufs, seconds in measures if lufs is not None and seconds > 0]
+    if not voiced:
+        return None
+    energy = sum(seconds * 10 ** (lufs / 10) for lufs, seconds in voiced) / sum(s for _, s in voiced)
+    return 10 * math.log10(energy)
+
+
+def chapters_loudness_filter(
+    chapter_wavs: Sequence[Path], durations: Sequence[float], target_lufs: float | None, true_peak_db: float,
+    sample_rate: int, workers: int | None = None,
+) -> str | None:
+    """:func:`book_loudness_filter` over chapters measured in parallel: one gain for the whole book, then the
+    true-peak limiter, corrected through the limiter (at most three times, until within 0.2 LU)."""
+    if target_lufs is None:
+        return None
+
+    def book_loudness(filters: str | None) -> float | None:
+        found = parallel_map(lambda wav: integrated_loudness_of(wav, filters=filters), chapter_wavs, workers)
+        return combined_loudness(list(zip(found, durations, strict=True)))
+
+    measured = book_loudness(None)
+    if measured is None:
+        return None
+    ceiling = 10 ** ((true_peak_db - 1.0) / 20)
+    gain = target_lufs - measured
+    for _ in range(3):
+        limited = book_loudness(_gain_filter(gain, ceiling, sample_rate, oversample=1))
+        error = target_lufs - (limited if limited is not None else target_lufs)
+        if abs(error) < 0.2:
+            break
+        gain += error
+    return _gain_filter(gain, ceiling, sample_rate)
+
+
+def encode_chapter(chapter_wav: Path, target: Path, samples: int, *, filters: str | None, sample_rate: int,
+                   bitrate: str = DEFAULT_BITRATE, coder: str = DEFAULT_AAC_CODER) -> Path:
+    """One chapter to AAC (mp4), padded with silence to whole frames (see the module docstring)."""
+    chain = ",".join(f for f in (filters, f"apad=whole_len={padded_frames(samples)}") if f)
+    args = ["-i", str(chapter_wav), "-vn", "-map_metadata", "-1", "-af", chain, "-ar", str(sample_rate), "-ac", "1",
+            "-c:a", "aac", "-aac_coder", coder, "-b:a", bitrate]
+    with atomic_output(target) as temp:
+        run_tool(ffmpeg_command(*args, "-f", "ipod", str(temp)), what=f"could not encode {target.name}")
+    return target
+
+
+def encode_chapters(chapter_wavs: Sequence[Path], targets: Sequence[Path], samples: Sequence[int], *,
+                    filters: str | None, sample_rate: int, bitrate: str = DEFAULT_BITRATE,
+                    coder: str = DEFAULT_AAC_CODER, workers: int | None = None) -> list[Path]:
+    """:func:`encode_chapter` for every chapter, in parallel (one ffmpeg per core)."""
+    jobs = list(zip(chapter_wavs, targets, samples, strict=True))
+    return parallel_map(lambda job: encode_chapter(job[0], job[1], job[2], filters=filters, sample_rate=sample_rate,
+                                                   bitrate=bitrate, coder=coder), jobs, workers)
+
+
+def join_chapters(encoded: Sequence[Path], target: Path, *, tags: Mapping[str, str | None],
+                  marks: Sequence[ChapterMark], cover: Path | None) -> Path:
+    """The encoded chapters joined into an m4b by stream copy (no re-encode), with marks, tags and cover."""
+    listing = target.with_name(target.name + ".list")
+    metadata = target.with_name(target.name + ".ffmetadata")
+    write_bytes_atomic(listing, concat_list(encoded).encode())
+    write_bytes_atomic(metadata, ffmetadata(tags, marks).encode())
+    args = ["-f", "concat", "-safe", "0", "-i", str(listing), "-f", "ffmetadata", "-i", str(metadata)]
+    if cover is not None:
+        args += ["-i", str(cover)]
+    args += ["-map", "0:a", "-map_metadata", "1", "-map_chapters", "1", "-c:a", "copy"]
+    if cover is not None:
+        args += ["-map", "2:v", "-c:v", "copy", "-disposition:v:0", "attached_pic"]
+    with atomic_output(target) as temp:
+        run_tool(ffmpeg_command(*args, "-movflags", "+faststart", "-f", "ipod", str(temp)),
+                 what=f"could not join the chapters into {target.name}")
+    listing.unlink(missing_ok=True)
+    metadata.unlink(missing_ok=True)
+    return target
+
+
+def retag(source: Path, target: Path, *, tags: Mapping[str, str | None]) -> Path:
+    """A copy of an encoded chapter with its own track tags (stream copy)."""
+    args = ["-i", str(source), "-map", "0:a", "-map_metadata", "-1", "-c", "copy"]
+    for key, value in tags.items():
+        if value:
+            args += ["-metadata", f"{key}={value}"]
+    with atomic_output(target) as temp:
+        run_tool(ffmpeg_command(*args, "-f", "ipod", str(temp)), what=f"could not write {target.name}")
+    return target
+
+
 def cut_chapter(book_m4b: Path, target: Path, mark: ChapterMark, *, tags: Mapping[str, str | None]) -> Path:
     """A chapter cut out of the encoded book without re-encoding (AAC frames are copied; ±43 ms at 24 kHz)."""
     args = ["-ss", f"{mark.start_s:.3f}", "-to", f"{mark.end_s:.3f}", "-i", str(book_m4b), "-map", "0:a",
@@ -179,6 +311,7 @@ def write_chapter_file(
     return target
 
 
-__all__ = ["DEFAULT_BITRATE", "DEFAULT_LOUDNESS_LUFS", "DEFAULT_TRUE_PEAK_DB", "ChapterMark",
-           "book_loudness_filter", "concat_list", "cut_chapter", "ffmetadata", "join_wavs", "write_chapter_file",
-           "write_m4b"]
+__all__ = ["AAC_CODERS", "AAC_FRAME", "AAC_PRIMING", "DEFAULT_AAC_CODER", "DEFAULT_BITRATE", "DEFAULT_LOUDNESS_LUFS",
+           "DEFAULT_TRUE_PEAK_DB", "ChapterMark", "book_loudness_filter", "chapter_span", "chapters_loudness_filter",
+           "combined_loudness", "concat_list", "cut_chapter", "encode_chapter", "encode_chapters", "ffmetadata",
+           "join_chapters", "join_wavs", "padded_frames", "parallel_map", "retag", "write_chapter_file", "write_m4b"]

@@ -63,6 +63,15 @@ class Chunk:
     text: str
     #: whether the paragraph ends with this chunk (a longer pause follows)
     ends_paragraph: bool
+    #: the text as it is spoken (the pronunciation lexicon applied), when it differs from ``text``
+    spoken: str | None = None
+    #: with a cast: who reads it (``narrator``, ``dialogue`` or a character's name); None: the one voice
+    role: str | None = None
+
+    @property
+    def speech(self) -> str:
+        """What the TTS model is sent: the spoken form, else the printed text."""
+        return self.spoken if self.spoken is not None else self.text
 
     @property
     def item_id(self) -> str:
@@ -72,7 +81,7 @@ class Chunk:
         meaning: after an edit, a chunk that moved gets a new id and is copied from the old one's file,
         which no other chunk of the run can be overwriting.
         """
-        return f"ch{self.chapter:03d}-{self.index:04d}-{content_hash(self.text)[:8]}"
+        return f"ch{self.chapter:03d}-{self.index:04d}-{content_hash(self.speech)[:8]}"
 
 
 __all__ = ["Book", "Chapter", "Chunk"]

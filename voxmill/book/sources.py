@@ -24,6 +24,7 @@ from xml.etree import ElementTree
 from voxmill.book.chapters import FRONT_MATTER, Section, number_chapters, skip_reason
 from voxmill.book.html_text import Block, html_blocks
 from voxmill.book.model import Book
+from voxmill.book.structure import RawSection, refine_sections
 from voxmill.errors import ConfigError
 from voxmill.limits import BoundedZip, InputLimits, check_markup_size, depth_exceeded
 
@@ -62,7 +63,8 @@ _NUMBER_WORDS = (r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelv
 _CHAPTER_LINE = re.compile(
     rf"^\s*(?:(?:CHAPTER|Chapter|BOOK|Book|PART|Part)\s+(?:[IVXLCDM]+|\d+|{_NUMBER_WORDS}|"
     rf"{_NUMBER_WORDS.upper()}|(?:{_NUMBER_WORDS.title()}))\b[^\n]{{0,80}}"
-    r"|(?:PROLOGUE|EPILOGUE|PREFACE|INTRODUCTION|CONTENTS|Prologue|Epilogue|Preface|Contents)\.?)\s*$"
+    r"|(?:PROLOGUE|EPILOGUE|PREFACE|INTRODUCTION|CONTENTS|AFTERWORD|FOREWORD|Prologue|Epilogue|Preface|Contents|"
+    r"Introduction|Afterword|Foreword)\.?)\s*$"
 )
 _GUTENBERG_START = re.compile(r"^\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG.*$", re.MULTILINE | re.IGNORECASE)
 _GUTENBERG_END = re.compile(r"^\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG.*$", re.MULTILINE | re.IGNORECASE)
@@ -418,13 +420,14 @@ def read_epub(path: Path, limits: InputLimits | None = None) -> Book:
         if types.get(doc) or skip_reason(heading, None):
             located.append((heading, first, 0, doc))
     located.sort(key=lambda entry: entry[1])  # stable: TOC order among entries at one place
-    sections: list[Section] = []
+    entries: list[RawSection] = []
     if located and located[0][1] > 0:
-        sections.append(_epub_section("", blocks[: located[0][1]], 0, FRONT_MATTER))
+        entries.append(RawSection("", blocks[: located[0][1]], 0, FRONT_MATTER))
     for position, (title, start, depth, doc) in enumerate(located):
         end = located[position + 1][1] if position + 1 < len(located) else len(blocks)
         kind = types.get(doc) if start == starts[(doc, "")] else None
-        sections.append(_epub_section(title, blocks[start:end], depth, kind))
+        entries.append(RawSection(title, blocks[start:end], depth, kind))
+    sections = refine_sections(entries)  # a coarse table of contents split at the headings in the text
     cover, cover_type = epub.cover()
     return Book(
         source=str(path),
@@ -435,10 +438,6 @@ def read_epub(path: Path, limits: InputLimits | None = None) -> Book:
         cover_type=cover_type,
         chapters=number_chapters(sections),
     )
-
-
-def _epub_section(title: str, blocks: list[Block], depth: int, kind: str | None) -> Section:
-    return Section(title, [b.text for b in blocks if b.text], depth=depth, kind=kind)
 
 
 __all__ = ["BOOK_TYPES", "read_book", "read_epub", "read_markdown", "read_text"]

@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voxmill.book.chapters import select_chapters
+from voxmill.book.cast import NARRATOR, cast_chunks, load_cast
+from voxmill.book.chapters import large_skip_warnings, select_chapters
 from voxmill.book.chunking import ChunkLimits, chunk_chapter
+from voxmill.book.dialogue import find_characters
+from voxmill.book.lexicon import resolve_lexicon
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, make_audiobook, slug
-from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
+from voxmill.book.qc import DEFAULT_MAX_DRIFT, DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
+from voxmill.book.shared import count_to_send
 from voxmill.book.sources import BOOK_TYPES, read_book
 from voxmill.catalog import TTS_MODELS
 from voxmill.cli.common import (
@@ -33,9 +37,11 @@ from voxmill.cli.common import (
 )
 from voxmill.errors import ConfigError
 from voxmill.estimate import WORDS_PER_SECOND, PriceTable
-from voxmill.manifests import iter_record_batches, manifest_format
+from voxmill.manifests import RunDefaults, iter_record_batches, manifest_format
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
+
+_LIST_CAST = "\0list"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,10 @@ class BookEntry:
     author: str | None = None
     model: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: the book's own pronunciation lexicon (manifest column ``lexicon``)
+    lexicon: Path | None = None
+    #: the book's cast file (manifest column ``cast``)
+    cast: Path | None = None
 
 
 def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +73,8 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--voice", help="voice of the model")
     add_param_option(parser, "model parameter (repeatable; JSON values allowed)")
     parser.add_argument("--format", default="m4b", choices=CHAPTER_FORMATS, dest="chapter_format",
-                        help="per-chapter files (default m4b); the whole book is always an .m4b")
+                        help="per-chapter files (default m4b); the whole book is always an .m4b; epub: a read-along "
+                             "EPUB 3 (text synchronised with the audio per sentence) beside it, m4a chapters")
     parser.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS_LUFS,
                         help=f"integrated loudness of the book in LUFS, or 'off' (default {DEFAULT_LOUDNESS_LUFS})")
     parser.add_argument("--true-peak", type=float, default=DEFAULT_TRUE_PEAK_DB,
@@ -72,13 +83,35 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--title", help="book title (one book only; default: from the book)")
     parser.add_argument("--author", help="author (one book only; default: from the book)")
     parser.add_argument("--prices", type=Path, help="JSON price table for --list (default VOXMILL_PRICES)")
+    parser.add_argument("--lexicon", type=Path, metavar="FILE",
+                        help="global pronunciation lexicon, TOML or CSV (default VOXMILL_LEXICON); a book's own "
+                             "<stem>.lexicon.toml next to it is applied first")
+    parser.add_argument("--lexicon-book", type=Path, metavar="FILE",
+                        help="the book's own lexicon (one book only; a manifest gives a 'lexicon' column)")
+    parser.add_argument("--cast", nargs="?", const=_LIST_CAST, metavar="FILE",
+                        help="alone: list the characters found in the dialogue (lines, samples) and send nothing; "
+                             "with a TOML cast file: narrator, dialogue and character voices")
     parser.add_argument("--qc", action="store_true", help="transcribe every chunk back: WER and chars/s per chunk")
     parser.add_argument("--retakes", type=int, default=0,
                         help="with --qc: regenerate chunks over the WER threshold up to N times (best take kept)")
     parser.add_argument("--qc-wer", type=float, default=DEFAULT_MAX_WER,
                         help=f"with --qc: the WER above which a chunk is retaken (default {DEFAULT_MAX_WER})")
+    parser.add_argument("--qc-drift", type=_drift, default=DEFAULT_MAX_DRIFT, metavar="SEMITONES",
+                        help=f"with --qc: a take whose pitch is this far from its chapter's voice is retaken, or "
+                             f"'off' (default {DEFAULT_MAX_DRIFT})")
+    parser.add_argument("--qc-run", type=int, default=DEFAULT_MAX_RUN,
+                        help=f"with --qc: this many wrong words in a row make a chunk bad (default {DEFAULT_MAX_RUN})")
     add_run_options(parser, runner=False)
     parser.set_defaults(handler=run_audiobook_command)
+
+
+def _drift(value: str) -> float | None:
+    if value.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of semitones (e.g. 6) or 'off'") from None
 
 
 def _loudness(value: str) -> float | None:
@@ -117,9 +150,19 @@ def book_entries(sources: list[str]) -> list[BookEntry]:
                 if row.get("voice"):
                     params = {**params, "voice": row["voice"]}
                 path = Path(row["path"])
+                lexicon, cast = (_relative(base, row.get(name)) for name in ("lexicon", "cast"))
                 entries.append(BookEntry(path if path.is_absolute() else base / path, row.get("title") or None,
-                                         row.get("author") or None, row.get("model") or None, dict(params)))
+                                         row.get("author") or None, row.get("model") or None, dict(params),
+                                         lexicon, cast))
     return entries
+
+
+def _relative(base: Path, value: str | None) -> Path | None:
+    """A manifest cell naming a file, relative to the manifest's folder."""
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else base / path
 
 
 def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> AudiobookRequest:
@@ -131,15 +174,28 @@ def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> Audiobook
         params=params, chapter_format=args.chapter_format, loudness_lufs=args.loudness, true_peak_db=args.true_peak,
         bitrate=args.bitrate, chapters=args.chapters, exclude=args.exclude, title=args.title or entry.title,
         author=args.author or entry.author,
-        qc=QcOptions(enabled=args.qc or args.retakes > 0, retakes=args.retakes, max_wer=args.qc_wer),
+        lexicon_book=str(args.lexicon_book or entry.lexicon or "") or None,
+        lexicon=str(args.lexicon) if args.lexicon else None,
+        cast=str(args.cast) if args.cast and args.cast != _LIST_CAST else (str(entry.cast) if entry.cast else None),
+        qc=QcOptions(enabled=args.qc or args.retakes > 0, retakes=args.retakes, max_wer=args.qc_wer,
+                     max_run=args.qc_run, max_drift=args.qc_drift),
     )
 
 
-def list_book(request: AudiobookRequest, prices: PriceTable) -> str:
-    """The chapter table of one book: index, title, words, characters, chunks, estimated minutes and cost."""
+def list_book(request: AudiobookRequest, prices: PriceTable, *, count_made: bool = False) -> str:
+    """The chapter table of one book: index, title, words, characters, chunks, estimated minutes and cost.
+
+    Then warnings about large skipped sections, what the lexicon respells and, with ``count_made``, how many
+    chunks are still to send (the rest are already made in the book's folder or one beside it).
+    """
     book = read_book(Path(request.book))
     chosen = {c.index for c in select_chapters(book.chapters, request.chapters, request.exclude)}
-    limits = ChunkLimits.for_model(request.model)
+    cast = load_cast(request.cast, request.model, request.params) if request.cast else None
+    limits = cast.limits() if cast else ChunkLimits.for_model(request.model)
+    lexicon = resolve_lexicon(request.book, request.lexicon_book, request.lexicon)
+    roles: dict[str, int] = {}
+    printed: list[str] = []
+    spoken: list[str] = []
     lines = [f"{request.title or book.title}" + (f" — {request.author or book.author}" if book.author else "")
              + f" ({request.book}; model {request.model})",
              f"{'#':>4}  {'title':<40} {'words':>7} {'chars':>8} {'chunks':>6} {'min':>6} {'cost':>8}"]
@@ -147,7 +203,13 @@ def list_book(request: AudiobookRequest, prices: PriceTable) -> str:
     cost_known = True
     for chapter in book.chapters:
         minutes = chapter.words / WORDS_PER_SECOND / 60
-        chunks = len(chunk_chapter(chapter, limits))
+        chapter_chunks = cast_chunks(chapter, limits, cast, book.language) if cast else chunk_chapter(chapter, limits)
+        chunks = len(chapter_chunks)
+        if chapter.index in chosen:
+            printed += [c.text for c in chapter_chunks]
+            for chunk in chapter_chunks:
+                roles[chunk.role or NARRATOR] = roles.get(chunk.role or NARRATOR, 0) + 1
+            spoken += [lexicon.apply(c.text) if lexicon else c.text for c in chapter_chunks]
         cost = prices.cost(request.model, chars=chapter.chars, minutes=minutes, requests=chunks)
         status = "" if chapter.index in chosen else f"  skipped ({chapter.skip_reason or 'not selected'})"
         shown = f"{cost:.2f}" if cost is not None else "?"
@@ -159,19 +221,52 @@ def list_book(request: AudiobookRequest, prices: PriceTable) -> str:
             cost_known = cost_known and cost is not None
             total["cost"] += cost or 0.0
     cost_text = f"{total['cost']:.2f}" if cost_known else "unknown (give --prices)"
+    lines.extend(large_skip_warnings(book.chapters, chosen))
+    if cast:
+        lines.append("cast: " + "; ".join(f"{role} ({cast.voice(role).describe()}) {count} chunks"
+                                          for role, count in sorted(roles.items(), key=lambda r: -r[1])))
+    if lexicon:
+        changed = sum(1 for said, text in zip(spoken, printed, strict=True) if said != text)
+        lines.append(f"lexicon: {lexicon.describe()}; respells {changed} of {len(spoken)} chunks")
+    if count_made and cast is None:  # (with a cast, each chunk's voice differs: counted when it runs)
+        defaults = RunDefaults(model=request.model, params=dict(request.params))
+        to_send = count_to_send(request.out_dir, spoken, defaults)
+        lines.append(f"to send: {to_send} of {len(spoken)} chunks ({len(spoken) - to_send} already made under "
+                     f"{request.out_dir.parent})")
     lines.append(f"selected: {len(chosen)} chapters, {total['words']} words, {total['chars']} chars, "
                  f"{total['chunks']} requests, ~{total['minutes'] / 60:.2f} h of speech; cost {cost_text}")
+    return "\n".join(lines)
+
+
+def list_cast(request: AudiobookRequest) -> str:
+    """The characters in the chosen chapters' dialogue: lines, confidence and sample lines; a cast to start from."""
+    book = read_book(Path(request.book))
+    chosen = select_chapters(book.chapters, request.chapters, request.exclude)
+    characters, quotes, unattributed = find_characters((c.paragraphs for c in chosen), book.language)
+    lines = [f"{request.title or book.title}: {len(characters)} characters in {quotes} quotes "
+             f"({unattributed} with no speaker found: read by the dialogue voice)",
+             f"{'character':<24} {'lines':>6} {'conf':>5}  samples"]
+    for character in characters:
+        lines.append(f"{character.name[:24]:<24} {character.lines:>6} {character.mean_confidence:>5.2f}  "
+                     + " | ".join(character.samples))
+    lines.append("a cast file (TOML) to start from:")
+    lines += ["  [narrator]", '  voice = "..."', "  [dialogue]", '  voice = "..."']
+    lines += [f'  [characters."{c.name}"]\n  voice = "..."' for c in characters]
     return "\n".join(lines)
 
 
 def run_audiobook_command(args: argparse.Namespace) -> int:
     """The ``voxmill audiobook`` handler."""
     entries = book_entries(args.books)
-    if (args.title or args.author) and len(entries) > 1:
-        raise ConfigError("--title/--author name one book; give titles per book in a manifest instead")
+    if (args.title or args.author or args.lexicon_book) and len(entries) > 1:
+        raise ConfigError("--title/--author/--lexicon-book name one book; give them per book in a manifest instead")
+    if args.cast == _LIST_CAST:
+        print("\n\n".join(list_cast(_request(e, args, args.out or Path("."))) for e in entries))
+        return EXIT_OK
     if args.list:
         prices = price_table(args.prices)
-        print("\n\n".join(list_book(_request(e, args, Path(".")), prices) for e in entries))
+        print("\n\n".join(list_book(_request(e, args, args.out or Path(".")), prices,
+                                     count_made=args.out is not None) for e in entries))
         return EXIT_OK
     if args.out is None:
         raise ConfigError("give -o/--out (the output directory), or --list to only look")
@@ -186,7 +281,7 @@ def run_audiobook_command(args: argparse.Namespace) -> int:
             print(result.headline())
             if result.qc:
                 print("\n".join(result.qc.lines()))
-            codes.append(exit_code_for_run(result.ok, result.summary.stop_kind))
+            codes.append(exit_code_for_run(result.ok and not result.qc_failed, result.summary.stop_kind))
             if result.summary.stop_kind is not None:
                 break  # the key was refused: the next book would be refused too
     return max(codes)

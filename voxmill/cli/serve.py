@@ -64,6 +64,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     faults.add_argument("--fail-first-n", type=int, default=0, help="first N tries of each request answer 503")
     faults.add_argument("--garbage-audio-rate", type=float, default=0.0,
                         help="fraction of TTS 200s whose audio is clipped noise (valid WAV; for QC and publish gates)")
+    faults.add_argument("--garble-text", default="", help="TTS texts holding this come back garbled mid-chunk")
+    faults.add_argument("--garble-first-n", type=int, default=1, help="how many takes of such a text are garbled")
+    faults.add_argument("--garble-mode", choices=("reverse", "voice"), default="reverse",
+                        help="garble by playing the middle backwards, or by swapping the voice (an octave up)")
     faults.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
     parser.set_defaults(handler=run_serve)
 
@@ -82,6 +86,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         slow_body_seconds=args.slow_body_seconds,
         fail_first_n=args.fail_first_n,
         garbage_audio_rate=args.garbage_audio_rate,
+        garble_text=args.garble_text,
+        garble_first_n=args.garble_first_n,
+        garble_mode=args.garble_mode,
         seed=args.seed,
     )
     return ServerConfig(

@@ -22,6 +22,7 @@ Differences from the hosted API, on purpose:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -50,7 +51,15 @@ from voxmill.audio.formats import convert_bytes, read_wav, wav_bytes
 from voxmill.catalog import TTS_SAMPLE_RATE, UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest, validate
 from voxmill.errors import BadResponse, ConfigError, ForbiddenCharacter, InvalidItem, ValidationError
 from voxmill.identity import content_hash
-from voxmill.server.engines import ASR_SAMPLE_RATE, PiperEngine, Transcript, WhisperEngine, decode_audio
+from voxmill.server.engines import (
+    ASR_SAMPLE_RATE,
+    PiperEngine,
+    Style,
+    Transcript,
+    WhisperEngine,
+    decode_audio,
+    garble,
+)
 from voxmill.server.faults import BodyFault, Fault, FaultConfig, FaultInjector
 from voxmill.server.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -209,14 +218,22 @@ class _Service:
             samples = self.tts.synthesize("Ready when you are.")
             self.asr.transcribe(wav_bytes(samples, TTS_SAMPLE_RATE))
 
-    async def speak(self, text: str, speed: float) -> np.ndarray | None:
-        """24 kHz int16 samples (an empty result counted in the stats); None from the null engine (precomputed)."""
+    async def speak(self, text: str, speed: float, params: dict[str, Any] | None = None) -> np.ndarray | None:
+        """24 kHz int16 samples (an empty result counted in the stats); None from the null engine (precomputed).
+
+        The voice named in ``params`` sets the pitch and ``seed``/``temperature`` vary the take (:class:`Style`);
+        the ``garble_text`` fault garbles the middle of matching texts' first takes, or swaps their voice."""
         if self.tts is None:
             return None
-        tts = self.tts
-        samples = await self.in_thread(lambda: tts.synthesize(text, speed))
+        tts, style = self.tts, Style.from_params(params or {})
+        garbled = self.faults.garbles(text)
+        if garbled and self.faults.config.garble_mode == "voice":
+            style = dataclasses.replace(style, pitch=style.pitch * 2.0)
+        samples = await self.in_thread(lambda: tts.synthesize(text, speed, style))
         if samples.size == 0:
             self.stats.record_empty_audio()
+        elif garbled and self.faults.config.garble_mode == "reverse":
+            samples = garble(samples)
         return samples
 
     async def encode(self, samples: np.ndarray | None, fmt: str) -> bytes:
@@ -542,7 +559,7 @@ def create_app(config: ServerConfig) -> Starlette:
         else:
             headers.update(service.voice_headers(request))
             speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
-            samples = await service.speak(request.params["text"], speed)
+            samples = await service.speak(request.params["text"], speed, request.params)
             garbage = service.faults.garbage_audio(TTS_SAMPLE_RATE // 10 if samples is None else len(samples))
             if garbage is not None:
                 samples, headers["x-voxmill-fault"] = garbage, "garbage-audio"
@@ -690,7 +707,7 @@ async def _stream(service: _Service, websocket: WebSocket) -> None:
         await websocket.send_json({"type": "progress", "stage": "synthesizing", "request_id": request_id,
                                    "engine": engine, **notes})
         speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
-        samples = await service.speak(request.params["text"], speed)
+        samples = await service.speak(request.params["text"], speed, request.params)
         pcm = await service.encode(samples, "pcm")
         fault = service.faults.body_fault()
         credits = service.bill(content_hash, truncated=fault.truncate, model=model)

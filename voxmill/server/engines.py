@@ -85,6 +85,51 @@ def resample_to_24k(samples: np.ndarray, source_rate: int) -> np.ndarray:
     return np.clip(np.rint(resampled), -32768, 32767).astype(np.int16)
 
 
+#: semitones above/below piper's one voice for each preset voice name, so named voices sound apart
+_VOICE_SEMITONES = {"linda": 4, "jack": -4, "vivian": 6, "serena": 2, "uncle_fu": -6, "dylan": -2, "eric": -3,
+                    "ryan": -5, "aiden": 1, "ono_anna": 5, "sohee": 3}
+
+
+@dataclass(frozen=True)
+class Style:
+    """How the one piper voice is varied per request: ``pitch`` (a factor) stands in for the named voice, and
+    ``pace`` (a length factor near 1) for sampling, so that another seed gives another, repeatable take."""
+
+    pitch: float = 1.0
+    pace: float = 1.0
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Style:
+        """The style of a request: its voice (``voice``, ``voice_id`` or ``voice_name``), ``seed``, ``temperature``."""
+        import hashlib
+
+        name = str(params.get("voice") or params.get("voice_id") or params.get("voice_name") or "").lower()
+        if name in _VOICE_SEMITONES:
+            semitones = _VOICE_SEMITONES[name]
+        elif name:
+            semitones = int.from_bytes(hashlib.sha256(name.encode()).digest()[:2], "big") % 13 - 6
+        else:
+            semitones = 0
+        pitch, pace = 2.0 ** (semitones / 12), 1.0
+        seed = params.get("seed")
+        sampling = params.get("sampling") if isinstance(params.get("sampling"), dict) else {}
+        temperature = params.get("temperature", sampling.get("temperature"))
+        if seed is not None or temperature is not None:
+            spread = min(2.0, float(temperature if temperature is not None else 1.0))
+            rng = np.random.default_rng(int(seed) if seed is not None else round(spread * 1000))
+            pace *= 1.0 + 0.08 * spread * (rng.random() - 0.5)
+            pitch *= 2.0 ** (0.5 * spread * (rng.random() - 0.5) / 12)
+        return cls(round(pitch, 4), round(pace, 4))
+
+
+def garble(samples: np.ndarray) -> np.ndarray:
+    """The middle half of a take played backwards: speech-like sound that says nothing (a fault for QC)."""
+    start, end = samples.size // 4, samples.size * 3 // 4
+    out = samples.copy()
+    out[start:end] = samples[start:end][::-1]
+    return out
+
+
 class PiperEngine:
     """Text to speech with one piper voice, returned as 24 kHz mono int16.
 
@@ -121,15 +166,18 @@ class PiperEngine:
 
         return _cached(("piper", str(self.model_path)), load_voice)
 
-    def synthesize(self, text: str, speed: float = 1.0) -> np.ndarray:
-        """Speak ``text`` at ``speed`` (1.0 = normal); 24 kHz mono int16 samples."""
+    def synthesize(self, text: str, speed: float = 1.0, style: Style | None = None) -> np.ndarray:
+        """Speak ``text`` at ``speed`` (1.0 = normal) in ``style``; 24 kHz mono int16 samples."""
         from piper import SynthesisConfig
 
+        style = style or Style()
         voice = self.load()
-        config = SynthesisConfig(length_scale=1.0 / speed, noise_scale=0.0, noise_w_scale=0.0)
+        # spoken slower by the pitch factor, then played faster by it: higher, at about the same length
+        config = SynthesisConfig(length_scale=style.pace * style.pitch / speed, noise_scale=0.0, noise_w_scale=0.0)
         chunks = [chunk.audio_int16_array for chunk in voice.synthesize(text, syn_config=config)]
         samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-        return resample_to_24k(samples, int(voice.config.sample_rate))
+        rate = int(voice.config.sample_rate)
+        return resample_to_24k(samples, rate if style.pitch == 1.0 else round(rate * style.pitch / 50) * 50)
 
 
 class WhisperEngine:

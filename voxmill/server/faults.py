@@ -12,7 +12,8 @@ Order of decisions for one request, so a test can reason about which fault it se
 3. one random draw picks at most one of: reset (``reset_rate``), error (``error_rate``; 500 and 503
    alternate, so a 5xx fraction is exactly split);
 4. ``fail_first_n``: the first N requests of each distinct content hash answer 503 (deterministic retries);
-5. after the work, a 200 may be truncated (``truncate_rate``) or trickled (``slow_body_rate``), each with its
+5. ``garble_text``: a TTS text holding it has the middle of its first ``garble_first_n`` takes garbled;
+6. after the work, a 200 may be truncated (``truncate_rate``) or trickled (``slow_body_rate``), each with its
    own draw; truncation wins when both hit.
 
 ``garbage_audio_rate`` is a different kind of fault: the HTTP exchange is perfect, but a TTS body (HTTP only)
@@ -62,6 +63,12 @@ class FaultConfig:
     fail_first_n: int = 0
     #: fraction of TTS 200s (HTTP) whose audio is replaced by clipped white noise of the same length (valid WAV)
     garbage_audio_rate: float = 0.0
+    #: TTS texts containing this are garbled in the middle (real engine only) on their first ``garble_first_n``
+    #: takes: a QC fault that a whole-chunk check may miss
+    garble_text: str = ""
+    garble_first_n: int = 1
+    #: how: ``reverse`` (the middle half played backwards) or ``voice`` (the take an octave up: a swapped voice)
+    garble_mode: str = "reverse"
     #: seed of the fault RNG (None: random)
     seed: int | None = None
 
@@ -109,9 +116,13 @@ def _coerce(key: str, value: Any) -> Any:
         if key in ("rate_limit_rps", "rate_limit_burst", "seed"):
             return None
         raise ConfigError(f"fault {key!r} cannot be null")
+    if key in ("garble_text", "garble_mode"):
+        if key == "garble_mode" and value not in ("reverse", "voice"):
+            raise ConfigError(f"fault garble_mode must be 'reverse' or 'voice', got {value!r}")
+        return str(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"fault {key!r} must be a number, got {value!r}")
-    if key in ("fail_first_n", "seed"):
+    if key in ("fail_first_n", "seed", "garble_first_n"):
         if value != int(value):
             raise ConfigError(f"fault {key!r} must be a whole number, got {value!r}")
         return int(value)
@@ -217,6 +228,16 @@ class FaultInjector:
             count = self._seen.get(content_hash, 0) + 1
             self._seen[content_hash] = count
             return count <= self._config.fail_first_n
+
+    def garbles(self, text: str) -> bool:
+        """True for a text holding ``garble_text`` on its first ``garble_first_n`` takes."""
+        with self._lock:
+            if not self._config.garble_text or self._config.garble_text not in text:
+                return False
+            key = "garble\0" + text
+            count = self._seen.get(key, 0) + 1
+            self._seen[key] = count
+            return count <= self._config.garble_first_n
 
     def body_fault(self) -> BodyFault:
         """Whether this 200's body is truncated or trickled."""

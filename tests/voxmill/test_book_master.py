@@ -1,0 +1,81 @@
+"""Mastering: chapters encoded once in parallel and joined by stream copy keep every chapter's speech where its
+mark says (AAC priming and padding accounted for), at the book's loudness."""
+
+from __future__ import annotations
+
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from voxmill.audio.measure import decode_float32, loudness_lufs
+from voxmill.book.m4b import (
+    AAC_PRIMING,
+    ChapterMark,
+    chapter_span,
+    chapters_loudness_filter,
+    combined_loudness,
+    encode_chapters,
+    join_chapters,
+)
+
+RATE = 24000
+
+
+def _chapter(path: Path, seconds: float, beep_at: float, seed: int) -> int:
+    """A chapter of voiced syllables (speech-like loudness) with a loud 1 kHz beep at ``beep_at``."""
+    rng = np.random.default_rng(seed)
+    count = int(seconds * RATE)
+    t = np.arange(count) / RATE
+    pitch = np.repeat(rng.uniform(100, 200, count // 6000 + 1), 6000)[:count]
+    signal = 0.05 * np.sin(2 * np.pi * np.cumsum(pitch) / RATE) * (np.sin(np.pi * t * 4) > 0)
+    start = int(beep_at * RATE)
+    signal[start:start + 1200] = 0.9 * np.sin(2 * np.pi * 1000 * t[:1200])
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(RATE)
+        writer.writeframes((signal * 32767).astype("<i2").tobytes())
+    return count
+
+
+def _packets(path: Path) -> int:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a", "-count_packets", "-show_entries",
+                          "stream=nb_read_packets", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return int(out.strip())
+
+
+def test_chapters_joined_without_reencoding_stay_in_sync_with_their_marks(tmp_path):
+    lengths = [7.3, 11.05, 5.55]
+    wavs = [tmp_path / f"ch{i}.wav" for i in range(3)]
+    samples = [_chapter(w, s, 1.5, i) for i, (w, s) in enumerate(zip(wavs, lengths))]
+    encoded = encode_chapters(wavs, [w.with_suffix(".m4a") for w in wavs], samples, filters=None, sample_rate=RATE)
+    marks, cursor = [], 0
+    for number, count in enumerate(samples, start=1):
+        marks.append(ChapterMark(f"Chapter {number}", cursor / RATE, (cursor + chapter_span(count)) / RATE))
+        cursor += chapter_span(count)
+    book = join_chapters(encoded, tmp_path / "book.m4b", tags={"title": "Sync"}, marks=marks, cover=None)
+    # nothing re-encoded: the book's audio packets are the chapters' packets, every one of them
+    assert _packets(book) == sum(_packets(e) for e in encoded) == sum(chapter_span(n) // 1024 for n in samples)
+    decoded = decode_float32(book, sample_rate=RATE, channels=1)[:, 0]
+    assert abs(decoded.size / RATE - marks[-1].end_s) < 0.05
+    loud = np.nonzero(np.abs(decoded) > 0.5)[0]
+    onsets = [loud[0]] + [b for a, b in zip(loud, loud[1:]) if b - a > RATE]
+    expected = [mark.start_s + AAC_PRIMING / RATE + 1.5 for mark in marks]
+    assert len(onsets) == 3
+    assert all(abs(o / RATE - e) < 0.01 for o, e in zip(onsets, expected)), (onsets, expected)
+
+    # at the book's loudness: one gain (measured over the chapters in parallel) and the limiter on each
+    filters = chapters_loudness_filter(wavs, lengths, -18.0, -3.0, RATE)
+    louder = encode_chapters(wavs, [w.with_suffix(".loud.m4a") for w in wavs], samples, filters=filters,
+                             sample_rate=RATE)
+    book = join_chapters(louder, tmp_path / "loud.m4b", tags={"title": "Sync"}, marks=marks, cover=None)
+    assert abs(loudness_lufs(decode_float32(book, sample_rate=RATE, channels=1)[:, 0], RATE) - -18.0) <= 0.5
+
+
+def test_combined_loudness_is_the_energy_mean():
+    assert combined_loudness([(-20.0, 10.0), (-20.0, 30.0)]) == -20.0
+    assert round(combined_loudness([(-20.0, 10.0), (-10.0, 10.0), (None, 50.0)]), 2) == -12.6
+    assert combined_loudness([(None, 3.0)]) is None
