@@ -3,7 +3,9 @@
 Each child runs one :class:`voxmill.jobs.Shard` of the manifest into ``OUT/shards/<i>-of-<n>`` with its own
 ledger (so killing one shard's worker and rerunning the parent resumes only what that shard is missing);
 the parent then folds every shard's rows into ``OUT/results.parquet``, output paths relative to ``OUT``.
-The job's ``requests_per_second``/``requests_per_minute`` are split evenly between the shards.
+The job's ``requests_per_second``/``requests_per_minute`` pass to every shard unchanged: a cap applies to the
+budget the shards draw from together (one file per machine, or ``rate_scope=prefect`` across machines), so
+dividing it would cap the job at 1/N of what was asked.
 ``OUT`` must be storage every worker sees (a shared disk, or a path that is the same on every host).
 """
 
@@ -37,9 +39,6 @@ def run_shards(out_dir: str, shards: int) -> RunSummary:
     out = Path(out_dir).expanduser().resolve()  # a deployment's working directory is the project root
     name = f"{flow_run.flow_name}/{SHARD_DEPLOYMENT}"
     base = {k: v for k, v in flow_run.parameters.items() if k not in ("progress", "shards", "shard", "out_dir")}
-    for rate in ("requests_per_second", "requests_per_minute"):  # the job's rate limit is shared by its shards
-        if base.get(rate):
-            base[rate] = base[rate] / shards
     pieces = [Shard(i, shards) for i in range(shards)]
     _check_deployed(name)
     logger.info("%d shards of %s via deployment %s into %s", shards, base.get("manifest"), name, out / SHARDS_DIR)

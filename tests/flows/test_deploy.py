@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from manifest_files import write_manifest
+from server_rates import StatsSampler
 
 from voxmill.audio.formats import check_audio_body
 from voxmill.audio.measure import measure_file
@@ -245,3 +246,37 @@ def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(s
         check_audio_body((out / row["output_path"]).read_bytes(), "wav")
     print(f"recorded at the kill: {len(recorded_at_kill)}/{len(killed_slice)}; in flight: {len(in_flight)}; "
           f"paid twice: {sum(n - 1 for n in generations.values())}")
+
+
+RATE_ITEMS = 360
+RUN_RATED = (
+    "import json, os, sys\n"
+    "from prefect.blocks.system import Secret\n"
+    "from prefect.deployments import run_deployment\n"
+    "Secret(value=os.environ['TEST_SERVER_TOKEN']).save('voxmill-rate-test', overwrite=True)\n"
+    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
+    " 'base_url': sys.argv[4], 'api_key_block': 'voxmill-rate-test', 'output_format': 'wav', 'max_concurrent': 8,"
+    " 'requests_per_second': 20.0}, timeout=None, poll_interval=1)\n"
+    "print(json.dumps([run.state.name, run.state.message]))\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.rate
+def test_two_shards_given_the_servers_rate_run_at_that_rate_combined(stack: Stack, make_server, tmp_path):
+    """The job's cap is the shared budget's cap: 2 shards at --rps 20 against 20 req/s run at ≥ 18 req/s."""
+    server = make_server(rate_limit_rps=20)
+    rows = [{"id": f"r{n:03d}", "text": f"Shard rate check, line {n}."} for n in range(RATE_ITEMS)]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    with StatsSampler(server) as sampler:
+        state, message = _ended(_python(stack, RUN_RATED, DEPLOYMENTS[0], str(manifest), str(tmp_path / "out"),
+                                        server.base_url, env={"TEST_SERVER_TOKEN": server.token}))
+    assert state == "Completed", message
+    final = sampler.samples[-1]
+    assert final.ok == RATE_ITEMS
+    offered, admitted = sampler.busy_rates(RATE_ITEMS)
+    print(f"\n2 shards, --rps 20, server at 20 req/s: {admitted:.2f} req/s admitted ({offered:.2f} offered), "
+          f"{final.limited} × 429 of {final.requests}")
+    assert admitted >= 18.0, f"{admitted:.2f} req/s combined: the shards split the cap instead of sharing it"
+    assert final.limited <= 0.05 * final.requests, final
