@@ -53,7 +53,7 @@ def run_job_in_flow(
     job = open_job(request, settings, progress=progress, flow_run_id=flow_run.get_id())
     logger.info(
         "%s: %d rows, batches of %d, %s runner with %d workers, output %s",
-        request.manifest, job.progress.total, job.batch_size, runner, request.workers, request.out_dir,
+        request.manifest, job.progress.total, job.batch_size, runner, request.workers, request.where,
     )
     handle = job.handle(flow_run.get_id())
     artifact_id = None
@@ -92,7 +92,7 @@ def run_job_in_flow(
         summary = finish_job(job, outcomes)
     update_progress_artifact(artifact_id, progress=100.0)
     create_table_artifact(
-        key=artifact_key(request.kind, request.out_dir),
+        key=artifact_key(request.kind, request.where),
         table=[
             {"measure": name, "value": value}
             for name, value in (

@@ -20,7 +20,7 @@ from typing import Any
 from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.estimate import PriceTable, estimate_manifest
-from voxmill.jobs import JobFailed
+from voxmill.jobs import JobFailed, out_file, output_location
 from voxmill.progress import ProgressBoard
 from voxmill.report import describe_out_dir
 
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tts = sub.add_parser("synthesize", help="text manifest → audio files + results.parquet")
     tts.add_argument("manifest", help="CSV, Parquet or JSONL with a 'text' column (path or fsspec URL)")
-    tts.add_argument("-o", "--out", required=True, type=Path, help="output directory (rerun it to resume)")
+    tts.add_argument("-o", "--out", required=True, type=output_location,
+                     help="output directory or URL, e.g. s3://bucket/out/tts (rerun it to resume)")
     tts.add_argument("--model", choices=TTS_MODELS, help="default model for rows without one (higgs2p5)")
     tts.add_argument("--voice", help="default voice for rows without one")
     tts.add_argument("--format", default="wav", dest="output_format",
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     asr = sub.add_parser("transcribe", help="audio manifest → transcripts (.txt/.srt/.vtt/.json) + results.parquet")
     asr.add_argument("manifest", help="CSV, Parquet or JSONL with an 'audio' column, or a folder or quoted glob "
                                       "of audio files ('corpus/**/*.flac': ids are the relative paths)")
-    asr.add_argument("-o", "--out", required=True, type=Path, help="output directory (rerun it to resume)")
+    asr.add_argument("-o", "--out", required=True, type=output_location,
+                     help="output directory or URL, e.g. s3://bucket/out/asr (rerun it to resume)")
     asr.add_argument("--model", choices=ASR_MODELS, help=f"ASR model (default {ASR_MODELS[0]})")
     asr.add_argument("--language", help="language code for rows without one (default en)")
     asr.add_argument("--max-seconds", type=float,
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_cmd_status)
 
     retry = sub.add_parser("retry-failed", help="rerun only the failed items of an output directory")
-    retry.add_argument("out", type=Path)
+    retry.add_argument("out", type=output_location)
     _add_run_options(retry)
     retry.set_defaults(handler=_cmd_retry_failed)
 
@@ -252,11 +254,11 @@ def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
     elif isinstance(summary, BaseException):
         raise summary
     print(summary.headline())
-    print(f"results: {Path(summary.out_dir) / 'results.parquet'}")
+    print(f"results: {out_file(summary.out_dir, 'results.parquet')}")
     if summary.stopped and "refused the key" in summary.stopped:
         return EXIT_AUTH
     if not summary.ok:
-        print(f"failures: {Path(summary.out_dir) / 'failures.parquet'} — `voxmill status {summary.out_dir}`; "
+        print(f"failures: {out_file(summary.out_dir, 'failures.parquet')} — `voxmill status {summary.out_dir}`; "
               f"`voxmill retry-failed {summary.out_dir}` reruns them", file=sys.stderr)
         return EXIT_FAILED_ITEMS
     return EXIT_OK

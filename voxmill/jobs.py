@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from voxmill.audio.transcode import OutputSpec, remove_partial_outputs
 from voxmill.batch import BatchEngine, BatchOutcome, JobSpec
+from voxmill.bucket import FetchOutputs, RemoteOut, Shipper, is_url, join, make_scratch, remove_scratch
 from voxmill.errors import ConfigError
 from voxmill.ledger import Ledger
 from voxmill.manifests import JobKind, ManifestReader, RunDefaults, WorkItem, iter_record_batches
@@ -54,6 +55,31 @@ class JobRequest:
     asr_max_seconds: float | None = None
     #: run only the items of one shard of the manifest (``None``: all of them)
     shard: Shard | None = None
+    #: write to this URL (``s3://bucket/out``): the run works in a local scratch ``out_dir`` and ships
+    #: outputs, ledger segments and tables there (:mod:`voxmill.bucket`); ``None``: ``out_dir`` is the output
+    out_url: str | None = None
+
+    @property
+    def where(self) -> str:
+        """Where the job writes, as the user named it: the URL, or the output directory."""
+        return self.out_url or str(self.out_dir)
+
+
+def out_file(where: str, name: str) -> str:
+    """A file of an output directory or URL, as a user would name it."""
+    return join(where, name) if is_url(where) else str(Path(where) / name)
+
+
+def output_location(value: str) -> Path | str:
+    """An output named on a command line: a URL as given (no trailing ``/``), else a path."""
+    return value.rstrip("/") if is_url(value) else Path(value)
+
+
+def out_location(out: str | Path) -> dict[str, Any]:
+    """``out_dir``/``out_url`` fields of a :class:`JobRequest` for an output named by a path or a URL."""
+    if is_url(out):
+        return {"out_dir": Path("."), "out_url": str(out).rstrip("/")}
+    return {"out_dir": Path(out), "out_url": None}
 
 
 @dataclass(frozen=True)
@@ -137,7 +163,7 @@ class JobFailed(Exception):
     def __init__(self, summary: RunSummary) -> None:
         super().__init__(f"{summary.headline()}; failures by kind: "
                          + (", ".join(f"{k} {v}" for k, v in summary.failures_by_kind.items()) or "none")
-                         + f"; see {Path(summary.out_dir) / 'failures.parquet'}")
+                         + f"; see {out_file(summary.out_dir, 'failures.parquet')}")
         self.summary = summary
 
     def __reduce__(self) -> tuple[type[JobFailed], tuple[RunSummary]]:
@@ -155,6 +181,8 @@ class OpenJob:
     counts: PlanCounts
     batch_size: int
     started: float
+    #: the output URL's side of the job (None: a local output directory)
+    remote: RemoteRun | None = None
 
     def batches(self) -> Iterator[list[PlannedItem]]:
         """Planned items in batches of ``batch_size``, read lazily from the manifest."""
@@ -190,13 +218,32 @@ class OpenJob:
         return EngineHandle(spec, local=self.engine)
 
 
+@dataclass
+class RemoteRun:
+    """A job writing to a URL: the URL's lease and ledger, the shipper of journal lines, the scratch folder."""
+
+    out: RemoteOut
+    shipper: Shipper | None
+    scratch: Path
+
+    def close(self) -> None:
+        """Stop shipping (what is left is shipped), give the URL's lease back, delete the scratch folder."""
+        try:
+            if self.shipper is not None:
+                self.shipper.stop()
+        finally:
+            self.out.release()
+            remove_scratch(self.scratch)
+
+
 JOB_RECORD = "job.json"
 
 
 def save_job_record(request: JobRequest) -> None:
     """Write what this job is (manifest, kind, defaults, output) to OUT/job.json, for ``retry-failed``."""
     record = dataclasses.asdict(request)
-    record["out_dir"] = str(request.out_dir)
+    record["out_dir"] = request.where
+    record.pop("out_url", None)
     record["defaults"]["params"] = dict(request.defaults.params)
     target = request.out_dir / JOB_RECORD
     tmp = target.with_suffix(".json.tmp")
@@ -205,15 +252,23 @@ def save_job_record(request: JobRequest) -> None:
 
 
 def load_job_record(out_dir: Path) -> JobRequest:
-    """The JobRequest saved by the last run in ``out_dir``; ConfigError if there is none."""
-    path = Path(out_dir) / JOB_RECORD
-    if not path.exists():
-        raise ConfigError(f"{out_dir} holds no voxmill job ({JOB_RECORD} is missing): run synthesize/transcribe first")
-    record = json.loads(path.read_text())
+    """The JobRequest saved by the last run in ``out_dir`` (a path or URL); ConfigError if there is none."""
+    if is_url(out_dir):
+        remote = RemoteOut(str(out_dir))
+        if not remote.exists(JOB_RECORD):
+            raise ConfigError(f"{out_dir} holds no voxmill job ({JOB_RECORD} is missing): run synthesize/transcribe "
+                              "first")
+        record = json.loads(remote.fs.cat_file(remote.path(JOB_RECORD)))
+    else:
+        path = Path(out_dir) / JOB_RECORD
+        if not path.exists():
+            raise ConfigError(f"{out_dir} holds no voxmill job ({JOB_RECORD} is missing): run synthesize/transcribe "
+                              "first")
+        record = json.loads(path.read_text())
     return JobRequest(
         kind=record["kind"],
         manifest=record["manifest"],
-        out_dir=Path(record["out_dir"]),
+        **out_location(record["out_dir"]),
         defaults=RunDefaults(**record["defaults"]),
         output=OutputSpec(**record["output"]),
         retry_failed=record["retry_failed"],
@@ -250,7 +305,7 @@ def open_job(
             "no API key: set VOXMILL_API_KEY, or run against the local server "
             "(`voxmill serve`, or the CLI's --local flag)"
         )
-    if request.shard is not None and not request.out_dir.is_absolute():
+    if request.shard is not None and request.out_url is None and not request.out_dir.is_absolute():
         raise ConfigError(
             f"shard {request.shard.name}: out_dir {str(request.out_dir)!r} is relative; a shard runs on any worker, "
             "so give an absolute path on storage every worker sees"
@@ -258,14 +313,26 @@ def open_job(
     # the columns up front, then one whole pass (count_rows): a parse error anywhere stops before any request
     ManifestReader(request.manifest, request.kind, request.defaults).check_header()
     rows = count_rows(request.manifest)
+    remote: RemoteRun | None = None
+    if request.out_url is not None:
+        bucket = RemoteOut(request.out_url)
+        request = dataclasses.replace(request, out_dir=make_scratch(request.out_url))
     request.out_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(request.out_dir)
     ledger.lock()
     try:
+        if request.out_url is not None:
+            bucket.acquire(ledger.run_id)  # before anything is read: no other run writes the URL from here on
+            remote = RemoteRun(bucket, None, request.out_dir)
+            bucket.materialize(request.out_dir, ledger.journal_dir)
         save_job_record(request)
         remove_partial_outputs(request.out_dir)  # half-written files of a killed run
         if ledger.has_journal_rows():
             ledger.compact()  # fold in what a killed run left in its journal
+        if remote is not None:
+            remote.out.upload(request.out_dir, JOB_RECORD)
+            remote.shipper = Shipper(remote.out, request.out_dir, ledger.journal_dir, ledger.run_id)
+            remote.shipper.start()  # from the journals' ends: what is there now came from the bucket
         board = progress or ProgressBoard()
         board.total = rows if request.shard is None else math.ceil(rows / request.shard.count)  # about
         board.started_at = time.monotonic()  # rates and ETA count from here, not from process start
@@ -274,6 +341,7 @@ def open_job(
             out_dir=request.out_dir,
             output=request.output,
             asr_max_seconds=request.asr_max_seconds or settings.asr_max_seconds,
+            fetch=FetchOutputs(request.out_url, str(request.out_dir)) if request.out_url is not None else None,
         )
         engine = BatchEngine(
             settings, job, ledger, progress=board, flow_run_id=flow_run_id, client_factory=client_factory
@@ -281,6 +349,8 @@ def open_job(
         engine.start()
     except BaseException:
         ledger.close()
+        if remote is not None:
+            remote.close()
         raise
     return OpenJob(
         request=request,
@@ -290,6 +360,7 @@ def open_job(
         counts=PlanCounts(),
         batch_size=request.batch_size or auto_batch_size(rows),
         started=time.monotonic(),
+        remote=remote,
     )
 
 
@@ -327,11 +398,18 @@ def fan_out(
 
 def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
     """Stop the engine, compact the ledger, release the output directory, and summarise."""
+    remote = job.remote
     try:
         job.engine.close()
+        if remote is not None and remote.shipper is not None:
+            remote.shipper.stop()  # every journal line in a segment before the journals are compacted
         table = job.ledger.compact()
+        if remote is not None:
+            remote.out.publish(job.request.out_dir, job.ledger.run_id)
     finally:
         job.ledger.close()
+        if remote is not None:
+            remote.close()
     run_rows = table.filter(pc.equal(table["run_id"], job.ledger.run_id)) if table.num_rows else table
     failures = Counter(
         row["error_kind"] for row in run_rows.select(["status", "error_kind"]).to_pylist() if row["status"] == "failed"
@@ -343,7 +421,7 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
                      not_attempted=outcome.not_attempted)
     return RunSummary(
         run_id=job.ledger.run_id,
-        out_dir=str(job.request.out_dir),
+        out_dir=job.request.where,
         rows=job.counts.rows,
         skipped_done=job.counts.skipped_done,
         skipped_failed=job.counts.skipped_failed,
@@ -401,6 +479,9 @@ __all__ = [
     "auto_batch_size",
     "count_rows",
     "load_job_record",
+    "out_file",
+    "out_location",
+    "output_location",
     "save_job_record",
     "fan_out",
     "finish_job",

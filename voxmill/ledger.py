@@ -435,9 +435,13 @@ def write_table(table: pa.Table, path: Path) -> None:
     _write_parquet_atomic(table, Path(path))
 
 
-def read_results(out_dir: Path) -> pa.Table:
-    """The ledger of an output directory as a table (journals included), for reports and tests."""
-    return Ledger(out_dir).read()
+def read_results(out_dir: Path | str) -> pa.Table:
+    """The ledger of an output directory or URL as a table (journals or segments included), for reports and tests."""
+    if "://" in str(out_dir) and not str(out_dir).startswith("file://"):
+        from voxmill.bucket import read_url_results
+
+        return read_url_results(str(out_dir))
+    return Ledger(Path(out_dir)).read()
 
 
 def rows_from_table(table: pa.Table) -> Iterable[LedgerRow]:

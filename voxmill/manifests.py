@@ -222,9 +222,10 @@ _GLOB_MAGIC = re.compile(r"[*?\[]")
 
 
 def is_corpus(source: str) -> bool:
-    """Whether ``source`` is a local folder or glob of audio files (an ASR corpus) rather than a manifest file."""
+    """Whether ``source`` is a folder or glob of audio files (an ASR corpus) rather than a manifest file: a local
+    folder or glob, or a glob URL (``s3://bucket/corpus/**/*.flac``) or folder URL ending in ``/``."""
     if "://" in source:
-        return False
+        return bool(_GLOB_MAGIC.search(source.split("://", 1)[1])) or source.endswith("/")
     return bool(_GLOB_MAGIC.search(source)) or Path(source).is_dir()
 
 
@@ -232,6 +233,9 @@ def iter_corpus(source: str) -> Iterator[tuple[str, Path]]:
     """(id, path) of each file of a folder (audio suffixes only) or glob (``'corpus/**/*.flac'``), streamed
     in a stable order (names sorted at each level, hidden entries skipped); ids are paths relative to the
     folder, or to the glob's fixed leading folders."""
+    if "://" in source:
+        yield from _iter_remote_corpus(source)
+        return
     parts = PurePosixPath(source).parts
     fixed = next((i for i, part in enumerate(parts) if _GLOB_MAGIC.search(part)), len(parts))
     base = Path(*parts[:fixed]) if fixed else Path(".")
@@ -243,6 +247,28 @@ def iter_corpus(source: str) -> Iterator[tuple[str, Path]]:
     for relative, path in _walk_sorted(base, "", depth):
         if matches(relative) if matches else path.suffix.lower() in CORPUS_AUDIO_SUFFIXES:
             yield relative, path
+
+
+def _iter_remote_corpus(source: str) -> Iterator[tuple[str, str]]:
+    """:func:`iter_corpus` over an fsspec URL: one listing under the glob's fixed prefix, matched and sorted."""
+    scheme, rest = source.split("://", 1)
+    parts = rest.rstrip("/").split("/")
+    fixed = next((i for i, part in enumerate(parts) if _GLOB_MAGIC.search(part)), len(parts))
+    base, pattern = "/".join(parts[:fixed]), "/".join(parts[fixed:])
+    matches = _glob_regex(pattern).match if pattern else None
+    fs, _ = fsspec.core.url_to_fs(source.split("*", 1)[0] if "*" in source else source)
+    try:
+        found = fs.find(base)
+    except OSError as exc:
+        raise ConfigError(f"corpus {source!r}: {base!r} cannot be listed: {exc}") from None
+    if not found:
+        raise ConfigError(f"corpus {source!r}: nothing under {scheme}://{base}")
+    for path in sorted(found):
+        relative = path[len(base):].lstrip("/")
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        if matches(relative) if matches else PurePosixPath(relative).suffix.lower() in CORPUS_AUDIO_SUFFIXES:
+            yield relative, f"{scheme}://{path}"
 
 
 def _walk_sorted(folder: Path, prefix: str, depth: int | None) -> Iterator[tuple[str, Path]]:

@@ -1,0 +1,83 @@
+"""The CLI and the flows with ``s3://`` outputs and inputs (a moto server on loopback), counted on the local
+API server: synthesize into a bucket, transcribe a glob of the bucket's audio into the bucket, a round trip
+from bucket to bucket. Nothing of the job is left outside the bucket but scratch."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow.parquet as pq
+import pytest
+from manifest_files import write_manifest
+from s3_fixture import BUCKET, s3_bucket  # noqa: F401
+
+from voxmill.cli import EXIT_OK, main
+
+pytestmark = pytest.mark.prefect
+
+
+@pytest.fixture
+def cli_env(monkeypatch, prefect_api, tmp_path):
+    def point_at(server):
+        monkeypatch.setenv("VOXMILL_API_KEY", server.token)
+        monkeypatch.setenv("VOXMILL_BASE_URL", server.base_url)
+        monkeypatch.setenv("VOXMILL_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setenv("VOXMILL_MAX_ATTEMPTS", "2")
+        scratch = tmp_path / "scratch"
+        scratch.mkdir()
+        monkeypatch.setenv("TMPDIR", str(scratch))
+        import tempfile
+
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        return scratch
+
+    return point_at
+
+
+def _table(fs, path: str):
+    return pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist()
+
+
+def test_cli_synthesize_then_transcribe_a_bucket_glob_into_the_bucket(s3_bucket, null_server, cli_env,  # noqa: F811
+                                                                       tmp_path, capsys):
+    fs = s3_bucket
+    scratch = cli_env(null_server)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"s{i}", "text": f"Bucket line {i}."} for i in range(5)])
+    tts = f"s3://{BUCKET}/out/tts"
+    assert main(["synthesize", str(manifest), "-o", tts + "/", "--format", "flac", "--no-progress"]) == EXIT_OK
+    assert f"results: {tts}/results.parquet" in capsys.readouterr().out
+    assert null_server.stats()["generations_total"] == 5
+    assert sorted(r["id"] for r in _table(fs, f"{BUCKET}/out/tts/results.parquet")) == [f"s{i}" for i in range(5)]
+    assert len(fs.glob(f"{BUCKET}/out/tts/audio/*.flac")) == 5
+    sent = null_server.stats()["requests"]
+
+    asr = f"s3://{BUCKET}/out/asr"
+    assert main(["transcribe", f"s3://{BUCKET}/out/tts/**/*.flac", "-o", asr, "--no-progress"]) == EXIT_OK
+    # the null engine's speech is the same silence for every text: one request, four identical items reused
+    assert "1 done, 4 reused, 0 failed" in capsys.readouterr().out
+    rows = _table(fs, f"{BUCKET}/out/asr/results.parquet")
+    assert sorted(r["id"] for r in rows) == [f"audio/s{i}.flac" for i in range(5)]
+    assert all(r["input"].startswith(f"s3://{BUCKET}/out/tts/audio/") for r in rows)
+    assert len(fs.glob(f"{BUCKET}/out/asr/transcripts/*.srt")) == 5
+    assert null_server.stats()["requests"] - sent == 1
+
+    assert main(["transcribe", f"s3://{BUCKET}/out/tts/**/*.flac", "-o", asr, "--no-progress"]) == EXIT_OK
+    assert "0 done" in capsys.readouterr().out and null_server.stats()["requests"] - sent == 1
+    assert list(scratch.rglob("*.flac")) == [] and list(scratch.rglob("*.parquet")) == [], "only scratch, emptied"
+
+
+def test_roundtrip_from_bucket_to_bucket(s3_bucket, null_server, cli_env, tmp_path):  # noqa: F811
+    from flows.roundtrip import roundtrip
+
+    fs = s3_bucket
+    cli_env(null_server)
+    rows = [{"id": f"r{i}", "text": f"Round trip line {i}."} for i in range(4)]
+    fs.pipe_file(f"{BUCKET}/in/m.jsonl", b"".join(__import__("json").dumps(r).encode() + b"\n" for r in rows))
+    state = roundtrip(manifest=f"s3://{BUCKET}/in/m.jsonl", out_dir=f"s3://{BUCKET}/out/rt", output_format="wav",
+                      return_state=True)
+    result = state.result(raise_on_failure=False)
+    summary = getattr(result, "summary", result)
+    assert (summary.tts.done, summary.asr.done + summary.asr.reused) == (4, 4), state.message
+    assert len(_table(fs, f"{BUCKET}/out/rt/asr/results.parquet")) == 4
+    assert fs.exists(f"{BUCKET}/out/rt/asr_manifest.parquet")
+    assert null_server.stats()["requests"] == 5, "4 voices, 1 transcript (identical silence reused)"
