@@ -39,8 +39,10 @@ SLOW_GRANT = 2.5
 #: the shared rate is rewritten when this worker's rate differs from it by more than this fraction
 WRITE_TOLERANCE = 0.01
 
-RateScope = Literal["machine", "prefect"]
-RATE_SCOPES: tuple[RateScope, ...] = ("machine", "prefect")
+RateScope = Literal["machine", "prefect", "redis"]
+#: machine: a file per machine; prefect: a Prefect global concurrency limit; redis: a key in Redis
+#: (``voxmill.rate.redis_source``, at VOXMILL_REDIS_URL) — the cross-machine budget that holds the API's rate
+RATE_SCOPES: tuple[RateScope, ...] = ("machine", "prefect", "redis")
 
 
 def limit_name(settings: Settings) -> str:

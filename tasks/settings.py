@@ -13,6 +13,7 @@ from prefect.logging import get_logger
 from tasks.rate import RATE_SCOPES, RateScope, prefect_source
 from voxmill.errors import ConfigError
 from voxmill.local_api import LocalEngine, api_settings
+from voxmill.rate.redis_source import redis_source
 from voxmill.settings import ApiKey, Settings
 
 log = get_logger("voxmill")
@@ -40,6 +41,10 @@ def _reloaded_block_key(block_name: str) -> ApiKey:
     return key
 
 
+#: where each shared scope's budget comes from (machine: the default file source, no factory)
+_SCOPE_SOURCES = {"prefect": prefect_source, "redis": redis_source}
+
+
 def resolve_settings(
     *,
     base_url: str | None = None,
@@ -53,7 +58,8 @@ def resolve_settings(
 
     VOXMILL_API_KEY wins over the block; with neither the settings have no key (a local server, then).
     ``rate_scope`` (default: VOXMILL_RATE_SCOPE, else ``"machine"``): ``"prefect"`` shares the rate budget
-    through a global concurrency limit of the Prefect API, with workers on any machine (:mod:`tasks.rate`).
+    through a global concurrency limit of the Prefect API, with workers on any machine (:mod:`tasks.rate`);
+    ``"redis"`` through a key in Redis at VOXMILL_REDIS_URL (:mod:`voxmill.rate.redis_source`).
     """
     scope = rate_scope or os.environ.get("VOXMILL_RATE_SCOPE", "").strip() or "machine"
     if scope not in RATE_SCOPES:
@@ -68,7 +74,7 @@ def resolve_settings(
             requests_per_second=requests_per_second or limit.requests_per_second,
             requests_per_minute=requests_per_minute or limit.requests_per_minute,
             max_concurrent=max_concurrent or limit.max_concurrent,
-            source_factory=prefect_source if scope == "prefect" else limit.source_factory,
+            source_factory=_SCOPE_SOURCES.get(scope, limit.source_factory),
         )
     )
     if base_url:

@@ -6,7 +6,9 @@ the parent then folds every shard's rows into ``OUT/results.parquet``, output pa
 The job's ``requests_per_second``/``requests_per_minute`` pass to every shard unchanged: a cap applies to the
 budget the shards draw from together (one file per machine, or ``rate_scope=prefect`` across machines), so
 dividing it would cap the job at 1/N of what was asked.
-``OUT`` must be storage every worker sees (a shared disk, or a path that is the same on every host).
+``OUT`` is a URL (``s3://bucket/out``: each shard works in its own scratch folder on whatever worker runs it and
+writes to ``OUT/shards/<i>-of-<n>`` in the bucket; the parent merges them from there, workers share no disk), or
+a path every worker sees (a shared disk, or a path that is the same on every host).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
+from voxmill.bucket import RemoteOut, is_url, join, make_scratch, remove_scratch
 from voxmill.errors import ConfigError
 from voxmill.jobs import JobFailed, RunSummary, Shard
 from voxmill.ledger import Ledger, read_results
@@ -36,16 +39,18 @@ def run_shards(out_dir: str, shards: int) -> RunSummary:
     """Run the current flow's job as ``shards`` child runs on the work pool; merge; summarise."""
     logger = get_run_logger()
     started = time.monotonic()
-    out = Path(out_dir).expanduser().resolve()  # a deployment's working directory is the project root
+    # a deployment's working directory is the project root
+    out: Path | str = out_dir.rstrip("/") if is_url(out_dir) else Path(out_dir).expanduser().resolve()
     name = f"{flow_run.flow_name}/{SHARD_DEPLOYMENT}"
     base = {k: v for k, v in flow_run.parameters.items() if k not in ("progress", "shards", "shard", "out_dir")}
     pieces = [Shard(i, shards) for i in range(shards)]
     _check_deployed(name)
-    logger.info("%d shards of %s via deployment %s into %s", shards, base.get("manifest"), name, out / SHARDS_DIR)
+    logger.info("%d shards of %s via deployment %s into %s", shards, base.get("manifest"), name,
+                _under(out, SHARDS_DIR))
 
     def run_one(shard: Shard) -> FlowRun:
-        parameters = {**base, "out_dir": str(out / SHARDS_DIR / shard.name), "shard": {"index": shard.index,
-                                                                                       "count": shard.count}}
+        parameters = {**base, "out_dir": _under(out, SHARDS_DIR, shard.name),
+                      "shard": {"index": shard.index, "count": shard.count}}
         return run_deployment(name, parameters=parameters, timeout=None, poll_interval=1,
                               flow_run_name=f"shard-{shard.name}")
 
@@ -85,20 +90,38 @@ def _shard_summary(shard: Shard, child: FlowRun) -> RunSummary:
     raise RuntimeError(f"shard {shard.name} (flow run {child.name}) ended {getattr(state, 'name', '?')}: {message}")
 
 
-def _merge(out: Path, pieces: list[Shard], summaries: list[RunSummary], *, run_id: str, elapsed_s: float) -> RunSummary:
-    ledger = Ledger(out)
+def _under(out: Path | str, *parts: str) -> str:
+    return join(out, *parts) if isinstance(out, str) else str(out.joinpath(*parts))
+
+
+def _merge(out: Path | str, pieces: list[Shard], summaries: list[RunSummary], *, run_id: str,
+           elapsed_s: float) -> RunSummary:
+    """Fold every shard's rows into OUT's ledger (at a URL: through a scratch copy of it, under OUT's lease)."""
+    remote = RemoteOut(out) if isinstance(out, str) else None
+    local = make_scratch(out) if remote is not None else out
+    ledger = Ledger(local)
     ledger.lock()
     try:
+        if remote is not None:
+            remote.acquire(ledger.run_id)
+            remote.materialize(local, ledger.journal_dir)
+            if ledger.has_journal_rows():
+                ledger.compact()
         for shard in pieces:
-            rows = read_results(out / SHARDS_DIR / shard.name)
+            rows = read_results(_under(out, SHARDS_DIR, shard.name))
             if rows.num_rows:
                 prefix = f"{SHARDS_DIR}/{shard.name}/"
                 paths = pc.binary_join_element_wise(pa.scalar(prefix), rows["output_path"], "")
                 rows = rows.set_column(rows.schema.get_field_index("output_path"), "output_path", paths)
                 ledger.absorb(rows)
         table = ledger.read(["id", "status"])
+        if remote is not None:
+            remote.publish(local, ledger.run_id)
     finally:
         ledger.close()
+        if remote is not None:
+            remote.release()
+            remove_scratch(local)
     statuses = Counter(table["status"].to_pylist())
     failures: Counter[str] = Counter()
     for s in summaries:

@@ -53,8 +53,44 @@ def clone(tmp_path_factory) -> Path:
     return target
 
 
+BUCKET = "voxmill-deploy"
+AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
 @pytest.fixture(scope="module")
-def stack(clone: Path) -> Iterator[Stack]:
+def bucket() -> Iterator[object]:
+    """A moto S3 server the stack's worker reaches through the AWS variables (set before the worker starts)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    before = {k: os.environ.get(k) for k in AWS_VARIABLES}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": f"http://{host}:{port}"})
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(BUCKET)
+    try:
+        yield fs
+    finally:
+        fs.rm(BUCKET, recursive=True)
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def stack(clone: Path, bucket) -> Iterator[Stack]:
     env_before = {k: os.environ.pop(k) for k in ("PREFECT_API_URL", "VOXMILL_API_KEY") if k in os.environ}
     query_before = os.environ.get("PREFECT_WORKER_QUERY_SECONDS")
     os.environ["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # the worker looks for runs every 2 s, not 10: a faster suite
@@ -280,3 +316,37 @@ def test_two_shards_given_the_servers_rate_run_at_that_rate_combined(stack: Stac
           f"{final.limited} × 429 of {final.requests}")
     assert admitted >= 18.0, f"{admitted:.2f} req/s combined: the shards split the cap instead of sharing it"
     assert final.limited <= 0.05 * final.requests, final
+
+
+RUN_SHARDED_URL = (
+    "import json, os, sys\n"
+    "from prefect.blocks.system import Secret\n"
+    "from prefect.deployments import run_deployment\n"
+    "Secret(value=os.environ['TEST_SERVER_TOKEN']).save('voxmill-bucket-test', overwrite=True)\n"
+    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 3,"
+    " 'base_url': sys.argv[4], 'api_key_block': 'voxmill-bucket-test', 'output_format': 'wav'},"
+    " timeout=None, poll_interval=1)\n"
+    "print(json.dumps([run.state.name, run.state.message]))\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_three_shards_from_a_bucket_into_a_bucket(stack: Stack, bucket, make_server, tmp_path):
+    """Manifest and output in the bucket: every item done once, one merged table at the URL, outputs beside it."""
+    import io
+
+    server = make_server()
+    rows = [{"id": f"u{n:02d}", "text": f"Bucket shard line number {n}."} for n in range(24)]
+    bucket.pipe_file(f"{BUCKET}/in/m.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    url = f"s3://{BUCKET}/out/sharded"
+    state, message = _ended(_python(stack, RUN_SHARDED_URL, DEPLOYMENTS[0], f"s3://{BUCKET}/in/m.jsonl", url,
+                                    server.base_url, env={"TEST_SERVER_TOKEN": server.token}))
+    assert state == "Completed", message
+    assert server.stats()["generations_total"] == len(rows), "every item paid exactly once"
+    merged = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/out/sharded/results.parquet"))).to_pylist()
+    assert sorted(r["id"] for r in merged) == [r["id"] for r in rows] and {r["status"] for r in merged} == {"done"}
+    assert {r["output_path"].split("/")[1] for r in merged} == {"0-of-3", "1-of-3", "2-of-3"}
+    for row in merged:
+        check_audio_body(bucket.cat_file(f"{BUCKET}/out/sharded/{row['output_path']}"), "wav")
+    assert not bucket.glob(f"{BUCKET}/out/sharded/**/lease.json"), "every lease given back"
