@@ -13,14 +13,16 @@ a path every worker sees (a shared disk, or a path that is the same on every hos
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
@@ -54,14 +56,50 @@ def run_shards(out_dir: str, shards: int) -> RunSummary:
         return run_deployment(name, parameters=parameters, timeout=None, poll_interval=1,
                               flow_run_name=f"shard-{shard.name}")
 
+    artifact = create_progress_artifact(0.0, description=f"voxmill: {shards} shards of {base.get('manifest')}")
+    finished: list[tuple[Shard, RunSummary | None]] = []
     with ThreadPoolExecutor(max_workers=shards, thread_name_prefix="voxmill-shard") as pool:
-        children = list(pool.map(run_one, pieces))
-    summaries = [_shard_summary(shard, child) for shard, child in zip(pieces, children, strict=True)]
+        # each thread in a copy of this flow run's context: the children are linked as its subflow runs
+        futures = {pool.submit(contextvars.copy_context().run, run_one, shard): shard for shard in pieces}
+        children: dict[Shard, FlowRun] = {}
+        for future in as_completed(futures):
+            shard = futures[future]
+            children[shard] = child = future.result()
+            try:
+                finished.append((shard, _shard_summary(shard, child)))
+            except RuntimeError:
+                finished.append((shard, None))
+            update_progress_artifact(artifact, progress=round(100.0 * len(finished) / shards, 1))
+            create_table_artifact(key=_artifact_key(out), table=_shards_table(finished, shards),
+                                  description=f"{len(finished)} of {shards} shards finished")
+    summaries = [_shard_summary(shard, children[shard]) for shard in pieces]
     summary = _merge(out, pieces, summaries, run_id=str(flow_run.get_id()), elapsed_s=time.monotonic() - started)
     logger.info("shards merged: %s", summary.headline())
     if not summary.ok:
         raise JobFailed(summary)
     return summary
+
+
+def _artifact_key(out: Path | str) -> str:
+    from tasks.job import artifact_key
+
+    return artifact_key("shards", out)
+
+
+def _shards_table(finished: list[tuple[Shard, RunSummary | None]], shards: int) -> list[dict[str, object]]:
+    """The parent's summary of its shards so far: one row per finished shard and a total."""
+    rows: list[dict[str, object]] = []
+    for shard, summary in sorted(finished, key=lambda pair: pair[0].index):
+        if summary is None:
+            rows.append({"shard": shard.name, "state": "crashed", "done": "-", "failed": "-", "already done": "-"})
+        else:
+            rows.append({"shard": shard.name, "state": "ok" if summary.ok else "failed", "done": summary.done,
+                         "failed": summary.failed, "already done": summary.skipped_done})
+    ended = [s for _, s in finished if s is not None]
+    rows.append({"shard": f"total ({len(finished)} of {shards})", "state": "",
+                 "done": sum(s.done for s in ended), "failed": sum(s.failed for s in ended),
+                 "already done": sum(s.skipped_done for s in ended)})
+    return rows
 
 
 def _check_deployed(name: str) -> None:

@@ -252,6 +252,15 @@ class RemoteOut:
         """One output file from the scratch directory to the same place under OUT."""
         self.fs.put_file(str(scratch / relative), self.path(relative))
 
+    def upload_many(self, scratch: Path, relatives: list[str]) -> None:
+        """Several output files at once (concurrent requests on async filesystems such as s3fs)."""
+        if not relatives:
+            return
+        if len(relatives) == 1:
+            self.upload(scratch, relatives[0])
+            return
+        self.fs.put([str(scratch / r) for r in relatives], [self.path(r) for r in relatives])
+
     def upload_tree(self, scratch: Path, relative: str) -> int:
         """Every file under ``scratch/relative`` (e.g. an audiobook's folder); how many."""
         count = 0
@@ -383,9 +392,7 @@ class Shipper:
                     moved[journal.name] = start + end
             if not lines:
                 return 0
-            for relative in _outputs_of(lines):
-                if (self.scratch / relative).exists():
-                    self.remote.upload(self.scratch, relative)
+            self.remote.upload_many(self.scratch, [r for r in _outputs_of(lines) if (self.scratch / r).exists()])
             self.remote.write_segment(f"{self.run_id}-{self._seq:06d}.jsonl", b"".join(lines))
             self._seq += 1
             self._offsets.update(moved)

@@ -154,9 +154,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--runner", choices=RUNNERS, default="thread",
                        help="where batches run: threads of this process (default), a process pool, or Dask workers")
     group.add_argument("--workers", type=int, default=4, help="batches at once: threads, processes or Dask workers")
+    group.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                       help="with --runner dask: the scheduler of a cluster started separately (default: a "
+                            "LocalCluster of --workers processes)")
     group.add_argument("--shards", type=int, default=1,
-                       help="split the job into N child runs on the Prefect work pool (needs `make deploy` and an "
-                            "absolute --out on storage every worker sees)")
+                       help="split the job into N child runs on the Prefect work pool (needs `make deploy`, and an "
+                            "--out URL such as s3://bucket/out, or an absolute path every worker sees)")
     group.add_argument("--no-progress", action="store_true", help="no live progress bar")
     group.add_argument("--verbose", action="store_true", help="show Prefect's logs")
 
@@ -183,8 +186,9 @@ def _prepare_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
+        # quiet on the terminal, but every run log line still reaches the Prefect server (the UI's logs tab):
+        # a WARNING logger level would drop INFO records before the API handler saw them
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_drop_voxmill_tracebacks)
     if not os.environ.get("PREFECT_API_URL"):
@@ -236,6 +240,7 @@ def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
         local=args.local,
         local_engine=args.local_engine,
         runner=args.runner,
+        dask_address=args.dask_address,
         workers=args.workers,
         shards=args.shards,
         progress=board,

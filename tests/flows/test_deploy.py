@@ -326,6 +326,18 @@ RUN_SHARDED_URL = (
     "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 3,"
     " 'base_url': sys.argv[4], 'api_key_block': 'voxmill-bucket-test', 'output_format': 'wav'},"
     " timeout=None, poll_interval=1)\n"
+    "from prefect.client.orchestration import get_client\n"
+    "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,"
+    " FlowRunFilterParentFlowRunId\n"
+    "def kinds(client, flow_run_id):\n"
+    "    found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId("
+    "any_=[flow_run_id])))\n"
+    "    return sorted(str(a.type) for a in found)\n"
+    "with get_client(sync_client=True) as client:\n"
+    "    children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id="
+    "FlowRunFilterParentFlowRunId(any_=[run.id])))\n"
+    "    shown = {c.name: kinds(client, c.id) for c in children}\n"
+    "    print(json.dumps({'children': shown, 'parent': kinds(client, run.id)}))\n"
     "print(json.dumps([run.state.name, run.state.message]))\n"
 )
 
@@ -340,9 +352,18 @@ def test_three_shards_from_a_bucket_into_a_bucket(stack: Stack, bucket, make_ser
     rows = [{"id": f"u{n:02d}", "text": f"Bucket shard line number {n}."} for n in range(24)]
     bucket.pipe_file(f"{BUCKET}/in/m.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     url = f"s3://{BUCKET}/out/sharded"
-    state, message = _ended(_python(stack, RUN_SHARDED_URL, DEPLOYMENTS[0], f"s3://{BUCKET}/in/m.jsonl", url,
-                                    server.base_url, env={"TEST_SERVER_TOKEN": server.token}))
+    process = _python(stack, RUN_SHARDED_URL, DEPLOYMENTS[0], f"s3://{BUCKET}/in/m.jsonl", url, server.base_url,
+                      env={"TEST_SERVER_TOKEN": server.token})
+    output, errors = process.communicate(timeout=300)
+    assert process.returncode == 0, errors[-3000:]
+    state, message = json.loads(output.strip().splitlines()[-1])
     assert state == "Completed", message
+    # visible in the UI: the shards are the parent's subflow runs, each with its progress artifact; the parent
+    # has its own progress artifact and the table of shards that it updated as they finished
+    seen = json.loads(output.strip().splitlines()[-2])
+    assert sorted(seen["children"]) == ["shard-0-of-3", "shard-1-of-3", "shard-2-of-3"], seen
+    assert all("progress" in kinds for kinds in seen["children"].values()), seen
+    assert "progress" in seen["parent"] and "table" in seen["parent"], seen
     assert server.stats()["generations_total"] == len(rows), "every item paid exactly once"
     merged = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/out/sharded/results.parquet"))).to_pylist()
     assert sorted(r["id"] for r in merged) == [r["id"] for r in rows] and {r["status"] for r in merged} == {"done"}
