@@ -38,6 +38,7 @@ def synthesize(
     local: bool = False,
     local_engine: LocalEngine = "real",
     runner: RunnerKind = "thread",
+    dask_address: str | None = None,
     rate_scope: RateScope | None = None,
     workers: int = 4,
     shards: int = 1,
@@ -85,6 +86,7 @@ def synthesize(
         local_engine=local_engine,
         progress=progress,
         runner=runner,
+        dask_address=dask_address,
         rate_scope=rate_scope,
         log_every_s=log_every_s,
     )

@@ -33,6 +33,7 @@ def transcribe(
     local: bool = False,
     local_engine: LocalEngine = "real",
     runner: RunnerKind = "thread",
+    dask_address: str | None = None,
     rate_scope: RateScope | None = None,
     workers: int = 4,
     shards: int = 1,
@@ -75,6 +76,7 @@ def transcribe(
         local_engine=local_engine,
         progress=progress,
         runner=runner,
+        dask_address=dask_address,
         rate_scope=rate_scope,
         log_every_s=log_every_s,
     )

@@ -47,6 +47,7 @@ def run_job_in_flow(
     *,
     runner: RunnerKind = "thread",
     log_every_s: float = LOG_EVERY_S,
+    dask_address: str | None = None,
 ) -> RunSummary:
     """Run ``request`` inside the current flow: batches become ``process_batch`` task runs on ``runner``."""
     logger = get_run_logger()
@@ -79,7 +80,7 @@ def run_job_in_flow(
     reporter.start()
     try:
         artifact_id = create_progress_artifact(0.0, description=f"voxmill {request.kind} {request.manifest}")
-        with make_task_runner(runner, request.workers) as task_runner:
+        with make_task_runner(runner, request.workers, dask_address) as task_runner:
             outcomes = fan_out(
                 (Batch(i, items) for i, items in enumerate(job.batches())),
                 lambda index, batch: task_runner.submit(process_batch, parameters={"engine": handle, "batch": batch}),
@@ -137,6 +138,7 @@ def run_flow_job(
     runner: RunnerKind = "thread",
     log_every_s: float = LOG_EVERY_S,
     rate_scope: RateScope | None = None,
+    dask_address: str | None = None,
 ) -> RunSummary:
     """What every job flow does: settings from env + its parameters (a local server when there is no key),
     run the job, return its summary — or raise :class:`JobFailed` with the counts."""
@@ -144,7 +146,8 @@ def run_flow_job(
                        requests_per_minute=requests_per_minute, max_concurrent=max_concurrent,
                        api_key_block=api_key_block, rate_scope=rate_scope, local=local,
                        local_engine=local_engine) as settings:
-        return run_job_in_flow(request, settings, progress, runner=runner, log_every_s=log_every_s)
+        return run_job_in_flow(request, settings, progress, runner=runner, log_every_s=log_every_s,
+                               dask_address=dask_address)
 
 
 __all__ = ["LOG_EVERY_S", "artifact_key", "run_flow_job", "run_job_in_flow"]
