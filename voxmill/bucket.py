@@ -29,6 +29,7 @@ with ``If-Match`` (so of two takers only one deletes it) and creates a new one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -439,6 +440,55 @@ class FetchOutputs:
                 continue  # gone from the bucket: the item is sent
 
 
+@contextlib.contextmanager
+def mirrored(url: str, run_id: str | None = None) -> Iterator[Path]:
+    """A local copy of everything at ``url`` for a job that needs its files on disk (an audiobook assembles its
+    chunks): OUT's lease is taken (and renewed) for the whole block; the files and the ledger come down into a
+    scratch folder, which is yielded; afterwards (also after an error: what was done is kept) the ledger is
+    published the usual way and every other file goes up, then the scratch folder is removed."""
+    from voxmill.ledger import Ledger
+
+    remote = RemoteOut(url)
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}-mirror"
+    remote.acquire(run_id)
+    scratch = make_scratch(url)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_RENEW_S):
+            try:
+                remote.renew()
+            except Exception as exc:  # the next try may reach it; the lease outlives a few misses
+                log.warning("could not renew the lease of %s: %s", url, exc)
+
+    renewer = threading.Thread(target=renew, name="voxmill-lease", daemon=True)
+    renewer.start()
+    try:
+        for path in remote.fs.find(remote.root):
+            relative = path[len(remote.root):].lstrip("/")
+            if relative.startswith(f"{LEDGER_PREFIX}/") or relative in ("results.parquet", "failures.parquet"):
+                continue
+            (scratch / relative).parent.mkdir(parents=True, exist_ok=True)
+            remote.fs.get_file(path, str(scratch / relative))
+        remote.materialize(scratch, Ledger(scratch).journal_dir)
+        yield scratch
+    finally:
+        try:
+            ledger = Ledger(scratch, run_id)
+            if ledger.has_journal_rows():
+                ledger.compact()
+            remote.publish(scratch, run_id)
+            files = [str(p.relative_to(scratch)) for p in sorted(scratch.rglob("*"))
+                     if p.is_file() and not p.name.startswith(".") and p.relative_to(scratch).parts[0] != LEDGER_PREFIX
+                     and p.name not in ("results.parquet", "failures.parquet")]
+            remote.upload_many(scratch, files)
+        finally:
+            stop.set()
+            renewer.join()
+            remote.release()
+            remove_scratch(scratch)
+
+
 def remove_scratch(scratch: Path) -> None:
     """Delete a run's scratch directory (everything in it is in the bucket by now)."""
     shutil.rmtree(scratch, ignore_errors=True)
@@ -467,6 +517,7 @@ __all__ = [
     "is_url",
     "join",
     "make_scratch",
+    "mirrored",
     "read_url_results",
     "remove_scratch",
 ]

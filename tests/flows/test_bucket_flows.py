@@ -5,6 +5,8 @@ from bucket to bucket. Nothing of the job is left outside the bucket but scratch
 from __future__ import annotations
 
 import io
+import json
+import subprocess
 
 import pyarrow.parquet as pq
 import pytest
@@ -81,3 +83,35 @@ def test_roundtrip_from_bucket_to_bucket(s3_bucket, null_server, cli_env, tmp_pa
     assert len(_table(fs, f"{BUCKET}/out/rt/asr/results.parquet")) == 4
     assert fs.exists(f"{BUCKET}/out/rt/asr_manifest.parquet")
     assert null_server.stats()["requests"] == 5, "4 voices, 1 transcript (identical silence reused)"
+
+
+def test_audiobooks_of_two_books_into_a_bucket(s3_bucket, null_server, cli_env, tmp_path):  # noqa: F811
+    """Two books, each to its own s3:// output: the m4b, chapter files and tables land in the bucket; a rerun
+    pays nothing."""
+    from book_files import write_epub
+
+    from flows.audiobook import audiobook
+
+    fs = s3_bucket
+    scratch = cli_env(null_server)
+    paid = 0
+    for name in ("island", "lamp"):
+        state = audiobook(book=str(write_epub(tmp_path / f"{name}.epub")), out_dir=f"s3://{BUCKET}/books/{name}",
+                          chapters="3,5", return_state=True)
+        assert state.is_completed(), state.message
+        result = state.result()
+        assert result.m4b.startswith(f"s3://{BUCKET}/books/{name}/") and result.m4b.endswith(".m4b")
+        local = tmp_path / f"{name}.m4b"
+        fs.get_file(result.m4b, str(local))
+        probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_chapters", "-of", "json", str(local)],
+                                          capture_output=True, check=True, text=True).stdout)
+        assert len(probe["chapters"]) == 2
+        chunks = _table(fs, f"{BUCKET}/books/{name}/results.parquet")
+        assert len(chunks) == result.chunks and {r["status"] for r in chunks} == {"done"}
+        assert fs.exists(f"{BUCKET}/books/{name}/chapters.parquet")
+        paid += result.chunks
+    assert null_server.stats()["requests"] == paid
+    again = audiobook(book=str(tmp_path / "island.epub"), out_dir=f"s3://{BUCKET}/books/island", chapters="3,5",
+                      return_state=True)
+    assert again.is_completed() and null_server.stats()["requests"] == paid, "the rerun pays nothing"
+    assert list(scratch.iterdir()) == [], "scratch folders removed"
