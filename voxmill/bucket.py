@@ -71,6 +71,11 @@ def is_url(where: str | os.PathLike[str]) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+def output_location(value: str) -> Path | str:
+    """An output named on a command line: a URL as given (no trailing ``/``), else a path."""
+    return value.rstrip("/") if is_url(value) else Path(value)
+
+
 def join(url: str, *parts: str) -> str:
     """``url`` with ``parts`` appended, ``/``-separated."""
     return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts if p)])
@@ -517,6 +522,7 @@ __all__ = [
     "is_url",
     "join",
     "make_scratch",
+    "output_location",
     "mirrored",
     "read_url_results",
     "remove_scratch",

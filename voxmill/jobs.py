@@ -25,7 +25,16 @@ import pyarrow.compute as pc
 
 from voxmill.audio.transcode import OutputSpec, remove_partial_outputs
 from voxmill.batch import BatchEngine, BatchOutcome, JobSpec
-from voxmill.bucket import FetchOutputs, RemoteOut, Shipper, is_url, join, make_scratch, remove_scratch
+from voxmill.bucket import (
+    FetchOutputs,
+    RemoteOut,
+    Shipper,
+    is_url,
+    join,
+    make_scratch,
+    output_location,
+    remove_scratch,
+)
 from voxmill.errors import ConfigError
 from voxmill.ledger import Ledger
 from voxmill.manifests import JobKind, ManifestReader, RunDefaults, WorkItem, iter_record_batches
@@ -68,11 +77,6 @@ class JobRequest:
 def out_file(where: str, name: str) -> str:
     """A file of an output directory or URL, as a user would name it."""
     return join(where, name) if is_url(where) else str(Path(where) / name)
-
-
-def output_location(value: str) -> Path | str:
-    """An output named on a command line: a URL as given (no trailing ``/``), else a path."""
-    return value.rstrip("/") if is_url(value) else Path(value)
 
 
 def out_location(out: str | Path) -> dict[str, Any]:

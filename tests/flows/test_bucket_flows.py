@@ -115,3 +115,20 @@ def test_audiobooks_of_two_books_into_a_bucket(s3_bucket, null_server, cli_env, 
                       return_state=True)
     assert again.is_completed() and null_server.stats()["requests"] == paid, "the rerun pays nothing"
     assert list(scratch.iterdir()) == [], "scratch folders removed"
+
+
+def test_cli_audiobook_job_of_two_books_into_a_bucket(s3_bucket, null_server, cli_env, tmp_path, capsys):  # noqa: F811
+    from book_files import write_epub
+
+    fs = s3_bucket
+    scratch = cli_env(null_server)
+    books = [str(write_epub(tmp_path / f"{name}.epub")) for name in ("harbour", "tower")]
+    url = f"s3://{BUCKET}/books"
+    assert main(["audiobook", *books, "-o", url, "--chapters", "3", "--no-progress"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"→ {url}/harbour" in out and f"→ {url}/tower" in out, out
+    for name in ("harbour", "tower"):
+        assert len(fs.glob(f"{BUCKET}/books/{name}/*.m4b")) == 1
+        rows = _table(fs, f"{BUCKET}/books/{name}/results.parquet")
+        assert rows and {r["status"] for r in rows} == {"done"}
+    assert list(scratch.iterdir()) == []

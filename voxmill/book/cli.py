@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRU
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, make_audiobook, slug
 from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
 from voxmill.book.sources import BOOK_TYPES, read_book
+from voxmill.bucket import is_url, join, mirrored, output_location
 from voxmill.catalog import TTS_MODELS
 from voxmill.errors import ConfigError
 from voxmill.estimate import WORDS_PER_SECOND, PriceTable
@@ -51,7 +52,8 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("books", nargs="+", metavar="BOOK",
                         help="book files, or a CSV/Parquet manifest of books (path, title, author, model, voice, "
                              "params)")
-    parser.add_argument("-o", "--out", type=Path, help="output directory: one folder per book (rerun to resume)")
+    parser.add_argument("-o", "--out", type=output_location,
+                        help="output directory or URL (s3://bucket/books): one folder per book (rerun to resume)")
     parser.add_argument("--list", action="store_true", help="print the chapters and the estimate; send nothing")
     parser.add_argument("--chapters", help="exactly these chapters, e.g. 1,3-5 (skipped ones too, when named)")
     parser.add_argument("--exclude", help="leave out these chapters, e.g. 2,9")
@@ -195,14 +197,22 @@ def run_audiobook_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.out is None:
         raise ConfigError("give -o/--out (the output directory), or --list to only look")
-    requests = [_request(e, args, args.out) for e in entries]
+    url = str(args.out) if is_url(args.out) else None
+    requests = [_request(e, args, Path(".") if url else args.out) for e in entries]
     failed = 0
     announce = functools.partial(print, "voxmill:", file=sys.stderr)
     with api_settings(_settings(args), local=args.local, engine=args.local_engine, announce=announce) as settings:
         for request in requests:
             say = None if args.no_progress else (lambda line: print(f"voxmill: {line}", file=sys.stderr))
-            result = make_audiobook(request, settings, run_chunks=_runner(settings, args.no_progress), say=say)
-            print(result.headline())
+            run_chunks = _runner(settings, args.no_progress)
+            if url:  # assembled on disk: in a scratch mirror of the book's folder at the URL
+                book_url = join(url, request.out_dir.name)
+                with mirrored(book_url) as local:
+                    result = make_audiobook(replace(request, out_dir=local), settings, run_chunks=run_chunks, say=say)
+                print(f"{result.headline()} → {book_url}")
+            else:
+                result = make_audiobook(request, settings, run_chunks=run_chunks, say=say)
+                print(result.headline())
             if result.qc:
                 print("\n".join(result.qc.lines()))
             if result.summary.stopped and "refused the key" in result.summary.stopped:
