@@ -109,7 +109,10 @@ class Shard:
 
     def holds(self, item: WorkItem) -> bool:
         """Whether ``item`` belongs to this shard."""
-        identity = item.item_id if item.has_own_id or item.problem is not None else _safe_key(item)
+        return self.holds_id(item.item_id if item.has_own_id or item.problem is not None else _safe_key(item))
+
+    def holds_id(self, identity: str) -> bool:
+        """Whether the item of this identity (its id, or its key) belongs to this shard."""
         return int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "big") % self.count \
             == self.index
 
@@ -190,9 +193,11 @@ class OpenJob:
 
     def batches(self) -> Iterator[list[PlannedItem]]:
         """Planned items in batches of ``batch_size``, read lazily from the manifest."""
-        reader: Iterable[WorkItem] = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults)
-        if self.request.shard is not None:
-            reader = filter(self.request.shard.holds, reader)
+        shard = self.request.shard
+        reader: Iterable[WorkItem] = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults,
+                                                    id_filter=shard.holds_id if shard is not None else None)
+        if shard is not None:
+            reader = filter(shard.holds, reader)  # rows without an id: their key decides
         failed_ids = self.ledger.failed_ids() if (self.request.only_failed or not self.request.retry_failed) else None
         planned = plan_items(
             reader,

@@ -20,7 +20,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -380,6 +380,9 @@ class ManifestReader:
     ignored_columns: set[str] = field(default_factory=set)
     #: hashes of ids used more than once (found by a first pass when iteration starts); None: not yet known
     repeated_ids: frozenset[int] | None = None
+    #: read only rows whose id passes (a shard's slice): other rows with an id are skipped before they are
+    #: validated or keyed; rows without an id are always read (their identity is their key)
+    id_filter: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.defaults.model is not None:
@@ -403,7 +406,7 @@ class ManifestReader:
         An id used again after its first row makes that later row a ``duplicate_id`` problem (the first
         one runs); the later row's ledger id is suffixed so it never overwrites the first one's outcome.
         """
-        row = 0
+        seen = 0  # rows of earlier batches
         checked_columns = False
         first_row_of: dict[str, int] = {}  # only ids that are repeated
         for batch in iter_record_batches(self.source, self.batch_rows):
@@ -413,17 +416,30 @@ class ManifestReader:
                 if self.repeated_ids is None:
                     self.repeated_ids = repeated_id_hashes(self.source, self.batch_rows)
             items = []
-            for values in batch.to_pylist():
-                row += 1
+            for row, values in self._rows(batch, seen):
                 item = self.item_from_row(row, values)
                 if item.has_own_id and self.repeated_ids and id_hash64(item.item_id) in self.repeated_ids:
                     first = first_row_of.setdefault(item.item_id, row)
                     if first != row:
                         item = _duplicate(item, first)
                 items.append(item)
+            seen += batch.num_rows
             yield items
         if not checked_columns:
             raise ConfigError(f"manifest {self.source!r} has no rows")
+
+    def _rows(self, batch: pa.RecordBatch, before: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(row number, values) of the rows of ``batch`` to read, ``before`` rows having come earlier."""
+        if self.id_filter is None or "id" not in batch.schema.names:
+            yield from enumerate(batch.to_pylist(), start=before + 1)
+            return
+        wanted = self.id_filter
+        # the id as item_from_row makes it (str of the cell's value), so the slice matches Shard.holds exactly
+        keep = [i for i, value in enumerate(batch.column("id").to_pylist())
+                if _cell(value) is None or wanted(str(_cell(value)))]
+        if keep:
+            rows = batch.take(pa.array(keep, pa.int64())).to_pylist()
+            yield from ((before + 1 + i, values) for i, values in zip(keep, rows, strict=True))
 
     def __iter__(self) -> Iterator[WorkItem]:
         for items in self.batches():

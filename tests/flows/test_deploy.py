@@ -6,6 +6,7 @@ for what that shard had not recorded. `undeploy` stops what was started."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -371,3 +372,69 @@ def test_three_shards_from_a_bucket_into_a_bucket(stack: Stack, bucket, make_ser
     for row in merged:
         check_audio_body(bucket.cat_file(f"{BUCKET}/out/sharded/{row['output_path']}"), "wav")
     assert not bucket.glob(f"{BUCKET}/out/sharded/**/lease.json"), "every lease given back"
+
+
+RUN_SHARDED_KILL = (
+    "import json, os, sys\n"
+    "from prefect.blocks.system import Secret\n"
+    "from prefect.deployments import run_deployment\n"
+    f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
+    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
+    f" 'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'output_format': 'wav', 'max_concurrent': 2}},"
+    " timeout=None, poll_interval=1)\n"
+    "print(json.dumps([run.state.name, run.state.message]))\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_a_shard_killed_mid_run_into_a_bucket_then_rerun_pays_only_what_no_segment_held(
+        stack: Stack, bucket, make_server, tmp_path):
+    from voxmill.bucket import LEASE_FILE, RemoteOut
+
+    server = make_server(latency_ms=400)
+    texts = {f"item-{n:02d}": f"Bucket kill check, sentence number {n}." for n in range(SHARD_ITEMS)}
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": i, "text": t} for i, t in texts.items()])
+    hash_of = {i: request_content_hash({"model": "higgs2p5", "text": t}, {}) for i, t in texts.items()}
+    url = f"s3://{BUCKET}/killed"
+    killed, other = RemoteOut(f"{url}/shards/0-of-2"), RemoteOut(f"{url}/shards/1-of-2")
+
+    def done_ids(remote: RemoteOut) -> set[str]:
+        table = remote.read_table(["id", "status"])
+        return set(table.filter(pc.equal(table["status"], "done"))["id"].to_pylist())
+
+    def run() -> subprocess.Popen:
+        return _python(stack, RUN_SHARDED_KILL, DEPLOYMENTS[0], str(manifest), url, server.base_url,
+                       env={"TEST_SERVER_TOKEN": server.token})
+
+    parent = run()
+    deadline = time.monotonic() + 240
+    while len(done_ids(killed)) < 3:
+        if parent.poll() is not None or time.monotonic() > deadline:
+            parent.kill()
+            raise AssertionError(f"shard 0 never got going: {parent.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    holder = json.loads(bucket.cat_file(f"{BUCKET}/killed/shards/0-of-2/{LEASE_FILE}"))
+    os.kill(holder["pid"], signal.SIGKILL)  # the shard's flow-run process, named by its lease
+    time.sleep(1.0)
+    generated_at_kill = {h for h, n in server.stats()["generations"].items() if n}
+    recorded_at_kill = done_ids(killed)
+
+    state, message = _ended(parent)
+    assert state == "Failed" and "shard 0-of-2" in message and "Crashed" in message, message
+    other_ids = done_ids(other)
+    assert other_ids and other_ids.isdisjoint(recorded_at_kill)
+    in_flight = {i for i, h in hash_of.items() if h in generated_at_kill} - recorded_at_kill - other_ids
+    paid_before_rerun = sum(server.stats()["generations"].values())
+
+    state, message = _ended(run())
+    assert state == "Completed", message
+    killed_slice = done_ids(killed)
+    assert killed_slice.isdisjoint(other_ids) and killed_slice | other_ids == set(texts)
+    generations = Counter(server.stats()["generations"])
+    assert sum(generations.values()) - paid_before_rerun == len(killed_slice) - len(recorded_at_kill), (
+        "the rerun sent exactly what no segment of the killed shard held, and nothing of the other shard")
+    assert len(in_flight) <= 2 * SHARD_CONCURRENCY + 2, in_flight  # in flight, or finished in the last flush
+    merged = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/killed/results.parquet"))).to_pylist()
+    assert sorted(r["id"] for r in merged) == sorted(texts) and {r["status"] for r in merged} == {"done"}
+    print(f"recorded at the kill: {len(recorded_at_kill)}/{len(killed_slice)}; lost at the kill: {len(in_flight)}")
