@@ -29,7 +29,7 @@ from prefect.runtime import flow_run
 
 from voxmill.bucket import RemoteOut, is_url, join, make_scratch, remove_scratch
 from voxmill.errors import ConfigError
-from voxmill.jobs import JobFailed, RunSummary, Shard
+from voxmill.jobs import JobFailed, RunSummary, Shard, load_summary
 from voxmill.ledger import Ledger, read_results
 
 #: the deployment (per flow) whose runs are shards: no concurrency limit, so the parent cannot starve them
@@ -66,13 +66,13 @@ def run_shards(out_dir: str, shards: int) -> RunSummary:
             shard = futures[future]
             children[shard] = child = future.result()
             try:
-                finished.append((shard, _shard_summary(shard, child)))
+                finished.append((shard, _shard_summary(shard, child, out)))
             except RuntimeError:
                 finished.append((shard, None))
             update_progress_artifact(artifact, progress=round(100.0 * len(finished) / shards, 1))
             create_table_artifact(key=_artifact_key(out), table=_shards_table(finished, shards),
                                   description=f"{len(finished)} of {shards} shards finished")
-    summaries = [_shard_summary(shard, children[shard]) for shard in pieces]
+    summaries = [_shard_summary(shard, children[shard], out) for shard in pieces]
     summary = _merge(out, pieces, summaries, run_id=str(flow_run.get_id()), elapsed_s=time.monotonic() - started)
     logger.info("shards merged: %s", summary.headline())
     if not summary.ok:
@@ -116,14 +116,24 @@ def _check_deployed(name: str) -> None:
         ) from None
 
 
-def _shard_summary(shard: Shard, child: FlowRun) -> RunSummary:
-    """The child's own summary (Completed or Failed with counts); any other end fails the parent with its message."""
+def _shard_summary(shard: Shard, child: FlowRun, out: Path | str) -> RunSummary:
+    """The child's own summary (Completed or Failed with counts); any other end fails the parent with its message.
+
+    With OUT at a URL the summary comes from the bucket (``summary.json``, written by the shard at its end): the
+    child's persisted result lives on whichever worker ran it, which shares no disk with this one."""
     state = child.state
-    result = state.result(raise_on_failure=False) if state is not None and state.is_final() else None
+    try:
+        result = state.result(raise_on_failure=False) if state is not None and state.is_final() else None
+    except Exception:  # noqa: BLE001 - a result persisted on another worker's disk cannot be read here
+        result = None
     if isinstance(result, RunSummary):
         return result
     if isinstance(result, JobFailed):
         return result.summary
+    if isinstance(out, str) and state is not None and (state.is_completed() or state.is_failed()):
+        summary = load_summary(_under(out, SHARDS_DIR, shard.name))
+        if summary is not None:
+            return summary
     message = state.message if state is not None else "no state"
     raise RuntimeError(f"shard {shard.name} (flow run {child.name}) ended {getattr(state, 'name', '?')}: {message}")
 

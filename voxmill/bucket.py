@@ -5,6 +5,7 @@ do have — immutable objects and a conditional create (``If-None-Match: *``) �
 lhotse Shar's write-once shards and datatrove's completion markers are::
 
     OUT/results.parquet, failures.parquet, job.json   published copies, for readers (rewritten at the end)
+    OUT/summary.json                                  the last run's RunSummary (a shard's parent reads it)
     OUT/audio/…, OUT/transcripts/…                    outputs, each uploaded before its ledger record
     OUT/ledger/lease.json                             the writer's lease: created only if absent, renewed,
                                                       deleted at the end (a stale one may be taken over)
@@ -275,6 +276,17 @@ class RemoteOut:
                 self.upload(scratch, str(path.relative_to(scratch)))
                 count += 1
         return count
+
+    def write_json(self, relative: str, record: dict[str, Any]) -> None:
+        """A small JSON object under OUT (overwritten)."""
+        self._put(relative, json.dumps(record, default=str).encode())
+
+    def read_json(self, relative: str) -> dict[str, Any] | None:
+        """A JSON object under OUT; None if there is none."""
+        try:
+            return json.loads(self.fs.cat_file(self.path(relative)))
+        except FileNotFoundError:
+            return None
 
     def exists(self, relative: str) -> bool:
         return bool(self.fs.exists(self.path(relative)))

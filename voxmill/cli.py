@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     asr.set_defaults(handler=_cmd_transcribe)
 
     status = sub.add_parser("status", help="counts, failures by kind and audio hours of an output directory")
-    status.add_argument("out", type=Path)
+    status.add_argument("out", type=output_location)
     status.add_argument("--failures", type=int, default=10, help="show this many failed rows (default 10)")
     status.set_defaults(handler=_cmd_status)
 

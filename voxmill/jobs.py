@@ -428,7 +428,7 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
     for outcome in outcomes:
         total.update(done=outcome.done, failed=outcome.failed, reused=outcome.reused,
                      not_attempted=outcome.not_attempted)
-    return RunSummary(
+    summary = RunSummary(
         run_id=job.ledger.run_id,
         out_dir=job.request.where,
         rows=job.counts.rows,
@@ -446,6 +446,19 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
         ledger_failed=statuses.get("failed", 0),
         api_rate=round(job.progress.api_rate, 3) if job.progress.api_rate is not None else None,
     )
+    if remote is not None:  # for a parent on another machine (a shard's flow-run result lives on its worker)
+        remote.out.write_json(SUMMARY_FILE, dataclasses.asdict(summary))
+    return summary
+
+
+#: a URL job's summary at OUT (``RunSummary`` as JSON), written at its end
+SUMMARY_FILE = "summary.json"
+
+
+def load_summary(where: str) -> RunSummary | None:
+    """The summary a URL job wrote at its end (None: none there)."""
+    record = RemoteOut(where).read_json(SUMMARY_FILE)
+    return RunSummary(**record) if record is not None else None
 
 
 def _new_audio_seconds(run_rows: pa.Table) -> float:
@@ -488,6 +501,7 @@ __all__ = [
     "auto_batch_size",
     "count_rows",
     "load_job_record",
+    "load_summary",
     "out_file",
     "out_location",
     "output_location",

@@ -324,8 +324,9 @@ RUN_SHARDED_URL = (
     "from prefect.blocks.system import Secret\n"
     "from prefect.deployments import run_deployment\n"
     "Secret(value=os.environ['TEST_SERVER_TOKEN']).save('voxmill-bucket-test', overwrite=True)\n"
+    "extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {'output_format': 'wav'}\n"
     "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 3,"
-    " 'base_url': sys.argv[4], 'api_key_block': 'voxmill-bucket-test', 'output_format': 'wav'},"
+    " 'base_url': sys.argv[4], 'api_key_block': 'voxmill-bucket-test', **extra},"
     " timeout=None, poll_interval=1)\n"
     "from prefect.client.orchestration import get_client\n"
     "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,"
@@ -438,3 +439,66 @@ def test_a_shard_killed_mid_run_into_a_bucket_then_rerun_pays_only_what_no_segme
     merged = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/killed/results.parquet"))).to_pylist()
     assert sorted(r["id"] for r in merged) == sorted(texts) and {r["status"] for r in merged} == {"done"}
     print(f"recorded at the kill: {len(recorded_at_kill)}/{len(killed_slice)}; lost at the kill: {len(in_flight)}")
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_three_workers_with_no_shared_disk_run_sharded_jobs_bucket_to_bucket(
+        stack: Stack, clone: Path, bucket, make_server, tmp_path):
+    """3 process workers, each in its own empty directory with its own HOME, TMPDIR and Prefect home, sharing
+    only the Prefect API, the bucket and the local API server (the stack's own worker is paused meanwhile):
+    a 3-shard synthesize and a 3-shard corpus transcription, s3:// to s3://, every item done exactly once, one
+    merged table each in the bucket, and no file of either job left in any worker's directory."""
+    import io
+
+    server = make_server()
+    workers, homes = [], []
+    env_base = {k: v for k, v in stack.env().items()
+                if not k.startswith(("VOXMILL_", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE"))}
+    for n in range(3):
+        home = tmp_path / f"worker-{n}"
+        (home / "tmp").mkdir(parents=True)
+        homes.append(home)
+        env = {**env_base, "HOME": str(home), "TMPDIR": str(home / "tmp"), "PREFECT_HOME": str(home / ".prefect"),
+               "PREFECT_LOCAL_STORAGE_PATH": str(home / ".prefect" / "storage"), "PYTHONPATH": str(clone),
+               "PREFECT_WORKER_QUERY_SECONDS": "2"}
+        workers.append(subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "voxmill",
+                                         "--type", "process", "--name", f"no-disk-{n}"], env=env, cwd=home,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    stack_worker = int((stack.state_dir / "worker.pid").read_text())
+    os.killpg(stack_worker, signal.SIGSTOP)
+    try:
+        rows = [{"id": f"w{n:02d}", "text": f"No shared disk, line {n}."} for n in range(18)]
+        bucket.pipe_file(f"{BUCKET}/nodisk/in.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        tts_url, asr_url = f"s3://{BUCKET}/nodisk/tts", f"s3://{BUCKET}/nodisk/asr"
+        state, message = _ended(_python(stack, RUN_SHARDED_URL, DEPLOYMENTS[0], f"s3://{BUCKET}/nodisk/in.jsonl",
+                                        tts_url, server.base_url, env={"TEST_SERVER_TOKEN": server.token}))
+        assert state == "Completed", message
+        assert server.stats()["generations_total"] == len(rows), "every item paid exactly once"
+        merged = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/nodisk/tts/results.parquet"))).to_pylist()
+        assert sorted(r["id"] for r in merged) == [r["id"] for r in rows]
+
+        sent = server.stats()["requests"]
+        state, message = _ended(_python(stack, RUN_SHARDED_URL, "voxmill-transcribe/transcribe",
+                                        f"s3://{BUCKET}/nodisk/tts/shards/**/*.wav", asr_url, server.base_url, "{}",
+                                        env={"TEST_SERVER_TOKEN": server.token}))
+        assert state == "Completed", message
+        transcribed = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/nodisk/asr/results.parquet"))).to_pylist()
+        assert len(transcribed) == len(rows) and {r["status"] for r in transcribed} == {"done"}
+        # identical silence from the null engine: each shard sends one request and reuses it for the rest
+        assert 1 <= server.stats()["requests"] - sent <= 3
+    finally:
+        os.killpg(stack_worker, signal.SIGCONT)
+        for process in workers:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in workers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+    job_files = [p for home in homes for p in home.rglob("*") if p.is_file()
+                 and p.suffix in (".wav", ".parquet", ".jsonl", ".txt", ".srt", ".vtt")
+                 or p.name in ("job.json", "lease.json")]
+    assert job_files == [], job_files
+    leftovers = [p for home in homes for p in (home / "tmp").iterdir()]
+    assert all(not any(p.rglob("*.*")) for p in leftovers if p.is_dir()), leftovers
