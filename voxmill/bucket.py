@@ -364,8 +364,9 @@ class Shipper:
         self._seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._stop_renewing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="voxmill-shipper", daemon=True)
-        self._last_renew = time.monotonic()
+        self._renewer = threading.Thread(target=self._renew_loop, name="voxmill-lease", daemon=True)
         self.error: BaseException | None = None
         self.shipped_rows = 0
         # journals already folded (the materialised bucket journal): start at their ends
@@ -374,25 +375,38 @@ class Shipper:
 
     def start(self) -> None:
         self._thread.start()
+        self._renewer.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(FLUSH_S):
             try:
                 self.flush()
-                if time.monotonic() - self._last_renew >= LEASE_RENEW_S:
-                    self.remote.renew()
-                    self._last_renew = time.monotonic()
             except Exception as exc:  # a store hiccup: try again next round; the end of the run re-raises
                 log.warning("shipping the ledger to %s failed (will retry): %s", self.remote.url, exc)
                 self.error = exc
 
+    def _renew_loop(self) -> None:
+        """The lease, renewed on its own thread: a long upload must not let it expire."""
+        while not self._stop_renewing.wait(LEASE_RENEW_S):
+            try:
+                self.remote.renew()
+            except Exception as exc:  # the lease outlives a few missed renewals
+                log.warning("could not renew the lease of %s: %s", self.remote.url, exc)
+
     def stop(self) -> None:
-        """Stop the thread and ship what is left (raises if that fails)."""
+        """Stop shipping in the background and ship what is left (raises if that fails); the lease is still
+        renewed until :meth:`stop_renewing` (the end of the run compacts and publishes under it)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
         self.flush()
         self.error = None
+
+    def stop_renewing(self) -> None:
+        """Stop renewing the lease (just before it is released)."""
+        self._stop_renewing.set()
+        if self._renewer.is_alive():
+            self._renewer.join()
 
     def flush(self) -> int:
         """Ship every complete journal line not shipped yet; how many rows."""

@@ -241,6 +241,8 @@ class RemoteRun:
             if self.shipper is not None:
                 self.shipper.stop()
         finally:
+            if self.shipper is not None:
+                self.shipper.stop_renewing()
             self.out.release()
             remove_scratch(self.scratch)
 
