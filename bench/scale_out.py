@@ -35,8 +35,10 @@ import json, sys, time
 from pathlib import Path
 from tasks.settings import resolve_settings
 from voxmill.jobs import JobRequest, out_location, run_job
+from voxmill.options import RunOptions
 scope = sys.argv[3] or None
-settings = resolve_settings(rate_scope=scope, requests_per_second=float(sys.argv[4]) if sys.argv[4] else None)
+rps = float(sys.argv[4]) if sys.argv[4] else None
+settings = resolve_settings(RunOptions(rate_scope=scope, requests_per_second=rps))
 started = time.monotonic()
 summary = run_job(JobRequest("tts", sys.argv[1], **out_location(sys.argv[2]), workers=4), settings)
 print(json.dumps({"done": summary.done, "failed": summary.failed, "wall_s": time.monotonic() - started,

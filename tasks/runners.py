@@ -4,14 +4,11 @@ a cluster whose scheduler and workers were started separately (``dask_address``,
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from voxmill.errors import ConfigError
-
-RunnerKind = Literal["thread", "process", "dask"]
-RUNNERS: tuple[RunnerKind, ...] = ("thread", "process", "dask")
+from voxmill.options import RUNNERS, RunnerKind
 
 
 def make_task_runner(kind: RunnerKind, workers: int, dask_address: str | None = None) -> TaskRunner:

@@ -27,10 +27,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from voxmill.bucket import RemoteOut, is_url, join, make_scratch, remove_scratch
+from voxmill.bucket import RemoteOut, is_url, join, make_scratch, read_results_at, remove_scratch
 from voxmill.errors import ConfigError
 from voxmill.jobs import JobFailed, RunSummary, Shard, load_summary
-from voxmill.ledger import Ledger, read_results
+from voxmill.ledger import Ledger
 
 #: the deployment (per flow) whose runs are shards: no concurrency limit, so the parent cannot starve them
 SHARD_DEPLOYMENT = "shard"
@@ -44,7 +44,7 @@ def run_shards(out_dir: str, shards: int) -> RunSummary:
     # a deployment's working directory is the project root
     out: Path | str = out_dir.rstrip("/") if is_url(out_dir) else Path(out_dir).expanduser().resolve()
     name = f"{flow_run.flow_name}/{SHARD_DEPLOYMENT}"
-    base = {k: v for k, v in flow_run.parameters.items() if k not in ("progress", "shards", "shard", "out_dir")}
+    base = {k: v for k, v in flow_run.parameters.items() if k not in ("shards", "shard", "out_dir")}
     pieces = [Shard(i, shards) for i in range(shards)]
     _check_deployed(name)
     logger.info("%d shards of %s via deployment %s into %s", shards, base.get("manifest"), name,
@@ -156,7 +156,7 @@ def _merge(out: Path | str, pieces: list[Shard], summaries: list[RunSummary], *,
             if ledger.has_journal_rows():
                 ledger.compact()
         for shard in pieces:
-            rows = read_results(_under(out, SHARDS_DIR, shard.name))
+            rows = read_results_at(_under(out, SHARDS_DIR, shard.name))
             if rows.num_rows:
                 prefix = f"{SHARDS_DIR}/{shard.name}/"
                 paths = pc.binary_join_element_wise(pa.scalar(prefix), rows["output_path"], "")
@@ -188,6 +188,7 @@ def _merge(out: Path | str, pieces: list[Shard], summaries: list[RunSummary], *,
         audio_seconds=round(sum(s.audio_seconds for s in summaries), 3),
         elapsed_s=round(elapsed_s, 3),
         stopped=next((s.stopped for s in summaries if s.stopped), None),
+        stop_kind=next((s.stop_kind for s in summaries if s.stop_kind), None),
         ledger_done=statuses.get("done", 0),
         ledger_failed=statuses.get("failed", 0),
     )

@@ -530,6 +530,13 @@ def read_url_results(url: str, columns: list[str] | None = None) -> pa.Table:
     return RemoteOut(url).read_table(columns)
 
 
+def read_results_at(where: str | os.PathLike[str]) -> pa.Table:
+    """The ledger of an output directory or URL as a table (journals or segments included)."""
+    from voxmill.ledger import read_results
+
+    return read_url_results(str(where)) if is_url(where) else read_results(Path(where))
+
+
 def write_parquet_to(table: pa.Table, url: str) -> None:
     """Write a table as Parquet at ``url`` (uploads a local temp file)."""
     remote = RemoteOut(url.rsplit("/", 1)[0])
@@ -550,6 +557,7 @@ __all__ = [
     "make_scratch",
     "output_location",
     "mirrored",
+    "read_results_at",
     "read_url_results",
     "remove_scratch",
 ]

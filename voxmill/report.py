@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from voxmill.bucket import is_url
+from voxmill.bucket import is_url, read_results_at
 from voxmill.errors import ConfigError
-from voxmill.ledger import read_results
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ def describe_out_dir(out_dir: Path | str, *, failures: int = 10) -> OutDirReport
     url = is_url(out_dir)
     if not url and not Path(out_dir).exists():
         raise ConfigError(f"{out_dir} does not exist")
-    table = read_results(out_dir if url else Path(out_dir))
+    table = read_results_at(out_dir if url else Path(out_dir))
     if table.num_rows == 0:
         raise ConfigError(f"{out_dir} holds no results yet (no results.parquet or journal)")
     statuses = Counter(table["status"].to_pylist())

@@ -16,6 +16,7 @@ import pytest
 from manifest_files import write_manifest
 
 from voxmill.ledger import read_results
+from voxmill.options import RunOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.prefect, pytest.mark.e2e, pytest.mark.slow]
@@ -79,8 +80,8 @@ def test_dask_runner_on_a_separately_started_cluster_writes_the_thread_runners_t
     manifest = write_manifest(tmp_path / "m.csv", [{"id": f"d{i:02d}", "text": f"Dask line {i}."} for i in range(30)])
     tables = {}
     for runner, address in (("thread", None), ("dask", dask_cluster)):
-        state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / runner), runner=runner, workers=2,
-                           dask_address=address, batch_size=5, return_state=True)
+        state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / runner), batch_size=5, return_state=True,
+                           options=RunOptions(runner=runner, workers=2, dask_address=address))
         assert state.is_completed(), state.message
         tables[runner] = read_results(tmp_path / runner).select(COLUMNS).sort_by("id").to_pylist()
     assert tables["dask"] == tables["thread"] and len(tables["dask"]) == 30

@@ -29,7 +29,8 @@ import json, sys
 from pathlib import Path
 from tasks.settings import resolve_settings
 from voxmill.jobs import JobRequest, run_job
-settings = resolve_settings(rate_scope="redis")
+from voxmill.options import RunOptions
+settings = resolve_settings(RunOptions(rate_scope="redis"))
 summary = run_job(JobRequest("tts", sys.argv[1], Path(sys.argv[2]), workers=2), settings)
 print(json.dumps({"done": summary.done, "failed": summary.failed, "api_rate": summary.api_rate}))
 """

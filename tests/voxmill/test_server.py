@@ -447,7 +447,7 @@ def test_websocket_faults_and_validation(make_server):
 def test_serve_parser_builds_the_config(monkeypatch):
     import argparse
 
-    from voxmill.server.cli import add_serve_parser, config_from_args
+    from voxmill.cli.serve import add_serve_parser, config_from_args
 
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers())

@@ -28,7 +28,6 @@ from voxmill.errors import ConfigError
 from voxmill.identity import budget_id
 from voxmill.rate.control import RateControl
 from voxmill.rate.sources import LEASE_SECONDS, MAX_LEASE, FileSource, Lease, LocalSource
-from voxmill.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +188,9 @@ class RedisSource(FileSource):
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def redis_source(settings: Settings) -> RedisSource:
-    """The Redis-kept budget of ``settings``' key and base URL (the picklable factory ``RateLimit.source_factory``
+def redis_source(settings: Any) -> RedisSource:
+    """The Redis-kept budget of ``settings``' (a :class:`voxmill.settings.Settings`; not imported: settings
+    imports this package) key and base URL (the picklable factory ``RateLimit.source_factory``
     carries; each worker process reads ``VOXMILL_REDIS_URL`` from its own environment)."""
     try:
         import redis
