@@ -13,7 +13,8 @@ import pytest
 from manifest_files import write_manifest
 from s3_fixture import BUCKET, s3_bucket  # noqa: F401
 
-from voxmill.cli import EXIT_OK, main
+from voxmill.cli import main
+from voxmill.cli.common import EXIT_OK
 
 pytestmark = pytest.mark.prefect
 
