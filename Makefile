@@ -19,6 +19,9 @@ system-deps:
 	@command -v epubcheck >/dev/null || { \
 	  echo "installing epubcheck (apt; validates read-along EPUBs in the tests)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq epubcheck >/dev/null; }
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (apt: the Redis rate budget's tests, make deploy REDIS=1)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -m ensurepip --version >/dev/null 2>&1 || { \
 	  echo "installing python3-venv (apt)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv >/dev/null; }
@@ -47,9 +50,10 @@ lint: setup
 	$(BIN)/ruff check voxmill tasks flows tests bench
 	$(BIN)/lint-imports
 
-# voxmill on a real Prefect server: server (unless PREFECT_API_URL is set), work pool, deployments, a worker
+# voxmill on a real Prefect server: server (unless PREFECT_API_URL is set), work pool, deployments, a worker;
+# `make deploy REDIS=1` also starts redis-server and shares the rate budget through it (rate_scope=redis)
 deploy: setup
-	$(BIN)/voxmill deploy
+	$(BIN)/voxmill deploy $(if $(REDIS),--redis)
 
 undeploy:
 	$(BIN)/voxmill undeploy

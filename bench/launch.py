@@ -8,7 +8,7 @@ Parts (``--parts launch,shards``):
   Goal: ≤ 3 s.
 - **shards**: ``make deploy``'s stack (server, work pool, deployments, worker) and a null server limited to
   ``--rps`` requests/s; the synthesize deployment over ``--items`` items with ``shards=1`` then ``shards=2``
-  (the job's rate limit is split between shards). The send rate is measured on the server (first to last
+  (both at the job's rate limit: shards share it). The send rate is measured on the server (first to last
   request); billed twice = generations − items. Goal: the same aggregate rate, nothing billed twice.
 
 Every number is relative to a baseline measured in the same run; the machine's load average is printed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from tasks.settings import flow_settings
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, AudiobookResult, make_audiobook
 from voxmill.book.qc import DEFAULT_MAX_DRIFT, DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
+from voxmill.bucket import is_url, mirrored
 from voxmill.jobs import JobFailed, JobRequest, RunSummary
 from voxmill.options import DEFAULT_OPTIONS, RunnerKind, RunOptions
 from voxmill.settings import Settings
@@ -66,6 +68,13 @@ def audiobook(
     With no key and no Secret block a local server speaks it, labelled. Ends Failed (AudiobookFailed, with
     the counts) when a chunk failed: the book is then not assembled; rerun to retry.
     """
+    if is_url(out_dir):  # the book is assembled from its chunks on disk: in a scratch mirror of the URL
+        arguments = dict(locals())
+        try:
+            with mirrored(out_dir) as local:
+                return _at_url(audiobook.fn(**{**arguments, "out_dir": str(local)}), str(local), out_dir)
+        except AudiobookFailed as failed:
+            raise AudiobookFailed(_at_url(failed.result, str(local), out_dir)) from None
     request = AudiobookRequest(
         book=book, out_dir=Path(out_dir), model=model, params=params or {}, chapter_format=chapter_format,
         loudness_lufs=loudness_lufs, true_peak_db=true_peak_db, bitrate=bitrate, chapters=chapters,
@@ -94,6 +103,15 @@ def audiobook(
     if not result.ok or result.qc_failed:
         raise AudiobookFailed(result)
     return result
+
+
+def _at_url(result: AudiobookResult, local: str, url: str) -> AudiobookResult:
+    """``result`` with its scratch paths named by the URL they were uploaded to."""
+    def moved(path: str | None) -> str | None:
+        return url.rstrip("/") + path[len(local):] if path and path.startswith(local) else path
+
+    return replace(result, out_dir=moved(result.out_dir), m4b=moved(result.m4b),
+                   summary=replace(result.summary, out_dir=url))
 
 
 def _run_chunks(job: JobRequest, settings: Settings, runner: RunnerKind) -> RunSummary:

@@ -11,6 +11,7 @@ from prefect.states import State
 from flows.synthesize import synthesize
 from flows.transcribe import transcribe
 from tasks.params import OutputFormat
+from voxmill.bucket import is_url, join
 from voxmill.jobs import JobFailed, RunSummary
 from voxmill.options import DEFAULT_OPTIONS, RunOptions
 from voxmill.roundtrip import RoundTripReport, asr_manifest_from_results, round_trip_report
@@ -58,18 +59,20 @@ def roundtrip(
     A child that fails outright fails this run with the child's own message; items that failed in either
     job fail it with both jobs' counts (the speech that was made is still transcribed).
     """
-    out = Path(out_dir)
+    def out(name: str) -> str:
+        return join(out_dir, name) if is_url(out_dir) else str(Path(out_dir) / name)
+
     common = dict(options=options)
-    tts_state = synthesize(manifest=manifest, out_dir=str(out / "tts"), output_format=output_format,
+    tts_state = synthesize(manifest=manifest, out_dir=out("tts"), output_format=output_format,
                            return_state=True, **common)
     tts = _summary_of("synthesize", tts_state)
     if tts.ledger_done == 0:
         raise RuntimeError(f"synthesize made no speech to transcribe: {tts_state.message}")
-    asr_manifest = out / "asr_manifest.parquet"
-    asr_manifest_from_results(out / "tts", asr_manifest)
-    asr_state = transcribe(manifest=str(asr_manifest), out_dir=str(out / "asr"), return_state=True, **common)
+    asr_manifest = out("asr_manifest.parquet")
+    asr_manifest_from_results(out("tts"), asr_manifest)
+    asr_state = transcribe(manifest=asr_manifest, out_dir=out("asr"), return_state=True, **common)
     asr = _summary_of("transcribe", asr_state)
-    summary = RoundTripSummary(tts, asr, round_trip_report(out / "asr"))
+    summary = RoundTripSummary(tts, asr, round_trip_report(out("asr")))
     if not (tts.ok and asr.ok):
         raise RoundTripFailed(f"synthesize: {tts.headline()}; transcribe: {asr.headline()}", summary)
     return summary

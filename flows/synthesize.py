@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -11,7 +10,7 @@ from tasks.job import LOG_EVERY_S, run_flow_job
 from tasks.params import OutputFormat, TtsModel
 from tasks.shards import run_shards
 from voxmill.audio.transcode import OutputSpec
-from voxmill.jobs import JobRequest, RunSummary, Shard
+from voxmill.jobs import JobRequest, RunSummary, Shard, out_location
 from voxmill.manifests import RunDefaults
 from voxmill.options import DEFAULT_OPTIONS, RunOptions
 
@@ -49,7 +48,7 @@ def synthesize(
     request = JobRequest(
         kind="tts",
         manifest=manifest,
-        out_dir=Path(out_dir),
+        **out_location(out_dir),
         defaults=RunDefaults(model=model, params=params or {}, text_hard_limit=text_hard_limit),
         output=OutputSpec(
             format=output_format,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -10,7 +9,7 @@ from prefect import flow
 from tasks.job import LOG_EVERY_S, run_flow_job
 from tasks.params import AsrModel
 from tasks.shards import run_shards
-from voxmill.jobs import JobRequest, RunSummary, Shard
+from voxmill.jobs import JobRequest, RunSummary, Shard, out_location
 from voxmill.manifests import RunDefaults
 from voxmill.options import DEFAULT_OPTIONS, RunOptions
 
@@ -46,7 +45,7 @@ def transcribe(
     request = JobRequest(
         kind="asr",
         manifest=manifest,
-        out_dir=Path(out_dir),
+        **out_location(out_dir),
         defaults=RunDefaults(model=model, params=defaults),
         retry_failed=retry_failed,
         only_failed=only_failed,

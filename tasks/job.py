@@ -46,6 +46,7 @@ def run_job_in_flow(
     *,
     runner: RunnerKind = "thread",
     log_every_s: float = LOG_EVERY_S,
+    dask_address: str | None = None,
 ) -> RunSummary:
     """Run ``request`` inside the current flow: batches become ``process_batch`` task runs on ``runner``.
 
@@ -56,7 +57,7 @@ def run_job_in_flow(
     job = open_job(request, settings, progress=board, flow_run_id=flow_run.get_id())
     logger.info(
         "%s: %d rows, batches of %d, %s runner with %d workers, output %s",
-        request.manifest, job.progress.total, job.batch_size, runner, request.workers, request.out_dir,
+        request.manifest, job.progress.total, job.batch_size, runner, request.workers, request.where,
     )
     handle = job.handle(flow_run.get_id())
     artifact_id = None
@@ -82,7 +83,7 @@ def run_job_in_flow(
     reporter.start()
     try:
         artifact_id = create_progress_artifact(0.0, description=f"voxmill {request.kind} {request.manifest}")
-        with make_task_runner(runner, request.workers) as task_runner, stop_on_exit(job):
+        with make_task_runner(runner, request.workers, dask_address) as task_runner, stop_on_exit(job):
             outcomes = fan_out(
                 (Batch(i, items) for i, items in enumerate(job.batches())),
                 lambda index, batch: task_runner.submit(process_batch, parameters={"engine": handle, "batch": batch}),
@@ -95,7 +96,7 @@ def run_job_in_flow(
         summary = finish_job(job, outcomes)
     update_progress_artifact(artifact_id, progress=100.0)
     create_table_artifact(
-        key=artifact_key(request.kind, request.out_dir),
+        key=artifact_key(request.kind, request.where),
         table=[
             {"measure": name, "value": value}
             for name, value in (
@@ -130,7 +131,8 @@ def run_flow_job(request: JobRequest, options: RunOptions, *, log_every_s: float
     """What every job flow does: settings from env + ``options`` (a local server when there is no key), run the
     job, return its summary — or raise :class:`JobFailed` with the counts."""
     with flow_settings(options) as settings:
-        return run_job_in_flow(request, settings, runner=options.runner, log_every_s=log_every_s)
+        return run_job_in_flow(request, settings, runner=options.runner, log_every_s=log_every_s,
+                               dask_address=options.dask_address)
 
 
 __all__ = ["LOG_EVERY_S", "artifact_key", "run_flow_job", "run_job_in_flow"]

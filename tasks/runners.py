@@ -1,4 +1,5 @@
-"""Where a job's batches run: a thread pool (default), a process pool, or Dask workers on a LocalCluster."""
+"""Where a job's batches run: a thread pool (default), a process pool, or Dask workers: on a LocalCluster, or on
+a cluster whose scheduler and workers were started separately (``dask_address``, ``tcp://HOST:8786``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from voxmill.errors import ConfigError
 from voxmill.settings import RUNNERS, RunnerKind
 
 
-def make_task_runner(kind: RunnerKind, workers: int) -> TaskRunner:
-    """A task runner of ``kind`` with ``workers`` workers (always bounded: Prefect's default is not)."""
+def make_task_runner(kind: RunnerKind, workers: int, dask_address: str | None = None) -> TaskRunner:
+    """A task runner of ``kind`` with ``workers`` workers (always bounded: Prefect's default is not).
+
+    ``dask_address`` (runner ``dask`` only): the scheduler of an existing cluster; its workers run the batches
+    (each needs the project importable, and the output directory at the same path, or an output URL)."""
+    if dask_address and kind != "dask":
+        raise ConfigError(f"dask_address {dask_address!r} is for runner 'dask', not {kind!r}")
     if workers < 1:
         raise ConfigError(f"workers must be ≥ 1, got {workers}")
     if kind == "thread":
@@ -23,6 +29,8 @@ def make_task_runner(kind: RunnerKind, workers: int) -> TaskRunner:
             from prefect_dask import DaskTaskRunner
         except ImportError:
             raise ConfigError("runner 'dask' needs prefect-dask: pip install 'voxmill[dask]'") from None
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
         return DaskTaskRunner(cluster_kwargs={
             "n_workers": workers, "threads_per_worker": 1, "processes": True,
             "dashboard_address": None, "silence_logs": logging.WARNING,

@@ -53,6 +53,12 @@ def resolve_settings(options: RunOptions) -> Settings:
         from tasks.rate import prefect_source
 
         settings = settings.with_(rate_limit=replace(settings.rate_limit, source_factory=prefect_source))
+    if settings.rate_limit.scope == "redis" and settings.rate_limit.source_factory is None:
+        from dataclasses import replace
+
+        from voxmill.rate.redis_source import redis_source
+
+        settings = settings.with_(rate_limit=replace(settings.rate_limit, source_factory=redis_source))
     return settings
 
 

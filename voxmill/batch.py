@@ -62,6 +62,9 @@ class JobSpec:
     out_dir: Path
     output: OutputSpec = field(default_factory=OutputSpec)
     asr_max_seconds: float = ASR_MAX_SECONDS
+    #: brings outputs of earlier runs into ``out_dir`` before they are reused (an output URL's scratch
+    #: folder holds only this run's files: :class:`voxmill.bucket.FetchOutputs`); None: they are there
+    fetch: Callable[[list[str]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,8 @@ class BatchEngine:
             base = source.with_suffix("")
             pairs = [(base.with_name(f"{base.name}.{ext}"), base.with_name(f"{stem}.{ext}"))
                      for ext in TRANSCRIPT_EXTENSIONS]
+        if self.job.fetch is not None:
+            await asyncio.to_thread(self.job.fetch, [str(p.relative_to(self.job.out_dir)) for p, _ in pairs])
         if not await asyncio.to_thread(_adopt_outputs, pairs, source_row):
             return None
         output_path = str(pairs[0][1].relative_to(self.job.out_dir))

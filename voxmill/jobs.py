@@ -26,6 +26,16 @@ import pyarrow.compute as pc
 
 from voxmill.audio.transcode import OutputSpec, remove_partial_outputs
 from voxmill.batch import BatchEngine, BatchOutcome, JobSpec
+from voxmill.bucket import (
+    FetchOutputs,
+    RemoteOut,
+    Shipper,
+    is_url,
+    join,
+    make_scratch,
+    output_location,
+    remove_scratch,
+)
 from voxmill.errors import ConfigError, disk_full_error
 from voxmill.identity import shard_of
 from voxmill.ledger import Ledger
@@ -57,6 +67,26 @@ class JobRequest:
     asr_max_seconds: float | None = None
     #: run only the items of one shard of the manifest (``None``: all of them)
     shard: Shard | None = None
+    #: write to this URL (``s3://bucket/out``): the run works in a local scratch ``out_dir`` and ships
+    #: outputs, ledger segments and tables there (:mod:`voxmill.bucket`); ``None``: ``out_dir`` is the output
+    out_url: str | None = None
+
+    @property
+    def where(self) -> str:
+        """Where the job writes, as the user named it: the URL, or the output directory."""
+        return self.out_url or str(self.out_dir)
+
+
+def out_file(where: str, name: str) -> str:
+    """A file of an output directory or URL, as a user would name it."""
+    return join(where, name) if is_url(where) else str(Path(where) / name)
+
+
+def out_location(out: str | Path) -> dict[str, Any]:
+    """``out_dir``/``out_url`` fields of a :class:`JobRequest` for an output named by a path or a URL."""
+    if is_url(out):
+        return {"out_dir": Path("."), "out_url": str(out).rstrip("/")}
+    return {"out_dir": Path(out), "out_url": None}
 
 
 @dataclass(frozen=True)
@@ -82,7 +112,10 @@ class Shard:
 
     def holds(self, item: WorkItem) -> bool:
         """Whether ``item`` belongs to this shard."""
-        identity = item.item_id if item.has_own_id or item.problem is not None else _safe_key(item)
+        return self.holds_id(item.item_id if item.has_own_id or item.problem is not None else _safe_key(item))
+
+    def holds_id(self, identity: str) -> bool:
+        """Whether the item of this identity (its id, or its key) belongs to this shard."""
         return shard_of(identity, self.count) == self.index
 
 
@@ -141,7 +174,7 @@ class JobFailed(Exception):
     def __init__(self, summary: RunSummary) -> None:
         super().__init__(f"{summary.headline()}; failures by kind: "
                          + (", ".join(f"{k} {v}" for k, v in summary.failures_by_kind.items()) or "none")
-                         + f"; see {Path(summary.out_dir) / 'failures.parquet'}")
+                         + f"; see {out_file(summary.out_dir, 'failures.parquet')}")
         self.summary = summary
 
     def __reduce__(self) -> tuple[type[JobFailed], tuple[RunSummary]]:
@@ -159,12 +192,16 @@ class OpenJob:
     counts: PlanCounts
     batch_size: int
     started: float
+    #: the output URL's side of the job (None: a local output directory)
+    remote: RemoteRun | None = None
 
     def batches(self) -> Iterator[list[PlannedItem]]:
         """Planned items in batches of ``batch_size``, read lazily from the manifest."""
-        reader: Iterable[WorkItem] = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults)
-        if self.request.shard is not None:
-            reader = filter(self.request.shard.holds, reader)
+        shard = self.request.shard
+        reader: Iterable[WorkItem] = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults,
+                                                    id_filter=shard.holds_id if shard is not None else None)
+        if shard is not None:
+            reader = filter(shard.holds, reader)  # rows without an id: their key decides
         failed_ids = self.ledger.failed_ids() if (self.request.only_failed or not self.request.retry_failed) else None
         planned = plan_items(
             reader,
@@ -194,13 +231,34 @@ class OpenJob:
         return EngineHandle(spec, local=self.engine)
 
 
+@dataclass
+class RemoteRun:
+    """A job writing to a URL: the URL's lease and ledger, the shipper of journal lines, the scratch folder."""
+
+    out: RemoteOut
+    shipper: Shipper | None
+    scratch: Path
+
+    def close(self) -> None:
+        """Stop shipping (what is left is shipped), give the URL's lease back, delete the scratch folder."""
+        try:
+            if self.shipper is not None:
+                self.shipper.stop()
+        finally:
+            if self.shipper is not None:
+                self.shipper.stop_renewing()
+            self.out.release()
+            remove_scratch(self.scratch)
+
+
 JOB_RECORD = "job.json"
 
 
 def save_job_record(request: JobRequest) -> None:
     """Write what this job is (manifest, kind, defaults, output) to OUT/job.json, for ``retry-failed``."""
     record = dataclasses.asdict(request)
-    record["out_dir"] = str(request.out_dir)
+    record["out_dir"] = request.where
+    record.pop("out_url", None)
     record["defaults"]["params"] = dict(request.defaults.params)
     target = request.out_dir / JOB_RECORD
     tmp = target.with_suffix(".json.tmp")
@@ -213,15 +271,23 @@ def save_job_record(request: JobRequest) -> None:
 
 
 def load_job_record(out_dir: Path) -> JobRequest:
-    """The JobRequest saved by the last run in ``out_dir``; ConfigError if there is none."""
-    path = Path(out_dir) / JOB_RECORD
-    if not path.exists():
-        raise ConfigError(f"{out_dir} holds no voxmill job ({JOB_RECORD} is missing): run synthesize/transcribe first")
-    record = json.loads(path.read_text())
+    """The JobRequest saved by the last run in ``out_dir`` (a path or URL); ConfigError if there is none."""
+    if is_url(out_dir):
+        remote = RemoteOut(str(out_dir))
+        if not remote.exists(JOB_RECORD):
+            raise ConfigError(f"{out_dir} holds no voxmill job ({JOB_RECORD} is missing): run synthesize/transcribe "
+                              "first")
+        record = json.loads(remote.fs.cat_file(remote.path(JOB_RECORD)))
+    else:
+        path = Path(out_dir) / JOB_RECORD
+        if not path.exists():
+            raise ConfigError(f"{out_dir} holds no voxmill job ({JOB_RECORD} is missing): run synthesize/transcribe "
+                              "first")
+        record = json.loads(path.read_text())
     return JobRequest(
         kind=record["kind"],
         manifest=record["manifest"],
-        out_dir=Path(record["out_dir"]),
+        **out_location(record["out_dir"]),
         defaults=RunDefaults(**record["defaults"]),
         output=OutputSpec(**record["output"]),
         retry_failed=record["retry_failed"],
@@ -258,7 +324,7 @@ def open_job(
             "no API key: set VOXMILL_API_KEY, or run against the local server "
             "(`voxmill serve`, or the CLI's --local flag)"
         )
-    if request.shard is not None and not request.out_dir.is_absolute():
+    if request.shard is not None and request.out_url is None and not request.out_dir.is_absolute():
         raise ConfigError(
             f"shard {request.shard.name}: out_dir {str(request.out_dir)!r} is relative; a shard runs on any worker, "
             "so give an absolute path on storage every worker sees"
@@ -267,14 +333,26 @@ def open_job(
     reset_stop()  # a stop that ended an earlier job of this process does not carry over
     ManifestReader(request.manifest, request.kind, request.defaults).check_header()
     rows = count_rows(request.manifest)
+    remote: RemoteRun | None = None
+    if request.out_url is not None:
+        bucket = RemoteOut(request.out_url)
+        request = dataclasses.replace(request, out_dir=make_scratch(request.out_url))
     request.out_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(request.out_dir)
     ledger.lock()
     try:
+        if request.out_url is not None:
+            bucket.acquire(ledger.run_id)  # before anything is read: no other run writes the URL from here on
+            remote = RemoteRun(bucket, None, request.out_dir)
+            bucket.materialize(request.out_dir, ledger.journal_dir)
         save_job_record(request)
         remove_partial_outputs(request.out_dir)  # half-written files of a killed run
         if ledger.has_journal_rows():
             ledger.compact()  # fold in what a killed run left in its journal
+        if remote is not None:
+            remote.out.upload(request.out_dir, JOB_RECORD)
+            remote.shipper = Shipper(remote.out, request.out_dir, ledger.journal_dir, ledger.run_id)
+            remote.shipper.start()  # from the journals' ends: what is there now came from the bucket
         board = progress or ProgressBoard()
         board.total = rows if request.shard is None else math.ceil(rows / request.shard.count)  # about
         board.started_at = time.monotonic()  # rates and ETA count from here, not from process start
@@ -283,6 +361,7 @@ def open_job(
             out_dir=request.out_dir,
             output=request.output,
             asr_max_seconds=request.asr_max_seconds or settings.asr_max_seconds,
+            fetch=FetchOutputs(request.out_url, str(request.out_dir)) if request.out_url is not None else None,
         )
         engine = BatchEngine(
             settings, job, ledger, progress=board, flow_run_id=flow_run_id, client_factory=client_factory
@@ -290,6 +369,8 @@ def open_job(
         engine.start()
     except BaseException:
         ledger.close()
+        if remote is not None:
+            remote.close()
         raise
     return OpenJob(
         request=request,
@@ -299,6 +380,7 @@ def open_job(
         counts=PlanCounts(),
         batch_size=request.batch_size or auto_batch_size(rows),
         started=time.monotonic(),
+        remote=remote,
     )
 
 
@@ -355,11 +437,18 @@ def fan_out(
 
 def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
     """Stop the engine, compact the ledger, release the output directory, and summarise."""
+    remote = job.remote
     try:
         job.engine.close()
+        if remote is not None and remote.shipper is not None:
+            remote.shipper.stop()  # every journal line in a segment before the journals are compacted
         table = job.ledger.compact()
+        if remote is not None:
+            remote.out.publish(job.request.out_dir, job.ledger.run_id)
     finally:
         job.ledger.close()
+        if remote is not None:
+            remote.close()
     run_rows = table.filter(pc.equal(table["run_id"], job.ledger.run_id)) if table.num_rows else table
     failures = Counter(
         row["error_kind"] for row in run_rows.select(["status", "error_kind"]).to_pylist() if row["status"] == "failed"
@@ -369,9 +458,9 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
     for outcome in outcomes:
         total.update(done=outcome.done, failed=outcome.failed, reused=outcome.reused,
                      not_attempted=outcome.not_attempted)
-    return RunSummary(
+    summary = RunSummary(
         run_id=job.ledger.run_id,
-        out_dir=str(job.request.out_dir),
+        out_dir=job.request.where,
         rows=job.counts.rows,
         skipped_done=job.counts.skipped_done,
         skipped_failed=job.counts.skipped_failed,
@@ -388,6 +477,19 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
         ledger_failed=statuses.get("failed", 0),
         api_rate=round(job.progress.api_rate, 3) if job.progress.api_rate is not None else None,
     )
+    if remote is not None:  # for a parent on another machine (a shard's flow-run result lives on its worker)
+        remote.out.write_json(SUMMARY_FILE, dataclasses.asdict(summary))
+    return summary
+
+
+#: a URL job's summary at OUT (``RunSummary`` as JSON), written at its end
+SUMMARY_FILE = "summary.json"
+
+
+def load_summary(where: str) -> RunSummary | None:
+    """The summary a URL job wrote at its end (None: none there)."""
+    record = RemoteOut(where).read_json(SUMMARY_FILE)
+    return RunSummary(**record) if record is not None else None
 
 
 def _new_audio_seconds(run_rows: pa.Table) -> float:
@@ -431,6 +533,10 @@ __all__ = [
     "auto_batch_size",
     "count_rows",
     "load_job_record",
+    "load_summary",
+    "out_file",
+    "out_location",
+    "output_location",
     "save_job_record",
     "stop_on_exit",
     "fan_out",

@@ -20,7 +20,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -242,9 +242,10 @@ _GLOB_MAGIC = re.compile(r"[*?\[]")
 
 
 def is_corpus(source: str) -> bool:
-    """Whether ``source`` is a local folder or glob of audio files (an ASR corpus) rather than a manifest file."""
+    """Whether ``source`` is a folder or glob of audio files (an ASR corpus) rather than a manifest file: a local
+    folder or glob, or a glob URL (``s3://bucket/corpus/**/*.flac``) or folder URL ending in ``/``."""
     if "://" in source:
-        return False
+        return bool(_GLOB_MAGIC.search(source.split("://", 1)[1])) or source.endswith("/")
     return bool(_GLOB_MAGIC.search(source)) or Path(source).is_dir()
 
 
@@ -252,6 +253,9 @@ def iter_corpus(source: str) -> Iterator[tuple[str, Path]]:
     """(id, path) of each file of a folder (audio suffixes only) or glob (``'corpus/**/*.flac'``), streamed
     in a stable order (names sorted at each level, hidden entries skipped); ids are paths relative to the
     folder, or to the glob's fixed leading folders."""
+    if "://" in source:
+        yield from _iter_remote_corpus(source)
+        return
     parts = PurePosixPath(source).parts
     fixed = next((i for i, part in enumerate(parts) if _GLOB_MAGIC.search(part)), len(parts))
     base = Path(*parts[:fixed]) if fixed else Path(".")
@@ -263,6 +267,28 @@ def iter_corpus(source: str) -> Iterator[tuple[str, Path]]:
     for relative, path in _walk_sorted(base, "", depth):
         if matches(relative) if matches else path.suffix.lower() in CORPUS_AUDIO_SUFFIXES:
             yield relative, path
+
+
+def _iter_remote_corpus(source: str) -> Iterator[tuple[str, str]]:
+    """:func:`iter_corpus` over an fsspec URL: one listing under the glob's fixed prefix, matched and sorted."""
+    scheme, rest = source.split("://", 1)
+    parts = rest.rstrip("/").split("/")
+    fixed = next((i for i, part in enumerate(parts) if _GLOB_MAGIC.search(part)), len(parts))
+    base, pattern = "/".join(parts[:fixed]), "/".join(parts[fixed:])
+    matches = _glob_regex(pattern).match if pattern else None
+    fs, _ = fsspec.core.url_to_fs(source.split("*", 1)[0] if "*" in source else source)
+    try:
+        found = fs.find(base)
+    except OSError as exc:
+        raise ConfigError(f"corpus {source!r}: {base!r} cannot be listed: {exc}") from None
+    if not found:
+        raise ConfigError(f"corpus {source!r}: nothing under {scheme}://{base}")
+    for path in sorted(found):
+        relative = path[len(base):].lstrip("/")
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        if matches(relative) if matches else PurePosixPath(relative).suffix.lower() in CORPUS_AUDIO_SUFFIXES:
+            yield relative, f"{scheme}://{path}"
 
 
 def _walk_sorted(folder: Path, prefix: str, depth: int | None) -> Iterator[tuple[str, Path]]:
@@ -378,6 +404,9 @@ class ManifestReader:
     ignored_columns: set[str] = field(default_factory=set)
     #: hashes of ids used more than once (found by a first pass when iteration starts); None: not yet known
     repeated_ids: frozenset[int] | None = None
+    #: read only rows whose id passes (a shard's slice): other rows with an id are skipped before they are
+    #: validated or keyed; rows without an id are always read (their identity is their key)
+    id_filter: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.defaults.model is not None:
@@ -401,7 +430,7 @@ class ManifestReader:
         An id used again after its first row makes that later row a ``duplicate_id`` problem (the first
         one runs); the later row's ledger id is suffixed so it never overwrites the first one's outcome.
         """
-        row = 0
+        seen = 0  # rows of earlier batches
         checked_columns = False
         first_row_of: dict[str, int] = {}  # only ids that are repeated
         for batch in iter_record_batches(self.source, self.batch_rows):
@@ -411,17 +440,30 @@ class ManifestReader:
                 if self.repeated_ids is None:
                     self.repeated_ids = repeated_id_hashes(self.source, self.batch_rows)
             items = []
-            for values in batch.to_pylist():
-                row += 1
+            for row, values in self._rows(batch, seen):
                 item = self.item_from_row(row, values)
                 if item.has_own_id and self.repeated_ids and id_hash64(item.item_id) in self.repeated_ids:
                     first = first_row_of.setdefault(item.item_id, row)
                     if first != row:
                         item = _duplicate(item, first)
                 items.append(item)
+            seen += batch.num_rows
             yield items
         if not checked_columns:
             raise ConfigError(f"manifest {self.source!r} has no rows")
+
+    def _rows(self, batch: pa.RecordBatch, before: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(row number, values) of the rows of ``batch`` to read, ``before`` rows having come earlier."""
+        if self.id_filter is None or "id" not in batch.schema.names:
+            yield from enumerate(batch.to_pylist(), start=before + 1)
+            return
+        wanted = self.id_filter
+        # the id as item_from_row makes it (str of the cell's value), so the slice matches Shard.holds exactly
+        keep = [i for i, value in enumerate(batch.column("id").to_pylist())
+                if _cell(value) is None or wanted(str(_cell(value)))]
+        if keep:
+            rows = batch.take(pa.array(keep, pa.int64())).to_pylist()
+            yield from ((before + 1 + i, values) for i, values in zip(keep, rows, strict=True))
 
     def __iter__(self) -> Iterator[WorkItem]:
         for items in self.batches():

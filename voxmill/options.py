@@ -33,12 +33,16 @@ class RunOptions(BaseModel):
     api_key_block: str | None = Field(
         None, description="Prefect Secret block holding the API key (VOXMILL_API_KEY wins over it)")
     rate_scope: RateScope | None = Field(
-        None, description="who shares the rate budget: 'machine' (every process here) or 'prefect' (every worker "
-                          "of the Prefect API); default VOXMILL_RATE_SCOPE, else machine")
+        None, description="who shares the rate budget: 'machine' (every process here), 'redis' (every worker, "
+                          "through Redis at VOXMILL_REDIS_URL) or 'prefect' (every worker of the Prefect API); "
+                          "default VOXMILL_RATE_SCOPE, else machine")
     local: bool = Field(False, description="use a local server started for the run (the default with no key)")
     local_engine: LocalEngine = Field("real", description="the local server's engines: real (piper/whisper) or null")
     runner: RunnerKind = Field("thread", description="where batches run: threads, a process pool or Dask workers")
     workers: int = Field(4, ge=1, description="batches at once: threads, processes or Dask workers")
+    dask_address: str | None = Field(
+        None, description="with runner 'dask': the scheduler of a cluster started separately (tcp://HOST:8786); "
+                          "default: a LocalCluster of `workers` processes")
 
 
 #: the options of a run that sets nothing (a flow's default parameter)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from voxmill.bucket import is_url, read_results_at
 from voxmill.errors import ConfigError
-from voxmill.ledger import read_results
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,13 @@ class OutDirReport:
     text: str
 
 
-def describe_out_dir(out_dir: Path, *, failures: int = 10) -> OutDirReport:
-    """Read the ledger of ``out_dir`` (journals of a killed run included) and summarise it."""
-    if not Path(out_dir).exists():
+def describe_out_dir(out_dir: Path | str, *, failures: int = 10) -> OutDirReport:
+    """Read the ledger of ``out_dir`` (a path or URL; journals or segments of a killed run included) and
+    summarise it."""
+    url = is_url(out_dir)
+    if not url and not Path(out_dir).exists():
         raise ConfigError(f"{out_dir} does not exist")
-    table = read_results(Path(out_dir))
+    table = read_results_at(out_dir if url else Path(out_dir))
     if table.num_rows == 0:
         raise ConfigError(f"{out_dir} holds no results yet (no results.parquet or journal)")
     statuses = Counter(table["status"].to_pylist())
@@ -63,7 +65,8 @@ def describe_out_dir(out_dir: Path, *, failures: int = 10) -> OutDirReport:
             lines.append(f"  … {failed.num_rows - failures} more in failures.parquet")
     from voxmill.book.qc import describe_book  # an audiobook folder adds its title, hours and QC
 
-    lines += describe_book(Path(out_dir))
+    if not url:
+        lines += describe_book(Path(out_dir))
     return OutDirReport(
         done=statuses.get("done", 0),
         failed=statuses.get("failed", 0),

@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 
 DEFAULT_BASE_URL = "https://api-web.eigenai.com"
 
-RateScope = Literal["machine", "prefect"]
-RATE_SCOPES: tuple[RateScope, ...] = ("machine", "prefect")
+RateScope = Literal["machine", "prefect", "redis"]
+#: machine: a file per machine; prefect: a Prefect global concurrency limit; redis: a key in Redis
+#: (``voxmill.rate.redis_source``, at VOXMILL_REDIS_URL) — the cross-machine budget that holds the API's rate
+RATE_SCOPES: tuple[RateScope, ...] = ("machine", "prefect", "redis")
 #: a local server's engines: real (piper/whisper) or null (instant, for plumbing tests)
 LocalEngine = Literal["real", "null"]
 LOCAL_ENGINES: tuple[LocalEngine, ...] = ("real", "null")

@@ -6,6 +6,7 @@ for what that shard had not recorded. `undeploy` stops what was started."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from manifest_files import write_manifest
+from server_rates import StatsSampler
 
 from voxmill.audio.formats import check_audio_body
 from voxmill.audio.measure import measure_file
@@ -53,8 +55,44 @@ def clone(tmp_path_factory) -> Path:
     return target
 
 
+BUCKET = "voxmill-deploy"
+AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
 @pytest.fixture(scope="module")
-def stack(clone: Path) -> Iterator[Stack]:
+def bucket() -> Iterator[object]:
+    """A moto S3 server the stack's worker reaches through the AWS variables (set before the worker starts)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    before = {k: os.environ.get(k) for k in AWS_VARIABLES}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": f"http://{host}:{port}"})
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(BUCKET)
+    try:
+        yield fs
+    finally:
+        fs.rm(BUCKET, recursive=True)
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def stack(clone: Path, bucket) -> Iterator[Stack]:
     env_before = {k: os.environ.pop(k) for k in ("PREFECT_API_URL", "VOXMILL_API_KEY") if k in os.environ}
     query_before = os.environ.get("PREFECT_WORKER_QUERY_SECONDS")
     os.environ["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # the worker looks for runs every 2 s, not 10: a faster suite
@@ -249,6 +287,226 @@ def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(s
         check_audio_body((out / row["output_path"]).read_bytes(), "wav")
     print(f"recorded at the kill: {len(recorded_at_kill)}/{len(killed_slice)}; in flight: {len(in_flight)}; "
           f"paid twice: {sum(n - 1 for n in generations.values())}")
+
+
+RATE_ITEMS = 360
+RUN_RATED = (
+    "import json, os, sys\n"
+    "from prefect.blocks.system import Secret\n"
+    "from prefect.deployments import run_deployment\n"
+    "Secret(value=os.environ['TEST_SERVER_TOKEN']).save('voxmill-rate-test', overwrite=True)\n"
+    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
+    " 'output_format': 'wav', 'options': {'base_url': sys.argv[4], 'api_key_block': 'voxmill-rate-test',"
+    " 'max_concurrent': 8, 'requests_per_second': 20.0}}, timeout=None, poll_interval=1)\n"
+    "print(json.dumps([run.state.name, run.state.message]))\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.rate
+def test_two_shards_given_the_servers_rate_run_at_that_rate_combined(stack: Stack, make_server, tmp_path):
+    """The job's cap is the shared budget's cap: 2 shards at --rps 20 against 20 req/s run at ≥ 18 req/s."""
+    server = make_server(rate_limit_rps=20)
+    rows = [{"id": f"r{n:03d}", "text": f"Shard rate check, line {n}."} for n in range(RATE_ITEMS)]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    with StatsSampler(server) as sampler:
+        state, message = _ended(_python(stack, RUN_RATED, DEPLOYMENTS[0], str(manifest), str(tmp_path / "out"),
+                                        server.base_url, env={"TEST_SERVER_TOKEN": server.token}))
+    assert state == "Completed", message
+    final = sampler.samples[-1]
+    assert final.ok == RATE_ITEMS
+    offered, admitted = sampler.busy_rates(RATE_ITEMS)
+    print(f"\n2 shards, --rps 20, server at 20 req/s: {admitted:.2f} req/s admitted ({offered:.2f} offered), "
+          f"{final.limited} × 429 of {final.requests}")
+    assert admitted >= 18.0, f"{admitted:.2f} req/s combined: the shards split the cap instead of sharing it"
+    assert final.limited <= 0.05 * final.requests, final
+
+
+RUN_SHARDED_URL = (
+    "import json, os, sys\n"
+    "from prefect.blocks.system import Secret\n"
+    "from prefect.deployments import run_deployment\n"
+    "Secret(value=os.environ['TEST_SERVER_TOKEN']).save('voxmill-bucket-test', overwrite=True)\n"
+    "extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {'output_format': 'wav'}\n"
+    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 3,"
+    " 'options': {'base_url': sys.argv[4], 'api_key_block': 'voxmill-bucket-test'}, **extra},"
+    " timeout=None, poll_interval=1)\n"
+    "from prefect.client.orchestration import get_client\n"
+    "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,"
+    " FlowRunFilterParentFlowRunId\n"
+    "def kinds(client, flow_run_id):\n"
+    "    found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId("
+    "any_=[flow_run_id])))\n"
+    "    return sorted(str(a.type) for a in found)\n"
+    "with get_client(sync_client=True) as client:\n"
+    "    children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id="
+    "FlowRunFilterParentFlowRunId(any_=[run.id])))\n"
+    "    shown = {c.name: kinds(client, c.id) for c in children}\n"
+    "    print(json.dumps({'children': shown, 'parent': kinds(client, run.id)}))\n"
+    "print(json.dumps([run.state.name, run.state.message]))\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_three_shards_from_a_bucket_into_a_bucket(stack: Stack, bucket, make_server, tmp_path):
+    """Manifest and output in the bucket: every item done once, one merged table at the URL, outputs beside it."""
+    import io
+
+    server = make_server()
+    rows = [{"id": f"u{n:02d}", "text": f"Bucket shard line number {n}."} for n in range(24)]
+    bucket.pipe_file(f"{BUCKET}/in/m.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    url = f"s3://{BUCKET}/out/sharded"
+    process = _python(stack, RUN_SHARDED_URL, DEPLOYMENTS[0], f"s3://{BUCKET}/in/m.jsonl", url, server.base_url,
+                      env={"TEST_SERVER_TOKEN": server.token})
+    output, errors = process.communicate(timeout=300)
+    assert process.returncode == 0, errors[-3000:]
+    state, message = json.loads(output.strip().splitlines()[-1])
+    assert state == "Completed", message
+    # visible in the UI: the shards are the parent's subflow runs, each with its progress artifact; the parent
+    # has its own progress artifact and the table of shards that it updated as they finished
+    seen = json.loads(output.strip().splitlines()[-2])
+    assert sorted(seen["children"]) == ["shard-0-of-3", "shard-1-of-3", "shard-2-of-3"], seen
+    assert all("progress" in kinds for kinds in seen["children"].values()), seen
+    assert "progress" in seen["parent"] and "table" in seen["parent"], seen
+    assert server.stats()["generations_total"] == len(rows), "every item paid exactly once"
+    merged = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/out/sharded/results.parquet"))).to_pylist()
+    assert sorted(r["id"] for r in merged) == [r["id"] for r in rows] and {r["status"] for r in merged} == {"done"}
+    assert {r["output_path"].split("/")[1] for r in merged} == {"0-of-3", "1-of-3", "2-of-3"}
+    for row in merged:
+        check_audio_body(bucket.cat_file(f"{BUCKET}/out/sharded/{row['output_path']}"), "wav")
+    assert not bucket.glob(f"{BUCKET}/out/sharded/**/lease.json"), "every lease given back"
+
+
+RUN_SHARDED_KILL = (
+    "import json, os, sys\n"
+    "from prefect.blocks.system import Secret\n"
+    "from prefect.deployments import run_deployment\n"
+    f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
+    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
+    f" 'options': {{'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'max_concurrent': 2}},"
+    " 'output_format': 'wav'}, timeout=None, poll_interval=1)\n"
+    "print(json.dumps([run.state.name, run.state.message]))\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_a_shard_killed_mid_run_into_a_bucket_then_rerun_pays_only_what_no_segment_held(
+        stack: Stack, bucket, make_server, tmp_path):
+    from voxmill.bucket import LEASE_FILE, RemoteOut
+
+    server = make_server(latency_ms=400)
+    texts = {f"item-{n:02d}": f"Bucket kill check, sentence number {n}." for n in range(SHARD_ITEMS)}
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": i, "text": t} for i, t in texts.items()])
+    hash_of = {i: request_content_hash({"model": "higgs2p5", "text": t}, {}) for i, t in texts.items()}
+    url = f"s3://{BUCKET}/killed"
+    killed, other = RemoteOut(f"{url}/shards/0-of-2"), RemoteOut(f"{url}/shards/1-of-2")
+
+    def done_ids(remote: RemoteOut) -> set[str]:
+        table = remote.read_table(["id", "status"])
+        return set(table.filter(pc.equal(table["status"], "done"))["id"].to_pylist())
+
+    def run() -> subprocess.Popen:
+        return _python(stack, RUN_SHARDED_KILL, DEPLOYMENTS[0], str(manifest), url, server.base_url,
+                       env={"TEST_SERVER_TOKEN": server.token})
+
+    parent = run()
+    deadline = time.monotonic() + 240
+    while len(done_ids(killed)) < 3:
+        if parent.poll() is not None or time.monotonic() > deadline:
+            parent.kill()
+            raise AssertionError(f"shard 0 never got going: {parent.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    holder = json.loads(bucket.cat_file(f"{BUCKET}/killed/shards/0-of-2/{LEASE_FILE}"))
+    os.kill(holder["pid"], signal.SIGKILL)  # the shard's flow-run process, named by its lease
+    time.sleep(1.0)
+    generated_at_kill = {h for h, n in server.stats()["generations"].items() if n}
+    recorded_at_kill = done_ids(killed)
+
+    state, message = _ended(parent)
+    assert state == "Failed" and "shard 0-of-2" in message and "Crashed" in message, message
+    other_ids = done_ids(other)
+    assert other_ids and other_ids.isdisjoint(recorded_at_kill)
+    in_flight = {i for i, h in hash_of.items() if h in generated_at_kill} - recorded_at_kill - other_ids
+    paid_before_rerun = sum(server.stats()["generations"].values())
+
+    state, message = _ended(run())
+    assert state == "Completed", message
+    killed_slice = done_ids(killed)
+    assert killed_slice.isdisjoint(other_ids) and killed_slice | other_ids == set(texts)
+    generations = Counter(server.stats()["generations"])
+    assert sum(generations.values()) - paid_before_rerun == len(killed_slice) - len(recorded_at_kill), (
+        "the rerun sent exactly what no segment of the killed shard held, and nothing of the other shard")
+    assert len(in_flight) <= 2 * SHARD_CONCURRENCY + 2, in_flight  # in flight, or finished in the last flush
+    merged = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/killed/results.parquet"))).to_pylist()
+    assert sorted(r["id"] for r in merged) == sorted(texts) and {r["status"] for r in merged} == {"done"}
+    print(f"recorded at the kill: {len(recorded_at_kill)}/{len(killed_slice)}; lost at the kill: {len(in_flight)}")
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_three_workers_with_no_shared_disk_run_sharded_jobs_bucket_to_bucket(
+        stack: Stack, clone: Path, bucket, make_server, tmp_path):
+    """3 process workers, each in its own empty directory with its own HOME, TMPDIR and Prefect home, sharing
+    only the Prefect API, the bucket and the local API server (the stack's own worker is paused meanwhile):
+    a 3-shard synthesize and a 3-shard corpus transcription, s3:// to s3://, every item done exactly once, one
+    merged table each in the bucket, and no file of either job left in any worker's directory."""
+    import io
+
+    server = make_server()
+    workers, homes = [], []
+    env_base = {k: v for k, v in stack.env().items()
+                if not k.startswith(("VOXMILL_", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE"))}
+    for n in range(3):
+        home = tmp_path / f"worker-{n}"
+        (home / "tmp").mkdir(parents=True)
+        homes.append(home)
+        env = {**env_base, "HOME": str(home), "TMPDIR": str(home / "tmp"), "PREFECT_HOME": str(home / ".prefect"),
+               "PREFECT_LOCAL_STORAGE_PATH": str(home / ".prefect" / "storage"), "PYTHONPATH": str(clone),
+               "PREFECT_WORKER_QUERY_SECONDS": "2"}
+        workers.append(subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "voxmill",
+                                         "--type", "process", "--name", f"no-disk-{n}"], env=env, cwd=home,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    stack_worker = int((stack.state_dir / "worker.pid").read_text())
+    os.killpg(stack_worker, signal.SIGSTOP)
+    try:
+        rows = [{"id": f"w{n:02d}", "text": f"No shared disk, line {n}."} for n in range(18)]
+        bucket.pipe_file(f"{BUCKET}/nodisk/in.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        tts_url, asr_url = f"s3://{BUCKET}/nodisk/tts", f"s3://{BUCKET}/nodisk/asr"
+        state, message = _ended(_python(stack, RUN_SHARDED_URL, DEPLOYMENTS[0], f"s3://{BUCKET}/nodisk/in.jsonl",
+                                        tts_url, server.base_url, env={"TEST_SERVER_TOKEN": server.token}))
+        assert state == "Completed", message
+        assert server.stats()["generations_total"] == len(rows), "every item paid exactly once"
+        merged = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/nodisk/tts/results.parquet"))).to_pylist()
+        assert sorted(r["id"] for r in merged) == [r["id"] for r in rows]
+
+        sent = server.stats()["requests"]
+        state, message = _ended(_python(stack, RUN_SHARDED_URL, "voxmill-transcribe/transcribe",
+                                        f"s3://{BUCKET}/nodisk/tts/shards/**/*.wav", asr_url, server.base_url, "{}",
+                                        env={"TEST_SERVER_TOKEN": server.token}))
+        assert state == "Completed", message
+        transcribed = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/nodisk/asr/results.parquet"))).to_pylist()
+        assert len(transcribed) == len(rows) and {r["status"] for r in transcribed} == {"done"}
+        # identical silence from the null engine: each shard sends one request and reuses it for the rest
+        assert 1 <= server.stats()["requests"] - sent <= 3
+    finally:
+        os.killpg(stack_worker, signal.SIGCONT)
+        for process in workers:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in workers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+    job_files = [p for home in homes for p in home.rglob("*") if p.is_file()
+                 and p.suffix in (".wav", ".parquet", ".jsonl", ".txt", ".srt", ".vtt")
+                 or p.name in ("job.json", "lease.json")]
+    assert job_files == [], job_files
+    leftovers = [p for home in homes for p in (home / "tmp").iterdir()]
+    assert all(not any(p.rglob("*.*")) for p in leftovers if p.is_dir()), leftovers
+
 
 
 RUN_ONE = (

@@ -329,3 +329,25 @@ def test_a_shard_refuses_a_relative_out_dir(tmp_path):
     request = JobRequest(kind="tts", manifest=str(manifest), out_dir=Path("out/rel"), shard=Shard(0, 2))
     with pytest.raises(ConfigError, match="relative; a shard runs on any worker"):
         open_job(request, Settings(api_key=ApiKey("k")))
+
+
+def test_a_shard_reads_only_its_slice_and_the_slices_cover_the_manifest(tmp_path):
+    """Rows with an id outside the shard are skipped before validation; row numbers stay the manifest's."""
+    from manifest_files import write_manifest
+
+    from voxmill.jobs import Shard
+    from voxmill.manifests import ManifestReader
+
+    rows = [{"id": f"s{i}" if i % 7 else "", "text": f"Shard slice line {i}." if i != 5 else ""} for i in range(60)]
+    manifest = str(write_manifest(tmp_path / "m.parquet", rows))
+    everything = list(ManifestReader(manifest, "tts"))
+    seen: list[tuple[str, int]] = []
+    for index in range(3):
+        shard = Shard(index, 3)
+        sliced = ManifestReader(manifest, "tts", id_filter=shard.holds_id)
+        read = list(sliced)
+        assert len(read) < len(everything)
+        kept = [i for i in read if shard.holds(i)]
+        assert kept == [i for i in everything if shard.holds(i)]
+        seen += [(i.item_id, i.row) for i in kept]
+    assert sorted(seen) == sorted((i.item_id, i.row) for i in everything)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookReque
 from voxmill.book.qc import DEFAULT_MAX_DRIFT, DEFAULT_MAX_RUN, DEFAULT_MAX_WER, QcOptions
 from voxmill.book.shared import count_to_send
 from voxmill.book.sources import BOOK_TYPES, read_book
+from voxmill.bucket import is_url, join, mirrored, output_location
 from voxmill.catalog import TTS_MODELS
 from voxmill.cli.common import (
     EXIT_OK,
@@ -65,7 +66,8 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("books", nargs="+", metavar="BOOK",
                         help="book files, or a CSV/Parquet manifest of books (path, title, author, model, voice, "
                              "params)")
-    parser.add_argument("-o", "--out", type=Path, help="output directory: one folder per book (rerun to resume)")
+    parser.add_argument("-o", "--out", type=output_location,
+                        help="output directory or URL (s3://bucket/books): one folder per book (rerun to resume)")
     parser.add_argument("--list", action="store_true", help="print the chapters and the estimate; send nothing")
     parser.add_argument("--chapters", help="exactly these chapters, e.g. 1,3-5 (skipped ones too, when named)")
     parser.add_argument("--exclude", help="leave out these chapters, e.g. 2,9")
@@ -272,13 +274,21 @@ def run_audiobook_command(args: argparse.Namespace) -> int:
         raise ConfigError("give -o/--out (the output directory), or --list to only look")
     from tasks.settings import run_settings
 
-    requests = [_request(e, args, args.out) for e in entries]
+    url = str(args.out) if is_url(args.out) else None
+    requests = [_request(e, args, Path(".") if url else args.out) for e in entries]
     codes = [EXIT_OK]
     with run_settings(run_options(args), announce=announce) as settings:
         for request in requests:
             say = None if args.no_progress else announce
-            result = make_audiobook(request, settings, run_chunks=_runner(settings, args.no_progress), say=say)
-            print(result.headline())
+            run_chunks = _runner(settings, args.no_progress)
+            if url:  # assembled on disk: in a scratch mirror of the book's folder at the URL
+                book_url = join(url, request.out_dir.name)
+                with mirrored(book_url) as local:
+                    result = make_audiobook(replace(request, out_dir=local), settings, run_chunks=run_chunks, say=say)
+                print(f"{result.headline()} → {book_url}")
+            else:
+                result = make_audiobook(request, settings, run_chunks=run_chunks, say=say)
+                print(result.headline())
             if result.qc:
                 print("\n".join(result.qc.lines()))
             codes.append(exit_code_for_run(result.ok and not result.qc_failed, result.summary.stop_kind))

@@ -76,8 +76,9 @@ def add_run_options(parser: argparse.ArgumentParser, *, runner: bool = True) -> 
     group.add_argument("--concurrency", type=int, help="requests in flight (default VOXMILL_CONCURRENCY or 4)")
     group.add_argument("--base-url", help="API base URL (default VOXMILL_BASE_URL or the hosted API)")
     group.add_argument("--rate-scope", choices=RATE_SCOPES,
-                       help="who shares the rate budget: every process on this machine (machine), or every worker "
-                            "of the Prefect API (prefect); default VOXMILL_RATE_SCOPE or machine")
+                       help="who shares the rate budget: every process on this machine (machine), every worker "
+                            "through Redis (redis, VOXMILL_REDIS_URL) or through the Prefect API (prefect); default "
+                            "VOXMILL_RATE_SCOPE or machine")
     group.add_argument("--local", action="store_true",
                        help="use a local server started for this run (the default when no VOXMILL_API_KEY is set)")
     group.add_argument("--local-engine", choices=LOCAL_ENGINES, default="real",
@@ -87,6 +88,9 @@ def add_run_options(parser: argparse.ArgumentParser, *, runner: bool = True) -> 
                            help="where batches run: threads of this process (default), a process pool, or Dask "
                                 "workers")
         group.add_argument("--workers", type=int, default=4, help="batches at once: threads, processes or Dask workers")
+        group.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                           help="with --runner dask: the scheduler of a cluster started separately (default: a "
+                                "LocalCluster of --workers processes)")
     group.add_argument("--no-progress", action="store_true", help="no live progress bar")
     group.add_argument("--verbose", action="store_true", help="show Prefect's logs and tracebacks")
     return group
@@ -109,6 +113,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
             local_engine=getattr(args, "local_engine", "real"),
             runner=getattr(args, "runner", "thread"),
             workers=getattr(args, "workers", 4),
+            dask_address=getattr(args, "dask_address", None),
         )
     except ValidationError as exc:
         flags = {"requests_per_second": "--rps", "requests_per_minute": "--rpm", "max_concurrent": "--concurrency",

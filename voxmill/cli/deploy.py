@@ -107,8 +107,13 @@ def deploy(
     api_url: str | None = None,
     python: str = sys.executable,
     start_timeout: float = 180.0,
+    redis_port: int | None = None,
 ) -> Stack:
-    """Server (unless ``api_url``), work pool, every deployment, a background worker; returns the stack."""
+    """Server (unless ``api_url``), work pool, every deployment, a background worker; returns the stack.
+
+    ``redis_port``: also start ``redis-server`` there (loopback, no persistence) and give the worker
+    ``VOXMILL_RATE_SCOPE=redis`` with ``VOXMILL_REDIS_URL``: the rate budget that holds across machines
+    (workers elsewhere point VOXMILL_REDIS_URL at this host)."""
     state_dir = root / ".prefect"
     state_dir.mkdir(parents=True, exist_ok=True)
     started_server = api_url is None
@@ -131,6 +136,10 @@ def deploy(
          f"applying {PREFECT_FILE}", timeout=600)
     # flow runs import this clone's code first, whatever else the interpreter has installed
     worker_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))}
+    if redis_port is not None:
+        _spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+               env, root, state_dir, "redis")
+        worker_env.update(VOXMILL_RATE_SCOPE="redis", VOXMILL_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
     _spawn([*_prefect(python), "worker", "start", "--pool", WORK_POOL, "--type", "process"], worker_env, root,
            state_dir, "worker")
     return Stack(api_url, api_url.removesuffix("/api"), state_dir, started_server)
@@ -139,7 +148,7 @@ def deploy(
 def undeploy(root: Path = PROJECT_ROOT, timeout: float = 20.0) -> list[str]:
     """Stop the worker and the server ``deploy`` started (by their recorded pids); what was stopped."""
     stopped = []
-    for name in ("worker", "server"):
+    for name in ("worker", "redis", "server"):
         pid_file = root / ".prefect" / f"{name}.pid"
         if not pid_file.exists():
             continue
@@ -169,8 +178,10 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     existing = os.environ.get("PREFECT_API_URL") or None
     print(f"voxmill: {'using ' + existing if existing else 'starting a Prefect server on 127.0.0.1:' + str(args.port)}"
           " …", file=sys.stderr)
-    stack = deploy(port=args.port, api_url=existing)
+    stack = deploy(port=args.port, api_url=existing, redis_port=args.redis_port if args.redis else None)
     print(f"Prefect UI: {stack.ui_url}")
+    if args.redis:
+        print(f"rate budget: Redis on 127.0.0.1:{args.redis_port} (the worker runs with VOXMILL_RATE_SCOPE=redis)")
     print(f"worker log: {stack.state_dir / 'worker.log'}   (stop everything with `make undeploy`)")
     print("try:")
     for name in DEPLOYMENTS:
@@ -205,6 +216,9 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("deploy", help="a local Prefect server, the voxmill work pool, every deployment, a worker")
     up.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", DEFAULT_PORT)),
                     help="port of the local Prefect server (default PREFECT_PORT or 4200)")
+    up.add_argument("--redis", action="store_true",
+                    help="also start redis-server and share the rate budget through it (rate_scope=redis)")
+    up.add_argument("--redis-port", type=int, default=6379, help="port of that redis-server (default 6379)")
     up.set_defaults(handler=_cmd_deploy)
     down = sub.add_parser("undeploy", help="stop the worker and server that `voxmill deploy` started")
     down.set_defaults(handler=_cmd_undeploy)

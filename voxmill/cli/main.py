@@ -31,7 +31,7 @@ from voxmill.cli.deploy import PROJECT_ROOT
 from voxmill.cli.prefect_server import prefect_api, prepare_prefect
 from voxmill.errors import VoxmillError
 from voxmill.estimate import estimate_manifest
-from voxmill.jobs import JobFailed
+from voxmill.jobs import JobFailed, out_file, output_location
 from voxmill.limits import apply_limit_overrides
 from voxmill.progress import ProgressBoard, watching
 from voxmill.report import describe_out_dir
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tts = sub.add_parser("synthesize", help="text manifest → audio files + results.parquet")
     tts.add_argument("manifest", help="CSV, Parquet or JSONL with a 'text' column (path or fsspec URL)")
-    tts.add_argument("-o", "--out", required=True, type=Path, help="output directory (rerun it to resume)")
+    tts.add_argument("-o", "--out", required=True, type=output_location,
+                     help="output directory or URL, e.g. s3://bucket/out/tts (rerun it to resume)")
     tts.add_argument("--model", choices=TTS_MODELS, help="default model for rows without one (higgs2p5)")
     tts.add_argument("--voice", help="default voice for rows without one")
     tts.add_argument("--format", default="wav", dest="output_format",
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     asr = sub.add_parser("transcribe", help="audio manifest → transcripts (.txt/.srt/.vtt/.json) + results.parquet")
     asr.add_argument("manifest", help="CSV, Parquet or JSONL with an 'audio' column, or a folder or quoted glob "
                                       "of audio files ('corpus/**/*.flac': ids are the relative paths)")
-    asr.add_argument("-o", "--out", required=True, type=Path, help="output directory (rerun it to resume)")
+    asr.add_argument("-o", "--out", required=True, type=output_location,
+                     help="output directory or URL, e.g. s3://bucket/out/asr (rerun it to resume)")
     asr.add_argument("--model", choices=ASR_MODELS, help=f"ASR model (default {ASR_MODELS[0]})")
     asr.add_argument("--language", help="language code for rows without one (default en)")
     asr.add_argument("--max-seconds", type=float,
@@ -99,12 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     asr.set_defaults(handler=_cmd_transcribe)
 
     status = sub.add_parser("status", help="counts, failures by kind and audio hours of an output directory")
-    status.add_argument("out", type=Path)
+    status.add_argument("out", type=output_location)
     status.add_argument("--failures", type=int, default=10, help="show this many failed rows (default 10)")
     status.set_defaults(handler=_cmd_status)
 
     retry = sub.add_parser("retry-failed", help="rerun only the failed items of an output directory")
-    retry.add_argument("out", type=Path)
+    retry.add_argument("out", type=output_location)
     _add_job_options(retry)
     retry.set_defaults(handler=_cmd_retry_failed)
 
@@ -150,8 +152,8 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, help="items per Prefect task (default: automatic, ≤ 200)")
     group.add_argument("--no-retry-failed", action="store_true", help="skip items that failed in earlier runs")
     group.add_argument("--shards", type=int, default=1,
-                       help="split the job into N child runs on the Prefect work pool (needs `make deploy` and an "
-                            "absolute --out on storage every worker sees)")
+                       help="split the job into N child runs on the Prefect work pool (needs `make deploy`, and an "
+                            "--out URL such as s3://bucket/out, or an absolute path every worker sees)")
 
 
 # --- running flows -----------------------------------------------------------------------------------
@@ -178,10 +180,10 @@ def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
     elif isinstance(summary, BaseException):
         raise summary
     print(summary.headline())
-    print(f"results: {Path(summary.out_dir) / 'results.parquet'}")
+    print(f"results: {out_file(summary.out_dir, 'results.parquet')}")
     code = exit_code_for_run(summary.ok, summary.stop_kind)
     if code == EXIT_FAILED_ITEMS:
-        print(f"failures: {Path(summary.out_dir) / 'failures.parquet'} — `voxmill status {summary.out_dir}`; "
+        print(f"failures: {out_file(summary.out_dir, 'failures.parquet')} — `voxmill status {summary.out_dir}`; "
               f"`voxmill retry-failed {summary.out_dir}` reruns them", file=sys.stderr)
     return code
 

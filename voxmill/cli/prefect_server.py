@@ -96,8 +96,9 @@ def prepare_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
+        # quiet on the terminal, but every run log line still reaches the Prefect server (the UI's logs tab):
+        # a WARNING logger level would drop INFO records before the API handler saw them
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_drop_voxmill_tracebacks)
         logging.getLogger("prefect.flow_runs").addFilter(_drop_termination_crash)
