@@ -43,7 +43,7 @@ def describe_out_dir(out_dir: Path | str, *, failures: int = 10) -> OutDirReport
     done = table.filter(pc.equal(table["status"], "done"))
     seconds = pc.sum(done["duration_s"]).as_py() or 0.0
     engines = Counter(e or "?" for e in done["engine"].to_pylist())
-    rows = manifest_rows(Path(out_dir))
+    rows = manifest_rows(out_dir if url else Path(out_dir))
     not_sent = None if rows is None else max(0, rows - table.num_rows)
     counted = (f"{not_sent} not yet sent, of {rows} rows" if rows is not None
                else f"{table.num_rows} items; the job's manifest cannot be read")
@@ -79,17 +79,15 @@ def describe_out_dir(out_dir: Path | str, *, failures: int = 10) -> OutDirReport
     )
 
 
-def manifest_rows(out_dir: Path) -> int | None:
+def manifest_rows(out_dir: Path | str) -> int | None:
     """Rows of the manifest the job in ``out_dir`` was run on (its job.json), or None when unknown.
 
     A shard's folder counts its share of the rows (the manifest filtered by the shard, one pass).
     """
-    from voxmill.jobs import JOB_RECORD, count_rows, load_job_record
+    from voxmill.jobs import count_rows, load_job_record
 
-    if not (Path(out_dir) / JOB_RECORD).exists():
-        return None
     try:
-        request = load_job_record(Path(out_dir))
+        request = load_job_record(out_dir)
         if request.shard is None:
             return count_rows(request.manifest)
         from voxmill.manifests import ManifestReader

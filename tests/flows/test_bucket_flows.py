@@ -68,7 +68,7 @@ def test_cli_synthesize_then_transcribe_a_bucket_glob_into_the_bucket(s3_bucket,
     assert "0 done" in capsys.readouterr().out and null_server.stats()["requests"] - sent == 1
     assert list(scratch.rglob("*.flac")) == [] and list(scratch.rglob("*.parquet")) == [], "only scratch, emptied"
     assert main(["status", asr]) == EXIT_OK
-    assert f"{asr}: 5 done, 0 failed (5 items)" in capsys.readouterr().out
+    assert f"{asr}: 5 done, 0 failed, 0 not yet sent, of 5 rows" in capsys.readouterr().out
 
 
 def test_roundtrip_from_bucket_to_bucket(s3_bucket, null_server, cli_env, tmp_path):  # noqa: F811
