@@ -18,7 +18,7 @@ from typing import Any
 
 from voxmill.errors import ConfigError
 from voxmill.server.app import ServerConfig, create_app
-from voxmill.server.faults import FaultConfig
+from voxmill.server.faults import OVERLOAD_MODES, FaultConfig
 from voxmill.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_UPLOAD_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
@@ -111,6 +111,15 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     faults.add_argument("--slow-body-seconds", type=float, default=2.0, help="how long a slow body takes")
     faults.add_argument("--fail-first-n", type=int, default=0, help="first N tries of each request answer 503")
     faults.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
+    faults.add_argument("--max-in-flight", type=int, default=None,
+                        help="requests served at once; past it, answer 429 or queue (see --overload)")
+    faults.add_argument("--overload", choices=OVERLOAD_MODES, default="429",
+                        help="past --max-in-flight: 429 answers at once, queue holds the request (longer latency); "
+                             "default %(default)s")
+    faults.add_argument("--tts-ms-per-char", type=float, default=0.0,
+                        help="latency profile: extra ms per character of TTS text (on top of --latency-ms)")
+    faults.add_argument("--asr-ms-per-audio-s", type=float, default=0.0,
+                        help="latency profile: extra ms per second of uploaded ASR audio (on top of --latency-ms)")
     parser.set_defaults(handler=run_serve)
 
 
@@ -128,6 +137,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         slow_body_seconds=args.slow_body_seconds,
         fail_first_n=args.fail_first_n,
         seed=args.seed,
+        max_in_flight=args.max_in_flight,
+        overload=args.overload,
+        tts_ms_per_char=args.tts_ms_per_char,
+        asr_ms_per_audio_s=args.asr_ms_per_audio_s,
     )
     return ServerConfig(
         token=token,
