@@ -141,7 +141,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                        help="at most this many requests per second (default VOXMILL_RPS: none, the limit is learned)")
     group.add_argument("--rpm", type=float,
                        help="at most this many requests per minute (default VOXMILL_RPM: none, the limit is learned)")
-    group.add_argument("--concurrency", type=int, help="requests in flight (default VOXMILL_CONCURRENCY or 4)")
+    group.add_argument("--concurrency", type=int, help="most requests in flight (a ceiling: the limit is learned under it; default VOXMILL_CONCURRENCY or 1024)")
     group.add_argument("--batch-size", type=int, help="items per Prefect task (default: automatic, ≤ 200)")
     group.add_argument("--no-retry-failed", action="store_true", help="skip items that failed in earlier runs")
     group.add_argument("--base-url", help="API base URL (default VOXMILL_BASE_URL or the hosted API)")
@@ -281,6 +281,8 @@ def _show_progress(board: ProgressBoard, stop: threading.Event) -> None:
                 continue  # Prefect and the manifest checks are still starting
             detail = (f"done {snap.done} · failed {snap.failed} · retrying {snap.retrying} · "
                       f"skipped {snap.skipped} · {snap.rate_per_s:.1f}/s")
+            if snap.in_flight_limit is not None:
+                detail += f" · in flight {snap.requests_in_flight}/{snap.in_flight_limit}"
             if snap.api_rate is not None:
                 detail += f" · API rate {snap.api_rate:.1f}/s"
             progress.update(task, total=snap.total or None, completed=snap.finished, detail=detail)

@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
 KEEPALIVE_EXPIRY_S = 30.0
 #: how much of an error body goes into a message
 _BODY_PREVIEW = 500
+#: a 429/503 whose message says this is about requests in flight, not the rate: the in-flight limit is cut
+_TOO_MANY_IN_FLIGHT = re.compile(r"concurren|in[ -]flight|in[ -]progress|parallel", re.IGNORECASE)
 _AUTH_STATUSES = frozenset({401, 403})
 T = TypeVar("T")
 _RETRYABLE = (TransientError, RateLimited, BadResponse)
@@ -428,24 +431,32 @@ class VoxmillClient:
         number: int,
     ) -> Any:
         """One try: the response through the status table and ``parse``; the limiter hears how it went."""
+        latency: float | None = None
         try:
             response, latency = await self._send_limited(request, item)
             error = error_for_status(response, item, self.base_url, self._preview)
             if error is not None:
+                if response.status_code in (429, 503) and _TOO_MANY_IN_FLIGHT.search(self._preview(response.content)):
+                    # too many requests in flight (not the rate, not a fault): the in-flight limit is cut
+                    self.limiter.slow_down(None, concurrency=True)
+                    error.attempts = number  # heard: not a rate signal, not admitted
                 raise error
             result = parse(response, latency, number)
         except RateLimited as exc:
-            # a Retry-After over the cap ends this item; it must not freeze every other one
-            pause = exc.retry_after
-            if pause is not None:
-                pause = min(pause, self._retry.max_retry_after)
-            self.limiter.slow_down(pause)
+            if exc.attempts != number:  # not yet heard by the limiter
+                # a Retry-After over the cap ends this item; it must not freeze every other one
+                pause = exc.retry_after
+                if pause is not None:
+                    pause = min(pause, self._retry.max_retry_after)
+                self.limiter.slow_down(pause)
             exc.attempts = number
             raise
         except VoxmillError as exc:
+            if exc.status != 429 and exc.attempts != number and not isinstance(exc, ConfigError):
+                self.limiter.admitted(latency)  # a fault is the API's answer, not a rate signal
             exc.attempts = number
             raise
-        self.limiter.succeeded()
+        self.limiter.succeeded(latency)
         return result
 
     async def _send_limited(self, request: httpx.Request, item: str | None) -> tuple[httpx.Response, float]:
@@ -578,7 +589,7 @@ class VoxmillClient:
                     f"{label}{model}: stream to {url} failed ({self._scrub(f'{type(exc).__name__}: {exc}')})"
                 ) from None
         if completed:
-            self.limiter.succeeded()
+            self.limiter.succeeded(None)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
