@@ -14,7 +14,7 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
   only multiplying the current rate, brings the rate to the API's limit in one or two cuts, even when the
   limit drops a lot mid-run.
 - **Bursts are pauses, faults are not signals.** A *burst* is a run of 429s with gaps under ``BURST_GAP_S``.
-  While one lasts (up to ``MAX_BURST_S``), no cut lands below ``BURST_FLOOR`` × the rate the API admitted
+  While one lasts (up to ``MAX_BURST_S`` at the floor), no cut lands below ``BURST_FLOOR`` × the rate the API admitted
   before it, and once it ends the rate climbs back to where the admitted rate stood before it (not to what
   was admitted during it), so short bursts of 429s do not ratchet the rate down. 429s that go on for longer
   are a new, lower limit: the floor goes and the rate follows the limit down. Answers that are not 429s
@@ -57,7 +57,7 @@ PROBE_GROWTH = 0.02
 FAST_RECOVERY = 0.25
 RECOVER_TO = 0.97
 #: below the rate that stood before a burst, the rate grows at least this × the relative gap per second
-RETURN_GAIN = 0.2
+RETURN_GAIN = 0.5
 #: the probing growth doubles every this many seconds without a 429
 PROBE_ACCELERATE_S = 10.0
 #: successes are remembered this long for measuring the admitted rate (seconds)
@@ -70,8 +70,11 @@ MEASURE_REQUESTS = 16.0
 MEASURE_S = 0.25
 #: 429s closer together than this (seconds) belong to one burst
 BURST_GAP_S = 2.0
-#: a burst longer than this (seconds) is a new, lower limit: cuts may go below the burst floor
+#: 429s that go on this long (seconds) with the rate at the burst floor are a new, lower limit: cuts may then
+#: go below the floor
 MAX_BURST_S = 4.0
+#: the rate does not grow until this long (seconds) after the latest 429
+BURST_QUIET_S = 0.5
 #: during a burst, no cut goes below this fraction of the rate admitted before it
 BURST_FLOOR = 0.5
 #: weight of a new latency report in the typical latency
@@ -122,6 +125,9 @@ class RateControl:
     #: rate in force then (the rate climbs back towards it, slowing as it nears it)
     before_burst: float = 0.0
     stood_at: float = 0.0
+    #: when a cut of the current burst first reached the floor (0: not yet); 429s for MAX_BURST_S after that
+    #: mean a lower limit, not a burst
+    floor_since: float = 0.0
 
     @classmethod
     def starting(cls, ceiling: float | None) -> RateControl:
@@ -197,6 +203,8 @@ class RateControl:
         rate = self.rate
         if grow <= 0 or self.fixed or (ceiling is not None and rate >= ceiling):
             return
+        if self.last_429 and last + (latency or 0.0) < self.last_429 + BURST_QUIET_S:
+            return  # answered while 429s still arrive: a burst cuts the rate for its length
         if not self.limit_seen:
             self.rate = rate * 2.0 ** (grow / (rate * SLOW_START_DOUBLING_S))
         else:
@@ -226,23 +234,40 @@ class RateControl:
         self.last_429 = now
         if new_burst:
             self.burst_started = now
+            self.floor_since = 0.0
             self.before_burst = self.admitted_rate(now)
-            self.stood_at = self.rate
+            # where the rate stood: in slow start it overshoots by design, so what was admitted; still on its
+            # way back from the last burst, where it stood before that one
+            if not self.limit_seen or self.before_burst <= 0:
+                self.stood_at = self.before_burst if not self.limit_seen else self.rate
+            elif self.rate < self.recover_to:
+                self.stood_at = max(self.rate, self.stood_at)
+            else:
+                self.stood_at = self.rate
+        elif self.rate > self.recover_to:
+            self.stood_at = min(self.stood_at, self.rate)  # climbed back past the measured level: too far
         if now < self.hold_until:
             return False
         admitted = self.admitted_rate(now)
         base = max(min(self.rate, admitted) if admitted > 0 else self.rate, self.rate * MAX_CUT)
-        if now - self.burst_started <= MAX_BURST_S and self.before_burst > 0:
+        # what stood before the burst: the admitted rate then, or the rate in force when the admitted rate was
+        # measured while it still climbed back (one latency late) — but never more than twice what was admitted
+        stood = max(self.before_burst, min(self.stood_at, 2.0 * self.before_burst))
+        floor = BURST_FLOOR * stood
+        if base * BACKOFF <= floor and not self.floor_since:
+            self.floor_since = now
+        if not self.floor_since or now - self.floor_since <= MAX_BURST_S:
             # a short burst is a pause: the cut stops at a floor, and the rate returns to where it stood
-            self.rate = max(MIN_RATE, base * BACKOFF, BURST_FLOOR * self.before_burst)
-            self.recover_to = self.before_burst * RECOVER_TO
+            self.rate = max(MIN_RATE, base * BACKOFF, floor)
+            self.recover_to = stood * RECOVER_TO
         else:
             # 429s for longer than a burst: the limit itself is lower now
             self.rate = max(MIN_RATE, base * BACKOFF)
             self.recover_to = base * RECOVER_TO
-            self.before_burst = admitted if admitted > 0 else self.rate
+            self.before_burst = base  # what over-offering measures as admitted is low (a bucket wastes tokens)
             self.stood_at = 0.0
             self.burst_started = now
+            self.floor_since = 0.0
         self.limit_seen = True
         self.last_cut = now
         self.hold_until = now + max(hold_s, 2.0 / self.rate, 0.1)
