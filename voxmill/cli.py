@@ -141,7 +141,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                        help="at most this many requests per second (default VOXMILL_RPS: none, the limit is learned)")
     group.add_argument("--rpm", type=float,
                        help="at most this many requests per minute (default VOXMILL_RPM: none, the limit is learned)")
-    group.add_argument("--concurrency", type=int, help="most requests in flight (a ceiling: the limit is learned under it; default VOXMILL_CONCURRENCY or 1024)")
+    group.add_argument("--concurrency", type=int,
+                       help="most requests in flight (a ceiling: the limit is learned under it; "
+                            "default VOXMILL_CONCURRENCY or 1024)")
     group.add_argument("--batch-size", type=int, help="items per Prefect task (default: automatic, ≤ 200)")
     group.add_argument("--no-retry-failed", action="store_true", help="skip items that failed in earlier runs")
     group.add_argument("--base-url", help="API base URL (default VOXMILL_BASE_URL or the hosted API)")

@@ -215,7 +215,12 @@ class VoxmillClient:
         parse = functools.partial(
             self._speech if request.model.kind == "tts" else self._transcript, request, item=item
         )
-        return await self._send(GENERATE_PATH, parts, parse, item)
+        try:
+            return await self._send(GENERATE_PATH, parts, parse, item)
+        finally:
+            for _, part in parts:  # files streamed from disk
+                if len(part) > 1 and hasattr(part[1], "close"):
+                    part[1].close()
 
     async def synthesize(self, request: ValidatedRequest, *, item: str | None = None) -> SpeechResult:
         """Text to speech; ``request`` must be for a TTS model."""
@@ -395,7 +400,10 @@ class VoxmillClient:
     ) -> Any:
         """POST ``parts`` as multipart to ``path``, retried by the one policy; ``parse``'s result."""
         request = self._http.build_request("POST", self._urls[path], files=parts)
-        request.read()  # the body in one piece: one socket write, and every retry resends it as is
+        if not any(len(part) > 1 and hasattr(part[1], "read") for _, part in parts):
+            request.read()  # the body in one piece: one socket write, and every retry resends it as is
+        # else a file streams from disk in 64 KiB pieces (a retry rewinds it): hundreds of large uploads in
+        # flight hold no more than their buffers
         return await self._with_retries(functools.partial(self._attempt, request, parse, item), item)
 
     async def _with_retries(self, attempt: Callable[[int], Awaitable[T]], item: str | None) -> T:
@@ -729,8 +737,13 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
-async def _file_part(name: str, value: Any, file_types: tuple[str, ...], item: str | None) -> tuple[str, bytes, str]:
-    """(filename, bytes, content type) of a file parameter given as a path, bytes or an open file."""
+#: a file given by path larger than this is streamed from disk rather than read into memory
+STREAM_UPLOAD_BYTES = 1 * 2**20
+
+
+async def _file_part(name: str, value: Any, file_types: tuple[str, ...], item: str | None) -> tuple[str, Any, str]:
+    """(filename, bytes or an open binary file, content type) of a file parameter given as a path, bytes or an
+    open file; a path to a file over ``STREAM_UPLOAD_BYTES`` comes back open, to stream (the caller closes it)."""
     if isinstance(value, (bytes, bytearray)):
         data = bytes(value)
         detected = detect_format(data)
@@ -744,6 +757,9 @@ async def _file_part(name: str, value: Any, file_types: tuple[str, ...], item: s
     else:
         path = Path(value)
         try:
+            if path.stat().st_size > STREAM_UPLOAD_BYTES:
+                handle = await asyncio.to_thread(open, path, "rb")
+                return path.name, handle, _MIME.get(path.suffix.lower().lstrip("."), "application/octet-stream")
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
             raise InvalidItem(f"{_label(item)}cannot read {name} {str(path)!r}: {exc.strerror}") from None

@@ -340,7 +340,13 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
     """Stop the engine, compact the ledger, release the output directory, and summarise."""
     try:
         job.engine.close()
-        table = job.ledger.compact()
+        board = job.progress
+        table = job.ledger.compact(run={
+            "run_id": job.ledger.run_id,
+            "api_rate": round(board.api_rate, 3) if board.api_rate is not None else None,
+            "in_flight_limit": board.in_flight_limit,
+            "in_flight_high": board.in_flight_high,
+        })
     finally:
         job.ledger.close()
     run_rows = table.filter(pc.equal(table["run_id"], job.ledger.run_id)) if table.num_rows else table

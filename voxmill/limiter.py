@@ -157,7 +157,10 @@ class AsyncRateLimiter:
         when they waited for a slot."""
         self.source.succeeded(self._paced > 0.5, self.ceiling, latency)
         if latency is not None:
-            bound = self._blocked > 0.5 and self._paced <= 0.5
+            # bound by the in-flight limit: requests wait for a slot, and not for the rate (an unlimited rate
+            # never holds anyone back)
+            rate_binds = self._paced > 0.5 and self.current_rate is not None
+            bound = (bool(self._waiters) or self._blocked > 0.5) and not rate_binds
             self.source.finished(latency, self.in_flight, bound, self.max_concurrent)
             self._wake()
 

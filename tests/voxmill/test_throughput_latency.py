@@ -22,6 +22,7 @@ from manifest_files import write_manifest
 from server_rates import StatsSampler
 
 from voxmill.jobs import JobRequest, run_job
+from voxmill.ledger import read_run_record
 from voxmill.progress import ProgressBoard
 from voxmill.settings import ApiKey, Settings
 
@@ -42,7 +43,8 @@ def steady(sampler: StatsSampler, total: int) -> tuple[float, float]:
     """(admitted req/s, 429 share) between 30 % and 90 % of the items done: past the start, before the tail."""
     window = [s for s in sampler.samples if 0.3 * total <= s.ok <= 0.9 * total]
     first, last = window[0], window[-1]
-    return (last.ok - first.ok) / (last.t - first.t), (last.limited - first.limited) / max(1, last.requests - first.requests)
+    limited = (last.limited - first.limited) / max(1, last.requests - first.requests)
+    return (last.ok - first.ok) / (last.t - first.t), limited
 
 
 def test_two_second_latency_reaches_the_rate_limit_with_no_flags(make_server, tmp_path):
@@ -81,6 +83,10 @@ def test_an_api_capping_requests_in_flight_with_429s(make_server, tmp_path):
     assert limited <= 0.05 * stats["requests"], stats
     assert rate >= 0.85 * 8 / 2.0, rate
     assert summary.in_flight_limit is not None and summary.in_flight_limit <= 9
+    # the run record in results.parquet says the same
+    record = read_run_record(tmp_path / "out")
+    assert record is not None and record["in_flight_limit"] == summary.in_flight_limit
+    assert record["in_flight_high"] == summary.in_flight_high >= 8
 
 
 def test_an_api_queueing_past_its_cap_keeps_latency_within_bounds(make_server, tmp_path):

@@ -22,7 +22,8 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
   lowers the rate.
 - **Congestion avoidance** (after a 429): the rate climbs quickly (``FAST_RECOVERY``) back to just under
   the admitted rate measured before the burst, then back towards the rate that stood before the burst
-  (``RETURN_GAIN`` × the gap per second, slowing as it nears it, as TCP CUBIC does), then grows ``PROBE_GROWTH`` per second near the limit, and that
+  (``RETURN_GAIN`` × the gap per second, slowing as it nears it, as TCP CUBIC does), then grows
+  ``PROBE_GROWTH`` per second near the limit, and that
   growth doubles for every further ``PROBE_ACCELERATE_S`` without a 429, so a limit raised mid-run is found
   again. The rate thus spends most of its time within a few percent of the limit, with one 429 every few
   seconds at most.
@@ -70,6 +71,9 @@ MEASURE_REQUESTS = 16.0
 MEASURE_S = 0.25
 #: 429s closer together than this (seconds) belong to one burst
 BURST_GAP_S = 2.0
+#: 429s spanning less than this (seconds) are a touch of the limit, not a burst: climbing back after one, a
+#: 429 before the rate is back where it stood means it stood too high
+BURST_TOUCH_S = 1.0
 #: 429s that go on this long (seconds) with the rate at the burst floor are a new, lower limit: cuts may then
 #: go below the floor
 MAX_BURST_S = 4.0
@@ -231,16 +235,20 @@ class RateControl:
         if self.fixed:
             return False
         new_burst = not self.last_429 or now - self.last_429 > BURST_GAP_S
+        # the last burst was one brief touch of the limit (a probe), not a pause the API imposed for a while
+        touched = self.last_429 - self.burst_started < BURST_TOUCH_S
         self.last_429 = now
         if new_burst:
             self.burst_started = now
             self.floor_since = 0.0
             self.before_burst = self.admitted_rate(now)
-            # where the rate stood: in slow start it overshoots by design, so what was admitted; still on its
-            # way back from the last burst, where it stood before that one
-            if not self.limit_seen or self.before_burst <= 0:
-                self.stood_at = self.before_burst if not self.limit_seen else self.rate
-            elif self.rate < self.recover_to:
+            # where the rate stood; still on its way back from the last burst, where it stood before that one
+            if not self.limit_seen:
+                # slow start overshoots by at most about one doubling: the API admitted at least half of it
+                self.stood_at = max(self.before_burst, 0.5 * self.rate)
+            elif self.before_burst <= 0:
+                self.stood_at = self.rate
+            elif self.rate < self.recover_to and not touched:
                 self.stood_at = max(self.rate, self.stood_at)
             else:
                 self.stood_at = self.rate
@@ -291,8 +299,11 @@ class RateControl:
         history = self.history
         if not history:
             return 0.0
-        # admitted requests are recorded at their start and heard of one latency later
-        end = max(history[-1][-1], now - self.latency - COALESCE_S)
+        # admitted requests are recorded at their start and heard of one latency later (and, shared through a
+        # file, up to a lease later still): the window ends at the newest start heard of, unless none has come
+        # for a latency and a second (successes have stopped: the gap counts)
+        newest = history[-1][-1]
+        end = newest if now - newest < self.latency + 1.0 else now - self.latency - COALESCE_S
         counted = 0.0
         opened = history[0][-1]
         for entry in reversed(history):

@@ -13,10 +13,10 @@ not per request; successes are reported (with their times) at the next lease; a 
 429 slows every process at its next lease (≤ ``LEASE_SECONDS`` later). The file outlives the run: the next
 run on the same API starts from the learned rate.
 
-The in-flight limit is shared the same way: the file holds the learned limit and each process's requests in
-flight (refreshed at every update, forgotten after ``STALE_PROCESS_S`` without one), and a process may hold
-the limit less what the others hold (at least one). Latency samples are written at the next update (at most
-``LEASE_SECONDS`` later); a "too many in flight" signal at once.
+The in-flight limit is shared the same way: the file holds the learned limit and each process's (each
+source's) requests in flight (refreshed at every update, forgotten after ``STALE_PROCESS_S`` without one),
+and a process may hold the limit less what the others hold (at least one). Latency samples are written at
+the next update (at most ``LEASE_SECONDS`` later); a "too many in flight" signal at once.
 """
 
 from __future__ import annotations
@@ -168,6 +168,8 @@ class FileSource:
         self._others_in_flight = 0
         self._concurrency = ConcurrencyControl()
         self._written = 0.0
+        #: this source's entry in the file's table of requests in flight
+        self._me = f"{os.getpid()}-{id(self):x}"
         #: typical latency of this process's requests (its reports are stamped with their start times)
         self._latency = 0.0
         self._update(lambda control, now: None)
@@ -259,7 +261,7 @@ class FileSource:
                 control.succeeded(at, int(successes), int(grown), self._ceiling, until=last,
                                   latency=self._latency or None)
             self._pending.clear()
-            me = str(os.getpid())
+            me = self._me
             others = sum(int(count) for pid, (count, seen) in processes.items()
                          if pid != me and now - seen < STALE_PROCESS_S)
             self._others_in_flight = others

@@ -4,9 +4,10 @@ A *generation* is counted when a 200 carrying generated content is handed to the
 truncated bodies included: the hosted API bills the work it did even when the body is lost in transit, so a
 client that retries after a truncated body pays twice, and tests can see that. 429s, 5xx, resets and
 validation errors are never generations. ``in_flight`` is a gauge of generate/upload requests being served now
-(holding one of ``max_in_flight`` slots, body read), ``in_flight_high`` its high-water mark since the last reset;
-``queued``/``queued_high`` the same for requests held waiting for a slot (``overload="queue"``). ``by_status`` counts every answered status, 413/408 body refusals
-and unexpected 500s included; ``empty_audio`` counts 200s whose audio holds no samples. Counting happens
+(holding one of ``max_in_flight`` slots, body read), ``in_flight_high`` its high-water mark since the last
+reset; ``queued``/``queued_high`` the same for requests held waiting for a slot (``overload="queue"``).
+``by_status`` counts every answered status, 413/408 body refusals and unexpected 500s included;
+``empty_audio`` counts 200s whose audio holds no samples. Counting happens
 before the body is sent, so a client that has read its response always finds it in ``GET /admin/stats``.
 """
 
