@@ -94,8 +94,9 @@ def test_short_429_bursts_pause_the_rate_without_ratcheting_it_down():
     # between bursts the rate returns to where it stood: at the end of each gap, never below half of before
     gaps_end = [30.0 + 8.0 * k + 7.9 for k in range(14)]
     assert min(trace.rate_at(t) for t in gaps_end) >= 0.5 * before
-    # and it is still there after 15 bursts (no ratchet)
-    assert trace.rate_at(gaps_end[-1]) >= 0.8 * before
+    # and it holds there burst after burst (no ratchet): the last gaps end where the early ones did
+    assert trace.rate_at(gaps_end[-1]) >= 0.7 * before
+    assert min(trace.rate_at(t) for t in gaps_end[-4:]) >= 0.9 * min(trace.rate_at(t) for t in gaps_end[2:5])
     # the bursts are followed (the API's 2 req/s is not flooded for their whole length)
     assert trace.limited_share(30.0, 150.0) <= 0.35
 

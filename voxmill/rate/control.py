@@ -217,7 +217,8 @@ class RateControl:
             else:
                 quiet = max(0.0, now - self.last_cut - PROBE_ACCELERATE_S)
                 growth = PROBE_GROWTH * 2.0 ** min(quiet / PROBE_ACCELERATE_S, 6.0)
-                if self.stood_at > rate:  # back towards where the rate stood before the burst (like CUBIC)
+                if self.stood_at > rate and self.last_429 - self.burst_started >= BURST_TOUCH_S:
+                    # after a burst (not a touch): back towards where the rate stood before it (like CUBIC)
                     growth = max(growth, RETURN_GAIN * (self.stood_at - rate) / rate)
             self.rate = rate + grow * growth  # grow ≈ rate × dt: relative growth `growth` per second
         if ceiling is not None:
@@ -248,7 +249,7 @@ class RateControl:
                 self.stood_at = max(self.before_burst, 0.5 * self.rate)
             elif self.before_burst <= 0:
                 self.stood_at = self.rate
-            elif self.rate < self.recover_to and not touched:
+            elif self.rate < self.stood_at * RECOVER_TO and not touched:
                 self.stood_at = max(self.rate, self.stood_at)
             else:
                 self.stood_at = self.rate
@@ -261,6 +262,8 @@ class RateControl:
         # what stood before the burst: the admitted rate then, or the rate in force when the admitted rate was
         # measured while it still climbed back (one latency late) — but never more than twice what was admitted
         stood = max(self.before_burst, min(self.stood_at, 2.0 * self.before_burst))
+        if now - self.burst_started < BURST_TOUCH_S:
+            stood = self.before_burst  # so far a touch of the limit: what was admitted is where it stood
         floor = BURST_FLOOR * stood
         if base * BACKOFF <= floor and not self.floor_since:
             self.floor_since = now
