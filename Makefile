@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_PORT ?= 4200
 
-.PHONY: setup demo test bench chaos clean system-deps deploy undeploy
+.PHONY: setup demo test test-fast lint bench chaos clean system-deps deploy undeploy
 
 setup: system-deps $(STAMP)
 
@@ -32,9 +32,17 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/voxmill demo
 
-test: setup
+# the whole suite: lint and import contracts, then every test (parallel stage, then the rate tests serially)
+test: setup lint
+	$(BIN)/python tests/run_suite.py
+
+# the inner loop: unit and in-process-server tests only (no real engines, Prefect, subprocess runs or rates)
+test-fast: setup lint
+	$(BIN)/python tests/run_suite.py --fast
+
+lint: setup
 	$(BIN)/ruff check voxmill tasks flows tests bench
-	$(BIN)/python -m pytest
+	$(BIN)/lint-imports
 
 # voxmill on a real Prefect server: server (unless PREFECT_API_URL is set), work pool, deployments, a worker
 deploy: setup
@@ -51,4 +59,4 @@ chaos: setup
 	$(BIN)/python bench/chaos.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache .pytest-reports

@@ -32,7 +32,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from voxmill.prefect_api import owned_prefect_server  # noqa: E402
+from voxmill.cli.prefect_server import owned_prefect_server  # noqa: E402
 from voxmill.server import FaultConfig, ServerConfig, serve_in_thread  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def bench_launch(repeats: int) -> None:
 
 
 def bench_shards(items: int, rps: float) -> None:
-    from voxmill.deploy import deploy, undeploy
+    from voxmill.cli.deploy import deploy, undeploy
 
     token = secrets.token_urlsafe(12)
     faults = FaultConfig(rate_limit_rps=rps)
@@ -119,7 +119,8 @@ def bench_shards(items: int, rps: float) -> None:
                 out = Path(tmp) / f"out-{shards}"
                 cmd = [sys.executable, "-m", "prefect", "deployment", "run", "voxmill-synthesize/synthesize",
                        "-p", f"manifest={manifest}", "-p", f"out_dir={out}", "-p", f"shards={shards}",
-                       "-p", f"requests_per_second={rps}", "-p", "max_concurrent=32", "-p", "output_format=wav",
+                       "--param", f'options={{"requests_per_second": {rps}, "max_concurrent": 32}}',
+                       "-p", "output_format=wav",
                        "--watch"]
                 process = subprocess.Popen(cmd, env=stack.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 first = last = None

@@ -288,11 +288,12 @@ def phase_prefect(args: argparse.Namespace) -> dict:
     os.environ["VOXMILL_API_KEY"] = args.token
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows.synthesize import synthesize
+    from voxmill.options import RunOptions
 
     with Measured() as m:
+        options = RunOptions(requests_per_second=args.rps, max_concurrent=args.concurrency, base_url=args.base_url)
         summary = synthesize(manifest=args.manifest, out_dir=args.out_dir, batch_size=args.batch_size,
-                             requests_per_second=args.rps, max_concurrent=args.concurrency,
-                             base_url=args.base_url, return_state=True).result(raise_on_failure=False)
+                             options=options, return_state=True).result(raise_on_failure=False)
     done = getattr(summary, "done", None)
     elapsed = getattr(summary, "elapsed_s", None)
     return {"wall_s": m.wall, "cpu_s": m.cpu, "done": done, "steady_wall_s": elapsed,

@@ -9,13 +9,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from tasks.job import artifact_key, run_job_in_flow
-from tasks.params import LocalEngine, RunnerKind, TtsModel
+from tasks.params import TtsModel
 from tasks.settings import flow_settings
 from voxmill.book.m4b import DEFAULT_BITRATE, DEFAULT_LOUDNESS_LUFS, DEFAULT_TRUE_PEAK_DB
 from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookRequest, AudiobookResult, make_audiobook
 from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
 from voxmill.jobs import JobFailed, JobRequest, RunSummary
-from voxmill.progress import ProgressBoard
+from voxmill.options import DEFAULT_OPTIONS, RunnerKind, RunOptions
 from voxmill.settings import Settings
 
 ChapterFormat = Literal[CHAPTER_FORMATS]  # type: ignore[valid-type]
@@ -49,16 +49,7 @@ def audiobook(
     qc: bool = False,
     retakes: int = 0,
     qc_max_wer: float = DEFAULT_MAX_WER,
-    requests_per_second: float | None = None,
-    requests_per_minute: float | None = None,
-    max_concurrent: int | None = None,
-    base_url: str | None = None,
-    api_key_block: str | None = None,
-    local: bool = False,
-    local_engine: LocalEngine = "real",
-    runner: RunnerKind = "thread",
-    workers: int = 4,
-    progress: ProgressBoard | None = None,
+    options: RunOptions = DEFAULT_OPTIONS,
 ) -> AudiobookResult:
     """Speak ``book`` into ``out_dir``; every chunk goes through the batch engine as Prefect tasks.
 
@@ -70,15 +61,13 @@ def audiobook(
     request = AudiobookRequest(
         book=book, out_dir=Path(out_dir), model=model, params=params or {}, chapter_format=chapter_format,
         loudness_lufs=loudness_lufs, true_peak_db=true_peak_db, bitrate=bitrate, chapters=chapters,
-        exclude=exclude, title=title, author=author, workers=workers,
+        exclude=exclude, title=title, author=author, workers=options.workers,
         qc=QcOptions(enabled=qc or retakes > 0, retakes=retakes, max_wer=qc_max_wer),
     )
     logger = get_run_logger()
-    with flow_settings(base_url=base_url, requests_per_second=requests_per_second,
-                       requests_per_minute=requests_per_minute, max_concurrent=max_concurrent,
-                       api_key_block=api_key_block, local=local, local_engine=local_engine) as settings:
+    with flow_settings(options) as settings:
         result = make_audiobook(request, settings, say=logger.info,
-                                run_chunks=lambda job: _run_chunks(job, settings, progress, runner))
+                                run_chunks=lambda job: _run_chunks(job, settings, options.runner))
     create_table_artifact(
         key=artifact_key("audiobook", request.out_dir),
         table=[{"measure": name, "value": value} for name, value in (
@@ -96,9 +85,9 @@ def audiobook(
     return result
 
 
-def _run_chunks(job: JobRequest, settings: Settings, progress: ProgressBoard | None, runner: RunnerKind) -> RunSummary:
+def _run_chunks(job: JobRequest, settings: Settings, runner: RunnerKind) -> RunSummary:
     """The chunks as an ordinary job; failed chunks come back as counts (the book decides what they mean)."""
     try:
-        return run_job_in_flow(job, settings, progress, runner=runner)
+        return run_job_in_flow(job, settings, runner=runner)
     except JobFailed as failed:
         return failed.summary

@@ -10,8 +10,9 @@ from prefect.states import State
 
 from flows.synthesize import synthesize
 from flows.transcribe import transcribe
-from tasks.params import LocalEngine, OutputFormat, RunnerKind
+from tasks.params import OutputFormat
 from voxmill.jobs import JobFailed, RunSummary
+from voxmill.options import DEFAULT_OPTIONS, RunOptions
 from voxmill.roundtrip import RoundTripReport, asr_manifest_from_results, round_trip_report
 
 
@@ -50,14 +51,7 @@ def roundtrip(
     manifest: str,
     out_dir: str,
     output_format: OutputFormat = "mp3",
-    requests_per_second: float | None = None,
-    max_concurrent: int | None = None,
-    base_url: str | None = None,
-    api_key_block: str | None = None,
-    local: bool = False,
-    local_engine: LocalEngine = "real",
-    runner: RunnerKind = "thread",
-    workers: int = 4,
+    options: RunOptions = DEFAULT_OPTIONS,
 ) -> RoundTripSummary:
     """TTS ``manifest`` into ``out_dir/tts``, ASR the results into ``out_dir/asr``; return counts and WER.
 
@@ -65,9 +59,7 @@ def roundtrip(
     job fail it with both jobs' counts (the speech that was made is still transcribed).
     """
     out = Path(out_dir)
-    common = dict(requests_per_second=requests_per_second, max_concurrent=max_concurrent, base_url=base_url,
-                  api_key_block=api_key_block, local=local, local_engine=local_engine, runner=runner,
-                  workers=workers)
+    common = dict(options=options)
     tts_state = synthesize(manifest=manifest, out_dir=str(out / "tts"), output_format=output_format,
                            return_state=True, **common)
     tts = _summary_of("synthesize", tts_state)

@@ -8,12 +8,12 @@ from typing import Any
 from prefect import flow
 
 from tasks.job import LOG_EVERY_S, run_flow_job
-from tasks.params import LocalEngine, OutputFormat, RateScope, RunnerKind, TtsModel
+from tasks.params import OutputFormat, TtsModel
 from tasks.shards import run_shards
 from voxmill.audio.transcode import OutputSpec
 from voxmill.jobs import JobRequest, RunSummary, Shard
 from voxmill.manifests import RunDefaults
-from voxmill.progress import ProgressBoard
+from voxmill.options import DEFAULT_OPTIONS, RunOptions
 
 
 @flow(name="voxmill-synthesize", log_prints=True, persist_result=True)
@@ -31,29 +31,18 @@ def synthesize(
     retry_failed: bool = True,
     only_failed: bool = False,
     batch_size: int | None = None,
-    requests_per_second: float | None = None,
-    requests_per_minute: float | None = None,
-    max_concurrent: int | None = None,
-    base_url: str | None = None,
-    api_key_block: str | None = None,
-    local: bool = False,
-    local_engine: LocalEngine = "real",
-    runner: RunnerKind = "thread",
-    rate_scope: RateScope | None = None,
-    workers: int = 4,
+    options: RunOptions = DEFAULT_OPTIONS,
     shards: int = 1,
     shard: Shard | None = None,
     log_every_s: float = LOG_EVERY_S,
-    progress: ProgressBoard | None = None,
 ) -> RunSummary:
     """Synthesise every row of ``manifest`` (CSV/Parquet/JSONL with a ``text`` column) into ``out_dir``.
 
     ``model``/``params`` are run defaults for cells a row leaves empty. Rerunning on the same ``out_dir``
-    sends only what is not done yet. Ends Failed (with counts) when any item failed.
-    ``rate_scope="prefect"`` shares the rate budget with workers on other machines (a Prefect global
-    concurrency limit; default VOXMILL_RATE_SCOPE). ``runner``/``workers`` choose where batches run;
-    ``shards`` > 1 splits the job into child runs of this flow's deployment
-    (``out_dir`` must then be storage every worker sees). ``progress`` is for an in-process caller's display.
+    sends only what is not done yet. Ends Failed (with counts) when any item failed. ``options``: the API,
+    its rate and where batches run (:class:`voxmill.options.RunOptions`; unset fields come from the
+    environment). ``shards`` > 1 splits the job into child runs of this flow's deployment
+    (``out_dir`` must then be storage every worker sees).
     """
     if shards > 1:
         return run_shards(out_dir, shards)
@@ -72,20 +61,7 @@ def synthesize(
         retry_failed=retry_failed,
         only_failed=only_failed,
         batch_size=batch_size,
-        workers=workers,
+        workers=options.workers,
         shard=shard,
     )
-    return run_flow_job(
-        request,
-        base_url=base_url,
-        requests_per_second=requests_per_second,
-        requests_per_minute=requests_per_minute,
-        max_concurrent=max_concurrent,
-        api_key_block=api_key_block,
-        local=local,
-        local_engine=local_engine,
-        progress=progress,
-        runner=runner,
-        rate_scope=rate_scope,
-        log_every_s=log_every_s,
-    )
+    return run_flow_job(request, options, log_every_s=log_every_s)

@@ -8,11 +8,11 @@ from typing import Any
 from prefect import flow
 
 from tasks.job import LOG_EVERY_S, run_flow_job
-from tasks.params import AsrModel, LocalEngine, RateScope, RunnerKind
+from tasks.params import AsrModel
 from tasks.shards import run_shards
 from voxmill.jobs import JobRequest, RunSummary, Shard
 from voxmill.manifests import RunDefaults
-from voxmill.progress import ProgressBoard
+from voxmill.options import DEFAULT_OPTIONS, RunOptions
 
 
 @flow(name="voxmill-transcribe", log_prints=True, persist_result=True)
@@ -26,27 +26,17 @@ def transcribe(
     retry_failed: bool = True,
     only_failed: bool = False,
     batch_size: int | None = None,
-    requests_per_second: float | None = None,
-    requests_per_minute: float | None = None,
-    max_concurrent: int | None = None,
-    base_url: str | None = None,
-    api_key_block: str | None = None,
-    local: bool = False,
-    local_engine: LocalEngine = "real",
-    runner: RunnerKind = "thread",
-    rate_scope: RateScope | None = None,
-    workers: int = 4,
+    options: RunOptions = DEFAULT_OPTIONS,
     shards: int = 1,
     shard: Shard | None = None,
     log_every_s: float = LOG_EVERY_S,
-    progress: ProgressBoard | None = None,
 ) -> RunSummary:
     """Transcribe every row of ``manifest`` (an ``audio`` column, or a folder or glob of audio files) into ``out_dir``.
 
     Files in formats the API does not take are converted first; files longer than ``max_seconds``
     (default VOXMILL_ASR_MAX_SECONDS) are split at silences and their transcripts stitched with the
     right time offsets. Rows with ``reference_text`` get a WER. Ends Failed when any item failed.
-    ``runner``, ``workers``, ``shards``, ``rate_scope``: as for ``synthesize``.
+    ``options`` and ``shards``: as for ``synthesize``.
     """
     if shards > 1:
         return run_shards(out_dir, shards)
@@ -61,21 +51,8 @@ def transcribe(
         retry_failed=retry_failed,
         only_failed=only_failed,
         batch_size=batch_size,
-        workers=workers,
+        workers=options.workers,
         asr_max_seconds=max_seconds,
         shard=shard,
     )
-    return run_flow_job(
-        request,
-        base_url=base_url,
-        requests_per_second=requests_per_second,
-        requests_per_minute=requests_per_minute,
-        max_concurrent=max_concurrent,
-        api_key_block=api_key_block,
-        local=local,
-        local_engine=local_engine,
-        progress=progress,
-        runner=runner,
-        rate_scope=rate_scope,
-        log_every_s=log_every_s,
-    )
+    return run_flow_job(request, options, log_every_s=log_every_s)

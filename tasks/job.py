@@ -8,7 +8,6 @@ so the flow run ends Completed or Failed with the counts in its message and its 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from pathlib import Path
@@ -18,13 +17,13 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.runtime import flow_run
 
 from tasks.batches import Batch, WorkerBatchOutcome, process_batch
-from tasks.rate import RateScope
-from tasks.runners import RunnerKind, make_task_runner
+from tasks.runners import make_task_runner
 from tasks.settings import flow_settings
 from voxmill.batch import BatchOutcome
+from voxmill.identity import content_hash
 from voxmill.jobs import JobFailed, JobRequest, RunSummary, fan_out, finish_job, open_job
-from voxmill.local_api import LocalEngine
-from voxmill.progress import ProgressBoard
+from voxmill.options import RunnerKind, RunOptions
+from voxmill.progress import ProgressBoard, watched_board
 from voxmill.settings import Settings
 
 #: seconds between progress lines in the run log
@@ -37,7 +36,7 @@ def artifact_key(kind: str, where: str | Path) -> str:
     text = str(where)
     resolved = text.rstrip("/") if "://" in text else str(Path(text).expanduser().resolve())
     slug = re.sub(r"[^a-z0-9]+", "-", resolved.rsplit("/", 1)[-1].lower()).strip("-")[:40] or "out"
-    return f"voxmill-{kind}-{slug}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+    return f"voxmill-{kind}-{slug}-{content_hash(resolved)[:8]}"
 
 
 def run_job_in_flow(
@@ -48,9 +47,13 @@ def run_job_in_flow(
     runner: RunnerKind = "thread",
     log_every_s: float = LOG_EVERY_S,
 ) -> RunSummary:
-    """Run ``request`` inside the current flow: batches become ``process_batch`` task runs on ``runner``."""
+    """Run ``request`` inside the current flow: batches become ``process_batch`` task runs on ``runner``.
+
+    ``progress`` defaults to the board the caller is watching (:func:`voxmill.progress.watching`), if any.
+    """
     logger = get_run_logger()
-    job = open_job(request, settings, progress=progress, flow_run_id=flow_run.get_id())
+    board = progress if progress is not None else watched_board()
+    job = open_job(request, settings, progress=board, flow_run_id=flow_run.get_id())
     logger.info(
         "%s: %d rows, batches of %d, %s runner with %d workers, output %s",
         request.manifest, job.progress.total, job.batch_size, runner, request.workers, request.out_dir,
@@ -126,28 +129,11 @@ def _log_progress(board: ProgressBoard, logger, stop: threading.Event, every_s: 
         logger.info(board.snapshot().log_line())
 
 
-def run_flow_job(
-    request: JobRequest,
-    *,
-    base_url: str | None,
-    requests_per_second: float | None,
-    requests_per_minute: float | None,
-    max_concurrent: int | None,
-    api_key_block: str | None,
-    local: bool = False,
-    local_engine: LocalEngine = "real",
-    progress: ProgressBoard | None = None,
-    runner: RunnerKind = "thread",
-    log_every_s: float = LOG_EVERY_S,
-    rate_scope: RateScope | None = None,
-) -> RunSummary:
-    """What every job flow does: settings from env + its parameters (a local server when there is no key),
-    run the job, return its summary — or raise :class:`JobFailed` with the counts."""
-    with flow_settings(base_url=base_url, requests_per_second=requests_per_second,
-                       requests_per_minute=requests_per_minute, max_concurrent=max_concurrent,
-                       api_key_block=api_key_block, rate_scope=rate_scope, local=local,
-                       local_engine=local_engine) as settings:
-        return run_job_in_flow(request, settings, progress, runner=runner, log_every_s=log_every_s)
+def run_flow_job(request: JobRequest, options: RunOptions, *, log_every_s: float = LOG_EVERY_S) -> RunSummary:
+    """What every job flow does: settings from env + ``options`` (a local server when there is no key), run the
+    job, return its summary — or raise :class:`JobFailed` with the counts."""
+    with flow_settings(options) as settings:
+        return run_job_in_flow(request, settings, runner=options.runner, log_every_s=log_every_s)
 
 
 __all__ = ["LOG_EVERY_S", "artifact_key", "run_flow_job", "run_job_in_flow"]

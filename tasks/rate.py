@@ -11,7 +11,7 @@ cut (a 429 seen by one worker slows all), and writes this worker's growth or cut
 the core's :class:`~voxmill.rate.control.RateControl`; only a cut is measured differently (one worker sees
 only its share of the admitted rate, so a cut is a plain ``BACKOFF`` of the shared rate).
 
-Select it with ``VOXMILL_RATE_SCOPE=prefect`` (or ``resolve_settings(rate_scope="prefect")``) when a Prefect API
+Select it with ``VOXMILL_RATE_SCOPE=prefect`` (or ``RunOptions(rate_scope="prefect")``) when a Prefect API
 is configured (``PREFECT_API_URL``); :func:`prefect_source` is the picklable factory the settings carry.
 """
 
@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Literal
 
 from voxmill.errors import ConfigError
 from voxmill.identity import budget_id
 from voxmill.rate.concurrency import ConcurrencyControl
 from voxmill.rate.control import BACKOFF, RECOVER_TO, RateControl
 from voxmill.rate.sources import Lease
-from voxmill.settings import Settings
+from voxmill.settings import RATE_SCOPES, RateScope, Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +38,6 @@ LEASE_SECONDS = 1.0
 SLOW_GRANT = 2.5
 #: the shared rate is rewritten when this worker's rate differs from it by more than this fraction
 WRITE_TOLERANCE = 0.01
-
-RateScope = Literal["machine", "prefect"]
-RATE_SCOPES: tuple[RateScope, ...] = ("machine", "prefect")
 
 
 def limit_name(settings: Settings) -> str:

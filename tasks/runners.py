@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from voxmill.errors import ConfigError
-
-RunnerKind = Literal["thread", "process", "dask"]
-RUNNERS: tuple[RunnerKind, ...] = ("thread", "process", "dask")
+from voxmill.options import RUNNERS, RunnerKind
 
 
 def make_task_runner(kind: RunnerKind, workers: int) -> TaskRunner:

@@ -1,21 +1,22 @@
-"""Settings for a flow run: the environment, overridden by flow parameters, the key from a Secret block."""
+"""Settings for a run: :func:`voxmill.options.settings_for`, plus what needs Prefect (a Secret block, a budget).
+
+:func:`resolve_settings` is the one function every entry point uses to turn a :class:`RunOptions` and the
+environment into :class:`Settings`; :func:`run_settings` adds the local server when there is no key; flows use
+:func:`flow_settings`, which logs to the run. Prefect is imported only where a feature needs it, so CLI
+commands that run no flow do not pay for its import.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator
-from dataclasses import replace
+import logging
+from collections.abc import Callable, Iterator
 
-from prefect import get_run_logger
-from prefect.logging import get_logger
-
-from tasks.rate import RATE_SCOPES, RateScope, prefect_source
-from voxmill.errors import ConfigError
-from voxmill.local_api import LocalEngine, api_settings
+from voxmill.local_api import api_settings
+from voxmill.options import RunOptions, settings_for
 from voxmill.settings import ApiKey, Settings
 
-log = get_logger("voxmill")
+log = logging.getLogger("voxmill")
 
 
 def key_from_block(block_name: str) -> ApiKey | None:
@@ -40,63 +41,37 @@ def _reloaded_block_key(block_name: str) -> ApiKey:
     return key
 
 
-def resolve_settings(
-    *,
-    base_url: str | None = None,
-    requests_per_second: float | None = None,
-    requests_per_minute: float | None = None,
-    max_concurrent: int | None = None,
-    api_key_block: str | None = None,
-    rate_scope: RateScope | None = None,
-) -> Settings:
-    """``Settings.from_env()`` with the flow's overrides; ``api_key_block`` names a Prefect Secret block.
+def resolve_settings(options: RunOptions) -> Settings:
+    """``settings_for(options)``, with the key from ``options.api_key_block`` when VOXMILL_API_KEY is unset, and
+    the rate budget in the Prefect API when the rate scope is ``"prefect"`` (:mod:`tasks.rate`)."""
+    settings = settings_for(options)
+    if options.api_key_block and settings.api_key is None:
+        settings = settings.with_(api_key=key_from_block(options.api_key_block))
+    if settings.rate_limit.scope == "prefect" and settings.rate_limit.source_factory is None:
+        from dataclasses import replace
 
-    VOXMILL_API_KEY wins over the block; with neither the settings have no key (a local server, then).
-    ``rate_scope`` (default: VOXMILL_RATE_SCOPE, else ``"machine"``): ``"prefect"`` shares the rate budget
-    through a global concurrency limit of the Prefect API, with workers on any machine (:mod:`tasks.rate`).
-    """
-    scope = rate_scope or os.environ.get("VOXMILL_RATE_SCOPE", "").strip() or "machine"
-    if scope not in RATE_SCOPES:
-        raise ConfigError(f"rate scope must be one of {', '.join(RATE_SCOPES)}, got {scope!r} (VOXMILL_RATE_SCOPE)")
-    settings = Settings.from_env()
-    if api_key_block and settings.api_key is None:
-        settings = settings.with_(api_key=key_from_block(api_key_block))
-    limit = settings.rate_limit
-    settings = settings.with_(
-        rate_limit=replace(
-            limit,
-            requests_per_second=requests_per_second or limit.requests_per_second,
-            requests_per_minute=requests_per_minute or limit.requests_per_minute,
-            max_concurrent=max_concurrent or limit.max_concurrent,
-            source_factory=prefect_source if scope == "prefect" else limit.source_factory,
-        )
-    )
-    if base_url:
-        settings = settings.with_(base_url=base_url)
+        from tasks.rate import prefect_source
+
+        settings = settings.with_(rate_limit=replace(settings.rate_limit, source_factory=prefect_source))
     return settings
 
 
 @contextlib.contextmanager
-def flow_settings(
-    *,
-    base_url: str | None = None,
-    requests_per_second: float | None = None,
-    requests_per_minute: float | None = None,
-    max_concurrent: int | None = None,
-    api_key_block: str | None = None,
-    rate_scope: RateScope | None = None,
-    local: bool = False,
-    local_engine: LocalEngine = "real",
-) -> Iterator[Settings]:
-    """What every flow runs with: :func:`resolve_settings`, pointed at a local server (labelled, for the
-    length of the ``with`` block) when asked for or when there is no key — as the CLI does."""
-    settings = resolve_settings(
-        base_url=base_url,
-        requests_per_second=requests_per_second,
-        requests_per_minute=requests_per_minute,
-        max_concurrent=max_concurrent,
-        api_key_block=api_key_block,
-        rate_scope=rate_scope,
-    )
-    with api_settings(settings, local=local, engine=local_engine, announce=get_run_logger().warning) as settings:
+def run_settings(options: RunOptions, announce: Callable[[str], None]) -> Iterator[Settings]:
+    """:func:`resolve_settings`, pointed at a local server (labelled, for the length of the ``with`` block) when
+    ``options.local`` asks for one or there is no key — the same for every command and flow."""
+    settings = resolve_settings(options)
+    with api_settings(settings, local=options.local, engine=options.local_engine, announce=announce) as settings:
         yield settings
+
+
+@contextlib.contextmanager
+def flow_settings(options: RunOptions) -> Iterator[Settings]:
+    """:func:`run_settings` inside a flow run: what it announces goes to the run's log."""
+    from prefect import get_run_logger
+
+    with run_settings(options, announce=get_run_logger().warning) as settings:
+        yield settings
+
+
+__all__ = ["flow_settings", "key_from_block", "resolve_settings", "run_settings"]

@@ -3,7 +3,9 @@
 Each child runs one :class:`voxmill.jobs.Shard` of the manifest into ``OUT/shards/<i>-of-<n>`` with its own
 ledger (so killing one shard's worker and rerunning the parent resumes only what that shard is missing);
 the parent then folds every shard's rows into ``OUT/results.parquet``, output paths relative to ``OUT``.
-The job's ``requests_per_second``/``requests_per_minute`` are split evenly between the shards.
+The shards draw from the job's one rate budget (every process of a machine shares it, and with
+``rate_scope="prefect"`` every worker does), so the job's rate options pass to each shard unchanged: they cap
+that shared budget, not a shard's share of it.
 ``OUT`` must be storage every worker sees (a shared disk, or a path that is the same on every host).
 """
 
@@ -36,10 +38,7 @@ def run_shards(out_dir: str, shards: int) -> RunSummary:
     started = time.monotonic()
     out = Path(out_dir).expanduser().resolve()  # a deployment's working directory is the project root
     name = f"{flow_run.flow_name}/{SHARD_DEPLOYMENT}"
-    base = {k: v for k, v in flow_run.parameters.items() if k not in ("progress", "shards", "shard", "out_dir")}
-    for rate in ("requests_per_second", "requests_per_minute"):  # the job's rate limit is shared by its shards
-        if base.get(rate):
-            base[rate] = base[rate] / shards
+    base = {k: v for k, v in flow_run.parameters.items() if k not in ("shards", "shard", "out_dir")}
     pieces = [Shard(i, shards) for i in range(shards)]
     _check_deployed(name)
     logger.info("%d shards of %s via deployment %s into %s", shards, base.get("manifest"), name, out / SHARDS_DIR)
@@ -118,6 +117,7 @@ def _merge(out: Path, pieces: list[Shard], summaries: list[RunSummary], *, run_i
         audio_seconds=round(sum(s.audio_seconds for s in summaries), 3),
         elapsed_s=round(elapsed_s, 3),
         stopped=next((s.stopped for s in summaries if s.stopped), None),
+        stop_kind=next((s.stop_kind for s in summaries if s.stop_kind), None),
         ledger_done=statuses.get("done", 0),
         ledger_failed=statuses.get("failed", 0),
     )

@@ -90,6 +90,18 @@ class LocalServer:
             self.reset_stats()
 
 
+#: a test that uses one of these fixtures (directly or through another fixture) needs that tier's resource
+TIER_BY_FIXTURE = {"real_server": "engines", "prefect_api": "prefect"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with the tiers its fixtures imply (``make test-fast`` leaves those tiers out)."""
+    for item in items:
+        for fixture, tier in TIER_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(tier)
+
+
 @pytest.fixture(scope="session")
 def real_server() -> Iterator[LocalServer]:
     """One real-engine server for the whole session (models load once, ~2 s)."""

@@ -52,6 +52,7 @@ def _plain_install(venv: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_install_without_extras_runs_a_hosted_job(null_server, prefect_api, tmp_path):
     venv = tmp_path / "venv"
     _plain_install(venv, tmp_path)

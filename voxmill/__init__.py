@@ -13,8 +13,6 @@ from voxmill.errors import (
 )
 from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings, Timeouts
 
-__version__ = "0.1.0"
-
 __all__ = [
     "MODELS",
     "ApiKey",

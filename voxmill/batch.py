@@ -12,7 +12,6 @@ one) and in the set of keys in flight; a duplicate waits for the first and reuse
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -29,10 +28,10 @@ from voxmill.audio.formats import audio_format
 from voxmill.audio.measure import file_peak_dbfs, measure_file
 from voxmill.audio.split import split_on_silence, stitch_transcripts
 from voxmill.audio.transcode import OutputSpec, partial_path, prepare_asr_input, transcode_audio
-from voxmill.catalog import ValidatedRequest, get_model
+from voxmill.catalog import ASR_MAX_SECONDS, ValidatedRequest, get_model
 from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
 from voxmill.errors import AuthError, RateLimited, VoxmillError, labelled
-from voxmill.identity import file_hash
+from voxmill.identity import content_hash, file_hash
 from voxmill.ledger import DoneIndex, Ledger, LedgerRow, utc_now
 from voxmill.limiter import AsyncRateLimiter, build_limiter
 from voxmill.manifests import JobKind, WorkItem, open_binary
@@ -56,18 +55,20 @@ class JobSpec:
     kind: JobKind
     out_dir: Path
     output: OutputSpec = field(default_factory=OutputSpec)
-    asr_max_seconds: float = 600.0
+    asr_max_seconds: float = ASR_MAX_SECONDS
 
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """Counts for one batch; ``stopped`` when the run was halted (e.g. the key was refused)."""
+    """Counts for one batch; ``stopped`` when the run was halted (e.g. the key was refused), ``stop_kind`` the
+    kind of the error that halted it (``AuthError.kind``)."""
 
     done: int = 0
     failed: int = 0
     reused: int = 0
     not_attempted: int = 0
     stopped: str | None = None
+    stop_kind: str | None = None
 
 
 def output_stem(item_id: str) -> str:
@@ -75,7 +76,7 @@ def output_stem(item_id: str) -> str:
     cleaned = _UNSAFE.sub("_", item_id)[:120] or "item"
     if cleaned == item_id:
         return cleaned
-    return f"{cleaned}-{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
+    return f"{cleaned}-{content_hash(item_id)[:8]}"
 
 
 class BatchEngine:
@@ -98,6 +99,7 @@ class BatchEngine:
         self.progress = progress or ProgressBoard()
         self.flow_run_id = flow_run_id
         self.stop_reason: str | None = None
+        self.stop_kind: str | None = None
         self.done_index = done_index if done_index is not None else ledger.done_index()
         self._in_flight: dict[str, asyncio.Future[LedgerRow]] = {}
         self._retrying: set[str] = set()
@@ -161,7 +163,7 @@ class BatchEngine:
         counts = {"done": 0, "failed": 0, "reused": 0, "not_attempted": 0}
         for result in results:
             counts[result] += 1
-        return BatchOutcome(**counts, stopped=self.stop_reason)
+        return BatchOutcome(**counts, stopped=self.stop_reason, stop_kind=self.stop_kind)
 
     async def _run_batch(self, planned: Sequence[PlannedItem]) -> list[str]:
         return list(await asyncio.gather(*(self._handle(p) for p in planned)))
@@ -213,6 +215,7 @@ class BatchEngine:
             return await self._transcribe(item, key, started)
         except AuthError as exc:
             self.stop_reason = f"the API refused the key ({exc.message}); fix VOXMILL_API_KEY and rerun"
+            self.stop_kind = exc.kind
             return self._failed_row(item, key, exc.kind, exc.message, started, exc)
         except VoxmillError as exc:
             return self._failed_row(item, key, exc.kind, labelled(item.label, exc.message), started, exc)
@@ -314,7 +317,7 @@ class BatchEngine:
         """A local path for an ASR input (fsspec URLs are fetched into scratch space first)."""
         if "://" not in audio or audio.startswith("file://"):
             return Path(audio.removeprefix("file://"))
-        target = self._scratch / f"{os.getpid()}-{abs(hash(audio))}{Path(audio.split('?')[0]).suffix}"
+        target = self._scratch / f"{os.getpid()}-{content_hash(audio)[:16]}{Path(audio.split('?')[0]).suffix}"
         with open_binary(audio) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
         return target
@@ -341,9 +344,9 @@ class BatchEngine:
         if not await asyncio.to_thread(_adopt_outputs, pairs, source_row):
             return None
         output_path = str(pairs[0][1].relative_to(self.job.out_dir))
-        values = {**source_row.__dict__, **self._base(item, key, utc_now()), "output_path": output_path,
+        values = {**source_row.to_dict(), **self._base(item, key, utc_now()), "output_path": output_path,
                   "reused_from": source_row.id, "attempts": 0, "latency_s": 0.0, "request_id": None}
-        return LedgerRow(**values)
+        return LedgerRow.from_dict(values)
 
     # --- rows ---------------------------------------------------------------------------------------
 

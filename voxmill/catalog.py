@@ -18,6 +18,15 @@ from typing import Any, Literal
 
 from voxmill.errors import ForbiddenCharacter, UnspeakableText, ValidationError
 
+#: WAV/PCM from every TTS model: 24 kHz, mono, 16-bit
+TTS_SAMPLE_RATE = 24000
+#: what Whisper works on: 16 kHz mono (inputs are resampled to it, long files split at it)
+ASR_SAMPLE_RATE = 16000
+#: the longest audio sent in one ASR request by default (seconds); longer files are split on silence
+ASR_MAX_SECONDS = 600.0
+#: the TTS model of rows and books that name none
+DEFAULT_TTS_MODEL = "higgs2p5"
+
 ParamType = Literal["str", "int", "float", "bool", "json", "file"]
 ModelKind = Literal["tts", "asr"]
 
@@ -265,7 +274,7 @@ _VOICE_URL = Param(
 _VOICE_SETTINGS = Param("voice_settings", "json", "Voice settings object.", json_keys=(_SPEED,))
 
 HIGGS = ModelSpec(
-    name="higgs2p5",
+    name=DEFAULT_TTS_MODEL,
     kind="tts",
     description="Higgs Audio V2.5 text-to-speech (presets, cloning from a reference or a voice_id).",
     params=(
@@ -289,7 +298,7 @@ HIGGS = ModelSpec(
         _STREAM,
     ),
     output_format="wav",
-    sample_rate=24000,
+    sample_rate=TTS_SAMPLE_RATE,
     text_soft_limit=1200,
     text_hard_limit=4000,
     chunk_words=200,
@@ -330,7 +339,7 @@ CHATTERBOX = ModelSpec(
         _STREAM,
     ),
     output_format="wav",
-    sample_rate=24000,
+    sample_rate=TTS_SAMPLE_RATE,
     text_soft_limit=1000,
     text_hard_limit=3000,
     chunk_words=150,
@@ -369,7 +378,7 @@ QWEN3 = ModelSpec(
     ),
     rules=(_not_together("voice", ("voice_id", "voice_url")),),
     output_format="wav",
-    sample_rate=24000,
+    sample_rate=TTS_SAMPLE_RATE,
     text_soft_limit=2400,
     text_hard_limit=6000,
     chunk_words=350,
@@ -394,7 +403,7 @@ WHISPER = ModelSpec(
               send_default=True),
     ),
     output_format="json",
-    sample_rate=16000,
+    sample_rate=ASR_SAMPLE_RATE,
 )
 
 MODELS: Mapping[str, ModelSpec] = {m.name: m for m in (HIGGS, CHATTERBOX, QWEN3, WHISPER)}
@@ -403,8 +412,6 @@ ASR_MODELS = tuple(n for n, m in MODELS.items() if m.kind == "asr")
 #: models that accept /api/v1/generate/upload (Base mode) and the reference types it takes
 UPLOAD_MODELS = TTS_MODELS
 UPLOAD_FILE_TYPES = ("wav", "mp3")
-#: WAV/PCM from every TTS model: 24 kHz, mono, 16-bit
-TTS_SAMPLE_RATE = 24000
 
 
 def get_model(name: str) -> ModelSpec:

@@ -104,10 +104,6 @@ class SpeechResult:
         )
 
 
-#: the former name of :class:`~voxmill.timing.TimedText`, kept for existing imports
-Segment = TimedText
-
-
 @dataclass(frozen=True)
 class TranscriptResult:
     """Text from an ASR model; ``raw`` keeps the whole JSON (or the text) as it came."""
@@ -850,7 +846,6 @@ def _segments(value: Any) -> tuple[TimedText, ...]:
 
 __all__ = [
     "RetryHook",
-    "Segment",
     "SpeechResult",
     "TranscriptResult",
     "VoxmillClient",

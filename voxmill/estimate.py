@@ -10,6 +10,7 @@ from pathlib import Path
 from voxmill.audio.measure import measure_file
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.manifests import JobKind, ManifestReader, RunDefaults, iter_record_batches
+from voxmill.settings import Settings
 
 #: speaking rate used to predict TTS output length (words per second; ~150 words per minute)
 WORDS_PER_SECOND = 2.5
@@ -34,6 +35,12 @@ class PriceTable:
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise ConfigError(f"price table {path}: expected {{model: {{per_1k_chars|per_minute|per_request: n}}}}")
         return cls({m: {k: float(v) for k, v in p.items()} for m, p in data.items()})
+
+    @classmethod
+    def resolve(cls, path: Path | None = None, settings: Settings | None = None) -> PriceTable:
+        """The table at ``path``, else at ``settings.prices_path`` (VOXMILL_PRICES); empty (costs unknown) else."""
+        chosen = path or (settings or Settings.from_env()).prices_path
+        return cls.load(chosen) if chosen else cls()
 
     def cost(self, model: str, *, chars: int, minutes: float, requests: int) -> float | None:
         """Cost of this much work on ``model``, or None when the table has no price for it."""

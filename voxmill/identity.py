@@ -3,7 +3,9 @@
 - :func:`item_key` — an item's identity (model + effective parameters + content), the ledger's ``key``;
 - :func:`content_hash` / :func:`file_hash` — sha256 hex of text, bytes or a (streamed) file;
 - :func:`id_hash64` — 64 bits of an item id, for indexes that hold millions of ids in 8 bytes each;
-- :func:`budget_id` — the name of a rate budget: a fingerprint of the API key and base URL (never the key).
+- :func:`budget_id` — the name of a rate budget: a fingerprint of the API key and base URL (never the key);
+- :func:`shard_of` — which of N shards an item identity belongs to (stable across runs and machines);
+- :func:`json_hash` — sha256 hex of a JSON-serialisable value, canonically serialised.
 """
 
 from __future__ import annotations
@@ -53,4 +55,17 @@ def budget_id(api_key: str, base_url: str) -> str:
     return hashlib.sha256(f"voxmill-rate\0{api_key}\0{base_url.rstrip('/')}".encode()).hexdigest()[:24]
 
 
-__all__ = ["budget_id", "content_hash", "file_hash", "id_hash64", "item_key"]
+def shard_of(identity: str, count: int) -> int:
+    """The shard (0 … ``count``-1) of an item identity: blake2b, 8 bytes read big-endian, modulo ``count``.
+
+    The byte order is part of the contract: changing it would move items between the shards of a running job.
+    """
+    return int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "big") % count
+
+
+def json_hash(value: Any) -> str:
+    """sha256 hex of ``value`` serialised as canonical JSON (sorted keys; ``str`` for what JSON lacks)."""
+    return content_hash(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str))
+
+
+__all__ = ["budget_id", "content_hash", "file_hash", "id_hash64", "item_key", "json_hash", "shard_of"]

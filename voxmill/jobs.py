@@ -8,7 +8,6 @@ version used by tests, benchmarks and scripts that want no orchestration.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 from voxmill.audio.transcode import OutputSpec, remove_partial_outputs
 from voxmill.batch import BatchEngine, BatchOutcome, JobSpec
 from voxmill.errors import ConfigError
+from voxmill.identity import shard_of
 from voxmill.ledger import Ledger
 from voxmill.manifests import JobKind, ManifestReader, RunDefaults, WorkItem, iter_record_batches
 from voxmill.plan import PlanCounts, PlannedItem, key_of, plan_items
@@ -60,7 +60,7 @@ class JobRequest:
 class Shard:
     """One of ``count`` disjoint, stable slices of a manifest, chosen by item identity.
 
-    An item belongs to shard ``hash(identity) % count``; its identity is the manifest id, or (rows
+    An item belongs to shard :func:`voxmill.identity.shard_of` of its identity: the manifest id, or (rows
     without one) its item key. So a row's shard never depends on row order or on what else the
     manifest holds.
     """
@@ -80,8 +80,7 @@ class Shard:
     def holds(self, item: WorkItem) -> bool:
         """Whether ``item`` belongs to this shard."""
         identity = item.item_id if item.has_own_id or item.problem is not None else _safe_key(item)
-        return int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "big") % self.count \
-            == self.index
+        return shard_of(identity, self.count) == self.index
 
 
 def _safe_key(item: WorkItem) -> str:
@@ -108,6 +107,8 @@ class RunSummary:
     audio_seconds: float
     elapsed_s: float
     stopped: str | None = None
+    #: the kind of error that stopped the run (``AuthError.kind``), when one did: what exit codes are made from
+    stop_kind: str | None = None
     ledger_done: int = 0
     ledger_failed: int = 0
     #: the API rate the limiter held at the end, requests per second (learned unless fixed; None: unlimited)
@@ -372,6 +373,7 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
         audio_seconds=_new_audio_seconds(run_rows),
         elapsed_s=round(time.monotonic() - job.started, 3),
         stopped=job.engine.stop_reason or next((o.stopped for o in outcomes if o.stopped), None),
+        stop_kind=job.engine.stop_kind or next((o.stop_kind for o in outcomes if o.stop_kind), None),
         ledger_done=statuses.get("done", 0),
         ledger_failed=statuses.get("failed", 0),
         api_rate=round(job.progress.api_rate, 3) if job.progress.api_rate is not None else None,

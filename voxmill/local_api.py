@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Callable, Iterator
-from typing import Literal
 
 from voxmill.errors import ConfigError
+from voxmill.options import LocalEngine
 from voxmill.settings import DEFAULT_BASE_URL, ApiKey, Settings
-
-LocalEngine = Literal["real", "null"]
 
 
 def wants_local_server(settings: Settings, *, local: bool) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS, UPLOAD_FILE_TYPES, get_model, validate
+from voxmill.catalog import ASR_MODELS, DEFAULT_TTS_MODEL, MODELS, TTS_MODELS, UPLOAD_FILE_TYPES, get_model, validate
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.identity import id_hash64
 
@@ -494,7 +494,7 @@ def _duplicate(item: WorkItem, first_row: int) -> WorkItem:
 
 
 def _default_model(kind: JobKind) -> str:
-    return "higgs2p5" if kind == "tts" else ASR_MODELS[0]
+    return DEFAULT_TTS_MODEL if kind == "tts" else ASR_MODELS[0]
 
 
 def _cell(value: Any) -> Any:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 
@@ -114,4 +117,24 @@ class ProgressSnapshot:
             text += f"; API rate {self.api_rate:.1f}/s"
         return text
 
-__all__ = ["ProgressBoard", "ProgressSnapshot"]
+
+_WATCHED: ContextVar[ProgressBoard | None] = ContextVar("voxmill_progress_board", default=None)
+
+
+@contextmanager
+def watching(board: ProgressBoard) -> Iterator[ProgressBoard]:
+    """Jobs started inside the ``with`` block (in this thread, and the flow runs it calls in-process) count on
+    ``board``: how a caller's display follows a flow without passing a live object as a flow parameter."""
+    token = _WATCHED.set(board)
+    try:
+        yield board
+    finally:
+        _WATCHED.reset(token)
+
+
+def watched_board() -> ProgressBoard | None:
+    """The board of the innermost :func:`watching` block around this call, if any."""
+    return _WATCHED.get()
+
+
+__all__ = ["ProgressBoard", "ProgressSnapshot", "watched_board", "watching"]

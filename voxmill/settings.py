@@ -13,6 +13,11 @@
 | VOXMILL_TIMEOUT | read timeout per request, seconds | 180 |
 | VOXMILL_CACHE_DIR | voice_id cache and other reusable state | ~/.cache/voxmill |
 | VOXMILL_ASR_MAX_SECONDS | longest audio sent in one ASR request; longer files are split on silence | 600 |
+| VOXMILL_RATE_SCOPE | who shares the rate budget: machine (processes here), prefect (a Prefect API) | machine |
+| VOXMILL_PRICES | JSON price table for estimates (`voxmill estimate`, `audiobook --list`, dataset plans) | none |
+
+This module is the only reader of these variables; a run's own choices come from
+:class:`voxmill.options.RunOptions` on top of them (:func:`voxmill.options.settings_for`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from voxmill.catalog import ASR_MAX_SECONDS
 from voxmill.errors import ConfigError
 from voxmill.rate.concurrency import DEFAULT_CEILING
 
@@ -30,6 +36,9 @@ if TYPE_CHECKING:
     from voxmill.rate.sources import TokenSource
 
 DEFAULT_BASE_URL = "https://api-web.eigenai.com"
+
+RateScope = Literal["machine", "prefect"]
+RATE_SCOPES: tuple[RateScope, ...] = ("machine", "prefect")
 
 
 class ApiKey:
@@ -97,7 +106,9 @@ class RateLimit:
     available may lower it); ``shared``:
     every process on this machine with the same key and base URL draws from one budget (``cache_dir/rate``);
     ``source_factory``: the budget lives elsewhere, built in each process by this picklable function (a
-    module-level one, e.g. ``tasks.rate.prefect_source``: a Prefect global concurrency limit).
+    module-level one, e.g. ``tasks.rate.prefect_source``: a Prefect global concurrency limit). ``scope`` says
+    who shares the budget: ``"prefect"`` is realised by the Prefect layer (``tasks.settings``), which sets
+    ``source_factory``.
     """
 
     requests_per_second: float | None = None
@@ -106,8 +117,12 @@ class RateLimit:
     adaptive: bool = True
     shared: bool = True
     source_factory: Callable[[Settings], TokenSource] | None = None
+    scope: RateScope = "machine"
 
     def __post_init__(self) -> None:
+        if self.scope not in RATE_SCOPES:
+            raise ConfigError(f"rate scope must be one of {', '.join(RATE_SCOPES)}, got {self.scope!r} "
+                              "(VOXMILL_RATE_SCOPE)")
         if self.max_concurrent < 1:
             raise ConfigError(f"max_concurrent must be ≥ 1, got {self.max_concurrent}")
         for name in ("requests_per_second", "requests_per_minute"):
@@ -166,7 +181,9 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "voxmill")
-    asr_max_seconds: float = 600.0
+    asr_max_seconds: float = ASR_MAX_SECONDS
+    #: the JSON price table estimates use (None: costs unknown)
+    prices_path: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -186,6 +203,7 @@ class Settings:
                 max_concurrent=int(concurrency) if concurrency else limit.max_concurrent,
                 adaptive=_flag(env, "VOXMILL_ADAPTIVE_RATE", limit.adaptive),
                 shared=_flag(env, "VOXMILL_SHARED_RATE", limit.shared),
+                scope=(env.get("VOXMILL_RATE_SCOPE") or "").strip() or limit.scope,  # type: ignore[arg-type]
             ),
             retry=RetryPolicy(
                 max_attempts=int(attempts) if attempts else retry.max_attempts,
@@ -194,6 +212,7 @@ class Settings:
             timeouts=Timeouts(read=_number(env, "VOXMILL_TIMEOUT") or timeouts.read),
             cache_dir=Path(env["VOXMILL_CACHE_DIR"]) if env.get("VOXMILL_CACHE_DIR") else base.cache_dir,
             asr_max_seconds=_number(env, "VOXMILL_ASR_MAX_SECONDS") or base.asr_max_seconds,
+            prices_path=Path(env["VOXMILL_PRICES"]) if env.get("VOXMILL_PRICES") else base.prices_path,
         )
 
     def with_(self, **changes: object) -> Settings:
@@ -222,4 +241,4 @@ def _number(env: Mapping[str, str], name: str) -> float | None:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
-__all__ = ["ApiKey", "DEFAULT_BASE_URL", "RateLimit", "RetryPolicy", "Settings", "Timeouts"]
+__all__ = ["ApiKey", "DEFAULT_BASE_URL", "RATE_SCOPES", "RateLimit", "RateScope", "RetryPolicy", "Settings", "Timeouts"]

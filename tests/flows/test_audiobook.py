@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from book_files import write_epub
 
 from voxmill.audio.measure import measure_file
+from voxmill.options import RunOptions
 
 
 def test_audiobook_flow_writes_the_book_and_ends_completed(null_server, prefect_api, tmp_path, monkeypatch):
@@ -17,8 +18,8 @@ def test_audiobook_flow_writes_the_book_and_ends_completed(null_server, prefect_
     monkeypatch.setenv("VOXMILL_API_KEY", null_server.token)
     book = write_epub(tmp_path / "island.epub")
     out = tmp_path / "out"
-    state = audiobook(book=str(book), out_dir=str(out), chapters="3,5", base_url=null_server.base_url,
-                      return_state=True)
+    state = audiobook(book=str(book), out_dir=str(out), chapters="3,5",
+                      options=RunOptions(base_url=null_server.base_url), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     assert result.ok and result.chapters == 2
@@ -41,5 +42,5 @@ def test_audiobook_flow_ends_failed_when_a_chunk_fails(make_server, prefect_api,
     monkeypatch.setenv("VOXMILL_API_KEY", server.token)
     monkeypatch.setenv("VOXMILL_MAX_ATTEMPTS", "1")
     state = audiobook(book=str(write_epub(tmp_path / "island.epub")), out_dir=str(tmp_path / "out"), chapters="5",
-                      base_url=server.base_url, return_state=True)
+                      options=RunOptions(base_url=server.base_url), return_state=True)
     assert state.is_failed() and "not done" in state.message

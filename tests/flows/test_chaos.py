@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_quick_chaos_run_loses_nothing_and_pays_twice_only_for_items_in_flight(tmp_path):
     numbers = tmp_path / "chaos.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

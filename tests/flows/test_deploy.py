@@ -25,7 +25,7 @@ from manifest_files import write_manifest
 
 from voxmill.audio.formats import check_audio_body
 from voxmill.audio.measure import measure_file
-from voxmill.deploy import DEPLOYMENTS, Stack, deploy, undeploy
+from voxmill.cli.deploy import DEPLOYMENTS, Stack, deploy, undeploy
 from voxmill.ledger import Ledger
 from voxmill.server import request_content_hash
 
@@ -81,7 +81,7 @@ RUN_FAILING = (
     "import sys\n"
     "from prefect.deployments import run_deployment\n"
     "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3],"
-    " 'local_engine': 'null'}, timeout=None, poll_interval=1)\n"
+    " 'options': {'local_engine': 'null'}}, timeout=None, poll_interval=1)\n"
     "print(run.id, run.state.name)\n"
 )
 READ_RESULT = (
@@ -98,6 +98,7 @@ READ_RESULT = (
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_make_deploy_runs_every_deployment_shards_and_persists_a_failed_result(stack: Stack, clone: Path, tmp_path):
     listed = _prefect(stack, "deployment", "ls").communicate(timeout=120)[0]
     for name in (*DEPLOYMENTS, "voxmill-synthesize/shard", "voxmill-transcribe/shard"):
@@ -161,7 +162,8 @@ RUN_SHARDED = (
     "from prefect.deployments import run_deployment\n"
     f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
     "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
-    f" 'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'output_format': 'wav', 'max_concurrent': 2}},"
+    f" 'options': {{'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'max_concurrent': 2}},"
+    " 'output_format': 'wav'},"
     " timeout=None, poll_interval=1)\n"
     "print(json.dumps([run.state.name, run.state.message]))\n"
 )
@@ -199,6 +201,7 @@ def _ended(process: subprocess.Popen) -> tuple[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(stack: Stack, make_server, tmp_path):
     server = make_server(latency_ms=400)  # a shard of ~15 items at 2 in flight: ~3 s of work to kill into
     texts = {f"item-{n:02d}": f"Sharded resume check, sentence number {n}." for n in range(SHARD_ITEMS)}

@@ -10,7 +10,8 @@ from manifest_files import write_manifest
 from voxmill.audio.measure import measure_file
 from voxmill.jobs import JobFailed
 from voxmill.ledger import LEDGER_SCHEMA
-from voxmill.progress import ProgressBoard
+from voxmill.options import RunOptions
+from voxmill.progress import ProgressBoard, watching
 
 TEXTS = [
     # plain words: tiny.en writes numbers as digits and spells the US way, which WER would count
@@ -102,7 +103,8 @@ def test_flow_batches_are_prefect_tasks(null_server, api_env, tmp_path):
     api_env(null_server)
     rows = [{"id": f"i{i}", "text": f"Item number {i}."} for i in range(400)]
     manifest = write_manifest(tmp_path / "m.parquet", rows)
-    state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), max_concurrent=16, return_state=True)
+    state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), options=RunOptions(max_concurrent=16),
+                       return_state=True)
     assert state.is_completed()
     assert null_server.stats()["generations_total"] == 400
 
@@ -135,8 +137,9 @@ def test_thread_process_and_dask_runners_write_the_same_table(make_server, api_e
         out = tmp_path / runner
         board = ProgressBoard()  # the caller's display: counts come home from worker processes too
         null_server.reset_stats()  # fault memory too: every runner meets the same first failures
-        state = synthesize(manifest=str(manifest), out_dir=str(out), runner=runner, workers=2, batch_size=5,
-                           progress=board, return_state=True)
+        with watching(board):
+            state = synthesize(manifest=str(manifest), out_dir=str(out), batch_size=5,
+                               options=RunOptions(runner=runner, workers=2), return_state=True)
         assert state.is_failed() and "24 done" in state.message and "1 failed" in state.message, state.message
         assert (board.done, board.failed, board.retries) == (24, 1, 24), runner
         assert null_server.stats()["generations_total"] == 24
@@ -185,7 +188,7 @@ def test_bad_parameter_refused_when_the_run_is_created(api_env, null_server, tmp
 
     api_env(null_server)
     manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": "Hello."}])
-    for bad in ({"output_format": "wma"}, {"runner": "threads"}, {"model": "no-such-model"}):
+    for bad in ({"output_format": "wma"}, {"options": {"runner": "threads"}}, {"model": "no-such-model"}):
         with pytest.raises(ParameterTypeError):
             synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), **bad)
     assert null_server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
@@ -206,7 +209,9 @@ def test_progress_lines_and_a_summary_artifact_per_job(make_server, api_env, tmp
     manifest = write_manifest(tmp_path / "m.csv", [{"id": f"i{i}", "text": f"Line {i}."} for i in range(24)])
     out = tmp_path / "job-a"
     board = ProgressBoard()
-    state = synthesize(manifest=str(manifest), out_dir=str(out), max_concurrent=4, progress=board, return_state=True)
+    with watching(board):
+        state = synthesize(manifest=str(manifest), out_dir=str(out), options=RunOptions(max_concurrent=4),
+                           return_state=True)
     assert state.is_completed(), state.message
     line = board.snapshot().log_line()
     assert "24/24 accounted for" in line and "24 retries (0 after 429)" in line

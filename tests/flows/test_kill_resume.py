@@ -13,10 +13,13 @@ from collections import Counter
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from voxmill.audio.formats import check_audio_body
 from voxmill.ledger import Ledger
 from voxmill.server import request_content_hash
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ITEMS = 60
 CONCURRENCY = 4

@@ -9,7 +9,9 @@ import pytest
 from manifest_files import write_manifest
 from server_rates import StatsSampler
 
-pytestmark = pytest.mark.slow
+from voxmill.options import RunOptions
+
+pytestmark = [pytest.mark.slow, pytest.mark.rate]
 
 
 def test_process_runner_workers_share_one_budget(make_server, prefect_api, monkeypatch, tmp_path):
@@ -25,8 +27,8 @@ def test_process_runner_workers_share_one_budget(make_server, prefect_api, monke
             for i in range(items)]
     manifest = write_manifest(tmp_path / "m.csv", rows)
     with StatsSampler(server) as sampler:
-        state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), runner="process", workers=3,
-                           batch_size=20, max_concurrent=8, return_state=True)
+        state = synthesize(manifest=str(manifest), out_dir=str(tmp_path / "out"), batch_size=20,
+                           options=RunOptions(runner="process", workers=3, max_concurrent=8), return_state=True)
 
     assert state.is_completed(), state.message
     final = sampler.samples[-1]

@@ -20,6 +20,7 @@ from server_rates import StatsSampler
 from tasks.rate import BULK_TOKENS, limit_name, prefect_source
 from tasks.settings import resolve_settings
 from voxmill.errors import ConfigError
+from voxmill.options import DEFAULT_OPTIONS
 from voxmill.settings import ApiKey, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,21 +30,22 @@ import json, sys
 from pathlib import Path
 from tasks.settings import resolve_settings
 from voxmill.jobs import JobRequest, run_job
-summary = run_job(JobRequest("tts", sys.argv[1], Path(sys.argv[2])), resolve_settings(rate_scope="prefect"))
+from voxmill.options import RunOptions
+summary = run_job(JobRequest("tts", sys.argv[1], Path(sys.argv[2])), resolve_settings(RunOptions(rate_scope="prefect")))
 print(json.dumps({"done": summary.done, "failed": summary.failed, "api_rate": summary.api_rate}))
 """
 
 
 def test_the_scope_is_chosen_by_setting_and_needs_a_prefect_api(monkeypatch):
     monkeypatch.setenv("VOXMILL_API_KEY", "sk-test-key")
-    assert resolve_settings().rate_limit.source_factory is None
+    assert resolve_settings(DEFAULT_OPTIONS).rate_limit.source_factory is None
     monkeypatch.setenv("VOXMILL_RATE_SCOPE", "prefect")
-    settings = resolve_settings()
+    settings = resolve_settings(DEFAULT_OPTIONS)
     assert settings.rate_limit.source_factory is prefect_source
     assert "sk-test-key" not in limit_name(settings)
     monkeypatch.setenv("VOXMILL_RATE_SCOPE", "galaxy")
     with pytest.raises(ConfigError, match="VOXMILL_RATE_SCOPE"):
-        resolve_settings()
+        resolve_settings(DEFAULT_OPTIONS)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: None}), pytest.raises(ConfigError, match="PREFECT_API_URL"):
@@ -51,6 +53,7 @@ def test_the_scope_is_chosen_by_setting_and_needs_a_prefect_api(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.rate
 def test_two_processes_share_one_prefect_limit(make_server, prefect_api, tmp_path):
     from prefect.client.orchestration import get_client
 

@@ -8,7 +8,8 @@ import pytest
 from manifest_files import write_manifest
 
 from voxmill.catalog import MODELS
-from voxmill.cli import EXIT_FAILED_ITEMS, EXIT_OK, EXIT_USAGE, main
+from voxmill.cli import main
+from voxmill.cli.common import EXIT_FAILED_ITEMS, EXIT_OK, EXIT_USAGE
 
 
 @pytest.fixture

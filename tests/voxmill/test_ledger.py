@@ -81,13 +81,29 @@ def test_second_run_on_same_out_dir_is_refused(tmp_path):
     second.close()
 
 
-def test_compaction_is_atomic(tmp_path):
+def test_compaction_is_atomic(tmp_path, monkeypatch):
+    """A compaction that dies at its rename leaves the old table whole and the journal's rows still there."""
     ledger = Ledger(tmp_path)
     ledger.append(row("a", key=hexkey(1)))
     ledger.compact()
-    leftovers = [p for p in os.listdir(tmp_path) if ".tmp" in p]
-    assert leftovers == []
+    assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []
+    before = (tmp_path / "results.parquet").read_bytes()
+    ledger.append(row("b", key=hexkey(2)))
+
+    def dies_at_the_rename(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", dies_at_the_rename)
+    with pytest.raises(OSError):
+        ledger.compact()
+    monkeypatch.undo()
+    assert (tmp_path / "results.parquet").read_bytes() == before, "the old table was written over in place"
+    assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == [], "the half-written copy is removed"
+    assert pq.read_table(tmp_path / "results.parquet")["id"].to_pylist() == ["a"]
     ledger.close()
+    reopened = Ledger(tmp_path)
+    assert sorted(reopened.read()["id"].to_pylist()) == ["a", "b"], "b's journal line survived the failed compaction"
+    reopened.close()
 
 
 def test_results_written_before_the_qc_columns_still_resume(tmp_path):

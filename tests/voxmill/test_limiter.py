@@ -48,6 +48,7 @@ async def count_starts(lim: AsyncRateLimiter, seconds: float, workers: int, hold
     return started
 
 
+@pytest.mark.rate
 async def test_pacing_is_precise():
     lim = fixed(100, concurrent=8)
     started = sorted(await count_starts(lim, 1.0, 8))
@@ -56,6 +57,7 @@ async def test_pacing_is_precise():
     assert sum(gaps) / len(gaps) == pytest.approx(0.01, rel=0.05)
 
 
+@pytest.mark.rate
 async def test_sustained_high_rate():
     lim = fixed(500, concurrent=32)
     started = await count_starts(lim, 0.5, 32, hold=0.005)
@@ -156,6 +158,7 @@ async def _hold(lim: AsyncRateLimiter) -> None:
         await asyncio.sleep(0)
 
 
+@pytest.mark.rate
 async def test_slot_cpu_cost_is_small():
     lim = fixed(1e9, concurrent=8)
     n = 20000

@@ -26,7 +26,7 @@ from voxmill.progress import ProgressBoard
 from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.rate]
 
 
 def adaptive_settings(server: LocalServer, tmp_path: Path, concurrency: int = 16) -> Settings:

@@ -401,7 +401,8 @@ def test_stats_count_requests_statuses_generations_and_uploads(null_server):
     null_server.reset_stats()
     assert null_server.stats() == {"requests": 0, "by_status": {}, "resets": 0, "generations_total": 0,
                                    "generations": {}, "truncations_total": 0, "truncations": {}, "uploads": 0,
-                                   "empty_audio": 0}
+                                   "empty_audio": 0, "in_flight": 0, "in_flight_high": 0, "queued": 0,
+                                   "queued_high": 0}
     credits = generate(null_server, tts).headers["x-credits-remaining"]
     assert credits == "999999"
 
@@ -447,7 +448,7 @@ def test_websocket_faults_and_validation(make_server):
 def test_serve_parser_builds_the_config(monkeypatch):
     import argparse
 
-    from voxmill.server.cli import add_serve_parser, config_from_args
+    from voxmill.cli.serve import add_serve_parser, config_from_args
 
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers())

@@ -44,11 +44,12 @@ def test_key_without_recipe_refuses_pickling_and_local_token_travels():
 def test_secret_block_key_is_saved_by_the_cli_and_pickles_as_the_block_name(prefect_api, monkeypatch):
     from tasks.settings import key_from_block, resolve_settings
     from voxmill.cli import main
+    from voxmill.options import RunOptions
 
     monkeypatch.setenv("VOXMILL_API_KEY", SECRET)
     assert main(["secret", "--name", "voxmill-test-key"]) == 0
     monkeypatch.delenv("VOXMILL_API_KEY")
-    settings = resolve_settings(api_key_block="voxmill-test-key")
+    settings = resolve_settings(RunOptions(api_key_block="voxmill-test-key"))
     assert settings.api_key.reveal() == SECRET
     payload = pickle.dumps(settings)
     assert SECRET.encode() not in payload and b"voxmill-test-key" in payload

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxmill.catalog import TTS_SAMPLE_RATE
 from voxmill.errors import BadResponse, ConfigError, EmptyAudio, InvalidItem
 
 
@@ -173,7 +174,7 @@ def convert_file(
     fmt = audio_format(output_format)
     cmd = [ffmpeg_path(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     if input_format == "pcm":
-        cmd += ["-f", "s16le", "-ar", str(sample_rate or 24000), "-ac", "1"]
+        cmd += ["-f", "s16le", "-ar", str(sample_rate or TTS_SAMPLE_RATE), "-ac", "1"]
     cmd += ["-i", str(source), "-vn", "-map_metadata", "-1"]
     if filters:
         cmd += ["-af", filters]

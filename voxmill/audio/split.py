@@ -15,11 +15,12 @@ from pathlib import Path
 
 from voxmill.audio.measure import ffmpeg_command, probe, run_tool
 from voxmill.audio.transcode import atomic_output
+from voxmill.catalog import ASR_SAMPLE_RATE
 from voxmill.errors import ConfigError
-from voxmill.subtitles import TimedText
+from voxmill.timing import TimedText
 
 #: pieces are written at the rate ASR models work at
-PIECE_RATE = 16000
+PIECE_RATE = ASR_SAMPLE_RATE
 #: a cut closer than this to the previous one would make a useless sliver
 _MIN_PIECE_S = 0.5
 

@@ -31,11 +31,12 @@ from voxmill.audio.measure import (
     probe,
     run_tool,
 )
+from voxmill.catalog import ASR_SAMPLE_RATE, TTS_SAMPLE_RATE
 from voxmill.errors import ConfigError, InvalidItem
 from voxmill.identity import file_hash
 
 #: raw PCM from the API: 16-bit little-endian mono at this rate unless told otherwise
-PCM_RATE = 24000
+PCM_RATE = TTS_SAMPLE_RATE
 #: ffmpeg loudnorm's own default loudness range target
 DEFAULT_LRA = 7.0
 #: used when OutputSpec.bitrate is None
@@ -237,7 +238,7 @@ def prepare_asr_input(path: Path, accepted: tuple[str, ...], *, cache_dir: Path 
     if converted.is_file() and converted.stat().st_size > 0:
         return converted
     with atomic_output(converted) as temp:
-        convert_file(path, temp, out_format, sample_rate=16000, channels=1)
+        convert_file(path, temp, out_format, sample_rate=ASR_SAMPLE_RATE, channels=1)
     return converted
 
 

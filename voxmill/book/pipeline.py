@@ -15,7 +15,6 @@ ones retaken (:mod:`voxmill.book.qc`); the best take of each chunk is the one as
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import time
@@ -45,8 +44,9 @@ from voxmill.book.m4b import (
 from voxmill.book.model import Book, Chapter, Chunk
 from voxmill.book.qc import ChunkQc, QcOptions, QcSummary, check_chunks, done_rows
 from voxmill.book.sources import read_book
-from voxmill.catalog import TTS_MODELS, TTS_SAMPLE_RATE
+from voxmill.catalog import DEFAULT_TTS_MODEL, TTS_MODELS, TTS_SAMPLE_RATE
 from voxmill.errors import ConfigError
+from voxmill.identity import json_hash
 from voxmill.ledger import write_table
 from voxmill.manifests import RunDefaults
 from voxmill.settings import Settings
@@ -55,7 +55,7 @@ from voxmill.subtitles import to_srt, to_vtt
 if TYPE_CHECKING:  # the engine (httpx, tenacity…) is imported when a book runs, not when the CLI starts
     from voxmill.jobs import JobRequest, RunSummary
 
-DEFAULT_MODEL = "higgs2p5"
+DEFAULT_MODEL = DEFAULT_TTS_MODEL
 WORK_DIR = "work"
 SUMMARY_FILE = "audiobook.json"
 #: chapter files: the formats a player handles as an audiobook's tracks
@@ -243,9 +243,9 @@ def _assemble(
     """The chapter's WAV, reused when its chunks' audio and the pauses are unchanged since the last run."""
     target = out_dir / WORK_DIR / f"ch{chapter.index:03d}.wav"
     sidecar = target.with_suffix(".json")
-    fingerprint = hashlib.sha256(json.dumps(
+    fingerprint = json_hash(
         [dataclasses.asdict(pauses), [(c.item_id, c.ends_paragraph, rows[c.item_id]["sha256"]) for c in chunks]]
-    ).encode()).hexdigest()
+    )
     if target.exists() and sidecar.exists():
         saved = json.loads(sidecar.read_text())
         if saved.get("fingerprint") == fingerprint:

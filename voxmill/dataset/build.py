@@ -8,9 +8,7 @@ skip what was already paid for. Carried-over rows come from the previous version
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from voxmill.dataset.rows import META_COLUMNS, DatasetRow, rows_table
 from voxmill.dataset.spec import DatasetSpec
 from voxmill.errors import ConfigError, VoxmillError
 from voxmill.estimate import PriceTable
+from voxmill.identity import content_hash
 from voxmill.jobs import JobRequest, RunSummary, run_job
 from voxmill.ledger import Ledger, read_results, utc_now
 from voxmill.manifests import RunDefaults, find_duplicate_ids, open_binary
@@ -104,13 +103,13 @@ def work_dir_for(spec: DatasetSpec, store: DatasetStore, settings: Settings) -> 
         return Path(spec.work_dir)
     if store.local:
         return Path(store.root) / ".work"
-    digest = hashlib.sha256(spec.dest.encode()).hexdigest()[:12]
+    digest = content_hash(spec.dest)[:12]
     return Path(settings.cache_dir) / "datasets" / f"{spec.name}-{digest}"
 
 
 def _price_table() -> PriceTable | None:
-    path = os.environ.get("VOXMILL_PRICES")
-    return PriceTable.load(Path(path)) if path else None
+    path = Settings.from_env().prices_path
+    return PriceTable.load(path) if path else None
 
 
 def _run(request: JobRequest, settings: Settings, progress: ProgressBoard | None,
@@ -133,7 +132,7 @@ def _local_audio(source: str, work: Path) -> Path:
     with open_binary(source, "audio file") as handle:
         data = handle.read()
     suffix = Path(source.split("?", 1)[0]).suffix
-    target = work / "remote-audio" / (hashlib.sha256(source.encode()).hexdigest() + suffix)
+    target = work / "remote-audio" / (content_hash(source) + suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
     return target

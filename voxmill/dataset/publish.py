@@ -16,7 +16,6 @@ sweeps what it left. Retention removes the oldest versions beyond the spec's cou
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -36,6 +35,7 @@ import pyarrow.parquet as pq
 from voxmill.audio.measure import decode_float32, pcm16_wav_layout
 from voxmill.dataset.rows import ROW_SCHEMA, with_hf_features
 from voxmill.errors import ConfigError, VoxmillError
+from voxmill.identity import content_hash
 
 VERSIONS = "versions"
 LATEST = "latest"
@@ -132,7 +132,7 @@ def new_version_id(number: int) -> str:
 
 
 def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return content_hash(data)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -4,8 +4,8 @@ Needs the ``local`` extra (starlette, uvicorn, piper-tts, faster-whisper and the
 """
 
 from voxmill.server.app import NULL_ENGINE, NULL_TRANSCRIPT, ServerConfig, create_app
-from voxmill.server.cli import RunningServer, add_serve_parser, run_serve, serve_in_thread
 from voxmill.server.faults import FaultConfig
+from voxmill.server.running import RunningServer, serve_in_thread
 from voxmill.server.stats import ServerStats, request_content_hash
 
 __all__ = [
@@ -15,9 +15,7 @@ __all__ = [
     "RunningServer",
     "ServerConfig",
     "ServerStats",
-    "add_serve_parser",
     "create_app",
     "request_content_hash",
-    "run_serve",
     "serve_in_thread",
 ]

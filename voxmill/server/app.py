@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import ipaddress
 import json
 import logging
@@ -51,6 +50,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from voxmill.audio.formats import convert_bytes, read_wav, wav_bytes
 from voxmill.catalog import TTS_SAMPLE_RATE, UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest, validate
 from voxmill.errors import BadResponse, ConfigError, ForbiddenCharacter, InvalidItem, ValidationError
+from voxmill.identity import content_hash
 from voxmill.server.engines import ASR_SAMPLE_RATE, PiperEngine, Transcript, WhisperEngine, decode_audio
 from voxmill.server.faults import BodyFault, Fault, FaultConfig, FaultInjector
 from voxmill.server.limits import (
@@ -608,7 +608,7 @@ def create_app(config: ServerConfig) -> Starlette:
             await service.in_thread(lambda: decode_audio(reference.data))
         except InvalidItem as exc:
             raise _Reply(400, f"upload: {exc.message}", param="voice_reference_file") from None
-        voice_id = f"{model}-{hashlib.sha256(reference.data).hexdigest()[:16]}"
+        voice_id = f"{model}-{content_hash(reference.data)[:16]}"
         service.voices[model].add(voice_id)
         service.stats.record_upload()
         headers["x-credits-remaining"] = str(service.credits)

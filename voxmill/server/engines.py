@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from voxmill.catalog import TTS_SAMPLE_RATE
+from voxmill.catalog import ASR_SAMPLE_RATE, TTS_SAMPLE_RATE
 from voxmill.errors import ConfigError, InvalidItem
 from voxmill.timing import TimedText
 
 #: the rate Whisper works at
-ASR_SAMPLE_RATE = 16000
 
 _CACHE: dict[tuple[str, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()

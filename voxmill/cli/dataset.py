@@ -8,15 +8,14 @@ build, for the scheduled deployment). With no ``VOXMILL_API_KEY`` it starts a lo
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
+from voxmill.cli.common import EXIT_OK, add_run_options, announce, run_options
 from voxmill.dataset.build import build_dataset
 from voxmill.dataset.export import EXPORT_FORMATS, export_version
 from voxmill.dataset.publish import DatasetStore
 from voxmill.dataset.spec import load_spec
-from voxmill.settings import Settings
 
 
 def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,11 +27,7 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("spec", type=Path, help="the dataset spec, e.g. manifests/dataset.example.toml")
     build.add_argument("--source", help="override the spec's source (manifest path/URL, or audio folder/glob)")
     build.add_argument("--dest", help="override the spec's destination (local folder or fsspec URL)")
-    build.add_argument("--base-url", help="API base URL (default VOXMILL_BASE_URL or the hosted API)")
-    build.add_argument("--local", action="store_true",
-                       help="use a local server started for this run (the default when no VOXMILL_API_KEY is set)")
-    build.add_argument("--local-engine", choices=("real", "null"), default="real",
-                       help="local server engines: real (piper/whisper) or null (instant, for plumbing tests)")
+    add_run_options(build, runner=False)
     build.set_defaults(handler=_cmd_build)
 
     listing = sub.add_parser("list", help="the versions at a destination: counts, hours, what changed")
@@ -48,15 +43,10 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from voxmill.cli import EXIT_OK
-    from voxmill.local_api import api_settings
+    from tasks.settings import run_settings
 
     spec = load_spec(args.spec, source=args.source, dest=args.dest)
-    settings = Settings.from_env()
-    if args.base_url:
-        settings = settings.with_(base_url=args.base_url)
-    announce = functools.partial(print, "voxmill:", file=sys.stderr)
-    with api_settings(settings, local=args.local, engine=args.local_engine, announce=announce) as settings:
+    with run_settings(run_options(args), announce=announce) as settings:
         report = build_dataset(spec, settings)
     print(report.headline())
     if report.published:

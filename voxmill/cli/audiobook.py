@@ -8,11 +8,7 @@ chapters (index, title, words, characters, estimated duration and cost) and send
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
-import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +20,22 @@ from voxmill.book.pipeline import CHAPTER_FORMATS, DEFAULT_MODEL, AudiobookReque
 from voxmill.book.qc import DEFAULT_MAX_WER, QcOptions
 from voxmill.book.sources import BOOK_TYPES, read_book
 from voxmill.catalog import TTS_MODELS
+from voxmill.cli.common import (
+    EXIT_OK,
+    add_param_option,
+    add_run_options,
+    announce,
+    exit_code_for_run,
+    parse_params,
+    price_table,
+    progress_bar,
+    run_options,
+)
 from voxmill.errors import ConfigError
 from voxmill.estimate import WORDS_PER_SECOND, PriceTable
-from voxmill.local_api import api_settings
 from voxmill.manifests import iter_record_batches, manifest_format
 from voxmill.progress import ProgressBoard
-from voxmill.settings import RateLimit, Settings
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+from voxmill.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,7 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--exclude", help="leave out these chapters, e.g. 2,9")
     parser.add_argument("--model", choices=TTS_MODELS, help=f"TTS model (default {DEFAULT_MODEL})")
     parser.add_argument("--voice", help="voice of the model")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="model parameter (repeatable; JSON values allowed)")
+    add_param_option(parser, "model parameter (repeatable; JSON values allowed)")
     parser.add_argument("--format", default="m4b", choices=CHAPTER_FORMATS, dest="chapter_format",
                         help="per-chapter files (default m4b); the whole book is always an .m4b")
     parser.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS_LUFS,
@@ -74,16 +77,7 @@ def add_audiobook_parser(sub: argparse._SubParsersAction) -> None:
                         help="with --qc: regenerate chunks over the WER threshold up to N times (best take kept)")
     parser.add_argument("--qc-wer", type=float, default=DEFAULT_MAX_WER,
                         help=f"with --qc: the WER above which a chunk is retaken (default {DEFAULT_MAX_WER})")
-    run = parser.add_argument_group("run")
-    run.add_argument("--rps", type=float, help="requests per second (default VOXMILL_RPS: unlimited)")
-    run.add_argument("--rpm", type=float, help="requests per minute (default VOXMILL_RPM: unlimited)")
-    run.add_argument("--concurrency", type=int, help="requests in flight (default VOXMILL_CONCURRENCY or 4)")
-    run.add_argument("--base-url", help="API base URL (default VOXMILL_BASE_URL or the hosted API)")
-    run.add_argument("--local", action="store_true",
-                     help="use a local server started for this run (the default when no VOXMILL_API_KEY is set)")
-    run.add_argument("--local-engine", choices=("real", "null"), default="real",
-                     help="local server engines: real (piper/whisper) or null (instant silence, for plumbing)")
-    run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    add_run_options(parser, runner=False)
     parser.set_defaults(handler=run_audiobook_command)
 
 
@@ -129,9 +123,7 @@ def book_entries(sources: list[str]) -> list[BookEntry]:
 
 
 def _request(entry: BookEntry, args: argparse.Namespace, out: Path) -> AudiobookRequest:
-    from voxmill.cli import _parse_params  # the one NAME=VALUE parser of the command line
-
-    params = {**entry.params, **_parse_params(args.param)}
+    params = {**entry.params, **parse_params(args.param)}
     if args.voice:
         params["voice"] = args.voice
     return AudiobookRequest(
@@ -172,43 +164,32 @@ def list_book(request: AudiobookRequest, prices: PriceTable) -> str:
     return "\n".join(lines)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    limit = settings.rate_limit
-    settings = settings.with_(rate_limit=RateLimit(
-        requests_per_second=args.rps or limit.requests_per_second,
-        requests_per_minute=args.rpm or limit.requests_per_minute,
-        max_concurrent=args.concurrency or limit.max_concurrent,
-    ))
-    return settings.with_(base_url=args.base_url) if args.base_url else settings
-
-
 def run_audiobook_command(args: argparse.Namespace) -> int:
     """The ``voxmill audiobook`` handler."""
     entries = book_entries(args.books)
     if (args.title or args.author) and len(entries) > 1:
         raise ConfigError("--title/--author name one book; give titles per book in a manifest instead")
     if args.list:
-        prices_path = args.prices or (Path(os.environ["VOXMILL_PRICES"]) if os.environ.get("VOXMILL_PRICES") else None)
-        prices = PriceTable.load(prices_path) if prices_path else PriceTable()
+        prices = price_table(args.prices)
         print("\n\n".join(list_book(_request(e, args, Path(".")), prices) for e in entries))
         return EXIT_OK
     if args.out is None:
         raise ConfigError("give -o/--out (the output directory), or --list to only look")
+    from tasks.settings import run_settings
+
     requests = [_request(e, args, args.out) for e in entries]
-    failed = 0
-    announce = functools.partial(print, "voxmill:", file=sys.stderr)
-    with api_settings(_settings(args), local=args.local, engine=args.local_engine, announce=announce) as settings:
+    codes = [EXIT_OK]
+    with run_settings(run_options(args), announce=announce) as settings:
         for request in requests:
-            say = None if args.no_progress else (lambda line: print(f"voxmill: {line}", file=sys.stderr))
+            say = None if args.no_progress else announce
             result = make_audiobook(request, settings, run_chunks=_runner(settings, args.no_progress), say=say)
             print(result.headline())
             if result.qc:
                 print("\n".join(result.qc.lines()))
-            if result.summary.stopped and "refused the key" in result.summary.stopped:
-                return EXIT_AUTH
-            failed += 0 if result.ok else 1
-    return EXIT_OK if failed == 0 else EXIT_FAILED
+            codes.append(exit_code_for_run(result.ok, result.summary.stop_kind))
+            if result.summary.stop_kind is not None:
+                break  # the key was refused: the next book would be refused too
+    return max(codes)
 
 
 def _runner(settings: Settings, no_progress: bool):
@@ -216,21 +197,8 @@ def _runner(settings: Settings, no_progress: bool):
     from voxmill.jobs import run_job
 
     def run(job):
-        board = ProgressBoard()
-        show = not no_progress and sys.stderr.isatty()
-        stop = threading.Event()
-        bar = None
-        if show:
-            from voxmill.cli import _show_progress  # the same bar as synthesize/transcribe
-
-            bar = threading.Thread(target=_show_progress, args=(board, stop), daemon=True)
-            bar.start()
-        try:
+        with progress_bar(ProgressBoard(), enabled=not no_progress) as board:
             return run_job(job, settings, progress=board)
-        finally:
-            stop.set()
-            if bar:
-                bar.join()
 
     return run
 

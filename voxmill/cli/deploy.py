@@ -23,7 +23,7 @@ import httpx
 
 from voxmill.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WORK_POOL = "voxmill"
 DEFAULT_PORT = 4200
 PREFECT_FILE = "deployments/prefect.yaml"

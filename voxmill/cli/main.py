@@ -1,4 +1,5 @@
-"""The ``voxmill`` command: synthesize, transcribe, status, retry-failed, estimate, models, serve.
+"""The ``voxmill`` command tree: synthesize, transcribe, status, retry-failed, estimate, demo, models here; serve,
+audiobook, dataset and deploy in their own modules of this package.
 
 Exit codes: 0 every item done; 1 some items failed (see ``voxmill status OUT``); 2 a usage, manifest or
 configuration problem (nothing was sent); 3 the API refused the key (the run stopped).
@@ -8,24 +9,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS
-from voxmill.errors import ConfigError, VoxmillError
-from voxmill.estimate import PriceTable, estimate_manifest
+from voxmill.catalog import ASR_MODELS, MODELS, TTS_MODELS, TTS_SAMPLE_RATE
+from voxmill.cli.common import (
+    EXIT_FAILED_ITEMS,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_param_option,
+    add_run_options,
+    exit_code_for_error,
+    exit_code_for_run,
+    parse_params,
+    price_table,
+    progress_bar,
+    run_options,
+)
+from voxmill.cli.deploy import PROJECT_ROOT
+from voxmill.errors import VoxmillError
+from voxmill.estimate import estimate_manifest
 from voxmill.jobs import JobFailed
-from voxmill.progress import ProgressBoard
+from voxmill.progress import ProgressBoard, watching
 from voxmill.report import describe_out_dir
-
-RUNNERS = ("thread", "process", "dask")  # tasks.runners.RUNNERS, without importing Prefect to parse arguments
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,12 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.handler(args) or 0)
-    except ConfigError as exc:
-        print(f"voxmill: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
     except VoxmillError as exc:
         print(f"voxmill: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED_ITEMS
+        return exit_code_for_error(exc)
     except KeyboardInterrupt:
         print("voxmill: interrupted; rerun the same command to pick up where it stopped", file=sys.stderr)
         return 130
@@ -60,15 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     tts.add_argument("--voice", help="default voice for rows without one")
     tts.add_argument("--format", default="wav", dest="output_format",
                      help="output audio: wav, mp3, opus, flac, m4a (default wav)")
-    tts.add_argument("--sample-rate", type=int, help="output sample rate (default: as generated, 24000)")
+    tts.add_argument("--sample-rate", type=int, help=f"output sample rate (default: as generated, {TTS_SAMPLE_RATE})")
     tts.add_argument("--channels", type=int, choices=(1, 2), help="output channels (default 1)")
     tts.add_argument("--bitrate", help="lossy bitrate, e.g. 128k")
     tts.add_argument("--loudness", type=float, dest="loudness_lufs",
                      help="normalise to this integrated loudness (LUFS, e.g. -16), true peak ≤ -1.5 dBTP")
     tts.add_argument("--text-limit", type=int, dest="text_hard_limit",
                      help="fail texts longer than this many characters (default: the model's limit)")
-    _add_param_option(tts)
-    _add_run_options(tts)
+    add_param_option(tts)
+    _add_job_options(tts)
     tts.set_defaults(handler=_cmd_synthesize)
 
     asr = sub.add_parser("transcribe", help="audio manifest → transcripts (.txt/.srt/.vtt/.json) + results.parquet")
@@ -79,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     asr.add_argument("--language", help="language code for rows without one (default en)")
     asr.add_argument("--max-seconds", type=float,
                      help="split longer files at silences (default VOXMILL_ASR_MAX_SECONDS or 600)")
-    _add_param_option(asr)
-    _add_run_options(asr)
+    add_param_option(asr)
+    _add_job_options(asr)
     asr.set_defaults(handler=_cmd_transcribe)
 
     status = sub.add_parser("status", help="counts, failures by kind and audio hours of an output directory")
@@ -90,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retry = sub.add_parser("retry-failed", help="rerun only the failed items of an output directory")
     retry.add_argument("out", type=Path)
-    _add_run_options(retry)
+    _add_job_options(retry)
     retry.set_defaults(handler=_cmd_retry_failed)
 
     est = sub.add_parser("estimate", help="items, characters or audio minutes, expected duration and cost")
@@ -103,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.set_defaults(handler=_cmd_estimate)
 
     demo = sub.add_parser("demo", help="the main job offline: synthesise manifests/demo_tts.csv, transcribe it back")
-    demo.add_argument("--manifest", default=str(Path(__file__).resolve().parent.parent / "manifests" / "demo_tts.csv"))
+    demo.add_argument("--manifest", default=str(PROJECT_ROOT / "manifests" / "demo_tts.csv"))
     demo.add_argument("-o", "--out", type=Path, default=Path("demo-out"))
     demo.add_argument("--format", default="mp3", dest="output_format")
     demo.add_argument("--local-engine", choices=("real", "null"), default="real")
@@ -113,65 +120,30 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="the model catalogue: every model and parameter")
     models.set_defaults(handler=_cmd_models)
 
-    from voxmill.server.cli import add_serve_parser
+    from voxmill.cli.serve import add_serve_parser
 
     add_serve_parser(sub)
-    from voxmill.book.cli import add_audiobook_parser
+    from voxmill.cli.audiobook import add_audiobook_parser
 
     add_audiobook_parser(sub)
 
-    from voxmill.dataset.cli import add_dataset_parser
+    from voxmill.cli.dataset import add_dataset_parser
 
     add_dataset_parser(sub)
 
-    from voxmill.deploy import add_deploy_parser
+    from voxmill.cli.deploy import add_deploy_parser
 
     add_deploy_parser(sub)
     return parser
 
 
-def _add_param_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="default parameter for rows without it (repeatable; JSON values allowed)")
-
-
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("run")
-    group.add_argument("--rps", type=float,
-                       help="at most this many requests per second (default VOXMILL_RPS: none, the limit is learned)")
-    group.add_argument("--rpm", type=float,
-                       help="at most this many requests per minute (default VOXMILL_RPM: none, the limit is learned)")
-    group.add_argument("--concurrency", type=int,
-                       help="most requests in flight (a ceiling: the limit is learned under it; "
-                            "default VOXMILL_CONCURRENCY or 1024)")
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    group = add_run_options(parser)
     group.add_argument("--batch-size", type=int, help="items per Prefect task (default: automatic, ≤ 200)")
     group.add_argument("--no-retry-failed", action="store_true", help="skip items that failed in earlier runs")
-    group.add_argument("--base-url", help="API base URL (default VOXMILL_BASE_URL or the hosted API)")
-    group.add_argument("--local", action="store_true",
-                       help="use a local server started for this run (the default when no VOXMILL_API_KEY is set)")
-    group.add_argument("--local-engine", choices=("real", "null"), default="real",
-                       help="local server engines: real (piper/whisper) or null (instant, for plumbing tests)")
-    group.add_argument("--runner", choices=RUNNERS, default="thread",
-                       help="where batches run: threads of this process (default), a process pool, or Dask workers")
-    group.add_argument("--workers", type=int, default=4, help="batches at once: threads, processes or Dask workers")
     group.add_argument("--shards", type=int, default=1,
                        help="split the job into N child runs on the Prefect work pool (needs `make deploy` and an "
                             "absolute --out on storage every worker sees)")
-    group.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    group.add_argument("--verbose", action="store_true", help="show Prefect's logs")
-
-
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--param {pair!r}: write it as NAME=VALUE")
-        try:
-            params[name] = json.loads(value) if value[:1] in "{[" else value
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--param {name}: value is not valid JSON ({exc.msg})") from None
-    return params
 
 
 # --- running flows -----------------------------------------------------------------------------------
@@ -208,7 +180,7 @@ def _prefect_api() -> Iterator[None]:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    from voxmill.prefect_api import owned_prefect_server
+    from voxmill.cli.prefect_server import owned_prefect_server
 
     with owned_prefect_server(timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()) as api_url:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
@@ -220,83 +192,33 @@ def _prefect_api() -> Iterator[None]:
 
 
 def _run_flow(args: argparse.Namespace, flow_fn, kwargs: dict[str, Any]) -> int:
-    """Run a job flow in this process with an explicit progress board; the exit code from its summary."""
-    board = ProgressBoard()
-    stop = threading.Event()
-    bar = None if args.no_progress or not sys.stderr.isatty() else threading.Thread(
-        target=_show_progress, args=(board, stop), daemon=True
-    )
+    """Run a job flow in this process, its progress on a live bar; the exit code from its summary."""
     kwargs.update(
-        requests_per_second=args.rps,
-        requests_per_minute=args.rpm,
-        max_concurrent=args.concurrency,
         batch_size=args.batch_size,
         retry_failed=not args.no_retry_failed,
-        base_url=args.base_url,
-        local=args.local,
-        local_engine=args.local_engine,
-        runner=args.runner,
-        workers=args.workers,
         shards=args.shards,
-        progress=board,
+        options=run_options(args),
     )
-    if bar:
-        bar.start()
-    try:
-        with _prefect_api():
-            summary = flow_fn(**kwargs, return_state=True).result(raise_on_failure=False)
-    finally:
-        stop.set()
-        if bar:
-            bar.join()
+    with progress_bar(ProgressBoard(), enabled=not args.no_progress) as board, watching(board), _prefect_api():
+        summary = flow_fn(**kwargs, return_state=True).result(raise_on_failure=False)
     if isinstance(summary, JobFailed):
         summary = summary.summary
     elif isinstance(summary, BaseException):
         raise summary
     print(summary.headline())
     print(f"results: {Path(summary.out_dir) / 'results.parquet'}")
-    if summary.stopped and "refused the key" in summary.stopped:
-        return EXIT_AUTH
-    if not summary.ok:
+    code = exit_code_for_run(summary.ok, summary.stop_kind)
+    if code == EXIT_FAILED_ITEMS:
         print(f"failures: {Path(summary.out_dir) / 'failures.parquet'} — `voxmill status {summary.out_dir}`; "
               f"`voxmill retry-failed {summary.out_dir}` reruns them", file=sys.stderr)
-        return EXIT_FAILED_ITEMS
-    return EXIT_OK
-
-
-def _show_progress(board: ProgressBoard, stop: threading.Event) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as progress:
-        task = progress.add_task("voxmill", total=None, detail="starting…")
-        while not stop.wait(0.25):
-            snap = board.snapshot()
-            if not snap.total:
-                continue  # Prefect and the manifest checks are still starting
-            detail = (f"done {snap.done} · failed {snap.failed} · retrying {snap.retrying} · "
-                      f"skipped {snap.skipped} · {snap.rate_per_s:.1f}/s")
-            if snap.in_flight_limit is not None:
-                detail += f" · in flight {snap.requests_in_flight}/{snap.in_flight_limit}"
-            if snap.api_rate is not None:
-                detail += f" · API rate {snap.api_rate:.1f}/s"
-            progress.update(task, total=snap.total or None, completed=snap.finished, detail=detail)
-        snap = board.snapshot()
-        progress.update(task, total=snap.total or None, completed=snap.finished)
+    return code
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> int:
     _prepare_prefect(args.verbose)
     from flows.synthesize import synthesize
 
-    params = _parse_params(args.param)
+    params = parse_params(args.param)
     if args.voice:
         params["voice"] = args.voice
     return _run_flow(args, synthesize, dict(
@@ -312,7 +234,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
     return _run_flow(args, transcribe, dict(
         manifest=args.manifest, out_dir=str(args.out), model=args.model, language=args.language,
-        params=_parse_params(args.param), max_seconds=args.max_seconds,
+        params=parse_params(args.param), max_seconds=args.max_seconds,
     ))
 
 
@@ -344,9 +266,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    prices_path = args.prices or (Path(os.environ["VOXMILL_PRICES"]) if os.environ.get("VOXMILL_PRICES") else None)
-    prices = PriceTable.load(prices_path) if prices_path else PriceTable()
-    print(estimate_manifest(args.manifest, kind=args.kind, model=args.model, prices=prices).text())
+    print(estimate_manifest(args.manifest, kind=args.kind, model=args.model, prices=price_table(args.prices)).text())
     return EXIT_OK
 
 
@@ -356,7 +276,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     with _prefect_api():
         state = roundtrip(manifest=args.manifest, out_dir=str(args.out), output_format=args.output_format,
-                          local=True, local_engine=args.local_engine, return_state=True)
+                          options=run_options(args), return_state=True)
         result = state.result(raise_on_failure=False)
     if isinstance(result, RoundTripFailed):
         result = result.summary

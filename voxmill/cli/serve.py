@@ -1,6 +1,4 @@
-"""Running the local server: the ``voxmill serve`` subcommand, and :func:`serve_in_thread` for tests,
-benchmarks and the CLI's ``--local`` mode.
-"""
+"""``voxmill serve``: the local API server in the foreground (the server itself is :mod:`voxmill.server`)."""
 
 from __future__ import annotations
 
@@ -9,73 +7,16 @@ import ipaddress
 import os
 import secrets
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 from voxmill.errors import ConfigError
 from voxmill.server.app import ServerConfig, create_app
 from voxmill.server.faults import OVERLOAD_MODES, FaultConfig
 from voxmill.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_UPLOAD_BYTES
+from voxmill.server.running import DEFAULT_HOST
 
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_ENV = "VOXMILL_LOCAL_TOKEN"
-
-
-@dataclass
-class RunningServer:
-    """A local server running in a background thread; a context manager that stops it on exit."""
-
-    base_url: str
-    token: str
-    config: ServerConfig
-    _server: Any = field(repr=False)
-    _thread: threading.Thread = field(repr=False)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask uvicorn to finish and wait for its thread."""
-        self._server.should_exit = True
-        self._thread.join(timeout)
-
-    def __enter__(self) -> RunningServer:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-def serve_in_thread(
-    config: ServerConfig, host: str = DEFAULT_HOST, port: int = 0, *, start_timeout: float = 120.0
-) -> RunningServer:
-    """Start the server on a real socket in a daemon thread and return once it accepts connections.
-
-    ``port=0`` picks a free port. With ``config.preload`` the models are loaded before this returns.
-    """
-    import uvicorn
-
-    uv_config = uvicorn.Config(
-        create_app(config), host=host, port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
-    )
-    server = uvicorn.Server(uv_config)
-    thread = threading.Thread(target=server.run, name=f"voxmill-server-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + start_timeout
-    while not server.started:
-        if not thread.is_alive():
-            raise ConfigError(f"the local server did not start on {host}:{port} (see the log above)")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise ConfigError(f"the local server did not start within {start_timeout:.0f} s")
-        time.sleep(0.01)
-    bound_host, bound_port = server.servers[0].sockets[0].getsockname()[:2]
-    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    return RunningServer(f"http://{url_host}:{bound_port}", config.token, config, server, thread)
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -184,4 +125,4 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["RunningServer", "add_serve_parser", "config_from_args", "run_serve", "serve_in_thread"]
+__all__ = ["add_serve_parser", "config_from_args", "run_serve"]
