@@ -83,7 +83,7 @@ async def _baseline(args: argparse.Namespace) -> dict[str, int]:
         queue.put_nowait(index)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    counts = {"ok": 0, "429": 0, "other": 0}
+    counts = {"ok": 0, "429": 0, "other": 0, "resets": 0}
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {args.token}"}, limits=limits,
                                  timeout=120.0) as client:
@@ -93,8 +93,12 @@ async def _baseline(args: argparse.Namespace) -> dict[str, int]:
                 index = queue.get_nowait()
                 while True:
                     await bucket.take()
-                    response = await client.post(f"{args.base_url}{tp.GENERATE_PATH}", files={
-                        "model": (None, tp.MODEL), "text": (None, text_for(args.profile, index))})
+                    try:
+                        response = await client.post(f"{args.base_url}{tp.GENERATE_PATH}", files={
+                            "model": (None, tp.MODEL), "text": (None, text_for(args.profile, index))})
+                    except httpx.TransportError:  # a dropped connection under load: try again, as any script would
+                        counts["resets"] += 1
+                        continue
                     if response.status_code == 200:
                         counts["ok"] += 1
                         (out / f"item-{index}.wav").write_bytes(response.content)
@@ -116,7 +120,7 @@ def phase_baseline(args: argparse.Namespace) -> dict[str, Any]:
     with tp.Measured() as m:
         counts = asyncio.run(_baseline(args))
     return {"wall_s": m.wall, "cpu_s": m.cpu, "done": counts["ok"], "failed": counts["other"],
-            "peak_rss_mb": tp.peak_rss_mb()}
+            "resets": counts["resets"], "peak_rss_mb": tp.peak_rss_mb()}
 
 
 def phase_voxmill(args: argparse.Namespace) -> dict[str, Any]:
@@ -237,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         for rps in (float(x) for x in args.limits.split(",")):
             items = max(50, int(ITEMS.get(rps, int(rps * 25)) * args.items_scale))
             rows.append(measure_row(profile, rps, items, work))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # kept even if a later row fails
     load_at["end"] = tp.load()
     print(f"(the whole run took {time.monotonic() - started:.0f} s)", file=sys.stderr)
     print_report(rows, load_at, args.items_scale)
