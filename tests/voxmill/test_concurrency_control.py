@@ -97,7 +97,7 @@ def test_a_queueing_api_keeps_latency_within_tolerance():
     control = ConcurrencyControl.starting(1024)
     counts = simulate(control, 120.0, cap=8, queue=True)
     # latency ≈ in flight ÷ cap × service: the limit stays near the cap, latency under 1.5× unqueued
-    assert 8 <= control.allowed(1024) <= 11, counts
+    assert 8 <= control.allowed(1024) <= 13, counts
     assert counts["latency"] <= 1.5 * 2.25, counts
     assert counts["rate"] >= 0.9 * 8 / 2.25
 

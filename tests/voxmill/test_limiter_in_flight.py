@@ -8,6 +8,7 @@ import asyncio
 from voxmill.limiter import AsyncRateLimiter, memory_ceiling
 from voxmill.progress import ProgressBoard
 from voxmill.rate import ConcurrencyControl, FileSource, LocalSource, RateControl
+from voxmill.rate.concurrency import INITIAL_LIMIT
 from voxmill.settings import RateLimit
 
 
@@ -68,11 +69,11 @@ def test_sources_on_one_budget_file_share_the_in_flight_limit(tmp_path):
     path = tmp_path / "budget.json"
     one, other = FileSource(path, "http://x"), FileSource(path, "http://x")
     limit = one.in_flight_limit(64, 0)
-    assert limit == other.in_flight_limit(64, 0) == 8  # the starting limit, shared
+    assert limit == other.in_flight_limit(64, 0) == INITIAL_LIMIT  # the starting limit, shared
     one.in_flight_limit(64, 6)  # one holds six …
     one.lease(None, 1)  # … and writes it at its next update
     other.lease(None, 1)  # the other reads it at its next
-    assert other.in_flight_limit(64, 0) == 2
+    assert other.in_flight_limit(64, 0) == INITIAL_LIMIT - 6
     one.overloaded(7)  # a "too many in flight" at 7 here (+ 0 there): the shared limit goes to 6
     other.lease(None, 1)
     assert other.in_flight_limit(64, 0) == 1  # 6, less the 6 held there: at least one
