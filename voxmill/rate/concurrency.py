@@ -14,9 +14,9 @@ increase; a multiplicative cut on a congestion signal; a remembered threshold, l
   when the run has fewer items than slots): in *slow start* by one per success (doubling every round trip),
   after the first overload signal by one per round trip. So it follows ``admitted rate × latency`` plus
   headroom wherever that lies, and never inflates a limit nobody uses.
-- **Cut when latency rises without throughput.** The short-term latency (an average of the last ~10) is
-  compared with a baseline: the unqueued latency, which falls at once to any lower short-term value, rises
-  freely while the limit is not binding, and only creeps up (over thousands of requests) while it is, so a
+- **Cut when latency rises without throughput.** The short-term latency (an average of the last ~20) is
+  compared with a baseline: the unqueued latency, a slower average that follows the short-term one down
+  quickly, rises freely while the limit is not binding, and only creeps up (over thousands of requests) while it is, so a
   server that queues what it cannot serve cannot teach us that its queueing is normal. Past ``TOLERANCE`` ×
   the baseline, the limit is cut by ``TOLERANCE × baseline ÷ latency`` (at most by half), once per round trip.
 - **Cut on "too many in flight".** A 429 (or 503) that names concurrency, or a 429 while the limit was what
@@ -41,8 +41,8 @@ MIN_LIMIT = 1.0
 DEFAULT_CEILING = 1024
 #: the short-term latency may reach this multiple of the baseline before the limit is cut (jitter tolerance)
 TOLERANCE = 1.25
-#: weight of a new latency sample in the short-term average (≈ the last 10)
-SHORT_WEIGHT = 0.1
+#: weight of a new latency sample in the short-term average (≈ the last 20)
+SHORT_WEIGHT = 0.05
 #: weight of the short-term latency in the baseline while the limit does not bind (≈ the last 20) …
 BASELINE_WEIGHT_FREE = 0.05
 #: … and while it binds (≈ the last 2,000: queueing we cause must not become the baseline)
@@ -106,10 +106,13 @@ class ConcurrencyControl:
         ``bound``: requests were waiting for the in-flight limit (not for the rate). True if the limit moved."""
         if latency > 0:
             self.latency = latency if self.latency <= 0 else self.latency + SHORT_WEIGHT * (latency - self.latency)
-            if self.baseline <= 0 or self.latency < self.baseline:
+            if self.baseline <= 0:
                 self.baseline = self.latency
             else:
-                weight = BASELINE_WEIGHT_BOUND if bound else BASELINE_WEIGHT_FREE
+                # an average, not a minimum: with work of varying size (latency ∝ text length) a minimum would
+                # sit in the short tail and every long item would look like queueing
+                falling = self.latency < self.baseline
+                weight = BASELINE_WEIGHT_FREE if falling or not bound else BASELINE_WEIGHT_BOUND
                 self.baseline += weight * (self.latency - self.baseline)
         if self.fixed:
             return False
@@ -117,7 +120,9 @@ class ConcurrencyControl:
         if bound and self.latency > TOLERANCE * self.baseline > 0:
             if now >= self.hold_until:  # the server queues what we add: cut, once per round trip
                 gradient = max(0.5, TOLERANCE * self.baseline / self.latency)
-                self.limit = max(MIN_LIMIT, self.limit * gradient)
+                # never below the starting limit on latency alone: work of varying size spreads latencies too,
+                # and only an answer naming concurrency goes lower
+                self.limit = max(min(self.limit, INITIAL_LIMIT), self.limit * gradient)
                 self._cut(now, self.latency)
         elif bound:
             self.limit += 1.0 if not self.overload_seen else 1.0 / max(self.limit, 1.0)
