@@ -16,9 +16,10 @@ increase; a multiplicative cut on a congestion signal; a remembered threshold, l
   headroom wherever that lies, and never inflates a limit nobody uses.
 - **Cut when latency rises without throughput.** The short-term latency (an average of the last ~20) is
   compared with a baseline: the unqueued latency, a slower average that follows the short-term one down
-  quickly, rises freely while the limit is not binding, and only creeps up (over thousands of requests) while it is, so a
-  server that queues what it cannot serve cannot teach us that its queueing is normal. Past ``TOLERANCE`` ×
-  the baseline, the limit is cut by ``TOLERANCE × baseline ÷ latency`` (at most by half), once per round trip.
+  quickly, rises freely while the limit is not binding, and only creeps up (over thousands of requests)
+  while it is, so a server that queues what it cannot serve cannot teach us that its queueing is normal. Past
+  ``TOLERANCE`` × the baseline, the limit is cut by ``TOLERANCE × baseline ÷ latency`` (at most by half, never
+  below ``INITIAL_LIMIT`` on latency alone), once per round trip.
 - **Cut on "too many in flight".** A 429 (or 503) that names concurrency, or a 429 while the limit was what
   bound the run, sets the limit just under the requests in flight at that moment, and remembers that level
   (the *knee*): the limit stays below it for ``KNEE_HOLD_S`` (doubling each time the same knee is hit again,
