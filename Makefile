@@ -60,6 +60,7 @@ undeploy:
 
 bench: setup
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/latency.py
 
 chaos: setup
 	$(BIN)/python bench/chaos.py

@@ -110,6 +110,9 @@ def run_job_in_flow(
                 ("retries (after 429)", f"{job.progress.retries} ({job.progress.rate_limited})"),
                 ("audio hours", round(summary.audio_seconds / 3600, 4)),
                 ("API rate (req/s)", summary.api_rate if summary.api_rate is not None else "unlimited"),
+                ("Requests in flight (learned limit / most at once)",
+                 f"{summary.in_flight_limit if summary.in_flight_limit is not None else '?'} / "
+                 f"{summary.in_flight_high}"),
                 ("output", summary.out_dir),
             )
         ],

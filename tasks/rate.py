@@ -23,6 +23,7 @@ import time
 
 from voxmill.errors import ConfigError
 from voxmill.identity import budget_id
+from voxmill.rate.concurrency import ConcurrencyControl
 from voxmill.rate.control import BACKOFF, RECOVER_TO, RateControl
 from voxmill.rate.sources import Lease
 from voxmill.settings import RATE_SCOPES, RateScope, Settings
@@ -57,6 +58,8 @@ class PrefectSource:
     def __init__(self, name: str, control: RateControl) -> None:
         self.name = name
         self.control = control
+        #: the in-flight limit is learned per worker (a Prefect limit shares only the rate)
+        self.concurrency = ConcurrencyControl()
         self._lock = threading.Lock()  # the control is touched by the loop (feedback) and the lease thread
         #: the shared rate as last read or written; None until the first lease
         self._shared: float | None = None
@@ -88,7 +91,7 @@ class PrefectSource:
             first, interval = self.control.take(time.monotonic(), count, ceiling, burst)
             return Lease(first, interval, count, self.epoch)
 
-    def succeeded(self, grew: bool, ceiling: float | None) -> None:
+    def succeeded(self, grew: bool, ceiling: float | None, latency: float | None = None) -> None:
         with self._lock:
             self.control.succeeded(time.monotonic(), 1, 1 if grew and self._grow else 0, ceiling)
 
@@ -97,6 +100,17 @@ class PrefectSource:
             self.control.history.clear()  # this worker's successes are only its share: cut the shared rate
             if self.control.rate_limited(time.monotonic(), retry_after, hold_s):
                 self._cut = True
+
+    def in_flight_limit(self, ceiling: int, in_flight: int) -> int:
+        return self.concurrency.allowed(ceiling)
+
+    def finished(self, latency: float, in_flight: int, bound: bool, ceiling: int) -> None:
+        with self._lock:
+            self.concurrency.succeeded(time.monotonic(), latency, in_flight, bound, ceiling)
+
+    def overloaded(self, in_flight: int) -> None:
+        with self._lock:
+            self.concurrency.overloaded(time.monotonic(), in_flight)
 
     @property
     def epoch(self) -> int:

@@ -8,13 +8,15 @@
   stopped after the test; ``null_server`` is one such server with no faults.
 
 Each server is a :class:`LocalServer` with ``base_url``, ``token``, ``headers``, ``stats()``,
-``set_faults(**fields)``, ``clear_faults()``, ``reset_stats()`` and the ``faults(**fields)`` context manager.
+``set_faults(**fields)``, ``clear_faults()``, ``reset_stats()``, the ``faults(**fields)`` context manager and
+``wait_for(predicate)``, which polls ``/admin/stats`` (e.g. the ``in_flight`` gauge) instead of sleeping.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +52,17 @@ class LocalServer:
         response = httpx.get(f"{self.base_url}/admin/stats", headers=self.headers)
         response.raise_for_status()
         return response.json()
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        """Poll ``/admin/stats`` until ``predicate(stats)`` holds (the stats then); AssertionError on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if predicate(stats):
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server stats never matched within {timeout:g} s: {stats}")
+            time.sleep(0.02)
 
     def reset_stats(self) -> None:
         """``POST /admin/reset``: counters, credits and fault memory back to zero."""

@@ -175,7 +175,7 @@ class BatchEngine:
             self._call(self._client.aclose())
         if self.limiter is not None:
             self.limiter.close()
-            self.progress.api_rate = self.limiter.current_rate
+            self._show_limits(self.limiter)
         self._loop.call_soon_threadsafe(self._loop.stop)
         assert self._thread is not None
         self._thread.join(timeout=10)
@@ -446,10 +446,18 @@ class BatchEngine:
             return "not_attempted"
         return row.status
 
+    def _show_limits(self, limiter: AsyncRateLimiter) -> None:
+        """Put what the limiter holds now on the progress board (the learned rate and in-flight limit)."""
+        board = self.progress
+        board.api_rate = limiter.current_rate
+        board.requests_in_flight = limiter.in_flight
+        board.in_flight_limit = limiter.in_flight_limit
+        board.in_flight_high = max(board.in_flight_high, limiter.in_flight_high)
+
     def _record(self, row: LedgerRow) -> None:
         self.ledger.append(row)
         if self.limiter is not None:
-            self.progress.api_rate = self.limiter.current_rate
+            self._show_limits(self.limiter)
         if row.status == "done":
             self.done_index.add(row.key, row.id, row)
             self.progress.add(done=1)

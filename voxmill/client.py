@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
 KEEPALIVE_EXPIRY_S = 30.0
 #: how much of an error body goes into a message
 _BODY_PREVIEW = 500
+#: a 429/503 whose message says this is about requests in flight, not the rate: the in-flight limit is cut
+_TOO_MANY_IN_FLIGHT = re.compile(r"concurren|in[ -]flight|in[ -]progress|parallel", re.IGNORECASE)
 _AUTH_STATUSES = frozenset({401, 403})
 T = TypeVar("T")
 _RETRYABLE = (TransientError, RateLimited, BadResponse)
@@ -212,7 +215,12 @@ class VoxmillClient:
         parse = functools.partial(
             self._speech if request.model.kind == "tts" else self._transcript, request, item=item
         )
-        return await self._send(GENERATE_PATH, parts, parse, item)
+        try:
+            return await self._send(GENERATE_PATH, parts, parse, item)
+        finally:
+            for _, part in parts:  # files streamed from disk
+                if len(part) > 1 and hasattr(part[1], "close"):
+                    part[1].close()
 
     async def synthesize(self, request: ValidatedRequest, *, item: str | None = None) -> SpeechResult:
         """Text to speech; ``request`` must be for a TTS model."""
@@ -392,7 +400,10 @@ class VoxmillClient:
     ) -> Any:
         """POST ``parts`` as multipart to ``path``, retried by the one policy; ``parse``'s result."""
         request = self._http.build_request("POST", self._urls[path], files=parts)
-        request.read()  # the body in one piece: one socket write, and every retry resends it as is
+        if not any(len(part) > 1 and hasattr(part[1], "read") for _, part in parts):
+            request.read()  # the body in one piece: one socket write, and every retry resends it as is
+        # else a file streams from disk in 64 KiB pieces (a retry rewinds it): hundreds of large uploads in
+        # flight hold no more than their buffers
         return await self._with_retries(functools.partial(self._attempt, request, parse, item), item)
 
     async def _with_retries(self, attempt: Callable[[int], Awaitable[T]], item: str | None) -> T:
@@ -430,24 +441,32 @@ class VoxmillClient:
     ) -> Any:
         """One try: the response through the status table and ``parse``; the limiter hears how it went."""
         self._check_stop(item)
+        latency: float | None = None
         try:
             response, latency = await self._send_limited(request, item)
             error = error_for_status(response, item, self.base_url, self._preview)
             if error is not None:
+                if response.status_code in (429, 503) and _TOO_MANY_IN_FLIGHT.search(self._preview(response.content)):
+                    # too many requests in flight (not the rate, not a fault): the in-flight limit is cut
+                    self.limiter.slow_down(None, concurrency=True)
+                    error.attempts = number  # heard: not a rate signal, not admitted
                 raise error
             result = parse(response, latency, number)
         except RateLimited as exc:
-            # a Retry-After over the cap ends this item; it must not freeze every other one
-            pause = exc.retry_after
-            if pause is not None:
-                pause = min(pause, self._retry.max_retry_after)
-            self.limiter.slow_down(pause)
+            if exc.attempts != number:  # not yet heard by the limiter
+                # a Retry-After over the cap ends this item; it must not freeze every other one
+                pause = exc.retry_after
+                if pause is not None:
+                    pause = min(pause, self._retry.max_retry_after)
+                self.limiter.slow_down(pause)
             exc.attempts = number
             raise
         except VoxmillError as exc:
+            if exc.status != 429 and exc.attempts != number and not isinstance(exc, ConfigError):
+                self.limiter.admitted(latency)  # a fault is the API's answer, not a rate signal
             exc.attempts = number
             raise
-        self.limiter.succeeded()
+        self.limiter.succeeded(latency)
         return result
 
     async def _send_limited(self, request: httpx.Request, item: str | None) -> tuple[httpx.Response, float]:
@@ -594,7 +613,7 @@ class VoxmillClient:
                     f"{label}{model}: stream to {url} failed ({self._scrub(f'{type(exc).__name__}: {exc}')})"
                 ) from None
         if completed:
-            self.limiter.succeeded()
+            self.limiter.succeeded(None)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -734,8 +753,13 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
-async def _file_part(name: str, value: Any, file_types: tuple[str, ...], item: str | None) -> tuple[str, bytes, str]:
-    """(filename, bytes, content type) of a file parameter given as a path, bytes or an open file."""
+#: a file given by path larger than this is streamed from disk rather than read into memory
+STREAM_UPLOAD_BYTES = 1 * 2**20
+
+
+async def _file_part(name: str, value: Any, file_types: tuple[str, ...], item: str | None) -> tuple[str, Any, str]:
+    """(filename, bytes or an open binary file, content type) of a file parameter given as a path, bytes or an
+    open file; a path to a file over ``STREAM_UPLOAD_BYTES`` comes back open, to stream (the caller closes it)."""
     if isinstance(value, (bytes, bytearray)):
         data = bytes(value)
         detected = detect_format(data)
@@ -749,6 +773,9 @@ async def _file_part(name: str, value: Any, file_types: tuple[str, ...], item: s
     else:
         path = Path(value)
         try:
+            if path.stat().st_size > STREAM_UPLOAD_BYTES:
+                handle = await asyncio.to_thread(open, path, "rb")
+                return path.name, handle, _MIME.get(path.suffix.lower().lstrip("."), "application/octet-stream")
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
             raise InvalidItem(f"{_label(item)}cannot read {name} {str(path)!r}: {exc.strerror}") from None

@@ -149,6 +149,10 @@ class RunSummary:
     ledger_failed: int = 0
     #: the API rate the limiter held at the end, requests per second (learned unless fixed; None: unlimited)
     api_rate: float | None = None
+    #: the in-flight limit the limiter held at the end (learned unless fixed; None: not known), and the most
+    #: requests this process had in flight at once
+    in_flight_limit: int | None = None
+    in_flight_high: int = 0
 
     @property
     def ok(self) -> bool:
@@ -163,6 +167,10 @@ class RunSummary:
         )
         if self.not_attempted:
             text += f"; {self.not_attempted} not attempted"
+        if self.in_flight_limit is not None:
+            text += f"; up to {self.in_flight_high} requests in flight (learned limit {self.in_flight_limit})"
+        if self.api_rate is not None:
+            text += f", API rate {self.api_rate:g}/s"
         if self.stopped:
             text += f" — stopped: {self.stopped}"
         return text
@@ -304,10 +312,13 @@ def count_rows(manifest: str) -> int:
     return sum(batch.num_rows for batch in iter_record_batches(manifest))
 
 
-def auto_batch_size(rows: int) -> int:
+def auto_batch_size(rows: int, in_flight: int = 0, workers: int = 1) -> int:
     """≈ TARGET_BATCHES batches, at most MAX_BATCH items each: big jobs amortise the per-task cost,
-    small ones still show progress task by task."""
-    return max(1, min(MAX_BATCH, math.ceil(rows / TARGET_BATCHES)))
+    small ones still show progress task by task. Batches are never so small that ``workers`` of them hold
+    fewer items than ``in_flight`` (the most requests the run may keep in flight, or the rows): at seconds
+    per request, the items in flight, not the rate, set the pace."""
+    enough = math.ceil(min(in_flight, rows) / max(workers, 1))
+    return max(1, min(MAX_BATCH, max(math.ceil(rows / TARGET_BATCHES), enough)))
 
 
 def open_job(
@@ -378,7 +389,7 @@ def open_job(
         engine=engine,
         progress=board,
         counts=PlanCounts(),
-        batch_size=request.batch_size or auto_batch_size(rows),
+        batch_size=request.batch_size or auto_batch_size(rows, settings.rate_limit.max_concurrent, request.workers),
         started=time.monotonic(),
         remote=remote,
     )
@@ -442,7 +453,13 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
         job.engine.close()
         if remote is not None and remote.shipper is not None:
             remote.shipper.stop()  # every journal line in a segment before the journals are compacted
-        table = job.ledger.compact()
+        board = job.progress
+        table = job.ledger.compact(run={
+            "run_id": job.ledger.run_id,
+            "api_rate": round(board.api_rate, 3) if board.api_rate is not None else None,
+            "in_flight_limit": board.in_flight_limit,
+            "in_flight_high": board.in_flight_high,
+        })
         if remote is not None:
             remote.out.publish(job.request.out_dir, job.ledger.run_id)
     finally:
@@ -476,6 +493,8 @@ def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
         ledger_done=statuses.get("done", 0),
         ledger_failed=statuses.get("failed", 0),
         api_rate=round(job.progress.api_rate, 3) if job.progress.api_rate is not None else None,
+        in_flight_limit=job.progress.in_flight_limit,
+        in_flight_high=job.progress.in_flight_high,
     )
     if remote is not None:  # for a parent on another machine (a shard's flow-run result lives on its worker)
         remote.out.write_json(SUMMARY_FILE, dataclasses.asdict(summary))

@@ -38,6 +38,8 @@ from voxmill.errors import ConfigError, DiskFull, disk_full_error
 from voxmill.identity import id_hash64
 
 RESULTS_FILE = "results.parquet"
+#: results.parquet's metadata key holding the run record (JSON)
+RUN_RECORD_KEY = b"voxmill.run"
 FAILURES_FILE = "failures.parquet"
 JOURNAL_DIR = "ledger"
 
@@ -326,11 +328,17 @@ class Ledger:
                 os.ftruncate(self._journal_fd, end)
                 raise DiskFull.writing(where)
 
-    def compact(self) -> pa.Table:
-        """Fold journals into results.parquet (latest row per id) and failures.parquet; return the table."""
+    def compact(self, run: Mapping[str, Any] | None = None) -> pa.Table:
+        """Fold journals into results.parquet (latest row per id) and failures.parquet; return the table.
+
+        ``run``: the run record (how the run went: its id, the learned rate and in-flight limit…), kept in
+        results.parquet's metadata under ``voxmill.run`` (:func:`read_run_record`)."""
         table = self.read()
         if table.num_rows == 0:
             return table
+        if run is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   RUN_RECORD_KEY: json.dumps(dict(run)).encode()})
         _write_parquet_atomic(table, self.out_dir / RESULTS_FILE)
         failures = table.filter(pc.equal(table["status"], "failed"))
         _write_parquet_atomic(failures, self.out_dir / FAILURES_FILE)
@@ -467,6 +475,16 @@ def write_table(table: pa.Table, path: Path) -> None:
     _write_parquet_atomic(table, Path(path))
 
 
+def read_run_record(out_dir: Path) -> dict[str, Any] | None:
+    """The record of the run that last compacted results.parquet (see :meth:`Ledger.compact`), or None."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.exists():
+        return None
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(RUN_RECORD_KEY)
+    return json.loads(raw) if raw else None
+
+
 def read_results(out_dir: Path) -> pa.Table:
     """The ledger of an output directory as a table (journals included), for reports and tests."""
     return Ledger(out_dir).read()
@@ -480,6 +498,7 @@ __all__ = [
     "Ledger",
     "LedgerRow",
     "read_results",
+    "read_run_record",
     "utc_now",
     "write_table",
 ]

@@ -1,23 +1,27 @@
-"""Request pacing: a concurrency cap plus start times from a rate budget that learns the API's limit.
+"""Request pacing: an in-flight limit plus start times from a rate budget; both learn the API's limits.
 
 :class:`Limiter` is the interface the client and the batch engine use; :class:`AsyncRateLimiter` is the
 implementation for one event loop, and :func:`build_limiter` builds the one a run uses from its settings.
 Where the start times come from is a :class:`~voxmill.rate.sources.TokenSource`: this process alone,
 every process on the machine that uses the same key and base URL (the default), or any source a
 ``RateLimit.source_factory`` builds (``tasks.rate``: every worker of a Prefect API, on any machine). How the
-rate adapts is :mod:`voxmill.rate.control`.
+rate adapts is :mod:`voxmill.rate.control`; how the in-flight limit adapts, :mod:`voxmill.rate.concurrency`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import logging
 import math
+import os
 import time
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
+from voxmill.rate.concurrency import DEFAULT_CEILING, ConcurrencyControl
 from voxmill.rate.control import DEFAULT_BURST, RateControl
 from voxmill.rate.sources import FileSource, Lease, LocalSource, TokenSource
 from voxmill.settings import RateLimit, Settings
@@ -26,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: weight of the newest grant in the "requests wait for the rate" average
 _PACED_WEIGHT = 0.2
+#: memory one request in flight may need (buffers, a response body held while it is checked); the
+#: memory-derived ceiling keeps requests in flight × this under a quarter of the memory available
+REQUEST_MEMORY_BYTES = 4 * 2**20
 
 
 @runtime_checkable
@@ -36,30 +43,40 @@ class Limiter(Protocol):
         """Wait for a rate token and a concurrency slot; the concurrency slot is released on exit."""
         ...
 
-    def slow_down(self, retry_after: float | None) -> None:
-        """A 429 was seen: lower the rate (a long ``retry_after`` also pauses every new slot)."""
+    def slow_down(self, retry_after: float | None, *, concurrency: bool = False) -> None:
+        """A 429 was seen: lower the rate (a long ``retry_after`` also pauses every new slot), or the in-flight
+        limit (``concurrency``: the answer said too many requests were in flight)."""
         ...
 
-    def succeeded(self) -> None:
-        """A request went through: the rate may grow."""
+    def succeeded(self, latency: float | None = None) -> None:
+        """A request went through after ``latency`` seconds: the rate and the in-flight limit may grow."""
+        ...
+
+    def admitted(self, latency: float | None = None) -> None:
+        """A request failed other than by a 429: it counts as admitted, and moves no limit."""
         ...
 
 
 class AsyncRateLimiter:
-    """Limiter for one event loop: an ``asyncio.Semaphore`` concurrency cap and start times leased from a
+    """Limiter for one event loop: an adjustable in-flight limit and start times leased from a
     :class:`~voxmill.rate.sources.TokenSource`.
 
-    A slot takes the concurrency slot first, then queues (FIFO) for the next start time: only the head of
+    A slot takes an in-flight slot first (FIFO; the limit is the budget's learned one, under
+    ``rate_limit.max_concurrent``), then queues (FIFO) for the next start time: only the head of
     the queue holds a booking, so a rate that grows or is cut applies from the very next start, and a head
     whose booking was voided while it slept (a cut or a pause) books again. After an idle period up to
     ``burst`` requests may start at once (GCRA burst tolerance); after that, starts are spaced ``1 / rate``.
 
     With ``rate_limit.adaptive`` (the default) the rate is learned (:mod:`voxmill.rate.control`) and
     ``rate_limit.rate_per_second`` is a ceiling; without it the rate is fixed at that value (None: only the
-    concurrency cap). Without a ``source`` the budget is this limiter's own.
+    concurrency cap). The in-flight limit is learned with the rate (:mod:`voxmill.rate.concurrency`); without
+    ``adaptive`` it is fixed at ``max_concurrent``. Without a ``source`` the budget is this limiter's own.
 
-    The semaphore is created lazily in the loop that first uses it (the limiter is usually built outside
-    any loop); it is rebuilt when a different loop uses the limiter.
+    A 429 lowers the rate, unless the answer says too many requests were in flight: that lowers the in-flight
+    limit. A server that queues instead shows itself by latency, which the in-flight limit follows too.
+
+    The waiting queues are created lazily in the loop that first uses the limiter (it is usually built
+    outside any loop); they are rebuilt when a different loop uses the limiter.
     """
 
     def __init__(
@@ -69,19 +86,24 @@ class AsyncRateLimiter:
         if burst < 1:
             raise ValueError(f"burst must be ≥ 1, got {burst}")
         self.ceiling: float | None = rate_limit.rate_per_second
+        #: the ceiling of requests in flight (the learned limit stays under it)
         self.max_concurrent: int = rate_limit.max_concurrent
         self.burst = burst
         if source is None:
-            control = (
-                RateControl.starting(self.ceiling) if rate_limit.adaptive else RateControl.fixed_at(self.ceiling)
-            )
-            source = LocalSource(control)
+            if rate_limit.adaptive:
+                source = LocalSource(RateControl.starting(self.ceiling),
+                                     ConcurrencyControl.starting(self.max_concurrent))
+            else:
+                source = LocalSource(RateControl.fixed_at(self.ceiling),
+                                     ConcurrencyControl.fixed_at(self.max_concurrent))
         self.source: TokenSource = source
         self._lease = Lease(0.0, 0.0, 0, -1)
         self._next_start = 0.0
         self._left = 0
         self._paced = 1.0
-        self._semaphore: asyncio.Semaphore | None = None
+        #: requests waiting for an in-flight slot (FIFO), and whether they were (an average, like _paced)
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._blocked = 0.0
         self._queue: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slot = _Slot(self)
@@ -89,13 +111,23 @@ class AsyncRateLimiter:
         self.granted = 0
         #: 429s reported through :meth:`slow_down`
         self.slowdowns = 0
-        #: slots currently held
+        #: requests sent and not yet answered (past the rate wait)
         self.in_flight = 0
+        #: in-flight slots held (requests sent, and requests waiting for their start time)
+        self.held = 0
+        #: the most requests this limiter has had in flight at once
+        self.in_flight_high = 0
 
     def __repr__(self) -> str:
         rate = self.current_rate
         shown = "unlimited" if rate is None else f"{rate:.3g}/s"
-        return f"AsyncRateLimiter(rate={shown}, max_concurrent={self.max_concurrent})"
+        return f"AsyncRateLimiter(rate={shown}, in_flight_limit={self.in_flight_limit}, " \
+               f"max_concurrent={self.max_concurrent})"
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Requests this process may have in flight now (learned, under ``max_concurrent``)."""
+        return self.source.in_flight_limit(self.max_concurrent, self.in_flight)
 
     @property
     def current_rate(self) -> float | None:
@@ -107,44 +139,98 @@ class AsyncRateLimiter:
         """Wait for a rate token and a concurrency slot: ``async with limiter.slot(): ...``."""
         return self._slot
 
-    def slow_down(self, retry_after: float | None) -> None:
-        """A 429: the budget cuts its rate (once per episode); a Retry-After over 2 s pauses every start."""
+    def slow_down(self, retry_after: float | None, *, concurrency: bool = False) -> None:
+        """A 429, or with ``concurrency`` a 429/503 saying too many requests are in flight: that one cuts the
+        in-flight limit (to just under the requests in flight now), any other 429 the rate (once per episode;
+        a Retry-After over 2 s also pauses every start). The refused request itself waits its Retry-After."""
         self.slowdowns += 1
+        if concurrency:
+            self.source.overloaded(self.in_flight + 1)  # the refused request was in flight too
+            return
         rate = self.source.rate(self.ceiling)
         # 429s of requests already in flight keep arriving for about their latency (Little: in flight / rate)
         hold = 1.5 * self.in_flight / rate if rate and not math.isinf(rate) else 0.0
         self.source.rate_limited(retry_after, hold)
 
-    def succeeded(self) -> None:
-        """A request went through; the rate grows when requests have been waiting for it."""
-        self.source.succeeded(self._paced > 0.5, self.ceiling)
+    def succeeded(self, latency: float | None = None) -> None:
+        """A request went through; the rate grows when requests have been waiting for it, the in-flight limit
+        when they waited for a slot."""
+        self.source.succeeded(self._paced > 0.5, self.ceiling, latency)
+        if latency is not None:
+            # bound by the in-flight limit: requests wait for a slot, and not for the rate (an unlimited rate
+            # never holds anyone back)
+            rate_binds = self._paced > 0.5 and self.current_rate is not None
+            bound = (bool(self._waiters) or self._blocked > 0.5) and not rate_binds
+            self.source.finished(latency, self.in_flight, bound, self.max_concurrent)
+            self._wake()
 
     def close(self) -> None:
         """Hand what is still buffered to the shared budget (the learned rate outlives the run)."""
         self.source.flush()
 
-    def _for_loop(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
+    def admitted(self, latency: float | None = None) -> None:
+        """A request failed other than by a 429 (a 5xx, a reset, a cut body): the API took it, so it counts in
+        the admitted rate, but a fault never moves the rate or the in-flight limit."""
+        self.source.succeeded(False, self.ceiling, latency)
+
+    def _for_loop(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop or self._semaphore is None or self._queue is None:
+        if loop is not self._loop or self._queue is None:
             self._loop = loop
-            self._semaphore = asyncio.Semaphore(self.max_concurrent)
             self._queue = asyncio.Lock()
-        return self._semaphore, self._queue
+            self._waiters = collections.deque()
+            self.held = self.in_flight = 0
+        return self._queue
 
     async def _acquire(self) -> None:
-        if self._loop is asyncio.get_running_loop() and self._semaphore is not None and self._queue is not None:
-            semaphore, queue = self._semaphore, self._queue
+        if self._loop is asyncio.get_running_loop() and self._queue is not None:
+            queue = self._queue
         else:
-            semaphore, queue = self._for_loop()
-        await semaphore.acquire()
+            queue = self._for_loop()
+        await self._take_slot()
         try:
             async with queue:
                 await self._wait_turn()
         except BaseException:
-            semaphore.release()
+            self._give_slot()
             raise
         self.granted += 1
         self.in_flight += 1
+        self.in_flight_high = max(self.in_flight_high, self.in_flight)
+
+    async def _take_slot(self) -> None:
+        """An in-flight slot: at once when one is free and nobody waits, else in turn (FIFO)."""
+        if not self._waiters and self.held < self.in_flight_limit:
+            self.held += 1
+            self._blocked *= 1.0 - _PACED_WEIGHT
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # _wake hands the slot over (held already counts it)
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_slot()  # handed over as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+        self._blocked = self._blocked * (1.0 - _PACED_WEIGHT) + _PACED_WEIGHT
+
+    def _give_slot(self) -> None:
+        self.held -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        """Hand free slots to waiting requests, in turn (after a release, or when the limit grew)."""
+        waiters = self._waiters
+        if not waiters:
+            return
+        limit = self.in_flight_limit
+        while waiters and self.held < limit:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.held += 1
+                waiter.set_result(None)
 
     async def _wait_turn(self) -> None:
         source = self.source
@@ -178,8 +264,7 @@ class AsyncRateLimiter:
 
     def _release(self) -> None:
         self.in_flight -= 1
-        if self._semaphore is not None:
-            self._semaphore.release()
+        self._give_slot()
 
 
 class _Slot:
@@ -199,6 +284,17 @@ class _Slot:
         self._limiter._release()
 
 
+def memory_ceiling(available_bytes: int | None = None) -> int:
+    """Requests in flight this machine's memory allows: a quarter of the available memory ÷
+    ``REQUEST_MEMORY_BYTES`` (at least 4; ``DEFAULT_CEILING`` when the memory cannot be read)."""
+    if available_bytes is None:
+        try:
+            available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return DEFAULT_CEILING
+    return max(4, available_bytes // 4 // REQUEST_MEMORY_BYTES)
+
+
 def build_limiter(settings: Settings) -> AsyncRateLimiter:
     """The limiter of a run (one per process and event loop), from picklable ``settings``.
 
@@ -208,6 +304,11 @@ def build_limiter(settings: Settings) -> AsyncRateLimiter:
     elsewhere (``tasks.rate.prefect_source``: a Prefect global concurrency limit, for workers on other machines).
     """
     rate_limit = settings.rate_limit
+    ceiling = memory_ceiling()
+    if rate_limit.max_concurrent > ceiling:
+        log.info("requests in flight capped at %d by the memory available (asked: %d)", ceiling,
+                 rate_limit.max_concurrent)
+        rate_limit = dataclasses.replace(rate_limit, max_concurrent=ceiling)
     source: TokenSource | None = None
     if rate_limit.source_factory is not None:
         source = rate_limit.source_factory(settings)
@@ -222,4 +323,4 @@ def build_limiter(settings: Settings) -> AsyncRateLimiter:
     return AsyncRateLimiter(rate_limit, source=source)
 
 
-__all__ = ["AsyncRateLimiter", "Limiter", "build_limiter"]
+__all__ = ["AsyncRateLimiter", "Limiter", "build_limiter", "memory_ceiling"]

@@ -29,7 +29,8 @@ class RunOptions(BaseModel):
     requests_per_minute: float | None = Field(
         None, gt=0, description="ceiling on requests per minute (default VOXMILL_RPM; none: the limit is learned)")
     max_concurrent: int | None = Field(
-        None, ge=1, description="requests in flight at most (default VOXMILL_CONCURRENCY)")
+        None, ge=1,
+        description="ceiling on requests in flight (default VOXMILL_CONCURRENCY, else 1024; the limit is learned)")
     api_key_block: str | None = Field(
         None, description="Prefect Secret block holding the API key (VOXMILL_API_KEY wins over it)")
     rate_scope: RateScope | None = Field(

@@ -26,6 +26,12 @@ class ProgressBoard:
     audio_seconds: float = 0.0
     #: the rate the limiter allows now, requests per second (learned from the API; None: unlimited)
     api_rate: float | None = None
+    #: requests on the wire now (items in flight include those still waiting for a start), and the
+    #: in-flight limit the limiter allows now (learned from the API; None: not known, e.g. another client)
+    requests_in_flight: int = 0
+    in_flight_limit: int | None = None
+    #: the most requests this run had on the wire at once
+    in_flight_high: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -61,6 +67,8 @@ class ProgressBoard:
                 rate_limited=self.rate_limited,
                 audio_seconds=self.audio_seconds,
                 api_rate=self.api_rate,
+                requests_in_flight=self.requests_in_flight,
+                in_flight_limit=self.in_flight_limit,
                 elapsed_s=elapsed,
                 rate_per_s=rate,
                 eta_s=remaining / rate if rate > 0 else None,
@@ -81,6 +89,8 @@ class ProgressSnapshot:
     rate_limited: int
     audio_seconds: float
     api_rate: float | None
+    requests_in_flight: int
+    in_flight_limit: int | None
     elapsed_s: float
     rate_per_s: float
     eta_s: float | None
@@ -95,8 +105,17 @@ class ProgressSnapshot:
         return (
             f"{self.finished}/{self.total} accounted for: {self.done} done, {self.failed} failed, "
             f"{self.skipped} skipped as done; {self.in_flight} in flight; {self.retries} retries "
-            f"({self.rate_limited} after 429); {self.rate_per_s:.1f} items/s"
+            f"({self.rate_limited} after 429); {self.rate_per_s:.1f} items/s{self.limits_text()}"
         )
+
+    def limits_text(self) -> str:
+        """What the limiter holds now: requests in flight of the learned limit, and the learned rate."""
+        text = ""
+        if self.in_flight_limit is not None:
+            text += f"; requests in flight {self.requests_in_flight}/{self.in_flight_limit}"
+        if self.api_rate is not None:
+            text += f"; API rate {self.api_rate:.1f}/s"
+        return text
 
 
 _WATCHED: ContextVar[ProgressBoard | None] = ContextVar("voxmill_progress_board", default=None)

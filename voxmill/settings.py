@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from voxmill.catalog import ASR_MAX_SECONDS
 from voxmill.errors import ConfigError
+from voxmill.rate.concurrency import DEFAULT_CEILING
 
 if TYPE_CHECKING:
     from voxmill.rate.sources import TokenSource
@@ -106,9 +107,11 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class RateLimit:
-    """How fast requests may go: a rate (per second and/or per minute) and a concurrency cap.
+    """How fast requests may go: a rate (per second and/or per minute) and a cap on requests in flight.
 
-    ``adaptive``: the rate is learned from the API's answers and the given rates are a ceiling; ``shared``:
+    ``adaptive``: the rate and the requests in flight are learned from the API's answers, and the given rates
+    and ``max_concurrent`` are ceilings (``max_concurrent`` defaults to ``DEFAULT_CEILING``, 1024; the memory
+    available may lower it); ``shared``:
     every process on this machine with the same key and base URL draws from one budget (``cache_dir/rate``);
     ``source_factory``: the budget lives elsewhere, built in each process by this picklable function (a
     module-level one, e.g. ``tasks.rate.prefect_source``: a Prefect global concurrency limit). ``scope`` says
@@ -118,7 +121,7 @@ class RateLimit:
 
     requests_per_second: float | None = None
     requests_per_minute: float | None = None
-    max_concurrent: int = 4
+    max_concurrent: int = DEFAULT_CEILING
     adaptive: bool = True
     shared: bool = True
     source_factory: Callable[[Settings], TokenSource] | None = None

@@ -402,7 +402,8 @@ def test_stats_count_requests_statuses_generations_and_uploads(null_server):
     null_server.reset_stats()
     assert null_server.stats() == {"requests": 0, "by_status": {}, "resets": 0, "generations_total": 0,
                                    "generations": {}, "generations_by_model": {}, "truncations_total": 0,
-                                   "truncations": {}, "uploads": 0, "empty_audio": 0}
+                                   "truncations": {}, "uploads": 0, "empty_audio": 0, "in_flight": 0,
+                                   "in_flight_high": 0, "queued": 0, "queued_high": 0}
     credits = generate(null_server, tts).headers["x-credits-remaining"]
     assert credits == "999999"
 
@@ -462,3 +463,73 @@ def test_serve_parser_builds_the_config(monkeypatch):
     assert (config.faults.fail_first_n, config.faults.seed) == (1, 9)
     monkeypatch.delenv("VOXMILL_LOCAL_TOKEN")
     assert len(config_from_args(parser.parse_args(["serve"])).token) >= 16
+
+
+# --- requests in flight and latency profiles --------------------------------------------------------
+
+
+def _concurrently(server: Any, count: int, text: str = "hi") -> list[httpx.Response]:
+    """``count`` TTS requests at once, each on its own connection; their responses in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda i: generate(server, {"model": "higgs2p5", "text": f"{text} {i}"}), range(count)))
+
+
+def test_in_flight_gauge_and_high_water_mark(make_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = make_server(latency_ms=1000)
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(generate, server, {"model": "higgs2p5", "text": f"hi {i}"}) for i in range(3)]
+        stats = server.wait_for(lambda s: s["in_flight"] == 3)  # a gauge, not a sleep
+        assert stats["in_flight_high"] == 3 and stats["queued"] == 0
+        assert all(f.result().status_code == 200 for f in futures)
+    stats = server.stats()
+    assert (stats["in_flight"], stats["in_flight_high"]) == (0, 3)
+    server.reset_stats()
+    assert server.stats()["in_flight_high"] == 0
+
+
+def test_max_in_flight_answers_429_past_the_cap(make_server):
+    server = make_server(latency_ms=800, max_in_flight=2)
+    responses = _concurrently(server, 5)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 429, 429, 429]
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1" and "in flight" in refused.json()["error"]
+    stats = server.stats()
+    assert stats["in_flight_high"] == 2 and stats["generations_total"] == 2 and stats["in_flight"] == 0
+
+
+def test_max_in_flight_in_queue_mode_holds_requests_and_stretches_latency(make_server):
+    server = make_server(latency_ms=500, max_in_flight=2, overload="queue")
+    started = time.perf_counter()
+    responses = _concurrently(server, 6)
+    elapsed = time.perf_counter() - started
+    assert all(r.status_code == 200 for r in responses)
+    assert 1.5 <= elapsed < 4.0  # three rounds of two, 0.5 s each
+    stats = server.stats()
+    assert (stats["in_flight_high"], stats["queued_high"], stats["generations_total"]) == (2, 4, 6)
+    assert (stats["in_flight"], stats["queued"]) == (0, 0)
+
+
+def test_overload_mode_and_cap_change_at_run_time(null_server):
+    assert null_server.set_faults(max_in_flight=3, overload="queue")["overload"] == "queue"
+    for body in ({"overload": "drop"}, {"max_in_flight": -1}, {"max_in_flight": 1.5}):
+        response = httpx.put(f"{null_server.base_url}/admin/faults", json=body, headers=null_server.headers)
+        assert response.status_code == 400, body
+
+
+def test_latency_profile_grows_with_text_and_audio(make_server):
+    server = make_server(latency_ms=50, tts_ms_per_char=10)
+    timings = {}
+    for text in ("hi", "x" * 100):
+        started = time.perf_counter()
+        generate(server, {"model": "higgs2p5", "text": text}).raise_for_status()
+        timings[len(text)] = time.perf_counter() - started
+    assert timings[2] < 0.5 and 1.0 <= timings[100] < 2.0  # 50 ms + 10 ms × 100 characters
+    server.set_faults(latency_ms=0, tts_ms_per_char=0, asr_ms_per_audio_s=500)
+    started = time.perf_counter()
+    generate(server, {"model": "whisper_v3_turbo"}, files={"file": ("a.wav", tone_wav(2.0, 16000))}).raise_for_status()
+    assert 1.0 <= time.perf_counter() - started < 2.5  # 500 ms × 2 s of audio

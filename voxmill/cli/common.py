@@ -73,7 +73,9 @@ def add_run_options(parser: argparse.ArgumentParser, *, runner: bool = True) -> 
                        help="at most this many requests per second (default VOXMILL_RPS: none, the limit is learned)")
     group.add_argument("--rpm", type=float,
                        help="at most this many requests per minute (default VOXMILL_RPM: none, the limit is learned)")
-    group.add_argument("--concurrency", type=int, help="requests in flight (default VOXMILL_CONCURRENCY or 4)")
+    group.add_argument("--concurrency", type=int,
+                       help="most requests in flight (a ceiling: the limit is learned under it; "
+                            "default VOXMILL_CONCURRENCY or 1024)")
     group.add_argument("--base-url", help="API base URL (default VOXMILL_BASE_URL or the hosted API)")
     group.add_argument("--rate-scope", choices=RATE_SCOPES,
                        help="who shares the rate budget: every process on this machine (machine), every worker "
@@ -167,6 +169,8 @@ def _show_progress(board: ProgressBoard, stop: threading.Event) -> None:
                 continue  # Prefect and the manifest checks are still starting
             detail = (f"done {snap.done} · failed {snap.failed} · retrying {snap.retrying} · "
                       f"skipped {snap.skipped} · {snap.rate_per_s:.1f}/s")
+            if snap.in_flight_limit is not None:
+                detail += f" · in flight {snap.requests_in_flight}/{snap.in_flight_limit}"
             if snap.api_rate is not None:
                 detail += f" · API rate {snap.api_rate:.1f}/s"
             progress.update(task, total=snap.total or None, completed=snap.finished, detail=detail)

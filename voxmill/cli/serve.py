@@ -11,7 +11,7 @@ from pathlib import Path
 
 from voxmill.errors import ConfigError
 from voxmill.server.app import ServerConfig, create_app
-from voxmill.server.faults import FaultConfig
+from voxmill.server.faults import OVERLOAD_MODES, FaultConfig
 from voxmill.server.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -69,6 +69,15 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     faults.add_argument("--garble-mode", choices=("reverse", "voice"), default="reverse",
                         help="garble by playing the middle backwards, or by swapping the voice (an octave up)")
     faults.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
+    faults.add_argument("--max-in-flight", type=int, default=None,
+                        help="requests served at once; past it, answer 429 or queue (see --overload)")
+    faults.add_argument("--overload", choices=OVERLOAD_MODES, default="429",
+                        help="past --max-in-flight: 429 answers at once, queue holds the request (longer latency); "
+                             "default %(default)s")
+    faults.add_argument("--tts-ms-per-char", type=float, default=0.0,
+                        help="latency profile: extra ms per character of TTS text (on top of --latency-ms)")
+    faults.add_argument("--asr-ms-per-audio-s", type=float, default=0.0,
+                        help="latency profile: extra ms per second of uploaded ASR audio (on top of --latency-ms)")
     parser.set_defaults(handler=run_serve)
 
 
@@ -90,6 +99,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         garble_first_n=args.garble_first_n,
         garble_mode=args.garble_mode,
         seed=args.seed,
+        max_in_flight=args.max_in_flight,
+        overload=args.overload,
+        tts_ms_per_char=args.tts_ms_per_char,
+        asr_ms_per_audio_s=args.asr_ms_per_audio_s,
     )
     return ServerConfig(
         token=token,

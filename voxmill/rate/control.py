@@ -13,11 +13,23 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
   (never below half the current rate per cut, nor below ``MIN_RATE``). Measuring what was admitted, not
   only multiplying the current rate, brings the rate to the API's limit in one or two cuts, even when the
   limit drops a lot mid-run.
+- **Bursts are pauses, faults are not signals.** A *burst* is a run of 429s with gaps under ``BURST_GAP_S``.
+  While one lasts (up to ``MAX_BURST_S`` at the floor), no cut lands below ``BURST_FLOOR`` × the rate the API admitted
+  before it, and once it ends the rate climbs back to where the admitted rate stood before it (not to what
+  was admitted during it), so short bursts of 429s do not ratchet the rate down. 429s that go on for longer
+  are a new, lower limit: the floor goes and the rate follows the limit down. Answers that are not 429s
+  (5xx, resets, cut bodies included) count as admitted: the API took the request, and a fault never
+  lowers the rate.
 - **Congestion avoidance** (after a 429): the rate climbs quickly (``FAST_RECOVERY``) back to just under
-  the admitted rate measured at the cut, then grows ``PROBE_GROWTH`` per second near the limit, and that
+  the admitted rate measured before the burst, then back towards the rate that stood before the burst
+  (``RETURN_GAIN`` × the gap per second, slowing as it nears it, as TCP CUBIC does), then grows
+  ``PROBE_GROWTH`` per second near the limit, and that
   growth doubles for every further ``PROBE_ACCELERATE_S`` without a 429, so a limit raised mid-run is found
   again. The rate thus spends most of its time within a few percent of the limit, with one 429 every few
   seconds at most.
+- Admitted requests are recorded at the time they *started* (the caller passes their latency), and the
+  measuring window ends one typical latency ago, so at seconds per request the admitted rate is the rate the
+  API admitted, not that rate as it was one latency earlier.
 - The rate only grows while it is the bottleneck (requests wait for it): a run held back by its
   concurrency or by the work itself never inflates a rate it does not use.
 - A user's ``--rps``/``--rpm`` is a ceiling; with nothing learned yet, a run with a ceiling starts at it.
@@ -45,6 +57,8 @@ PROBE_GROWTH = 0.02
 #: after a cut, the rate climbs back at this relative growth per second up to RECOVER_TO × the measured limit
 FAST_RECOVERY = 0.25
 RECOVER_TO = 0.97
+#: below the rate that stood before a burst, the rate grows at least this × the relative gap per second
+RETURN_GAIN = 0.5
 #: the probing growth doubles every this many seconds without a 429
 PROBE_ACCELERATE_S = 10.0
 #: successes are remembered this long for measuring the admitted rate (seconds)
@@ -55,6 +69,20 @@ COALESCE_S = 0.05
 MEASURE_REQUESTS = 16.0
 #: … spanning at least this long (seconds): at hundreds per second 16 successes arrive in bunches
 MEASURE_S = 0.25
+#: 429s closer together than this (seconds) belong to one burst
+BURST_GAP_S = 2.0
+#: 429s spanning less than this (seconds) are a touch of the limit, not a burst: climbing back after one, a
+#: 429 before the rate is back where it stood means it stood too high
+BURST_TOUCH_S = 1.0
+#: 429s that go on this long (seconds) with the rate at the burst floor are a new, lower limit: cuts may then
+#: go below the floor
+MAX_BURST_S = 4.0
+#: the rate does not grow until this long (seconds) after the latest 429
+BURST_QUIET_S = 0.5
+#: during a burst, no cut goes below this fraction of the rate admitted before it
+BURST_FLOOR = 0.5
+#: weight of a new latency report in the typical latency
+LATENCY_WEIGHT = 0.1
 #: a Retry-After up to this long (seconds) is a per-request floor only; a longer one pauses every request
 SHORT_RETRY_AFTER_S = 2.0
 #: how far the schedule may lag behind now (seconds, at most one interval): a late wake-up is caught up
@@ -92,6 +120,18 @@ class RateControl:
     cuts: int = 0
     #: a fixed rate (adaptation switched off): 429s never cut it and successes never raise it
     fixed: bool = False
+    #: typical latency of admitted requests (seconds): how far behind now the measuring window ends
+    latency: float = 0.0
+    #: when the current burst of 429s began and when its latest 429 came (0: none yet)
+    burst_started: float = 0.0
+    last_429: float = 0.0
+    #: the rate the API admitted just before the current burst (its floor and recovery target), and the
+    #: rate in force then (the rate climbs back towards it, slowing as it nears it)
+    before_burst: float = 0.0
+    stood_at: float = 0.0
+    #: when a cut of the current burst first reached the floor (0: not yet); 429s for MAX_BURST_S after that
+    #: mean a lower limit, not a burst
+    floor_since: float = 0.0
 
     @classmethod
     def starting(cls, ceiling: float | None) -> RateControl:
@@ -140,13 +180,16 @@ class RateControl:
 
     def succeeded(
         self, now: float, count: int = 1, grow: int | None = None, ceiling: float | None = None,
-        until: float | None = None,
+        until: float | None = None, latency: float | None = None,
     ) -> None:
-        """``count`` requests went through, the first at ``now`` and the last at ``until`` (default ``now``);
-        ``grow`` of them (default all) had waited for the rate, so the rate grows by them (never past
-        ``ceiling``: a rate nobody may use is not learned)."""
+        """``count`` requests were admitted (answered other than 429), started at ``now`` … ``until`` (default
+        ``now``; with ``latency``, the time one answered is ``now + latency``); ``grow`` of them (default all)
+        had waited for the rate, so the rate grows by them (never past ``ceiling``: a rate nobody may use is not
+        learned)."""
         if count <= 0:
             return
+        if latency is not None and latency > 0:
+            self.latency = latency if self.latency <= 0 else self.latency + LATENCY_WEIGHT * (latency - self.latency)
         if self.born is None:
             self.born = now
         last = now if until is None else max(now, until)
@@ -164,6 +207,8 @@ class RateControl:
         rate = self.rate
         if grow <= 0 or self.fixed or (ceiling is not None and rate >= ceiling):
             return
+        if self.last_429 and last + (latency or 0.0) < self.last_429 + BURST_QUIET_S:
+            return  # answered while 429s still arrive: a burst cuts the rate for its length
         if not self.limit_seen:
             self.rate = rate * 2.0 ** (grow / (rate * SLOW_START_DOUBLING_S))
         else:
@@ -172,6 +217,9 @@ class RateControl:
             else:
                 quiet = max(0.0, now - self.last_cut - PROBE_ACCELERATE_S)
                 growth = PROBE_GROWTH * 2.0 ** min(quiet / PROBE_ACCELERATE_S, 6.0)
+                if self.stood_at > rate and self.last_429 - self.burst_started >= BURST_TOUCH_S:
+                    # after a burst (not a touch): back towards where the rate stood before it (like CUBIC)
+                    growth = max(growth, RETURN_GAIN * (self.stood_at - rate) / rate)
             self.rate = rate + grow * growth  # grow ≈ rate × dt: relative growth `growth` per second
         if ceiling is not None:
             self.rate = min(self.rate, ceiling)
@@ -185,12 +233,52 @@ class RateControl:
             if now + retry_after > self.paused_until:
                 self.paused_until = now + retry_after
                 self.epoch += 1
-        if now < self.hold_until or self.fixed:
+        if self.fixed:
+            return False
+        new_burst = not self.last_429 or now - self.last_429 > BURST_GAP_S
+        # the last burst was one brief touch of the limit (a probe), not a pause the API imposed for a while
+        touched = self.last_429 - self.burst_started < BURST_TOUCH_S
+        self.last_429 = now
+        if new_burst:
+            self.burst_started = now
+            self.floor_since = 0.0
+            self.before_burst = self.admitted_rate(now)
+            # where the rate stood; still on its way back from the last burst, where it stood before that one
+            if not self.limit_seen:
+                # slow start overshoots by at most about one doubling: the API admitted at least half of it
+                self.stood_at = max(self.before_burst, 0.5 * self.rate)
+            elif self.before_burst <= 0:
+                self.stood_at = self.rate
+            elif self.rate < self.stood_at * RECOVER_TO and not touched:
+                self.stood_at = max(self.rate, self.stood_at)
+            else:
+                self.stood_at = self.rate
+        elif self.rate > self.recover_to:
+            self.stood_at = min(self.stood_at, self.rate)  # climbed back past the measured level: too far
+        if now < self.hold_until:
             return False
         admitted = self.admitted_rate(now)
         base = max(min(self.rate, admitted) if admitted > 0 else self.rate, self.rate * MAX_CUT)
-        self.rate = max(MIN_RATE, base * BACKOFF)
-        self.recover_to = base * RECOVER_TO
+        # what stood before the burst: the admitted rate then, or the rate in force when the admitted rate was
+        # measured while it still climbed back (one latency late) — but never more than twice what was admitted
+        stood = max(self.before_burst, min(self.stood_at, 2.0 * self.before_burst))
+        if now - self.burst_started < BURST_TOUCH_S:
+            stood = self.before_burst  # so far a touch of the limit: what was admitted is where it stood
+        floor = BURST_FLOOR * stood
+        if base * BACKOFF <= floor and not self.floor_since:
+            self.floor_since = now
+        if not self.floor_since or now - self.floor_since <= MAX_BURST_S:
+            # a short burst is a pause: the cut stops at a floor, and the rate returns to where it stood
+            self.rate = max(MIN_RATE, base * BACKOFF, floor)
+            self.recover_to = stood * RECOVER_TO
+        else:
+            # 429s for longer than a burst: the limit itself is lower now
+            self.rate = max(MIN_RATE, base * BACKOFF)
+            self.recover_to = base * RECOVER_TO
+            self.before_burst = base  # what over-offering measures as admitted is low (a bucket wastes tokens)
+            self.stood_at = 0.0
+            self.burst_started = now
+            self.floor_since = 0.0
         self.limit_seen = True
         self.last_cut = now
         self.hold_until = now + max(hold_s, 2.0 / self.rate, 0.1)
@@ -214,7 +302,11 @@ class RateControl:
         history = self.history
         if not history:
             return 0.0
-        end = max(history[-1][-1], now - COALESCE_S)
+        # admitted requests are recorded at their start and heard of one latency later (and, shared through a
+        # file, up to a lease later still): the window ends at the newest start heard of, unless none has come
+        # for a latency and a second (successes have stopped: the gap counts)
+        newest = history[-1][-1]
+        end = newest if now - newest < self.latency + 1.0 else now - self.latency - COALESCE_S
         counted = 0.0
         opened = history[0][-1]
         for entry in reversed(history):
@@ -227,4 +319,4 @@ class RateControl:
         return counted / (end - opened) if counted > 0 and end > opened else 0.0
 
 
-__all__ = ["DEFAULT_BURST", "INITIAL_RATE", "RateControl", "SHORT_RETRY_AFTER_S"]
+__all__ = ["BURST_FLOOR", "DEFAULT_BURST", "INITIAL_RATE", "RateControl", "SHORT_RETRY_AFTER_S"]

@@ -1,5 +1,6 @@
 """Where rate tokens come from: one process (:class:`LocalSource`) or every process on this machine that
-uses the same API key and base URL (:class:`FileSource`).
+uses the same API key and base URL (:class:`FileSource`). A budget holds the in-flight limit as well as the
+rate (:class:`~voxmill.rate.concurrency.ConcurrencyControl`): processes sharing a budget share both.
 
 A source hands out *leases*: ``count`` consecutive start times spaced one interval apart, on this process's
 ``time.monotonic()`` clock. The limiter spreads a lease over its waiting requests and reports back how
@@ -11,6 +12,11 @@ URL; the key itself is never written) and updates it under an ``fcntl`` lock. To
 not per request; successes are reported (with their times) at the next lease; a 429 is written at once, so one process's
 429 slows every process at its next lease (≤ ``LEASE_SECONDS`` later). The file outlives the run: the next
 run on the same API starts from the learned rate.
+
+The in-flight limit is shared the same way: the file holds the learned limit and each process's (each
+source's) requests in flight (refreshed at every update, forgotten after ``STALE_PROCESS_S`` without one),
+and a process may hold the limit less what the others hold (at least one). Latency samples are written at
+the next update (at most ``LEASE_SECONDS`` later); a "too many in flight" signal at once.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from voxmill.identity import budget_id
+from voxmill.rate.concurrency import ConcurrencyControl
 from voxmill.rate.control import COALESCE_S, RateControl
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 0.2
 #: and at most this many tokens
 MAX_LEASE = 64
+#: a process whose in-flight count was not refreshed for this long (seconds) holds nothing (it ended)
+STALE_PROCESS_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,9 @@ class TokenSource(Protocol):
         """Book the next start times of the budget for this process."""
         ...
 
-    def succeeded(self, grew: bool, ceiling: float | None) -> None:
-        """One request went through; ``grew``: it had waited for the rate (the rate may grow)."""
+    def succeeded(self, grew: bool, ceiling: float | None, latency: float | None = None) -> None:
+        """One request was admitted (answered other than 429, faults included) after ``latency`` s (None: not
+        known, e.g. a reset); ``grew``: it had waited for the rate (the rate may grow)."""
         ...
 
     def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
@@ -76,21 +86,38 @@ class TokenSource(Protocol):
         """Write whatever is still buffered (the end of a run)."""
         ...
 
+    def in_flight_limit(self, ceiling: int, in_flight: int) -> int:
+        """Requests this process may have in flight now (it has ``in_flight``): the budget's limit less what
+        other processes hold, at least one."""
+        ...
+
+    def finished(self, latency: float, in_flight: int, bound: bool, ceiling: int) -> None:
+        """A request went through after ``latency`` s; ``bound``: requests waited for the in-flight limit."""
+        ...
+
+    def overloaded(self, in_flight: int) -> None:
+        """A 429/503 said too many requests were in flight (``in_flight`` of this process, the refused one
+        included)."""
+        ...
+
 
 class LocalSource:
-    """The budget of one process: the control in memory, one token per lease (exact spacing)."""
+    """The budget of one process: the controls in memory, one token per lease (exact spacing)."""
 
     blocking = False
 
-    def __init__(self, control: RateControl | None = None) -> None:
+    def __init__(self, control: RateControl | None = None, concurrency: ConcurrencyControl | None = None) -> None:
         self.control = control if control is not None else RateControl()
+        self.concurrency = concurrency if concurrency is not None else ConcurrencyControl()
 
     def lease(self, ceiling: float | None, burst: int) -> Lease:
         first, interval = self.control.take(time.monotonic(), 1, ceiling, burst)
         return Lease(first, interval, 1, self.control.epoch)
 
-    def succeeded(self, grew: bool, ceiling: float | None) -> None:
-        self.control.succeeded(time.monotonic(), 1, 1 if grew else 0, ceiling)
+    def succeeded(self, grew: bool, ceiling: float | None, latency: float | None = None) -> None:
+        control = self.control
+        started = time.monotonic() - (latency if latency is not None else control.latency)
+        control.succeeded(started, 1, 1 if grew else 0, ceiling, latency=latency)
 
     def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
         self.control.rate_limited(time.monotonic(), retry_after, hold_s)
@@ -104,6 +131,15 @@ class LocalSource:
 
     def flush(self) -> None:
         return None
+
+    def in_flight_limit(self, ceiling: int, in_flight: int) -> int:
+        return self.concurrency.allowed(ceiling)
+
+    def finished(self, latency: float, in_flight: int, bound: bool, ceiling: int) -> None:
+        self.concurrency.succeeded(time.monotonic(), latency, in_flight, bound, ceiling)
+
+    def overloaded(self, in_flight: int) -> None:
+        self.concurrency.overloaded(time.monotonic(), in_flight)
 
 
 class FileSource:
@@ -126,6 +162,16 @@ class FileSource:
         self._epoch = 0
         self._local_epoch = 0
         self._rate = 0.0
+        #: latency samples not yet written: [wall time, latency, in flight here, bound, ceiling]
+        self._samples: list[tuple[float, float, int, bool, int]] = []
+        self._in_flight = 0
+        self._others_in_flight = 0
+        self._concurrency = ConcurrencyControl()
+        self._written = 0.0
+        #: this source's entry in the file's table of requests in flight
+        self._me = f"{os.getpid()}-{id(self):x}"
+        #: typical latency of this process's requests (its reports are stamped with their start times)
+        self._latency = 0.0
         self._update(lambda control, now: None)
 
     @classmethod
@@ -151,14 +197,16 @@ class FileSource:
         first, interval, count = booked[0]
         return Lease(first - offset, interval, count, self.epoch)
 
-    def succeeded(self, grew: bool, ceiling: float | None) -> None:
-        # kept with their times, so the shared history measures the admitted rate as well as one process's
-        now = time.time()
+    def succeeded(self, grew: bool, ceiling: float | None, latency: float | None = None) -> None:
+        # kept with their start times, so the shared history measures the admitted rate as well as one process's
+        if latency is not None and latency > 0:
+            self._latency = latency if self._latency <= 0 else self._latency + 0.1 * (latency - self._latency)
+        now = time.time() - (latency if latency is not None else self._latency)
         pending = self._pending
-        if pending and now - pending[-1][0] < COALESCE_S:
+        if pending and abs(now - pending[-1][0]) < COALESCE_S:
             pending[-1][1] += 1
             pending[-1][2] += grew
-            pending[-1][3] = now
+            pending[-1][3] = max(pending[-1][3], now)
         else:
             pending.append([now, 1, 1 if grew else 0, now])
         self._ceiling = ceiling
@@ -178,8 +226,27 @@ class FileSource:
         return min(self._rate, ceiling) if ceiling is not None else self._rate
 
     def flush(self) -> None:
-        if self._pending:
+        self._in_flight = 0  # the end of a run: this process holds nothing any more
+        self._update(lambda control, now: None)
+
+    def in_flight_limit(self, ceiling: int, in_flight: int) -> int:
+        self._in_flight = in_flight
+        return max(1, self._concurrency.allowed(ceiling) - self._others_in_flight)
+
+    def finished(self, latency: float, in_flight: int, bound: bool, ceiling: int) -> None:
+        now = time.time()
+        self._samples.append((now, latency, in_flight, bound, ceiling))
+        self._in_flight = in_flight
+        if now - self._written >= LEASE_SECONDS:
             self._update(lambda control, now: None)
+
+    def overloaded(self, in_flight: int) -> None:
+        self._in_flight = in_flight
+
+        def cut(control: RateControl, now: float) -> None:
+            self._concurrency.overloaded(now, in_flight + self._others_in_flight)
+
+        self._update(cut)
 
     def _update(self, change) -> float:  # type: ignore[no-untyped-def]
         """Lock, load, apply buffered reports and ``change(control, now)``, store, unlock; returns the
@@ -189,29 +256,46 @@ class FileSource:
         try:
             now = time.time()
             offset = now - time.monotonic()
-            control = self._load(fd)
+            control, concurrency, processes = self._load(fd)
             for at, successes, grown, last in self._pending:
-                control.succeeded(at, int(successes), int(grown), self._ceiling, until=last)
+                control.succeeded(at, int(successes), int(grown), self._ceiling, until=last,
+                                  latency=self._latency or None)
             self._pending.clear()
+            me = self._me
+            others = sum(int(count) for pid, (count, seen) in processes.items()
+                         if pid != me and now - seen < STALE_PROCESS_S)
+            self._others_in_flight = others
+            for at, latency, in_flight, bound, ceiling in self._samples:
+                concurrency.succeeded(at, latency, in_flight + others, bound, ceiling)
+            self._samples.clear()
+            self._concurrency = concurrency
             change(control, now)
-            body = json.dumps({"base_url": self.base_url, "control": control.to_dict()}).encode()
+            processes = {pid: entry for pid, entry in processes.items() if now - entry[1] < STALE_PROCESS_S}
+            processes[me] = [self._in_flight, now]
+            body = json.dumps({"base_url": self.base_url, "control": control.to_dict(),
+                               "concurrency": concurrency.to_dict(), "processes": processes}).encode()
             os.pwrite(fd, body, 0)
             os.ftruncate(fd, len(body))
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
         self._epoch = control.epoch
         self._rate = control.rate
+        self._written = now
         return offset
 
-    def _load(self, fd: int) -> RateControl:
+    def _load(self, fd: int) -> tuple[RateControl, ConcurrencyControl, dict[str, list[float]]]:
         size = os.fstat(fd).st_size
         raw = os.pread(fd, size, 0) if size else b""
         if raw:
             try:
-                return RateControl.from_dict(json.loads(raw)["control"])
-            except (ValueError, KeyError, TypeError):
+                data = json.loads(raw)
+                concurrency = data.get("concurrency")
+                return (RateControl.from_dict(data["control"]),
+                        ConcurrencyControl.from_dict(concurrency) if concurrency else ConcurrencyControl(),
+                        {str(pid): list(entry) for pid, entry in data.get("processes", {}).items()})
+            except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("rate budget %s was unreadable; starting it afresh", self.path)
-        return RateControl.starting(self._ceiling)
+        return RateControl.starting(self._ceiling), ConcurrencyControl(), {}
 
 
-__all__ = ["FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource"]
+__all__ = ["STALE_PROCESS_S", "FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource"]

@@ -22,6 +22,7 @@ Differences from the hosted API, on purpose:
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import ipaddress
 import json
@@ -192,6 +193,8 @@ class _Service:
         self._credits = config.initial_credits
         self._credits_lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None
+        #: requests waiting for a serving slot (``overload="queue"``), first come first served
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         silence = np.zeros(TTS_SAMPLE_RATE // 10, dtype=np.int16)
         self._null_bodies = {"wav": wav_bytes(silence, TTS_SAMPLE_RATE), "pcm": silence.astype("<i2").tobytes()}
 
@@ -300,6 +303,45 @@ class _Service:
             scheme, _, token = header_or_token.partition(" ")
             return scheme.lower() == "bearer" and _same(token.strip(), self.config.token)
         return _same(header_or_token, self.config.token)
+
+    async def take_slot(self) -> None:
+        """Take a serving slot (the in-flight gauge): past ``max_in_flight``, a 429 or a place in the queue."""
+        cap = self.faults.config.max_in_flight
+        if cap and (self.stats.in_flight >= cap or self._slot_waiters):
+            if self.faults.config.overload == "429":
+                raise _Reply(429, f"too many requests in flight: at most {cap} concurrent requests; "
+                                  "retry after 1 s", headers={"retry-after": "1"})
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            self.stats.queue(+1)
+            try:
+                await waiter  # handed the slot by give_slot (the gauge already counts it)
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self.give_slot()  # the slot was handed over as we were cancelled: pass it on
+                else:
+                    self._slot_waiters.remove(waiter)
+                raise
+            finally:
+                self.stats.queue(-1)
+            return
+        self.stats.enter()
+
+    def give_slot(self) -> None:
+        """Give a serving slot back: to the next queued request, if one waits and the cap allows."""
+        cap = self.faults.config.max_in_flight
+        self.stats.leave()
+        while self._slot_waiters and (not cap or self.stats.in_flight < cap):
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                self.stats.enter()
+                waiter.set_result(None)
+
+    async def work_latency(self, *, characters: int = 0, audio_seconds: float = 0.0) -> None:
+        """Sleep the latency profile's cost of this request's work."""
+        delay = self.faults.work_seconds(characters=characters, audio_seconds=audio_seconds)
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def pre_work_faults(self) -> None:
         """Rate limit, latency, then reset/error by one draw; raises _Reply or _Drop."""
@@ -505,8 +547,12 @@ def create_app(config: ServerConfig) -> Starlette:
             check_declared_length(request.headers.get("content-length"), config.max_upload_bytes)
             # the body is read first, as a real API does: a client that hangs up later is still billed
             form = await _read_form(Request(request.scope, body))
-            await service.pre_work_faults()
-            response = await handler(form, headers)
+            await service.take_slot()
+            try:
+                await service.pre_work_faults()
+                response = await handler(form, headers)
+            finally:
+                service.give_slot()
         except _Reply as reply:
             return await _finish(reply, headers, body)
         except BodyTooLarge as exc:
@@ -551,6 +597,7 @@ def create_app(config: ServerConfig) -> Starlette:
                 raise _Reply(422, f"{model}: parameter {name!r} must be sent as a file part", param=name)
         if kind == "asr":
             transcript = await _transcribe(service, form, request)
+            await service.work_latency(audio_seconds=transcript.duration)
             fmt = request.output_format
             if fmt == "text":
                 body, media_type = transcript.text.encode(), "text/plain; charset=utf-8"
@@ -559,6 +606,7 @@ def create_app(config: ServerConfig) -> Starlette:
         else:
             headers.update(service.voice_headers(request))
             speed = float(request.params.get("voice_settings", {}).get("speed", 1.0))
+            await service.work_latency(characters=len(request.params["text"]))
             samples = await service.speak(request.params["text"], speed, request.params)
             garbage = service.faults.garbage_audio(TTS_SAMPLE_RATE // 10 if samples is None else len(samples))
             if garbage is not None:

@@ -6,9 +6,14 @@ with ``PUT /admin/faults``.
 
 Order of decisions for one request, so a test can reason about which fault it sees:
 
+0. requests in flight (``max_in_flight``): past N generate/upload requests at once, ``overload="429"`` answers
+   429 (``Retry-After: 1``, a message saying too many requests are in flight) and ``overload="queue"`` holds the
+   request (FIFO) until one finishes, which stretches its latency;
 1. rate limit (a token bucket: ``rate_limit_rps`` tokens per second, burst ``rate_limit_burst`` or
    ``max(1, rps × 0.2)``): beyond it the request is answered 429 with an integer ``Retry-After`` and does no work;
-2. latency: ``latency_ms`` plus a uniform ``[0, jitter_ms]`` extra, slept before any work;
+2. latency: ``latency_ms`` plus a uniform ``[0, jitter_ms]`` extra, plus the work's own cost (a latency
+   profile like the hosted models': ``tts_ms_per_char`` × characters of text, ``asr_ms_per_audio_s`` × seconds
+   of uploaded audio), slept before the work is answered;
 3. one random draw picks at most one of: reset (``reset_rate``), error (``error_rate``; 500 and 503
    alternate, so a 5xx fraction is exactly split);
 4. ``fail_first_n``: the first N requests of each distinct content hash answer 503 (deterministic retries);
@@ -38,6 +43,8 @@ from voxmill.errors import ConfigError
 #: garbage audio is at least this many samples (0.5 s at 24 kHz), so duration filters alone cannot catch it
 GARBAGE_MIN_FRAMES = 12000
 _RATES = ("error_rate", "reset_rate", "truncate_rate", "slow_body_rate", "garbage_audio_rate")
+#: what the server does past ``max_in_flight``
+OVERLOAD_MODES = ("429", "queue")
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,14 @@ class FaultConfig:
     garble_mode: str = "reverse"
     #: seed of the fault RNG (None: random)
     seed: int | None = None
+    #: generate/upload requests served at once; None or 0: no cap
+    max_in_flight: int | None = None
+    #: past ``max_in_flight``: "429" answers 429 at once, "queue" holds the request until a slot frees
+    overload: str = "429"
+    #: latency profile: extra milliseconds per character of TTS text
+    tts_ms_per_char: float = 0.0
+    #: latency profile: extra milliseconds per second of uploaded ASR audio
+    asr_ms_per_audio_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in _RATES:
@@ -79,7 +94,11 @@ class FaultConfig:
                 raise ConfigError(f"fault {name} must be a fraction in [0, 1], got {value}")
         if self.error_rate + self.reset_rate > 1.0:
             raise ConfigError("fault error_rate + reset_rate must not exceed 1")
-        for name in ("latency_ms", "jitter_ms", "slow_body_seconds"):
+        if self.max_in_flight is not None and self.max_in_flight < 0:
+            raise ConfigError(f"fault max_in_flight must be ≥ 0 (0: no cap), got {self.max_in_flight}")
+        if self.overload not in OVERLOAD_MODES:
+            raise ConfigError(f"fault overload must be one of {', '.join(OVERLOAD_MODES)}, got {self.overload!r}")
+        for name in ("latency_ms", "jitter_ms", "slow_body_seconds", "tts_ms_per_char", "asr_ms_per_audio_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"fault {name} must be ≥ 0, got {getattr(self, name)}")
         if self.rate_limit_rps is not None and self.rate_limit_rps < 0:
@@ -112,8 +131,12 @@ class FaultConfig:
 
 
 def _coerce(key: str, value: Any) -> Any:
+    if key == "overload":
+        if str(value) not in OVERLOAD_MODES:
+            raise ConfigError(f"fault 'overload' must be one of {', '.join(OVERLOAD_MODES)}, got {value!r}")
+        return str(value)
     if value is None:
-        if key in ("rate_limit_rps", "rate_limit_burst", "seed"):
+        if key in ("rate_limit_rps", "rate_limit_burst", "seed", "max_in_flight"):
             return None
         raise ConfigError(f"fault {key!r} cannot be null")
     if key in ("garble_text", "garble_mode"):
@@ -122,7 +145,7 @@ def _coerce(key: str, value: Any) -> Any:
         return str(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"fault {key!r} must be a number, got {value!r}")
-    if key in ("fail_first_n", "seed", "garble_first_n"):
+    if key in ("fail_first_n", "seed", "garble_first_n", "max_in_flight"):
         if value != int(value):
             raise ConfigError(f"fault {key!r} must be a whole number, got {value!r}")
         return int(value)
@@ -200,11 +223,16 @@ class FaultInjector:
             return Admission(False, retry_after=max(1, math.ceil((1.0 - self._tokens) / rps)))
 
     def delay_seconds(self) -> float:
-        """The latency to add to this request."""
+        """The base latency to add to this request (``latency_ms`` plus jitter)."""
         with self._lock:
             config = self._config
             extra = self._rng.uniform(0.0, config.jitter_ms) if config.jitter_ms else 0.0
             return (config.latency_ms + extra) / 1000.0
+
+    def work_seconds(self, *, characters: int = 0, audio_seconds: float = 0.0) -> float:
+        """The latency profile's cost of this request's work (TTS characters, ASR audio seconds)."""
+        config = self._config
+        return (characters * config.tts_ms_per_char + audio_seconds * config.asr_ms_per_audio_s) / 1000.0
 
     def draw(self) -> Fault:
         """Reset, 500/503 or nothing, by one random draw."""
@@ -261,4 +289,4 @@ class FaultInjector:
         return np.clip(noise * 32767, -32768, 32767).astype(np.int16)
 
 
-__all__ = ["GARBAGE_MIN_FRAMES", "Admission", "BodyFault", "Fault", "FaultConfig", "FaultInjector"]
+__all__ = ["GARBAGE_MIN_FRAMES", "OVERLOAD_MODES", "Admission", "BodyFault", "Fault", "FaultConfig", "FaultInjector"]

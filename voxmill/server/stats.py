@@ -3,8 +3,11 @@
 A *generation* is counted when a 200 carrying generated content is handed to the server for sending,
 truncated bodies included: the hosted API bills the work it did even when the body is lost in transit, so a
 client that retries after a truncated body pays twice, and tests can see that. 429s, 5xx, resets and
-validation errors are never generations. ``by_status`` counts every answered status, 413/408 body refusals
-and unexpected 500s included; ``empty_audio`` counts 200s whose audio holds no samples. Counting happens
+validation errors are never generations. ``in_flight`` is a gauge of generate/upload requests being served now
+(holding one of ``max_in_flight`` slots, body read), ``in_flight_high`` its high-water mark since the last
+reset; ``queued``/``queued_high`` the same for requests held waiting for a slot (``overload="queue"``).
+``by_status`` counts every answered status, 413/408 body refusals and unexpected 500s included;
+``empty_audio`` counts 200s whose audio holds no samples. Counting happens
 before the body is sent, so a client that has read its response always finds it in ``GET /admin/stats``.
 """
 
@@ -47,6 +50,10 @@ class ServerStats:
     uploads: int = 0
     #: 200s whose generated audio holds no samples (the real engine on unspeakable text); also generations
     empty_audio: int = 0
+    in_flight: int = 0
+    in_flight_high: int = 0
+    queued: int = 0
+    queued_high: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record_request(self) -> None:
@@ -81,6 +88,23 @@ class ServerStats:
         with self._lock:
             self.empty_audio += 1
 
+    def enter(self) -> None:
+        """A request took a serving slot (the in-flight gauge rises)."""
+        with self._lock:
+            self.in_flight += 1
+            self.in_flight_high = max(self.in_flight_high, self.in_flight)
+
+    def leave(self) -> None:
+        """A request gave its serving slot back."""
+        with self._lock:
+            self.in_flight -= 1
+
+    def queue(self, change: int) -> None:
+        """A request started (+1) or stopped (-1) waiting for a serving slot."""
+        with self._lock:
+            self.queued += change
+            self.queued_high = max(self.queued_high, self.queued)
+
     def record_upload(self) -> None:
         """A voice reference was accepted."""
         with self._lock:
@@ -97,6 +121,9 @@ class ServerStats:
             self.truncations.clear()
             self.uploads = 0
             self.empty_audio = 0
+            # the gauges hold what is in flight now; their high-water marks start again from it
+            self.in_flight_high = self.in_flight
+            self.queued_high = self.queued
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON body of ``GET /admin/stats``."""
@@ -112,6 +139,10 @@ class ServerStats:
                 "truncations": dict(self.truncations),
                 "uploads": self.uploads,
                 "empty_audio": self.empty_audio,
+                "in_flight": self.in_flight,
+                "in_flight_high": self.in_flight_high,
+                "queued": self.queued,
+                "queued_high": self.queued_high,
             }
 
 
