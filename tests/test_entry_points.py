@@ -44,7 +44,7 @@ def built_limits(monkeypatch, null_server, tmp_path) -> list[RateLimit]:
         built.append(settings.rate_limit)
         return real_build(settings)
 
-    for module in ("voxmill.limiter", "voxmill.batch", "voxmill.client"):
+    for module in ("voxmill.limiter", "voxmill.batch", "voxmill.http.client"):
         monkeypatch.setattr(f"{module}.build_limiter", recording_build)
     for name, value in SWITCHES.items():
         monkeypatch.setenv(name, value)

@@ -34,8 +34,8 @@ from voxmill.audio.measure import file_peak_dbfs, measure_file
 from voxmill.audio.split import split_on_silence, stitch_transcripts
 from voxmill.audio.transcode import OutputSpec, partial_path, prepare_asr_input, transcode_audio
 from voxmill.catalog import ASR_MAX_SECONDS, ValidatedRequest, get_model
-from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient
 from voxmill.errors import AuthError, DiskFull, RateLimited, RunStopped, VoxmillError, disk_full_error, labelled
+from voxmill.http import SpeechResult, TranscriptResult, VoxmillClient
 from voxmill.identity import content_hash, file_hash
 from voxmill.ledger import DoneIndex, Ledger, LedgerRow, utc_now
 from voxmill.limiter import AsyncRateLimiter, build_limiter

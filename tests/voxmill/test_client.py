@@ -18,7 +18,6 @@ import respx
 
 from voxmill.audio.formats import wav_bytes
 from voxmill.catalog import validate
-from voxmill.client import SpeechResult, TranscriptResult, VoxmillClient, parse_retry_after
 from voxmill.errors import (
     AuthError,
     BadResponse,
@@ -30,6 +29,7 @@ from voxmill.errors import (
     ValidationError,
     VoxmillError,
 )
+from voxmill.http import SpeechResult, TranscriptResult, VoxmillClient, parse_retry_after
 from voxmill.limiter import AsyncRateLimiter
 from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings
 

@@ -24,8 +24,8 @@ from conftest import LocalServer
 
 from voxmill.audio.formats import check_audio_body, wav_bytes
 from voxmill.catalog import MODELS, ValidatedRequest, validate
-from voxmill.client import SpeechResult, VoxmillClient
 from voxmill.errors import AuthError, BadResponse, InvalidItem, RateLimited, TransientError, VoxmillError
+from voxmill.http import SpeechResult, VoxmillClient
 from voxmill.limiter import AsyncRateLimiter
 from voxmill.server import ServerConfig, request_content_hash, serve_in_thread
 from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings, Timeouts

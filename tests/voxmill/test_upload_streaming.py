@@ -7,7 +7,8 @@ from test_client_server import settings_for
 
 from voxmill.audio.formats import wav_bytes
 from voxmill.catalog import validate
-from voxmill.client import STREAM_UPLOAD_BYTES, VoxmillClient
+from voxmill.http import VoxmillClient
+from voxmill.http.client import STREAM_UPLOAD_BYTES
 
 
 async def test_a_large_upload_streams_from_disk_and_a_retry_resends_it_whole(make_server, tmp_path):

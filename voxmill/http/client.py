@@ -1,14 +1,15 @@
-"""The HTTP client of the audio API: one pooled ``httpx.AsyncClient``, one retry policy, typed results.
+"""The client of the audio API: one pooled ``httpx.AsyncClient``, one retry policy, typed results.
+
+The package keeps its layers apart: :mod:`~voxmill.http.status` (the status table), :mod:`~voxmill.http.retry`
+(the tenacity objects), :mod:`~voxmill.http.results` (typed results), :mod:`~voxmill.http.stream` (the
+WebSocket path); this module is the client that composes them.
 
 One request path, layered the httpx way: :meth:`VoxmillClient._send` builds the request once →
 ``_with_retries`` (the one tenacity policy) → ``_attempt`` (status table, parsing, limiter feedback) →
 ``_send_limited`` (a :class:`~voxmill.limiter.Limiter` slot and the timing) → the transport (one
-keep-alive connection per request in flight: :mod:`voxmill.lanes`). :data:`STATUS_TABLE` is the code
-that turns statuses into :mod:`voxmill.errors`: 401/403/402 → AuthError (stop the run); 429 →
-RateLimited (retried after at least Retry-After; the limiter lowers its rate); 408/409/425/5xx →
-TransientError (retried with backoff and jitter), like timeouts and resets; 3xx and other 4xx →
-InvalidItem (never retried). A 2xx whose body is not the asked audio/JSON is BadResponse (retried: a
-cut-off body is transient in practice);
+keep-alive connection per request in flight: :mod:`voxmill.lanes`).
+:data:`~voxmill.http.status.STATUS_TABLE` turns statuses into :mod:`voxmill.errors` (its module says how). A
+2xx whose body is not the asked audio/JSON is BadResponse (retried: a cut-off body is transient in practice);
 a 2xx audio with no samples is EmptyAudio (tried once more, then the item fails ``empty_audio``).
 
 Faults are retried up to ``RetryPolicy.max_attempts`` tries; 429s do not count towards them (the API pacing
@@ -22,15 +23,12 @@ request, and any text that might echo the key is scrubbed.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import json
 import logging
-import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -41,10 +39,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from voxmill.audio.formats import FORMATS, check_audio_body, detect_format
 from voxmill.catalog import UPLOAD_FILE_TYPES, UPLOAD_MODELS, ValidatedRequest
 from voxmill.errors import (
-    AuthError,
     BadResponse,
     ConfigError,
-    EmptyAudio,
     InvalidItem,
     RateLimited,
     RunStopped,
@@ -52,18 +48,20 @@ from voxmill.errors import (
     ValidationError,
     VoxmillError,
 )
+from voxmill.http.results import SpeechResult, TranscriptResult, float_or_none, segments_of
+from voxmill.http.retry import Retryable, Stop, Wait
+from voxmill.http.status import error_for_status, item_label
+from voxmill.http.stream import stream_speech
 from voxmill.identity import content_hash
 from voxmill.lanes import LaneTransport
 from voxmill.limiter import AsyncRateLimiter, Limiter, build_limiter
-from voxmill.settings import RetryPolicy, Settings
-from voxmill.timing import TimedText
+from voxmill.settings import Settings
 from voxmill.voices import VoiceCache
 
 logger = logging.getLogger(__name__)
 
 GENERATE_PATH = "/api/v1/generate"
 UPLOAD_PATH = "/api/v1/generate/upload"
-STREAM_PATH = "/api/v1/generate/ws"
 ENGINE_HEADER = "x-voxmill-engine"
 CREDITS_HEADER = "x-credits-remaining"
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
@@ -73,53 +71,11 @@ KEEPALIVE_EXPIRY_S = 30.0
 _BODY_PREVIEW = 500
 #: a 429/503 whose message says this is about requests in flight, not the rate: the in-flight limit is cut
 _TOO_MANY_IN_FLIGHT = re.compile(r"concurren|in[ -]flight|in[ -]progress|parallel", re.IGNORECASE)
-_AUTH_STATUSES = frozenset({401, 403})
 T = TypeVar("T")
-_RETRYABLE = (TransientError, RateLimited, BadResponse)
-#: an empty-audio 200 is tried this often in all: once more in case it was a glitch, never as if transient
-EMPTY_AUDIO_ATTEMPTS = 2
 _MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "m4a": "audio/mp4", "ogg": "audio/ogg", "webm": "audio/webm"}
 
 #: ``on_retry(item, error, attempt_number)``: called before each sleep between attempts
 RetryHook = Callable[[str | None, VoxmillError, int], None]
-
-
-@dataclass(frozen=True)
-class SpeechResult:
-    """Audio from a TTS model, checked to be complete audio in ``format``."""
-
-    audio: bytes
-    format: str
-    engine: str
-    request_id: str | None
-    credits_remaining: str | None
-    status: int
-    attempts: int
-    #: seconds of the successful attempt (request sent → body read), without waits and earlier tries
-    latency_s: float
-
-    def __repr__(self) -> str:
-        return (
-            f"SpeechResult(format={self.format!r}, bytes={len(self.audio)}, engine={self.engine!r}, "
-            f"attempts={self.attempts}, latency_s={self.latency_s:.3f})"
-        )
-
-
-@dataclass(frozen=True)
-class TranscriptResult:
-    """Text from an ASR model; ``raw`` keeps the whole JSON (or the text) as it came."""
-
-    text: str
-    language: str | None
-    duration: float | None
-    segments: tuple[TimedText, ...]
-    raw: dict[str, Any] | str
-    engine: str
-    request_id: str | None
-    credits_remaining: str | None
-    status: int
-    attempts: int
-    latency_s: float
 
 
 class VoxmillClient:
@@ -208,7 +164,7 @@ class VoxmillClient:
         """
         if request.model.kind == "tts" and request.params.get("stream"):
             raise InvalidItem(
-                f"{_label(item)}{request.model.name}: stream=true is not supported by generate(); "
+                f"{item_label(item)}{request.model.name}: stream=true is not supported by generate(); "
                 f"use stream_speech() for streaming, or stream=false for batch work"
             )
         parts = await self._multipart(request, item)
@@ -226,7 +182,7 @@ class VoxmillClient:
         """Text to speech; ``request`` must be for a TTS model."""
         if request.model.kind != "tts":
             raise ValidationError(
-                f"{_label(item)}{request.model.name} is a speech recognition model; use transcribe()",
+                f"{item_label(item)}{request.model.name} is a speech recognition model; use transcribe()",
                 param="model",
             )
         result = await self.generate(request, item=item)
@@ -237,7 +193,7 @@ class VoxmillClient:
         """Speech to text; ``request`` must be for an ASR model."""
         if request.model.kind != "asr":
             raise ValidationError(
-                f"{_label(item)}{request.model.name} is a text-to-speech model; use synthesize()",
+                f"{item_label(item)}{request.model.name} is a text-to-speech model; use synthesize()",
                 param="model",
             )
         result = await self.generate(request, item=item)
@@ -262,7 +218,7 @@ class VoxmillClient:
             check_audio_body(body, fmt)
         except BadResponse as exc:
             raise type(exc)(  # EmptyAudio stays EmptyAudio: it is retried at most once
-                f"{_label(item)}{request.model.name}: {exc.message}", status=response.status_code
+                f"{item_label(item)}{request.model.name}: {exc.message}", status=response.status_code
             ) from None
         return SpeechResult(
             audio=body,
@@ -296,7 +252,7 @@ class VoxmillClient:
             raw = json.loads(response.content)
         except ValueError:
             raise BadResponse(
-                f"{_label(item)}{model}: response_format=json but the body is not JSON: "
+                f"{item_label(item)}{model}: response_format=json but the body is not JSON: "
                 f"{self._preview(response.content)!r}",
                 status=response.status_code,
             ) from None
@@ -307,7 +263,7 @@ class VoxmillClient:
                 text = raw.get("transcription")
         if not isinstance(text, str):
             raise BadResponse(
-                f"{_label(item)}{model}: the JSON response holds neither 'text' nor 'transcription': "
+                f"{item_label(item)}{model}: the JSON response holds neither 'text' nor 'transcription': "
                 f"{self._preview(response.content)!r}",
                 status=response.status_code,
             )
@@ -315,8 +271,8 @@ class VoxmillClient:
         return TranscriptResult(
             text=text.strip(),
             language=language if isinstance(language, str) else None,
-            duration=_float_or_none(raw.get("duration")),
-            segments=_segments(raw.get("segments")),
+            duration=float_or_none(raw.get("duration")),
+            segments=segments_of(raw.get("segments")),
             raw=raw,
             **common,
         )
@@ -409,9 +365,9 @@ class VoxmillClient:
     async def _with_retries(self, attempt: Callable[[int], Awaitable[T]], item: str | None) -> T:
         """Run ``attempt(number)`` until it succeeds or the retry policy gives up (then its error)."""
         retrying = AsyncRetrying(
-            stop=(stop := _Stop(self._retry)),
-            wait=_Wait(self._retry, stop),
-            retry=retry_if_exception(_Retryable(self._retry)),
+            stop=(stop := Stop(self._retry)),
+            wait=Wait(self._retry, stop),
+            retry=retry_if_exception(Retryable(self._retry)),
             before_sleep=functools.partial(self._before_sleep, item),
             sleep=self._sleep,
             reraise=True,
@@ -487,7 +443,7 @@ class VoxmillClient:
     def _check_stop(self, item: str | None) -> None:
         reason = self.should_stop() if self.should_stop is not None else None
         if reason is not None:
-            raise RunStopped(f"{_label(item)}not sent: the run is stopping ({reason})")
+            raise RunStopped(f"{item_label(item)}not sent: the run is stopping ({reason})")
 
     async def _sleep(self, seconds: float) -> None:
         """Wait before a retry, waking early when the run stops (the next try then raises RunStopped)."""
@@ -500,12 +456,16 @@ class VoxmillClient:
     def _before_sleep(self, item: str | None, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, VoxmillError):
-            logger.debug("%sattempt %d failed, retrying: %s", _label(item), state.attempt_number, error)
+            logger.debug("%sattempt %d failed, retrying: %s", item_label(item), state.attempt_number, error)
             if self.on_retry is not None:
                 self.on_retry(item, error, state.attempt_number)
 
+    def stream_speech(self, request: ValidatedRequest, *, item: str | None = None) -> AsyncIterator[bytes]:
+        """Raw PCM frames from the WebSocket endpoint as they arrive (:func:`voxmill.http.stream.stream_speech`)."""
+        return stream_speech(self, request, item=item)
+
     def _transport_error(self, exc: httpx.HTTPError, item: str | None) -> VoxmillError:
-        label = _label(item)
+        label = item_label(item)
         reason = self._scrub(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, httpx.UnsupportedProtocol):
             return ConfigError(f"{label}cannot talk to {self.base_url} ({reason}): check VOXMILL_BASE_URL")
@@ -528,229 +488,7 @@ class VoxmillClient:
 
     # --- streaming ---------------------------------------------------------------------------------
 
-    async def stream_speech(self, request: ValidatedRequest, *, item: str | None = None) -> AsyncIterator[bytes]:
-        """Raw PCM (16-bit, 24 kHz, mono) frames from the WebSocket endpoint, as they arrive.
-
-        Holds one limiter slot for the whole stream and does not retry (audio may already have been
-        consumed). Files cannot travel on the WebSocket: upload the reference and pass ``voice_id``.
-        """
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-
-        label = _label(item)
-        model = request.model.name
-        if request.model.kind != "tts":
-            raise ValidationError(f"{label}{model}: only text-to-speech models stream", param="model")
-        if request.files():
-            raise InvalidItem(
-                f"{label}{model}: files cannot be sent on the WebSocket "
-                f"({', '.join(request.files())}); upload the reference with upload_voice() and pass voice_id"
-            )
-        params: dict[str, Any] = {"model": model}
-        params.update((k, v) for k, v in request.params.items() if k != "stream")
-        url = _ws_url(self.base_url) + STREAM_PATH
-        timeouts = self.settings.timeouts
-        completed = False
-        async with self.limiter.slot():
-            try:
-                async with connect(
-                    url,
-                    open_timeout=timeouts.connect,
-                    close_timeout=5,
-                    max_size=None,
-                    compression=None,
-                    logger=_KeyWithholdingLogger(_WS_LOGGER, self._secret),
-                ) as socket:
-                    await socket.send(json.dumps({"token": self._secret, "model": model}))
-                    await socket.send(json.dumps(params))
-                    while True:
-                        try:
-                            message = await asyncio.wait_for(socket.recv(), timeouts.read)
-                        except TimeoutError:
-                            raise TransientError(
-                                f"{label}{model}: no data on the stream for {timeouts.read:g} s"
-                            ) from None
-                        if isinstance(message, bytes):
-                            yield message
-                            continue
-                        try:
-                            event = json.loads(message)
-                        except ValueError:
-                            continue
-                        if not isinstance(event, dict):
-                            continue
-                        kind = event.get("type")
-                        if kind == "complete":
-                            completed = True
-                            break
-                        if kind == "error":
-                            raise _stream_error(label, model, self._scrub(json.dumps(event)[:_BODY_PREVIEW]))
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                if status in _AUTH_STATUSES:
-                    raise AuthError(
-                        f"{label}the API refused the key on the stream (HTTP {status}): check VOXMILL_API_KEY",
-                        status=status,
-                    ) from None
-                if status == 429:
-                    self.limiter.slow_down(None)
-                    raise RateLimited(f"{label}{model}: stream refused with HTTP 429") from None
-                if 400 <= status < 500:
-                    raise InvalidItem(f"{label}{model}: stream refused with HTTP {status}", status=status) from None
-                raise TransientError(f"{label}{model}: stream refused with HTTP {status}", status=status) from None
-            except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd is not None else None
-                reason = self._scrub(exc.rcvd.reason if exc.rcvd is not None else "")
-                if code in (1008, 4001, 4003, 4401, 4403):
-                    raise AuthError(
-                        f"{label}the stream was closed with code {code} ({reason}): check VOXMILL_API_KEY"
-                    ) from None
-                raise TransientError(
-                    f"{label}{model}: the stream closed before 'complete' (code {code}, {reason!r})"
-                ) from None
-            except (OSError, WebSocketException, TimeoutError) as exc:
-                raise TransientError(
-                    f"{label}{model}: stream to {url} failed ({self._scrub(f'{type(exc).__name__}: {exc}')})"
-                ) from None
-        if completed:
-            self.limiter.succeeded(None)
-
-
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-class _Wait:
-    """Backoff: exactly Retry-After (+ ≤ 5 %, ≤ 0.1 s jitter) after a 429 that had one; else capped
-    exponential ``initial * 2**(n-1)`` spread by ±``jitter`` (a fraction of the backoff), ``n`` counting this
-    request's faults only (429s before them do not lengthen a fault's backoff) or, after a 429, its tries."""
-
-    def __init__(self, policy: RetryPolicy, stop: _Stop) -> None:
-        self.policy = policy
-        self.stop = stop
-
-    def __call__(self, state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            return error.retry_after + random.uniform(0.0, min(0.1, 0.05 * error.retry_after))
-        policy = self.policy
-        # tenacity asks the wait before the stop: the stop has not counted this fault yet
-        n = state.attempt_number if isinstance(error, RateLimited) else self.stop.faults + 1
-        backoff = min(policy.max_backoff, policy.initial_backoff * 2 ** (n - 1))
-        spread = backoff * policy.jitter
-        return max(0.0, min(policy.max_backoff, backoff + random.uniform(-spread, spread)))
-
-
-class _Stop:
-    """When to give up (one instance per request): after ``max_attempts`` faulty tries, 429s not counted; on a
-    429 once ``rate_limited_deadline`` seconds have passed since the first try."""
-
-    __slots__ = ("policy", "faults")
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.faults = 0
-
-    def __call__(self, state: RetryCallState) -> bool:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, RateLimited):
-            return state.seconds_since_start is not None and state.seconds_since_start >= (
-                self.policy.rate_limited_deadline
-            )
-        self.faults += 1
-        return self.faults >= self.policy.max_attempts
-
-
-class _Retryable:
-    """Retry TransientError, RateLimited (unless Retry-After is over the cap) and BadResponse."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.max_retry_after = policy.max_retry_after
-
-    def __call__(self, error: BaseException) -> bool:
-        if isinstance(error, RateLimited):
-            return error.retry_after is None or error.retry_after <= self.max_retry_after
-        if isinstance(error, EmptyAudio):
-            return error.attempts < EMPTY_AUDIO_ATTEMPTS
-        return isinstance(error, _RETRYABLE)
-
-
-# --- the status table --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StatusRule:
-    """A row of :data:`STATUS_TABLE`: the statuses it covers, the error they become, the message.
-
-    ``message`` is formatted with ``label`` (the item), ``status``, ``base_url``, ``body`` (the first
-    500 bytes, key scrubbed), ``location`` (a redirect's target) and ``wait`` (a 429's Retry-After).
-    """
-
-    statuses: Container[int]
-    error: type[VoxmillError]
-    message: str
-
-
-#: what each non-2xx status means; the first row that covers a status wins
-STATUS_TABLE: tuple[StatusRule, ...] = (
-    StatusRule(frozenset({401, 403}), AuthError,
-               "{label}the API refused the key (HTTP {status}): check VOXMILL_API_KEY "
-               "(and VOXMILL_BASE_URL={base_url})"),
-    StatusRule(frozenset({402}), AuthError,
-               "{label}the API answered 402 Payment Required: the account behind VOXMILL_API_KEY has no credits "
-               "left; {body!r}"),
-    StatusRule(frozenset({429}), RateLimited,
-               "{label}rate limited by the API (HTTP 429, {wait}); voxmill slows down on its own: if this persists, "
-               "lower VOXMILL_CONCURRENCY or VOXMILL_RPS"),
-    StatusRule(frozenset({408, 409, 425}), TransientError, "{label}the API failed with HTTP {status}: {body!r}"),
-    StatusRule(range(500, 600), TransientError, "{label}the API failed with HTTP {status}: {body!r}"),
-    StatusRule(range(300, 400), InvalidItem,
-               "{label}the API redirected (HTTP {status}) to {location!r}: check VOXMILL_BASE_URL={base_url}"),
-    # 400/404/413/415/422 and any other status: this item as sent can never succeed
-    StatusRule(range(0, 1000), InvalidItem, "{label}the API rejected the request (HTTP {status}): {body!r}"),
-)
-
-
-def error_for_status(
-    response: httpx.Response, item: str | None, base_url: str, preview: Callable[[bytes], str]
-) -> VoxmillError | None:
-    """The error :data:`STATUS_TABLE` makes of ``response`` (None for a 2xx)."""
-    status = response.status_code
-    if 200 <= status < 300:
-        return None
-    rule = next(rule for rule in STATUS_TABLE if status in rule.statuses)
-    retry_after = parse_retry_after(response.headers.get("retry-after")) if status == 429 else None
-    message = rule.message.format(
-        label=_label(item),
-        status=status,
-        base_url=base_url,
-        body=preview(response.content),
-        location=response.headers.get("location"),
-        wait="no Retry-After" if retry_after is None else f"Retry-After {retry_after:g} s",
-    )
-    if rule.error is RateLimited:
-        return RateLimited(message, retry_after=retry_after)
-    return rule.error(message, status=status)
-
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP-date; None when absent or malformed."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        return None
-    return max(0.0, seconds)
 
 
 #: a file given by path larger than this is streamed from disk rather than read into memory
@@ -778,57 +516,12 @@ async def _file_part(name: str, value: Any, file_types: tuple[str, ...], item: s
                 return path.name, handle, _MIME.get(path.suffix.lower().lstrip("."), "application/octet-stream")
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
-            raise InvalidItem(f"{_label(item)}cannot read {name} {str(path)!r}: {exc.strerror}") from None
+            raise InvalidItem(f"{item_label(item)}cannot read {name} {str(path)!r}: {exc.strerror}") from None
         filename = path.name
     if isinstance(data, str):
-        raise InvalidItem(f"{_label(item)}{name}: the file was opened in text mode; open it with 'rb'")
+        raise InvalidItem(f"{item_label(item)}{name}: the file was opened in text mode; open it with 'rb'")
     extension = Path(filename).suffix.lower().lstrip(".")
     return filename, bytes(data), _MIME.get(extension, "application/octet-stream")
-
-
-_WS_LOGGER = logging.getLogger("websockets.client")
-#: a logged text holding this many consecutive characters of the key is withheld
-_KEY_SLICE = 8
-
-
-class _KeyWithholdingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """The WebSocket's logger: at DEBUG websockets logs every frame, the first one (which carries the key)
-    included, elided to its start and end; a record holding the key or any slice of it is withheld."""
-
-    def __init__(self, logger: logging.Logger, secret: str) -> None:
-        super().__init__(logger, {})
-        size = min(len(secret), _KEY_SLICE)
-        self._slices = frozenset(secret[i : i + size] for i in range(len(secret) - size + 1))
-
-    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        if not self.isEnabledFor(level):
-            return
-        try:
-            text = str(msg) % args if args else str(msg)
-        except (TypeError, ValueError):
-            text = " ".join(map(str, (msg, *args)))
-        if any(piece in text for piece in self._slices):
-            text = "(a WebSocket message holding the API key, not logged)"
-        self.logger.log(level, text, **kwargs)
-
-
-def _stream_error(label: str, model: str, detail: str) -> VoxmillError:
-    lowered = detail.lower()
-    if any(word in lowered for word in ("auth", "token", "api key", "unauthori", "forbidden")):
-        return AuthError(f"{label}the stream refused the key ({detail}): check VOXMILL_API_KEY")
-    return TransientError(f"{label}{model}: the stream reported an error: {detail}")
-
-
-def _ws_url(base_url: str) -> str:
-    if base_url.startswith("https://"):
-        return "wss://" + base_url[len("https://") :]
-    if base_url.startswith("http://"):
-        return "ws://" + base_url[len("http://") :]
-    return base_url
-
-
-def _label(item: str | None) -> str:
-    return f"{item}: " if item else ""
 
 
 def _request_id(response: httpx.Response) -> str | None:
@@ -840,34 +533,4 @@ def _request_id(response: httpx.Response) -> str | None:
     return None
 
 
-def _float_or_none(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
-def _segments(value: Any) -> tuple[TimedText, ...]:
-    if not isinstance(value, list):
-        return ()
-    segments = []
-    for entry in value:
-        if not isinstance(entry, Mapping):
-            continue
-        start, end = _float_or_none(entry.get("start")), _float_or_none(entry.get("end"))
-        text = entry.get("text")
-        if start is None or end is None or not isinstance(text, str):
-            continue
-        segments.append(TimedText(start, end, text.strip()))
-    return tuple(segments)
-
-
-__all__ = [
-    "RetryHook",
-    "SpeechResult",
-    "TranscriptResult",
-    "VoxmillClient",
-    "parse_retry_after",
-]
+__all__ = ["RetryHook", "VoxmillClient"]
