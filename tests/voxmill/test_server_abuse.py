@@ -21,8 +21,8 @@ from conftest import LocalServer
 from websockets.sync.client import connect
 
 from voxmill.server import RunningServer, ServerConfig, serve_in_thread
-from voxmill.server.app import _Service
 from voxmill.server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_UPLOAD_BYTES
+from voxmill.server.service import Service as _Service
 
 MiB = 1024 * 1024
 BOUNDARY = "voxmillabuse"

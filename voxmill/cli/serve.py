@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from voxmill.errors import ConfigError
-from voxmill.server.app import ServerConfig, create_app
+from voxmill.server.app import create_app
 from voxmill.server.faults import OVERLOAD_MODES, FaultConfig
 from voxmill.server.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -19,6 +19,7 @@ from voxmill.server.limits import (
     DEFAULT_MAX_UPLOAD_BYTES,
 )
 from voxmill.server.running import DEFAULT_HOST
+from voxmill.server.service import ServerConfig
 
 DEFAULT_PORT = 8765
 TOKEN_ENV = "VOXMILL_LOCAL_TOKEN"

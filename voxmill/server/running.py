@@ -10,7 +10,8 @@ from types import TracebackType
 from typing import Any
 
 from voxmill.errors import ConfigError
-from voxmill.server.app import ServerConfig, create_app
+from voxmill.server.app import create_app
+from voxmill.server.service import ServerConfig
 
 DEFAULT_HOST = "127.0.0.1"
 
