@@ -83,6 +83,10 @@ def heading_family(block: Block) -> str | None:
     return None
 
 
+#: a section of one paragraph this short is a heading that lost its chapter (a chapter of one long paragraph is not)
+HEADING_WORDS = 15
+
+
 def refine_sections(entries: Sequence[RawSection]) -> list[Section]:
     """The entries split at the headings their text holds (see the module docstring), as sections."""
     sizes = [e.words for e in entries if e.words]
@@ -159,7 +163,8 @@ def _fold_heading_only(sections: list[Section]) -> list[Section]:
     folded: list[Section] = []
     carried: list[str] = []
     for section in sections:
-        heading_only = len(section.paragraphs) <= 1 and section.kind is None
+        heading_only = (section.kind is None and len(section.paragraphs) <= 1
+                        and sum(len(p.split()) for p in section.paragraphs) <= HEADING_WORDS)
         if heading_only and folded and skip_reason(folded[-1].title, folded[-1].kind) == "contents":
             folded[-1].paragraphs.extend(section.paragraphs)
             continue
