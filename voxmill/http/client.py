@@ -72,6 +72,7 @@ _BODY_PREVIEW = 500
 #: a 429/503 whose message says this is about requests in flight, not the rate: the in-flight limit is cut
 _TOO_MANY_IN_FLIGHT = re.compile(r"concurren|in[ -]flight|in[ -]progress|parallel", re.IGNORECASE)
 T = TypeVar("T")
+R = TypeVar("R", SpeechResult, TranscriptResult)
 _MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "m4a": "audio/mp4", "ogg": "audio/ogg", "webm": "audio/webm"}
 
 #: ``on_retry(item, error, attempt_number)``: called before each sleep between attempts
@@ -180,24 +181,20 @@ class VoxmillClient:
 
     async def synthesize(self, request: ValidatedRequest, *, item: str | None = None) -> SpeechResult:
         """Text to speech; ``request`` must be for a TTS model."""
-        if request.model.kind != "tts":
-            raise ValidationError(
-                f"{item_label(item)}{request.model.name} is a speech recognition model; use transcribe()",
-                param="model",
-            )
-        result = await self.generate(request, item=item)
-        assert isinstance(result, SpeechResult)
-        return result
+        return await self._generate_as(request, item, SpeechResult)
 
     async def transcribe(self, request: ValidatedRequest, *, item: str | None = None) -> TranscriptResult:
         """Speech to text; ``request`` must be for an ASR model."""
-        if request.model.kind != "asr":
-            raise ValidationError(
-                f"{item_label(item)}{request.model.name} is a text-to-speech model; use synthesize()",
-                param="model",
-            )
+        return await self._generate_as(request, item, TranscriptResult)
+
+    async def _generate_as(self, request: ValidatedRequest, item: str | None, result_type: type[R]) -> R:
+        kind, other = ("tts", "transcribe()") if result_type is SpeechResult else ("asr", "synthesize()")
+        if request.model.kind != kind:
+            what = "a speech recognition" if kind == "tts" else "a text-to-speech"
+            raise ValidationError(f"{item_label(item)}{request.model.name} is {what} model; use {other}",
+                                  param="model")
         result = await self.generate(request, item=item)
-        assert isinstance(result, TranscriptResult)
+        assert isinstance(result, result_type)
         return result
 
     async def _multipart(self, request: ValidatedRequest, item: str | None) -> list[tuple[str, Any]]:
