@@ -78,7 +78,7 @@ def test_sigkill_at_several_points_then_resume(make_server, prefect_api, tmp_pat
         assert wait_until(reached, process), process.stdout.read().decode()[-3000:]
         process.send_signal(signal.SIGKILL)
         process.wait()
-        time.sleep(0.5)  # let the server finish what the dead client had asked for
+        server.wait_for(lambda stats: stats["in_flight"] == 0)  # the server finished what the dead client asked
         generated = {h for h, n in server.stats()["generations"].items() if n}
         recorded = done_ids(out)
         in_flight_at_kill.append({i for i, h in hash_of.items() if h in generated and i not in recorded})
