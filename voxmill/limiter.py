@@ -211,7 +211,7 @@ class AsyncRateLimiter:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self._give_slot()  # handed over as we were cancelled: pass it on
-            else:
+            elif waiter in self._waiters:  # _wake drops a cancelled waiter on its own: it may be gone already
                 self._waiters.remove(waiter)
             raise
         self._blocked = self._blocked * (1.0 - _PACED_WEIGHT) + _PACED_WEIGHT

@@ -515,8 +515,8 @@ RUN_ONE = (
     "from prefect.deployments import run_deployment\n"
     f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
     "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3],"
-    f" 'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'output_format': 'wav', 'max_concurrent': 2}},"
-    " timeout=0)\n"
+    f" 'options': {{'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'max_concurrent': 2}},"
+    " 'output_format': 'wav'}, timeout=0)\n"
     "print(run.id)\n"
 )
 READ_STATE = (

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from voxmill.limiter import AsyncRateLimiter, memory_ceiling
 from voxmill.progress import ProgressBoard
 from voxmill.rate import ConcurrencyControl, FileSource, LocalSource, RateControl
@@ -91,3 +93,24 @@ def test_the_progress_line_shows_requests_in_flight_and_the_learned_limit():
     board = ProgressBoard(total=10, done=3, in_flight=7, api_rate=9.5, requests_in_flight=5, in_flight_limit=12)
     line = board.snapshot().log_line()
     assert "requests in flight 5/12" in line and "API rate 9.5/s" in line
+
+
+async def test_a_cancelled_waiter_already_dropped_by_a_release_leaves_cleanly():
+    """A run that stops cancels requests waiting for a slot; a release in the same step drops the cancelled waiter
+    before its task resumes: the task must end cancelled, not with "not in deque", and the slot stay usable."""
+    limiter = AsyncRateLimiter(RateLimit(max_concurrent=1, adaptive=False))
+    held = limiter.slot()
+    await held.__aenter__()  # the test holds the only slot
+
+    async def wait_for_a_slot() -> None:
+        async with limiter.slot():
+            pass
+
+    waiting = asyncio.create_task(wait_for_a_slot())
+    await asyncio.sleep(0)  # it waits in line
+    waiting.cancel()  # its waiter is cancelled at once; the task itself resumes later
+    await held.__aexit__(None, None, None)  # the release runs first and drops the cancelled waiter
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    async with asyncio.timeout(2), limiter.slot():
+        assert limiter.in_flight == 1

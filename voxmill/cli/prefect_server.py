@@ -106,6 +106,9 @@ def prepare_prefect(verbose: bool) -> None:
         # processing items…" ends many runs, and a restarting Prefect server dumps whole events and "Unable to
         # connect to …/events/in" warnings. Not the user's story: the job goes on either way.
         os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "CRITICAL")
+        # run logs go to the Prefect server too; while it is away Prefect's log shipper writes "--- Error logging
+        # to API ---" straight to stderr unless logging errors are silenced (the stdlib's switch for production)
+        logging.raiseExceptions = False
         for name in ("EventsWorker", "APILogWorker", "prefect.events.clients"):
             # a filter, not a level: Prefect's logging setup resets the levels of loggers under "prefect"
             logging.getLogger(name).addFilter(_drop_below_critical)
