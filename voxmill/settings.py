@@ -100,7 +100,7 @@ class ApiKey:
         if self._reload is None:
             raise TypeError(
                 "this ApiKey has no recipe to reload it and cannot be pickled; "
-                "give workers VOXMILL_API_KEY or a Prefect Secret block (flow parameter api_key_block)"
+                "give workers VOXMILL_API_KEY or a Prefect Secret block (run option api_key_block)"
             )
         return self._reload
 

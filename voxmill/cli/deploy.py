@@ -206,7 +206,7 @@ def _cmd_secret(args: argparse.Namespace) -> int:
     if not value.strip():
         raise ConfigError("no key given: set VOXMILL_API_KEY or type it at the prompt")
     Secret(value=value.strip()).save(args.name, overwrite=True)
-    print(f"saved the key in Secret block {args.name!r}; flows read it with api_key_block={args.name!r} "
+    print(f"saved the key in Secret block {args.name!r}; flows read it with options.api_key_block={args.name!r} "
           "(the deployments' default)")
     return 0
 
