@@ -61,6 +61,10 @@ class RedisSource(FileSource):
         self._fallback: LocalSource | None = None
         self._retry_at = 0.0
         self._switches = 0
+        # FileSource's latency estimate, kept per worker; the in-flight limit is learned per worker too (the store
+        # shares the rate): a local source holds it
+        self._latency = 0.0
+        self._in_flight_here = LocalSource(RateControl.fixed_at(None))
         self._try(lambda control, now: None)
 
     # --- the store, or the fallback -------------------------------------------------------------------
@@ -146,13 +150,24 @@ class RedisSource(FileSource):
         first, interval, count = booked[0]
         return Lease(first - offset, interval, count, self.epoch)
 
-    def succeeded(self, grew: bool, ceiling: float | None) -> None:
+    def succeeded(self, grew: bool, ceiling: float | None, latency: float | None = None) -> None:
         if self._fallback is not None:
-            self._fallback.succeeded(grew, ceiling)
+            self._fallback.succeeded(grew, ceiling, latency)
             return
         # FileSource buffers with wall times: here the store's clock is the one that matters, and a
         # success is ≤ one lease old when it is written, so the local wall clock is close enough
-        super().succeeded(grew, ceiling)
+        super().succeeded(grew, ceiling, latency)
+
+    # --- the in-flight limit: this worker's own ---------------------------------------------------------
+
+    def in_flight_limit(self, ceiling: int, in_flight: int) -> int:
+        return self._in_flight_here.in_flight_limit(ceiling, in_flight)
+
+    def finished(self, latency: float, in_flight: int, bound: bool, ceiling: int) -> None:
+        self._in_flight_here.finished(latency, in_flight, bound, ceiling)
+
+    def overloaded(self, in_flight: int) -> None:
+        self._in_flight_here.overloaded(in_flight)
 
     def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
         if self._fallback is not None:
