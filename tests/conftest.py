@@ -134,14 +134,36 @@ def null_server(make_server: Callable[..., LocalServer]) -> LocalServer:
     return make_server()
 
 
+def _wait_healthy(api_url: str, timeout: float) -> None:
+    """Wait for the Prefect API at ``api_url`` (started by tests/run_suite.py beside the workers) to answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"the suite's shared Prefect API {api_url} did not answer in {timeout} s"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
-    """A Prefect test harness (temporary database and API) for the session; yields its API URL.
+    """A Prefect API for the session; yields its URL. ``make test`` starts one for all its xdist workers and
+    names it in ``VOXMILL_TEST_PREFECT_API_URL`` (every test filters what it reads by its own run id or key);
+    otherwise a Prefect test harness (temporary database and API) for this process.
 
     Subprocesses given ``PREFECT_API_URL`` use it too, so they skip Prefect's ~10–20 s ephemeral start.
     """
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    shared = os.environ.get("VOXMILL_TEST_PREFECT_API_URL")
+    if shared:
+        _wait_healthy(shared, timeout=120.0)
+        with temporary_settings(updates={PREFECT_API_URL: shared}):
+            yield shared
+        return
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

@@ -33,6 +33,10 @@ from voxmill.ledger import Ledger
 from voxmill.server import request_content_hash
 
 REPO = Path(__file__).resolve().parents[2]
+#: make test's parallel stage (``--dist loadgroup``) runs each group on one xdist worker, with that worker's own
+#: stack: two stacks side by side halve the longest chain of the suite (one stack held every test: ~9 min under load)
+STACK_A = pytest.mark.xdist_group("deploy-stack-a")
+STACK_B = pytest.mark.xdist_group("deploy-stack-b")
 
 
 def _free_port() -> int:
@@ -136,6 +140,7 @@ READ_RESULT = (
 )
 
 
+@STACK_A
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_make_deploy_runs_every_deployment_shards_and_persists_a_failed_result(stack: Stack, clone: Path, tmp_path):
@@ -239,6 +244,7 @@ def _ended(process: subprocess.Popen) -> tuple[str, str]:
     return state, message or ""
 
 
+@STACK_B
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(stack: Stack, make_server, tmp_path):
@@ -348,6 +354,7 @@ RUN_SHARDED_URL = (
 )
 
 
+@STACK_A
 @pytest.mark.slow
 @pytest.mark.prefect
 def test_three_shards_from_a_bucket_into_a_bucket(stack: Stack, bucket, make_server, tmp_path):
@@ -391,6 +398,7 @@ RUN_SHARDED_KILL = (
 )
 
 
+@STACK_A
 @pytest.mark.slow
 @pytest.mark.prefect
 def test_a_shard_killed_mid_run_into_a_bucket_then_rerun_pays_only_what_no_segment_held(
@@ -445,6 +453,7 @@ def test_a_shard_killed_mid_run_into_a_bucket_then_rerun_pays_only_what_no_segme
     print(f"recorded at the kill: {len(recorded_at_kill)}/{len(killed_slice)}; lost at the kill: {len(in_flight)}")
 
 
+@STACK_B
 @pytest.mark.slow
 @pytest.mark.prefect
 def test_three_workers_with_no_shared_disk_run_sharded_jobs_bucket_to_bucket(
@@ -559,6 +568,7 @@ def _run_state(stack: Stack, run_id: str) -> str | None:
     return output.strip() or None
 
 
+@STACK_B
 @pytest.mark.slow
 def test_prefect_server_restart_mid_run_of_a_worker_run_pays_nothing_twice(stack: Stack, make_server, tmp_path):
     """A deployment run executed by the worker while `make deploy`'s Prefect server is killed for 10 s and started
@@ -599,6 +609,7 @@ def test_prefect_server_restart_mid_run_of_a_worker_run_pays_nothing_twice(stack
     print(f"the worker's run ended {state} after a 10 s Prefect outage; paid twice: {twice}")
 
 
+@STACK_B
 @pytest.mark.slow
 def test_prefect_server_restart_mid_cli_run_pays_nothing_twice_and_stays_quiet(stack: Stack, make_server, tmp_path):
     """`voxmill synthesize` against `make deploy`'s server, killed for 10 s mid-run and started again: the job

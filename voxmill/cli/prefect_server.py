@@ -49,11 +49,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def owned_prefect_server(timeout: float = 120.0) -> Iterator[str]:
-    """Start Prefect's API on a free loopback port for this ``with`` block; yields its API URL."""
-    port = _free_port()
+def owned_prefect_server(
+    timeout: float = 120.0, home: str | None = None, port: int | None = None
+) -> Iterator[str]:
+    """Start Prefect's API on a loopback port (default: a free one) for this ``with`` block; yields its API URL.
+    ``home``: its ``PREFECT_HOME`` (where its SQLite database lives; default: this process's)."""
+    port = port or _free_port()
     parent = os.getpid()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    if home is not None:
+        env["PREFECT_HOME"] = home
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
            "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
     with tempfile.TemporaryFile() as log:
