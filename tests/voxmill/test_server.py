@@ -399,11 +399,13 @@ def test_stats_count_requests_statuses_generations_and_uploads(null_server):
     assert stats["generations_total"] == 3
     assert stats["generations_by_model"] == {"higgs2p5": 2, "whisper_v3_turbo": 1}
     assert stats["uploads"] == 1
+    arrived = stats["arrived"]
     null_server.reset_stats()
     assert null_server.stats() == {"requests": 0, "by_status": {}, "resets": 0, "generations_total": 0,
                                    "generations": {}, "generations_by_model": {}, "truncations_total": 0,
                                    "truncations": {}, "uploads": 0, "empty_audio": 0, "in_flight": 0,
-                                   "in_flight_high": 0, "queued": 0, "queued_high": 0}
+                                   "in_flight_high": 0, "queued": 0, "queued_high": 0,
+                                   "arrived": arrived, "settled_through": arrived}  # arrival numbers go on
     credits = generate(null_server, tts).headers["x-credits-remaining"]
     assert credits == "999999"
 
@@ -489,6 +491,28 @@ def test_in_flight_gauge_and_high_water_mark(make_server):
     assert (stats["in_flight"], stats["in_flight_high"]) == (0, 3)
     server.reset_stats()
     assert server.stats()["in_flight_high"] == 0
+
+
+def test_settled_through_tells_when_every_request_of_a_dead_client_was_served(make_server):
+    """A killed client's requests go on being served (and billed) on the server: a test waits for
+    ``settled_through`` to pass the ``arrived`` it noted at the kill, while newer requests stay in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = make_server(latency_ms=600)
+    with ThreadPoolExecutor(4) as pool:
+        first = [pool.submit(generate, server, {"model": "higgs2p5", "text": f"first {i}"}) for i in range(2)]
+        server.wait_for(lambda s: s["in_flight"] == 2)
+        arrived = server.stats()["arrived"]
+        assert server.stats()["settled_through"] < arrived, "two requests still in flight"
+        later = [pool.submit(generate, server, {"model": "higgs2p5", "text": f"later {i}"}) for i in range(2)]
+        server.wait_for(lambda s: s["arrived"] == arrived + 2)
+        stats = server.wait_for(lambda s: s["settled_through"] >= arrived)
+        firsts = {request_content_hash({"model": "higgs2p5", "text": f"first {i}"}, {}) for i in range(2)}
+        assert firsts <= set(stats["generations"]), "both of the noted requests were billed"
+        assert stats["settled_through"] < stats["arrived"] and stats["in_flight"] >= 1, "the later ones still run"
+        assert all(f.result().status_code == 200 for f in first + later)
+    stats = server.stats()
+    assert stats["settled_through"] == stats["arrived"] == arrived + 2 and stats["generations_total"] == 4
 
 
 def test_max_in_flight_answers_429_past_the_cap(make_server):

@@ -141,8 +141,14 @@ def create_app(config: ServerConfig) -> Starlette:
     service = Service(config)
 
     async def guarded(request: Request, handler: Callable[[Form, dict[str, str]], Any]) -> Response:
+        arrival = service.stats.record_request()
+        try:
+            return await answer(request, handler)
+        finally:
+            service.stats.settle(arrival)
+
+    async def answer(request: Request, handler: Callable[[Form, dict[str, str]], Any]) -> Response:
         headers = {"x-request-id": uuid.uuid4().hex, "x-voxmill-engine": service.engine_label(None)}
-        service.stats.record_request()
         body = LimitedReceive(request.receive, config.max_upload_bytes, config.body_timeout_s)
         if not service.authorized(request.headers.get("authorization")):
             return await _finish(Reply(401, "missing or wrong bearer token (Authorization: Bearer <token>)"),

@@ -6,6 +6,11 @@ client that retries after a truncated body pays twice, and tests can see that. 4
 validation errors are never generations. ``in_flight`` is a gauge of generate/upload requests being served now
 (holding one of ``max_in_flight`` slots, body read), ``in_flight_high`` its high-water mark since the last
 reset; ``queued``/``queued_high`` the same for requests held waiting for a slot (``overload="queue"``).
+``arrived`` numbers the generate/upload requests since the server started (1, 2, …; never reset), and
+``settled_through`` is the arrival number up to which every request has been answered or dropped: a test that
+kills a client notes ``arrived`` and waits for ``settled_through`` to reach it,
+and then knows the server has finished (and billed) whatever the dead client had asked for, while other clients'
+requests keep arriving.
 ``by_status`` counts every answered status, 413/408 body refusals and unexpected 500s included;
 ``empty_audio`` counts 200s whose audio holds no samples. Counting happens
 before the body is sent, so a client that has read its response always finds it in ``GET /admin/stats``.
@@ -54,12 +59,25 @@ class ServerStats:
     in_flight_high: int = 0
     queued: int = 0
     queued_high: int = 0
+    #: arrival numbers of the requests not yet answered or dropped
+    _open: set[int] = field(default_factory=set, repr=False, compare=False)
+    _arrived: int = field(default=0, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def record_request(self) -> None:
-        """A generate or upload request arrived (HTTP or WebSocket)."""
+    def record_request(self) -> int:
+        """A generate or upload request arrived (HTTP or WebSocket); returns its arrival number, for
+        :meth:`settle`."""
         with self._lock:
             self.requests += 1
+            self._arrived += 1
+            self._open.add(self._arrived)
+            return self._arrived
+
+    def settle(self, arrival: int) -> None:
+        """The request with this arrival number was answered (its generation, if any, already counted) or
+        dropped."""
+        with self._lock:
+            self._open.discard(arrival)
 
     def record_status(self, status: int) -> None:
         """A response with this status was sent (WebSocket sessions count as 101)."""
@@ -143,6 +161,8 @@ class ServerStats:
                 "in_flight_high": self.in_flight_high,
                 "queued": self.queued,
                 "queued_high": self.queued_high,
+                "arrived": self._arrived,
+                "settled_through": min(self._open) - 1 if self._open else self._arrived,
             }
 
 

@@ -24,11 +24,10 @@ async def serve_stream(service: Service, websocket: WebSocket) -> None:
     """``/api/v1/generate/ws``: auth message, request message, PCM frames, ``{"type": "complete"}``."""
     await websocket.accept()
     request_id = uuid.uuid4().hex
-    counted = False
+    arrival: int | None = None
     try:
         hello = await _receive_object(websocket)
-        service.stats.record_request()
-        counted = True
+        arrival = service.stats.record_request()
         if not service.authorized(str(hello.get("token") or ""), bearer=False):
             raise Reply(401, "missing or wrong token in the first message")
         body = await _receive_object(websocket)
@@ -73,7 +72,7 @@ async def serve_stream(service: Service, websocket: WebSocket) -> None:
         service.stats.record_status(101)
         await websocket.close(1000)
     except Reply as reply:
-        if counted:
+        if arrival is not None:
             service.stats.record_status(reply.status)
         await websocket.send_json({"type": "error", "status": reply.status, "request_id": request_id,
                                    **reply.body(), **reply.headers})
@@ -86,9 +85,12 @@ async def serve_stream(service: Service, websocket: WebSocket) -> None:
         pass
     except Exception:  # an engine or library failure: counted, and the client told, like an HTTP 500
         log.exception("unhandled error in a WebSocket stream")
-        if counted:
+        if arrival is not None:
             service.stats.record_status(500)
         await websocket.close(1011, "internal error in the local server")
+    finally:
+        if arrival is not None:
+            service.stats.settle(arrival)
 
 
 async def _receive_object(websocket: WebSocket) -> dict[str, Any]:
