@@ -359,7 +359,7 @@ class BatchEngine:
             sha256=info.sha256,
             transcript=text,
             language=last.language or item.params.get("language"),
-            wer=round(word_error_rate(item.reference_text, text), 4) if item.reference_text else None,
+            wer=_wer(item, text),
             qc_compression_ratio=qc.compression_ratio,
             qc_chars_per_s=qc.chars_per_s,
             qc_flags=qc.flags_text,
@@ -403,6 +403,8 @@ class BatchEngine:
         output_path = str(pairs[0][1].relative_to(self.job.out_dir))
         values = {**source_row.to_dict(), **self._base(item, key, utc_now()), "output_path": output_path,
                   "reused_from": source_row.id, "attempts": 0, "latency_s": 0.0, "request_id": None}
+        if item.kind == "asr":  # the same audio, but this item's own reference: its WER is its own
+            values["wer"] = _wer(item, source_row.transcript or "")
         return LedgerRow.from_dict(values)
 
     # --- rows ---------------------------------------------------------------------------------------
@@ -463,6 +465,11 @@ class BatchEngine:
             self.progress.add(done=1)
         else:
             self.progress.add(failed=1)
+
+
+def _wer(item: WorkItem, transcript: str) -> float | None:
+    """The word error rate of ``transcript`` against ``item``'s reference text (None: it has none)."""
+    return round(word_error_rate(item.reference_text, transcript), 4) if item.reference_text else None
 
 
 def _adopt_outputs(pairs: Sequence[tuple[Path, Path]], source_row: LedgerRow) -> bool:

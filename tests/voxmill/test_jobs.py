@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from manifest_files import write_manifest
@@ -123,6 +124,31 @@ def test_reuse_takes_only_the_output_the_identical_item_made(real_server, tmp_pa
     assert real_server.stats()["generations_total"] == 1
     assert file_hash(out / "audio" / "c.wav") == made["a"]["sha256"]
     assert not list((out / "audio").glob(".*.part"))
+
+
+def test_a_reused_transcript_is_scored_against_the_reusing_items_own_reference(null_server, tmp_path):
+    """Identical audio is transcribed once; the reference text is not part of the request, so each row's WER
+    is computed from its own reference, not copied from the row it reuses."""
+    from voxmill.audio.formats import wav_bytes
+    from voxmill.server import NULL_TRANSCRIPT
+
+    audio = tmp_path / "clip.wav"
+    audio.write_bytes(wav_bytes(np.zeros(16000, dtype=np.int16), 16000))
+    out, settings = tmp_path / "out", settings_for(null_server, tmp_path)
+    columns = ["id", "audio", "reference_text"]
+    first = write_manifest(tmp_path / "1.csv", [{"id": "a", "audio": str(audio), "reference_text": "other words"}],
+                           columns)
+    assert run_job(JobRequest("asr", str(first), out), settings).ok
+    second = write_manifest(tmp_path / "2.csv", [{"id": "b", "audio": str(audio), "reference_text": NULL_TRANSCRIPT}],
+                            columns)
+    null_server.reset_stats()
+    summary = run_job(JobRequest("asr", str(second), out), settings)
+    assert summary.ok and summary.reused == 1 and null_server.stats()["generations_total"] == 0
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert rows["b"]["reused_from"] == "a" and rows["b"]["transcript"] == rows["a"]["transcript"] == NULL_TRANSCRIPT
+    assert rows["a"]["wer"] == pytest.approx(word_error_rate("other words", NULL_TRANSCRIPT), abs=1e-4)
+    assert rows["a"]["wer"] > 0.5
+    assert rows["b"]["wer"] == 0.0
 
 
 def test_transient_faults_retry_without_double_billing(make_server, tmp_path):
