@@ -64,6 +64,12 @@ class LocalServer:
                 raise AssertionError(f"server stats never matched within {timeout:g} s: {stats}")
             time.sleep(0.02)
 
+    def wait_settled(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until every request that has arrived so far is answered (and billed): after killing one client
+        among several, what the dead one had sent is then counted, while the others' newer requests go on."""
+        arrived = self.stats()["arrived"]
+        return self.wait_for(lambda stats: stats["settled_through"] >= arrived, timeout)
+
     def reset_stats(self) -> None:
         """``POST /admin/reset``: counters, credits and fault memory back to zero."""
         httpx.post(f"{self.base_url}/admin/reset", headers=self.headers).raise_for_status()

@@ -263,8 +263,7 @@ def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(s
             raise AssertionError(f"shard 0 never got going: {parent.communicate()[1][-3000:]}")
         time.sleep(0.1)
     os.kill(_holder_of(Ledger(killed).journal_dir / ".lock"), signal.SIGKILL)  # the shard's flow-run process
-    arrived = server.stats()["arrived"]  # the server finishes (and bills) what the dead shard had asked for
-    server.wait_for(lambda stats: stats["settled_through"] >= arrived)
+    server.wait_settled()  # the server finishes (and bills) what the dead shard had asked for
     generated_at_kill = {h for h, n in server.stats()["generations"].items() if n}
     recorded_at_kill = _done_ids(killed)
 
@@ -430,8 +429,7 @@ def test_a_shard_killed_mid_run_into_a_bucket_then_rerun_pays_only_what_no_segme
         time.sleep(0.2)
     holder = json.loads(bucket.cat_file(f"{BUCKET}/killed/shards/0-of-2/{LEASE_FILE}"))
     os.kill(holder["pid"], signal.SIGKILL)  # the shard's flow-run process, named by its lease
-    arrived = server.stats()["arrived"]  # the server finishes (and bills) what the dead shard had asked for
-    server.wait_for(lambda stats: stats["settled_through"] >= arrived)
+    server.wait_settled()  # the server finishes (and bills) what the dead shard had asked for
     generated_at_kill = {h for h, n in server.stats()["generations"].items() if n}
     recorded_at_kill = done_ids(killed)
 

@@ -139,8 +139,7 @@ def test_kill_9_then_rerun_pays_only_what_no_segment_recorded(s3_bucket, make_se
         time.sleep(0.05)
     process.kill()
     process.wait()
-    arrived = server.stats()["arrived"]  # what the server was doing for the dead run ends (and is billed)
-    server.wait_for(lambda stats: stats["settled_through"] >= arrived)
+    server.wait_settled()  # what the server was doing for the dead run ends (and is billed)
     recorded = set(remote.read_table(["id", "status"])["id"].to_pylist())
     paid_at_kill = server.stats()["generations_total"]
     assert 6 <= len(recorded) < len(texts) and remote.exists(LEASE_FILE), "killed mid-run, its lease left behind"
