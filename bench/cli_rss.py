@@ -16,6 +16,7 @@ exiting (the baseline: what every command pays for Python, pyarrow, httpx…), `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import secrets
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,16 +61,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=2000, help="rows of the synthesize run (default 2000)")
-    args = parser.parse_args(argv)
-    from tests.hostile_files import zip_bomb_epub
-
+@contextlib.contextmanager
+def null_server(*extra: str) -> Iterator[tuple[int, str]]:
+    """``voxmill serve --engine null`` (plus ``extra`` flags) in its own process on a free port: (port, token)."""
     token, port = secrets.token_urlsafe(12), _free_port()
-    python = sys.executable
-    server = subprocess.Popen([python, "-m", "voxmill.cli", "serve", "--engine", "null", "--port", str(port),
-                               "--token", token], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([sys.executable, "-m", "voxmill.cli", "serve", "--engine", "null", "--port", str(port),
+                               "--token", token, *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -76,9 +75,23 @@ def main(argv: list[str] | None = None) -> None:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("the local server did not start") from None
                 time.sleep(0.2)
+        yield port, token
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=2000, help="rows of the synthesize run (default 2000)")
+    args = parser.parse_args(argv)
+    from tests.hostile_files import zip_bomb_epub
+
+    python = sys.executable
+    with null_server() as (port, token):
         with tempfile.TemporaryDirectory(prefix="voxmill-cli-rss-") as work_dir:
             work = Path(work_dir)
             manifest = work / "m.csv"
@@ -99,9 +112,6 @@ def main(argv: list[str] | None = None) -> None:
                                                              "--list"]),
             ]
             rows = [(name, *run_with_own_peak(cmd, env)) for name, cmd in runs]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     load = os.getloadavg()[0]
     print(f"\nCLI peak RSS (its own process, VmHWM polled every 20 ms); load average {load:.1f}, "
           f"{os.cpu_count()} cores\n")
