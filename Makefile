@@ -61,6 +61,7 @@ undeploy:
 bench: setup
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/upload_rss.py
 
 chaos: setup
 	$(BIN)/python bench/chaos.py

@@ -65,23 +65,25 @@ def _free_port() -> int:
 def null_server(*extra: str) -> Iterator[tuple[int, str]]:
     """``voxmill serve --engine null`` (plus ``extra`` flags) in its own process on a free port: (port, token)."""
     token, port = secrets.token_urlsafe(12), _free_port()
+    log = tempfile.TemporaryFile("w+")
     server = subprocess.Popen([sys.executable, "-m", "voxmill.cli", "serve", "--engine", "null", "--port", str(port),
-                               "--token", token, *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                               "--token", token, *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the local server did not start") from None
+                    log.seek(0)
+                    raise SystemExit(f"the local server did not start:\n{log.read()[-2000:]}") from None
                 time.sleep(0.2)
         yield port, token
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
 def main(argv: list[str] | None = None) -> None:
