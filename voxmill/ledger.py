@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from voxmill.errors import ConfigError, DiskFull, disk_full_error
-from voxmill.identity import id_hash64
+from voxmill.identity import id_hash64, id_hashes64
 
 RESULTS_FILE = "results.parquet"
 #: results.parquet's metadata key holding the run record (JSON)
@@ -129,6 +129,9 @@ for _digit, _char in enumerate("0123456789abcdef"):
     _HEX_VALUES[ord(_char)] = _HEX_VALUES[ord(_char.upper())] = _digit
 #: rows converted at a time when building an index (bounds the Python objects alive at once)
 _INDEX_SLICE = 65536
+#: rows per Parquet row group of the tables written here: a reader decompresses one group at a time, so this
+#: bounds what streaming a 10M-row ledger costs (a whole 1M-row group of 64-character keys is ~100 MB)
+ROW_GROUP_ROWS = 65536
 
 
 def _key_bits_array(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -147,6 +150,13 @@ def _key_bits_array(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("a ledger key is not hexadecimal")
     packed = np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2])  # (n, 16) bytes
     return packed[:, :8].view(">u8").ravel().astype(np.uint64), packed[:, 8:].view(">u8").ravel().astype(np.uint64)
+
+
+def _joined(chunks: list[np.ndarray]) -> np.ndarray:
+    """The chunks as one uint64 array; the list is emptied (so its memory goes as the copy is made)."""
+    joined = np.concatenate(chunks) if chunks else np.empty(0, np.uint64)
+    chunks.clear()
+    return joined
 
 
 class DoneIndex:
@@ -184,14 +194,18 @@ class DoneIndex:
                 hi, lo = _key_bits_array(key_slice)
                 his.append(hi)
                 los.append(lo)
-                id_bits.append(np.fromiter((_id_bits(i) for i in ids.slice(start, _INDEX_SLICE).to_pylist()),
-                                           dtype=np.uint64, count=len(key_slice)))
-        hi = np.concatenate(his) if his else np.empty(0, np.uint64)
-        lo = np.concatenate(los) if los else np.empty(0, np.uint64)
+                id_bits.append(id_hashes64(ids.slice(start, _INDEX_SLICE).to_pylist()))
+        # one array at a time, each chunk list freed as it is joined: the peak is 40 bytes per done item
+        hi = _joined(his)
+        lo = _joined(los)
         order = np.lexsort((lo, hi))
         # three contiguous arrays: searchsorted on a field of a structured array copies it on every call
-        self._hi, self._lo = hi[order], lo[order]
-        self._ids = (np.concatenate(id_bits) if id_bits else np.empty(0, np.uint64))[order]
+        self._hi = hi[order]
+        del hi
+        self._lo = lo[order]
+        del lo
+        self._ids = _joined(id_bits)[order]
+        del order
         self._sorted_ids: np.ndarray | None = None  # built by has_id, for retry-failed's counts
 
     def __len__(self) -> int:
@@ -225,6 +239,35 @@ class DoneIndex:
     def done_as(self, key: str, item_id: str) -> bool:
         """Whether this very item (same key, same id) is done."""
         return self._find(key) == _id_bits(item_id)
+
+    def done_mask(self, keys: list[str], item_ids: list[str]) -> np.ndarray:
+        """:meth:`done_as` of many items at once (a bool array): one vectorised search for a manifest's batch."""
+        count = len(keys)
+        if count == 0 or len(self) == 0:
+            return np.zeros(count, dtype=bool)
+        hi, lo = _key_bits_array(pa.array(keys, pa.string()))
+        found = np.zeros(count, dtype=np.uint64)
+        known = np.zeros(count, dtype=bool)
+        if len(self._hi):
+            start = np.minimum(self._hi.searchsorted(hi, side="left"), len(self._hi) - 1)
+            same_hi = self._hi[start] == hi
+            known = same_hi & (self._lo[start] == lo)
+            found[known] = self._ids[start[known]]
+            # another key with the same first 64 bits sorts first: look these few up one by one
+            for index in np.flatnonzero(same_hi & ~known).tolist():
+                match = self._find(keys[index])
+                if match is not None:
+                    known[index], found[index] = True, match
+        if self._overlay:  # items done in this run come first, as in _find
+            for index, bits in enumerate(zip(hi.tolist(), lo.tolist(), strict=True)):
+                match = self._overlay.get(bits)
+                if match is not None:
+                    known[index], found[index] = True, match
+        candidates = np.flatnonzero(known)
+        mask = np.zeros(count, dtype=bool)
+        if len(candidates):
+            mask[candidates] = found[candidates] == id_hashes64([item_ids[i] for i in candidates.tolist()])
+        return mask
 
     def add(self, key: str, item_id: str, row: LedgerRow | None = None) -> None:
         """Remember an item finished in this run (and its row, for :meth:`row_of`)."""
@@ -455,7 +498,7 @@ def _latest_per_id(table: pa.Table) -> pa.Table:
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

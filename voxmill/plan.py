@@ -6,13 +6,15 @@ rerun of a finished job reads the manifest and the ledger and sends nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from voxmill.errors import ConfigError
-from voxmill.identity import file_hash, item_key
+from voxmill.identity import file_hash, item_key, item_keys
 from voxmill.ledger import DoneIndex
-from voxmill.manifests import ItemProblem, ManifestReader, WorkItem, open_binary
+from voxmill.manifests import ItemProblem, ManifestReader, RowBatch, WorkItem, open_binary
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def _problem_key(item: WorkItem) -> str:
 
 
 def plan_items(
-    reader: ManifestReader,
+    reader: Iterable[WorkItem],
     done: DoneIndex,
     *,
     failed_ids: set[str] | None = None,
@@ -66,9 +68,15 @@ def plan_items(
 
     Done items (same key and id) are skipped. With ``retry_failed=False`` items whose last outcome was a
     failure are skipped too; with ``only_failed`` only those are kept (``voxmill retry-failed``).
+    A :class:`ManifestReader` is planned a record batch at a time: rows that share their parameters are
+    keyed together and looked up in ``done`` in one search, and an item is built only for a row to send.
     """
     counts = counts if counts is not None else PlanCounts()
     failed_ids = failed_ids or set()
+    if isinstance(reader, ManifestReader) and not only_failed:
+        for batch in reader.row_batches():
+            yield from _plan_batch(batch, done, failed_ids if not retry_failed else set(), counts)
+        return
     for item in reader:
         counts.rows += 1
         was_failed = item.item_id in failed_ids
@@ -81,29 +89,67 @@ def plan_items(
         if not retry_failed and was_failed:
             counts.skipped_failed += 1
             continue
-        if item.problem is not None:
-            counts.problems += 1
-            counts.pending += 1
-            yield PlannedItem(item, _problem_key(item))
-            continue
-        try:
-            key = key_of(item)
-        except (ConfigError, OSError, ValueError) as exc:
-            # a missing or unreadable audio/voice_ref file fails this row only
-            reason = exc.message if isinstance(exc, ConfigError) else f"cannot read its file: {exc}"
-            counts.problems += 1
-            counts.pending += 1
-            problem = ItemProblem("invalid", f"{item.label}: {reason}; fix the path in the manifest")
-            yield PlannedItem(replace(item, problem=problem), _problem_key(item))
-            continue
-        if not item.has_own_id:
-            # no id column: name the item by its content, stable across reorderings of the manifest
-            item = replace(item, item_id=key[:16])
-        if done.done_as(key, item.item_id):
+        planned = _planned(item, counts)
+        if planned.item.problem is None and done.done_as(planned.key, planned.item.item_id):
             counts.skipped_done += 1
             continue
         counts.pending += 1
-        yield PlannedItem(item, key)
+        yield planned
+
+
+def _planned(item: WorkItem, counts: PlanCounts) -> PlannedItem:
+    """``item`` with its key; an item whose key cannot be made (an unreadable file) carries that problem."""
+    if item.problem is not None:
+        counts.problems += 1
+        return PlannedItem(item, _problem_key(item))
+    try:
+        key = key_of(item)
+    except (ConfigError, OSError, ValueError) as exc:
+        # a missing or unreadable audio/voice_ref file fails this row only
+        reason = exc.message if isinstance(exc, ConfigError) else f"cannot read its file: {exc}"
+        counts.problems += 1
+        problem = ItemProblem("invalid", f"{item.label}: {reason}; fix the path in the manifest")
+        return PlannedItem(replace(item, problem=problem), _problem_key(item))
+    if not item.has_own_id:
+        # no id column: name the item by its content, stable across reorderings of the manifest
+        item = replace(item, item_id=key[:16])
+    return PlannedItem(item, key)
+
+
+def _plan_batch(batch: RowBatch, done: DoneIndex, skip_ids: set[str], counts: PlanCounts) -> Iterator[PlannedItem]:
+    """The rows of one record batch to send: keys made per template, done rows found in one search."""
+    counts.rows += len(batch)
+    keys: list[str | None] = [None] * len(batch)
+    groups: dict[int, list[int]] = {}
+    for index, template in enumerate(batch.template_of):
+        if template >= 0 and not (skip_ids and batch.ids[index] in skip_ids):
+            groups.setdefault(template, []).append(index)
+    for template, indexes in groups.items():
+        spec = batch.templates[template]
+        for index, key in zip(indexes, item_keys(spec.model, spec.params, [batch.texts[i] for i in indexes]),
+                              strict=True):
+            keys[index] = key
+    # (row index, key, item id, the item where it is built already)
+    entries: list[tuple[int, str, str, PlannedItem | None]] = []
+    for index, item_id in enumerate(batch.ids):
+        if skip_ids and item_id in skip_ids:
+            counts.skipped_failed += 1
+            continue
+        key = keys[index]
+        if key is not None:
+            entries.append((index, key, item_id if batch.own_ids[index] else key[:16], None))
+            continue
+        planned = _planned(batch.items[index], counts)
+        entries.append((index, planned.key, planned.item.item_id, planned))
+    lookup = [n for n, entry in enumerate(entries) if entry[3] is None or entry[3].item.problem is None]
+    done_rows = done.done_mask([entries[n][1] for n in lookup], [entries[n][2] for n in lookup])
+    skipped = {lookup[n] for n in np.flatnonzero(done_rows).tolist()}
+    counts.skipped_done += len(skipped)
+    for n, (index, key, item_id, planned) in enumerate(entries):
+        if n in skipped:
+            continue
+        counts.pending += 1
+        yield planned if planned is not None else PlannedItem(batch.item(index, item_id), key)
 
 
 __all__ = ["PlanCounts", "PlannedItem", "key_of", "plan_items"]

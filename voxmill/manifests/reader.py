@@ -11,11 +11,23 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from voxmill.catalog import ASR_MODELS, DEFAULT_TTS_MODEL, MODELS, TTS_MODELS, UPLOAD_FILE_TYPES, get_model, validate
+from voxmill.catalog import (
+    ASR_MODELS,
+    DEFAULT_TTS_MODEL,
+    MODELS,
+    TTS_MODELS,
+    UPLOAD_FILE_TYPES,
+    ModelSpec,
+    check_text,
+    get_model,
+    validate,
+)
 from voxmill.errors import ConfigError, VoxmillError
-from voxmill.identity import id_hash64
-from voxmill.manifests.formats import DEFAULT_BATCH_ROWS, iter_record_batches
+from voxmill.identity import id_hash64, id_hashes64
+from voxmill.manifests.corpus import is_corpus
+from voxmill.manifests.formats import DEFAULT_BATCH_ROWS, iter_record_batches, manifest_format, open_binary
 
 JobKind = Literal["tts", "asr"]
 
@@ -69,6 +81,61 @@ class WorkItem:
         return f"row {self.row} (id {self.item_id!r})"
 
 
+@dataclass(frozen=True)
+class ItemTemplate:
+    """What many TTS rows share: the model and the validated parameters other than the text."""
+
+    model: str
+    params: Mapping[str, Any]
+
+
+@dataclass
+class RowBatch:
+    """One record batch of a manifest, read and validated but not yet turned into :class:`WorkItem` records.
+
+    A TTS row whose cells besides id and text were already validated for another row is held as (template,
+    text): planning can key it and skip it as done without building an item. Every other row (a problem, a
+    warning, a voice reference, a duplicate id, any ASR row) is held as its item.
+    """
+
+    kind: JobKind
+    rows: list[int]
+    #: the item ids (``row-N`` where the manifest gives none), and whether the manifest gave them
+    ids: list[str]
+    own_ids: list[bool]
+    #: per row: the index of its template and its text, or -1 / None where ``items`` holds the row
+    template_of: list[int]
+    texts: list[str | None]
+    templates: list[ItemTemplate]
+    items: dict[int, WorkItem]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def item(self, index: int, item_id: str | None = None) -> WorkItem:
+        """The item of the ``index``-th row (named ``item_id`` instead of its id when given)."""
+        built = self.items.get(index)
+        if built is not None:
+            return built if item_id is None else replace(built, item_id=item_id)
+        template = self.templates[self.template_of[index]]
+        return WorkItem(item_id=item_id or self.ids[index], row=self.rows[index], kind=self.kind,
+                        model=template.model, params={**template.params, "text": self.texts[index]},
+                        has_own_id=self.own_ids[index])
+
+    def _hold(self, index: int, item: WorkItem) -> None:
+        self.items[index] = item
+        self.ids.append(item.item_id)
+        self.own_ids.append(item.has_own_id)
+        self.template_of.append(-1)
+        self.texts.append(None)
+
+
+#: distinct combinations of cells besides id and text a reader validates once; rows past them are read one by one
+_TEMPLATE_CACHE = 4096
+#: the cells validated row by row (every other cell makes up the row's template)
+_ROW_OWN = ("id", "text")
+
+
 @dataclass
 class ManifestReader:
     """Turns a manifest into WorkItems, row by row, validating each against the catalogue."""
@@ -101,45 +168,136 @@ class ManifestReader:
         raise ConfigError(f"manifest {self.source!r} has no rows")
 
     def batches(self) -> Iterator[list[WorkItem]]:
-        """Items in manifest order, a record batch at a time.
+        """Items in manifest order, a record batch at a time (see :meth:`row_batches`)."""
+        for batch in self.row_batches():
+            yield [batch.item(i) for i in range(len(batch))]
+
+    def row_batches(self) -> Iterator[RowBatch]:
+        """Rows in manifest order, a record batch at a time, validated but not yet made items.
 
         An id used again after its first row makes that later row a ``duplicate_id`` problem (the first
         one runs); the later row's ledger id is suffixed so it never overwrites the first one's outcome.
+        The ids used more than once come from :meth:`scan`, run before the first batch unless
+        ``repeated_ids`` is given.
         """
         seen = 0  # rows of earlier batches
         checked_columns = False
         first_row_of: dict[str, int] = {}  # only ids that are repeated
+        templates: dict[tuple[Any, ...], int | None] = {}  # cells besides id and text → template (None: row by row)
+        template_list: list[ItemTemplate] = []
         for batch in iter_record_batches(self.source, self.batch_rows):
             if not checked_columns:
                 self._check_columns(batch.schema.names)
                 checked_columns = True
                 if self.repeated_ids is None:
-                    self.repeated_ids = repeated_id_hashes(self.source, self.batch_rows)
-            items = []
-            for row, values in self._rows(batch, seen):
-                item = self.item_from_row(row, values)
-                if item.has_own_id and self.repeated_ids and id_hash64(item.item_id) in self.repeated_ids:
-                    first = first_row_of.setdefault(item.item_id, row)
-                    if first != row:
-                        item = _duplicate(item, first)
-                items.append(item)
+                    self.repeated_ids = self.scan().repeated_ids
+            rows = self._row_batch(batch, seen, templates, template_list)
+            if self.repeated_ids:
+                self._mark_duplicates(rows, first_row_of)
             seen += batch.num_rows
-            yield items
+            yield rows
         if not checked_columns:
             raise ConfigError(f"manifest {self.source!r} has no rows")
 
-    def _rows(self, batch: pa.RecordBatch, before: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(row number, values) of the rows of ``batch`` to read, ``before`` rows having come earlier."""
-        if self.id_filter is None or "id" not in batch.schema.names:
-            yield from enumerate(batch.to_pylist(), start=before + 1)
-            return
-        wanted = self.id_filter
-        # the id as item_from_row makes it (str of the cell's value), so the slice matches Shard.holds exactly
-        keep = [i for i, value in enumerate(batch.column("id").to_pylist())
-                if _cell(value) is None or wanted(str(_cell(value)))]
-        if keep:
-            rows = batch.take(pa.array(keep, pa.int64())).to_pylist()
-            yield from ((before + 1 + i, values) for i, values in zip(keep, rows, strict=True))
+    def scan(self) -> ManifestScan:
+        """One streaming pass before the first request: the rows (all of them, not a shard's slice) and the ids
+        used more than once. A CSV or JSONL manifest is parsed whole, so a parse error anywhere stops the job
+        before it sends anything; of a Parquet file only the ``id`` column is read (its footer counts the rows)."""
+        rows = 0
+        chunks = []
+        for ids in iter_id_cells(self.source, self.batch_rows):
+            rows += len(ids)
+            if ids.null_count == len(ids) and ids.type == pa.null():
+                continue
+            values = [v for v in ids.cast(pa.string()).to_pylist() if _cell(v) is not None]
+            chunks.append(id_hashes64(values))
+        return ManifestScan(rows, _repeated(chunks))
+
+    def _row_batch(self, batch: pa.RecordBatch, before: int, templates: dict[tuple[Any, ...], int | None],
+                   template_list: list[ItemTemplate]) -> RowBatch:
+        """The rows of ``batch`` to read (a shard's slice of them), ``before`` rows having come earlier."""
+        names = batch.schema.names
+        row_numbers = list(range(before + 1, before + 1 + batch.num_rows))
+        if self.id_filter is not None and "id" in names:
+            wanted = self.id_filter
+            # the id as item_from_row makes it (str of the cell's value), so the slice matches Shard.holds exactly
+            keep = [i for i, value in enumerate(batch.column("id").to_pylist())
+                    if _cell(value) is None or wanted(str(_cell(value)))]
+            batch = batch.take(pa.array(keep, pa.int64()))
+            row_numbers = [before + 1 + i for i in keep]
+        out = RowBatch(self.kind, row_numbers, [], [], [], [], template_list, {})
+        if self.kind != "tts" or "voice_ref" in names or "__problem__" in names:
+            for index, (row, values) in enumerate(zip(row_numbers, batch.to_pylist(), strict=True)):
+                out._hold(index, self.item_from_row(row, values))
+            return out
+        shared = [n for n in names if n not in _ROW_OWN]
+        ids = batch.column("id").to_pylist() if "id" in names else [None] * batch.num_rows
+        texts = batch.column("text").to_pylist()
+        cells = list(zip(*(batch.column(n).to_pylist() for n in shared), strict=True)) if shared else None
+        specs: dict[str, ModelSpec] = {}
+        hard = self.defaults.text_hard_limit
+        for index, row in enumerate(row_numbers):
+            signature = cells[index] if cells is not None else ()
+            slot = templates.get(signature, -1)
+            if slot == -1:
+                slot = self._template(dict(zip(shared, signature, strict=True))) if len(templates) < _TEMPLATE_CACHE \
+                    else None
+                if slot is not None:
+                    template_list.append(slot)
+                    slot = len(template_list) - 1
+                if len(templates) < _TEMPLATE_CACHE:
+                    templates[signature] = slot
+            text = texts[index]
+            text = "" if text is None else str(text)
+            if slot is not None and text:
+                model = template_list[slot].model
+                spec = specs.get(model) or specs.setdefault(model, get_model(model))
+                try:
+                    if check_text(spec, text, text_hard_limit=hard):
+                        slot = None  # a warning: the item carries it
+                except VoxmillError:
+                    slot = None  # the item carries the problem, named as usual
+            if slot is None or not text:
+                values = dict(zip(shared, signature, strict=True))
+                values["id"], values["text"] = ids[index], texts[index]
+                out._hold(index, self.item_from_row(row, values))
+                continue
+            item_id = _cell(ids[index])
+            out.ids.append(f"row-{row}" if item_id is None else str(item_id))
+            out.own_ids.append(item_id is not None)
+            out.template_of.append(slot)
+            out.texts.append(text)
+        return out
+
+    def _template(self, values: dict[str, Any]) -> ItemTemplate | None:
+        """What rows with these cells besides id and text share; None when the cells do not validate (each such
+        row is then read on its own, so its problem names it)."""
+        model = str(_cell(values.get("model")) or self.defaults.model or _default_model(self.kind))
+        try:
+            if get_model(model).kind != self.kind:
+                return None
+            params = self._params(0, values)
+            params["text"] = "x"  # a stand-in: the rules between parameters never look at the text
+            request = validate(model, params, text_hard_limit=self.defaults.text_hard_limit)
+        except VoxmillError:
+            return None
+        if request.warnings:
+            return None
+        return ItemTemplate(model, {k: v for k, v in request.params.items() if k != "text"})
+
+    def _mark_duplicates(self, rows: RowBatch, first_row_of: dict[str, int]) -> None:
+        """Make each repeat of an id after its first row a ``duplicate_id`` item."""
+        repeated = np.fromiter(self.repeated_ids or (), dtype=np.uint64)
+        own = np.array(rows.own_ids, dtype=bool)
+        for index in np.flatnonzero(np.isin(id_hashes64(rows.ids), repeated) & own).tolist():
+            item_id, row = rows.ids[index], rows.rows[index]
+            first = first_row_of.setdefault(item_id, row)
+            if first != row:
+                item = _duplicate(rows.item(index), first)
+                rows.items[index] = item
+                rows.ids[index] = item.item_id
+                rows.template_of[index] = -1
+                rows.texts[index] = None
 
     def __iter__(self) -> Iterator[WorkItem]:
         for items in self.batches():
@@ -250,20 +408,48 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def repeated_id_hashes(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> frozenset[int]:
-    """64-bit hashes of the ids that occur more than once: one streaming pass holding 8 bytes per row."""
-    chunks = []
+@dataclass(frozen=True)
+class ManifestScan:
+    """What one pass over a whole manifest tells before a job starts."""
+
+    rows: int
+    #: 64-bit hashes (:func:`voxmill.identity.id_hash64`) of the ids used more than once
+    repeated_ids: frozenset[int]
+
+
+def iter_id_cells(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Array]:
+    """The ``id`` cells of a manifest a batch at a time (nulls where it has no ``id`` column); of a Parquet file
+    only that column is read."""
+    if not is_corpus(source) and manifest_format(source) == "parquet":
+        with open_binary(source) as handle:
+            try:
+                parquet = pq.ParquetFile(handle)
+                if "id" not in parquet.schema_arrow.names:
+                    yield pa.nulls(parquet.metadata.num_rows)
+                    return
+                for batch in parquet.iter_batches(batch_size=batch_rows, columns=["id"]):
+                    yield batch.column("id")
+            except (pa.ArrowException, OSError) as exc:
+                raise ConfigError(f"manifest {source!r} is not a readable Parquet file ({exc}); write it again, "
+                                  f"or give the rows as CSV or JSONL") from None
+        return
     for batch in iter_record_batches(source, batch_rows):
-        if "id" not in batch.schema.names:
-            return frozenset()
-        ids = batch.column("id").cast(pa.string()).to_pylist()
-        chunks.append(np.fromiter((id_hash64(v) for v in ids if _cell(v) is not None), dtype=np.uint64))
+        yield batch.column("id") if "id" in batch.schema.names else pa.nulls(batch.num_rows)
+
+
+def _repeated(chunks: list[np.ndarray]) -> frozenset[int]:
+    """The hashes that occur more than once among ``chunks`` (16 bytes a row at the peak, while sorting)."""
     if not chunks:
         return frozenset()
     hashes = np.concatenate(chunks)
-    del chunks
-    hashes.sort()  # in place: the pass peaks at 16 bytes per row, then holds only the repeated ones
+    chunks.clear()
+    hashes.sort()  # in place: then only the repeated ones are kept
     return frozenset(int(h) for h in np.unique(hashes[1:][hashes[1:] == hashes[:-1]]))
+
+
+def repeated_id_hashes(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> frozenset[int]:
+    """64-bit hashes of the ids that occur more than once: one streaming pass holding 8 bytes per row."""
+    return ManifestReader(source, "tts", batch_rows=batch_rows).scan().repeated_ids
 
 
 def find_duplicate_ids(source: str, kind: JobKind, batch_rows: int = DEFAULT_BATCH_ROWS) -> list[str]:
@@ -279,5 +465,5 @@ def find_duplicate_ids(source: str, kind: JobKind, batch_rows: int = DEFAULT_BAT
     return sorted(n for n, c in counts.items() if c > 1)
 
 
-__all__ = ["ItemProblem", "JobKind", "ManifestReader", "RunDefaults", "WorkItem", "find_duplicate_ids",
-           "repeated_id_hashes"]
+__all__ = ["ItemProblem", "ItemTemplate", "JobKind", "ManifestReader", "ManifestScan", "RowBatch", "RunDefaults",
+           "WorkItem", "find_duplicate_ids", "iter_id_cells", "repeated_id_hashes"]
