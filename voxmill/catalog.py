@@ -491,6 +491,8 @@ def check_text(
 
 #: C0 and C1 control characters and DEL, except tab, newline and carriage return
 _FORBIDDEN_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: the same characters for Arrow's RE2 (which a manifest reader runs on a whole column of texts at once)
+FORBIDDEN_CONTROL_RE2 = r"[\x{00}-\x{08}\x{0b}\x{0c}\x{0e}-\x{1f}\x{7f}-\x{9f}]"
 #: a letter or digit of any script (``\w`` without the underscore)
 _SPEAKABLE = re.compile(r"[^\W_]")
 
@@ -555,6 +557,7 @@ __all__ = [
     "UPLOAD_FILE_TYPES",
     "UPLOAD_MODELS",
     "ValidatedRequest",
+    "FORBIDDEN_CONTROL_RE2",
     "check_control_characters",
     "check_text",
     "check_speakable",

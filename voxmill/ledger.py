@@ -194,7 +194,7 @@ class DoneIndex:
                 hi, lo = _key_bits_array(key_slice)
                 his.append(hi)
                 los.append(lo)
-                id_bits.append(id_hashes64(ids.slice(start, _INDEX_SLICE).to_pylist()))
+                id_bits.append(id_hashes64(ids.slice(start, _INDEX_SLICE)))
         # one array at a time, each chunk list freed as it is joined: the peak is 40 bytes per done item
         hi = _joined(his)
         lo = _joined(los)

@@ -118,38 +118,42 @@ def _planned(item: WorkItem, counts: PlanCounts) -> PlannedItem:
 
 def _plan_batch(batch: RowBatch, done: DoneIndex, skip_ids: set[str], counts: PlanCounts) -> Iterator[PlannedItem]:
     """The rows of one record batch to send: keys made per template, done rows found in one search."""
-    counts.rows += len(batch)
-    keys: list[str | None] = [None] * len(batch)
-    groups: dict[int, list[int]] = {}
-    for index, template in enumerate(batch.template_of):
-        if template >= 0 and not (skip_ids and batch.ids[index] in skip_ids):
-            groups.setdefault(template, []).append(index)
+    count = len(batch)
+    counts.rows += count
+    order = [i for i, item_id in enumerate(batch.ids) if item_id not in skip_ids] if skip_ids else range(count)
+    counts.skipped_failed += count - len(order)
+    keys: list[str] = [""] * count
+    names = list(batch.ids)  # what each item is called: its id, or (no id of its own) its key's start
+    template_of = batch.template_of
+    if not batch.items and len(order) == count and len(set(template_of)) == 1:
+        groups = {template_of[0]: list(range(count))} if count else {}
+    else:
+        groups = {}
+        for index in order:
+            if template_of[index] >= 0:
+                groups.setdefault(template_of[index], []).append(index)
+    texts, own_ids = batch.texts, batch.own_ids
     for template, indexes in groups.items():
         spec = batch.templates[template]
-        for index, key in zip(indexes, item_keys(spec.model, spec.params, [batch.texts[i] for i in indexes]),
-                              strict=True):
+        made = item_keys(spec.model, spec.params, [texts[i] for i in indexes])  # type: ignore[misc]
+        for index, key in zip(indexes, made, strict=True):
             keys[index] = key
-    # (row index, key, item id, the item where it is built already)
-    entries: list[tuple[int, str, str, PlannedItem | None]] = []
-    for index, item_id in enumerate(batch.ids):
-        if skip_ids and item_id in skip_ids:
-            counts.skipped_failed += 1
-            continue
-        key = keys[index]
-        if key is not None:
-            entries.append((index, key, item_id if batch.own_ids[index] else key[:16], None))
-            continue
-        planned = _planned(batch.items[index], counts)
-        entries.append((index, planned.key, planned.item.item_id, planned))
-    lookup = [n for n, entry in enumerate(entries) if entry[3] is None or entry[3].item.problem is None]
-    done_rows = done.done_mask([entries[n][1] for n in lookup], [entries[n][2] for n in lookup])
+            if not own_ids[index]:
+                names[index] = key[:16]
+    planned: dict[int, PlannedItem] = {}
+    for index in order:
+        if template_of[index] < 0:
+            planned[index] = item = _planned(batch.items[index], counts)
+            keys[index], names[index] = item.key, item.item.item_id
+    lookup = [i for i in order if i not in planned or planned[i].item.problem is None] if planned else order
+    done_rows = done.done_mask([keys[i] for i in lookup], [names[i] for i in lookup])
     skipped = {lookup[n] for n in np.flatnonzero(done_rows).tolist()}
     counts.skipped_done += len(skipped)
-    for n, (index, key, item_id, planned) in enumerate(entries):
-        if n in skipped:
+    for index in order:
+        if index in skipped:
             continue
         counts.pending += 1
-        yield planned if planned is not None else PlannedItem(batch.item(index, item_id), key)
+        yield planned[index] if index in planned else PlannedItem(batch.item(index, names[index]), keys[index])
 
 
 __all__ = ["PlanCounts", "PlannedItem", "key_of", "plan_items"]
