@@ -208,11 +208,9 @@ class OpenJob:
     def batches(self) -> Iterator[list[PlannedItem]]:
         """Planned items in batches of ``batch_size``, read lazily from the manifest."""
         shard = self.request.shard
-        reader: Iterable[WorkItem] = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults,
-                                                    repeated_ids=self.repeated_ids,
-                                                    id_filter=shard.holds_id if shard is not None else None)
-        if shard is not None:
-            reader = filter(shard.holds, reader)  # rows without an id: their key decides
+        reader = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults,
+                                repeated_ids=self.repeated_ids,
+                                id_filter=shard.holds_id if shard is not None else None)
         failed_ids = self.ledger.failed_ids() if (self.request.only_failed or not self.request.retry_failed) else None
         planned = plan_items(
             reader,
@@ -221,6 +219,7 @@ class OpenJob:
             retry_failed=self.request.retry_failed,
             only_failed=self.request.only_failed,
             counts=self.counts,
+            holds=shard.holds_id if shard is not None else None,  # rows without an id: their key decides
         )
         batch: list[PlannedItem] = []
         for item in planned:

@@ -6,7 +6,7 @@ rerun of a finished job reads the manifest and the ledger and sends nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -63,11 +63,14 @@ def plan_items(
     retry_failed: bool = True,
     only_failed: bool = False,
     counts: PlanCounts | None = None,
+    holds: Callable[[str], bool] | None = None,
 ) -> Iterator[PlannedItem]:
     """Items of the manifest that this run must handle, in manifest order.
 
     Done items (same key and id) are skipped. With ``retry_failed=False`` items whose last outcome was a
     failure are skipped too; with ``only_failed`` only those are kept (``voxmill retry-failed``).
+    ``holds`` (a shard's ``holds_id``) keeps only the items whose identity it holds: the id, or for a row with
+    no id of its own its key (a reader's ``id_filter`` already left out the rows with other ids).
     A :class:`ManifestReader` is planned a record batch at a time: rows that share their parameters are
     keyed together and looked up in ``done`` in one search, and an item is built only for a row to send.
     """
@@ -75,8 +78,10 @@ def plan_items(
     failed_ids = failed_ids or set()
     if isinstance(reader, ManifestReader) and not only_failed:
         for batch in reader.row_batches():
-            yield from _plan_batch(batch, done, failed_ids if not retry_failed else set(), counts)
+            yield from _plan_batch(batch, done, failed_ids if not retry_failed else set(), counts, holds)
         return
+    if holds is not None:
+        reader = (item for item in reader if _held(item, holds))
     for item in reader:
         counts.rows += 1
         was_failed = item.item_id in failed_ids
@@ -116,20 +121,28 @@ def _planned(item: WorkItem, counts: PlanCounts) -> PlannedItem:
     return PlannedItem(item, key)
 
 
-def _plan_batch(batch: RowBatch, done: DoneIndex, skip_ids: set[str], counts: PlanCounts) -> Iterator[PlannedItem]:
+def _held(item: WorkItem, holds: Callable[[str], bool]) -> bool:
+    """Whether a shard's ``holds_id`` holds ``item`` (its id; with no id of its own, its key)."""
+    if item.has_own_id or item.problem is not None:
+        return holds(item.item_id)
+    try:
+        return holds(key_of(item))
+    except (ConfigError, OSError, ValueError):
+        return holds(item.item_id)  # an unreadable file: its row fails in whichever shard it lands
+
+
+def _plan_batch(batch: RowBatch, done: DoneIndex, skip_ids: set[str], counts: PlanCounts,
+                holds: Callable[[str], bool] | None = None) -> Iterator[PlannedItem]:
     """The rows of one record batch to send: keys made per template, done rows found in one search."""
     count = len(batch)
-    counts.rows += count
-    order = [i for i, item_id in enumerate(batch.ids) if item_id not in skip_ids] if skip_ids else range(count)
-    counts.skipped_failed += count - len(order)
     keys: list[str] = [""] * count
     names = list(batch.ids)  # what each item is called: its id, or (no id of its own) its key's start
     template_of = batch.template_of
-    if not batch.items and len(order) == count and len(set(template_of)) == 1:
+    if not batch.items and len(set(template_of)) == 1:
         groups = {template_of[0]: list(range(count))} if count else {}
     else:
         groups = {}
-        for index in order:
+        for index in range(count):
             if template_of[index] >= 0:
                 groups.setdefault(template_of[index], []).append(index)
     texts, own_ids = batch.texts, batch.own_ids
@@ -140,6 +153,13 @@ def _plan_batch(batch: RowBatch, done: DoneIndex, skip_ids: set[str], counts: Pl
             keys[index] = key
             if not own_ids[index]:
                 names[index] = key[:16]
+    rows: list[int] | range = range(count)
+    if holds is not None:
+        rows = [i for i in rows if own_ids[i] or (holds(keys[i]) if template_of[i] >= 0
+                                                  else _held(batch.items[i], holds))]
+    counts.rows += len(rows)
+    order = [i for i in rows if batch.ids[i] not in skip_ids] if skip_ids else rows
+    counts.skipped_failed += len(rows) - len(order)
     planned: dict[int, PlannedItem] = {}
     for index in order:
         if template_of[index] < 0:

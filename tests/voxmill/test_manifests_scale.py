@@ -129,3 +129,23 @@ def test_scan_counts_rows_and_repeated_ids_from_the_id_column_of_parquet(tmp_pat
     no_ids = tmp_path / "n.parquet"
     pq.write_table(pa.table({"text": ["t"] * 5}), no_ids)
     assert ManifestReader(str(no_ids), "tts").scan() == type(scan)(5, frozenset())
+
+
+def test_bulk_plan_of_a_shard_equals_the_item_by_item_plan_of_its_slice(tmp_path: Path) -> None:
+    from voxmill.jobs import Shard
+
+    source = _write_csv(tmp_path / "m.csv", _copies(2))
+    items = list(ManifestReader(source, "tts", batch_rows=7))
+    seen = []
+    for index in range(3):
+        shard = Shard(index, 3)
+        bulk_counts, plain_counts = PlanCounts(), PlanCounts()
+        bulk = list(plan_items(ManifestReader(source, "tts", batch_rows=7, id_filter=shard.holds_id),
+                               DoneIndex([], []), counts=bulk_counts, holds=shard.holds_id))
+        # a repeated id's later row is refused in the shard of its id (the first row's), never dropped
+        in_slice = [item for item in items if (shard.holds_id(item.item_id.split(" (duplicate")[0])
+                                               if item.has_own_id else shard.holds(item))]
+        plain = list(plan_items(iter(in_slice), DoneIndex([], []), counts=plain_counts))
+        assert bulk == plain and bulk_counts == plain_counts
+        seen += [planned.item.row for planned in bulk]
+    assert sorted(seen) == list(range(1, 27))  # every row in exactly one shard
