@@ -107,6 +107,35 @@ def id_hashes64(item_ids: list[str] | pa.Array) -> np.ndarray:
     return hashes
 
 
+class HashBuffer:
+    """64-bit hashes gathered into one ``uint64`` array, filled in place up to ``capacity`` (a row count known in
+    advance, e.g. from a Parquet footer): 8 bytes a hash, no chunk lists to join. Past it, chunks are joined once."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._buffer = np.empty(capacity, np.uint64)
+        self._used = 0
+        self._extra: list[np.ndarray] = []
+
+    def add(self, chunk: np.ndarray) -> None:
+        """Append ``chunk``."""
+        if not self._extra and self._used + len(chunk) <= len(self._buffer):
+            self._buffer[self._used:self._used + len(chunk)] = chunk
+            self._used += len(chunk)
+        else:
+            self._extra.append(chunk)
+
+    def take(self) -> np.ndarray:
+        """Everything added, in order, as one array (the buffer itself where it held it all); the buffer is
+        emptied."""
+        filled = self._buffer[:self._used]
+        if self._extra:
+            filled = np.concatenate([filled, *self._extra])
+        elif self._used != len(self._buffer):
+            filled = filled.copy()
+        self._buffer, self._used, self._extra = np.empty(0, np.uint64), 0, []
+        return filled
+
+
 def budget_id(api_key: str, base_url: str) -> str:
     """The name of a rate budget: a hash of the key and the base URL (the key cannot be read back from it)."""
     return hashlib.sha256(f"voxmill-rate\0{api_key}\0{base_url.rstrip('/')}".encode()).hexdigest()[:24]
@@ -125,5 +154,5 @@ def json_hash(value: Any) -> str:
     return content_hash(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
-__all__ = ["budget_id", "content_hash", "file_hash", "id_hash64", "id_hashes64", "item_key", "item_keys", "json_hash",
-           "shard_of"]
+__all__ = ["HashBuffer", "budget_id", "content_hash", "file_hash", "id_hash64", "id_hashes64", "item_key", "item_keys",
+           "json_hash", "shard_of"]

@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from voxmill.errors import ConfigError, DiskFull, disk_full_error
-from voxmill.identity import id_hash64, id_hashes64
+from voxmill.identity import HashBuffer, id_hash64, id_hashes64
+from voxmill.manifests.formats import parquet_batches
 
 RESULTS_FILE = "results.parquet"
 #: results.parquet's metadata key holding the run record (JSON)
@@ -152,13 +153,6 @@ def _key_bits_array(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return packed[:, :8].view(">u8").ravel().astype(np.uint64), packed[:, 8:].view(">u8").ravel().astype(np.uint64)
 
 
-def _joined(chunks: list[np.ndarray]) -> np.ndarray:
-    """The chunks as one uint64 array; the list is emptied (so its memory goes as the copy is made)."""
-    joined = np.concatenate(chunks) if chunks else np.empty(0, np.uint64)
-    chunks.clear()
-    return joined
-
-
 class DoneIndex:
     """The keys of done items, 24 bytes each (128 bits of key + 64 of id hash), for resume at scale.
 
@@ -179,32 +173,34 @@ class DoneIndex:
         self._read: pa.Table | None = None
 
     @classmethod
-    def from_chunks(cls, chunks: Iterable[tuple[pa.Array, pa.Array]], ledger: Ledger | None = None) -> DoneIndex:
-        """The index of (keys, ids) column chunks, streamed: memory stays at 24 bytes per done item."""
+    def from_chunks(cls, chunks: Iterable[tuple[pa.Array, pa.Array]], ledger: Ledger | None = None,
+                    size_hint: int = 0) -> DoneIndex:
+        """The index of (keys, ids) column chunks, streamed: memory stays at 24 bytes per done item (filled in
+        place when ``size_hint`` is at least their number of rows)."""
         index = cls.__new__(cls)
-        index._build(chunks)
+        index._build(chunks, size_hint)
         index._init_rows(ledger)
         return index
 
-    def _build(self, chunks: Iterable[tuple[pa.Array, pa.Array]]) -> None:
-        his, los, id_bits = [], [], []
+    def _build(self, chunks: Iterable[tuple[pa.Array, pa.Array]], size_hint: int = 0) -> None:
+        # filled in place where the number of rows is known (``size_hint``, at least it): no chunk lists, no joins
+        his, los, id_bits = HashBuffer(size_hint), HashBuffer(size_hint), HashBuffer(size_hint)
         for keys, ids in chunks:
             for start in range(0, len(keys), _INDEX_SLICE):
-                key_slice = keys.slice(start, _INDEX_SLICE)
-                hi, lo = _key_bits_array(key_slice)
-                his.append(hi)
-                los.append(lo)
-                id_bits.append(id_hashes64(ids.slice(start, _INDEX_SLICE)))
-        # one array at a time, each chunk list freed as it is joined: the peak is 40 bytes per done item
-        hi = _joined(his)
-        lo = _joined(los)
+                hi, lo = _key_bits_array(keys.slice(start, _INDEX_SLICE))
+                his.add(hi)
+                los.add(lo)
+                id_bits.add(id_hashes64(ids.slice(start, _INDEX_SLICE)))
+        hi, lo = his.take(), los.take()
         order = np.lexsort((lo, hi))
-        # three contiguous arrays: searchsorted on a field of a structured array copies it on every call
-        self._hi = hi[order]
-        del hi
-        self._lo = lo[order]
-        del lo
-        self._ids = _joined(id_bits)[order]
+        # three contiguous arrays: searchsorted on a field of a structured array copies it on every call; each
+        # reordered through one temporary at a time (the peak is 48 bytes per done item, briefly)
+        hi[:] = hi[order]
+        lo[:] = lo[order]
+        self._hi, self._lo = hi, lo
+        ids = id_bits.take()
+        ids[:] = ids[order]
+        self._ids = ids
         del order
         self._sorted_ids: np.ndarray | None = None  # built by has_id, for retry-failed's counts
 
@@ -445,13 +441,15 @@ class Ledger:
         Streamed from results.parquet a record batch at a time, then the journals. No latest-per-id pass
         is needed: a done key is never sent again, so a done row is never superseded for the same key.
         """
-        return DoneIndex.from_chunks(self._done_chunks(), ledger=self)
+        results = self.out_dir / RESULTS_FILE
+        return DoneIndex.from_chunks(self._done_chunks(), ledger=self,
+                                     size_hint=pq.ParquetFile(results).metadata.num_rows if results.exists() else 0)
 
     def _done_chunks(self) -> Iterator[tuple[pa.Array, pa.Array]]:
         columns = ["id", "key", "status"]
         results = self.out_dir / RESULTS_FILE
         if results.exists():
-            for batch in pq.ParquetFile(results).iter_batches(batch_size=_INDEX_SLICE, columns=columns):
+            for batch in parquet_batches(pq.ParquetFile(results), _INDEX_SLICE, columns):
                 done = batch.filter(pc.equal(batch.column("status"), "done"))
                 yield done.column("key"), done.column("id")
         rows = [r for r in self._journal_rows(columns) if r.get("status") == "done"]

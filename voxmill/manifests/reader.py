@@ -25,9 +25,15 @@ from voxmill.catalog import (
     validate,
 )
 from voxmill.errors import ConfigError, VoxmillError
-from voxmill.identity import id_hash64, id_hashes64
+from voxmill.identity import HashBuffer, id_hash64, id_hashes64
 from voxmill.manifests.corpus import is_corpus
-from voxmill.manifests.formats import DEFAULT_BATCH_ROWS, iter_record_batches, manifest_format, open_binary
+from voxmill.manifests.formats import (
+    DEFAULT_BATCH_ROWS,
+    iter_record_batches,
+    manifest_format,
+    open_binary,
+    parquet_batches,
+)
 
 JobKind = Literal["tts", "asr"]
 
@@ -209,13 +215,13 @@ class ManifestReader:
         used more than once. A CSV or JSONL manifest is parsed whole, so a parse error anywhere stops the job
         before it sends anything; of a Parquet file only the ``id`` column is read (its footer counts the rows)."""
         rows = 0
-        chunks = []
+        hashes = HashBuffer(_rows_hint(self.source))
         for ids in iter_id_cells(self.source, self.batch_rows):
             rows += len(ids)
             if ids.null_count == len(ids):
                 continue
-            chunks.append(id_hashes64(_given_ids(ids.cast(pa.string()))))
-        return ManifestScan(rows, _repeated(chunks))
+            hashes.add(id_hashes64(_given_ids(ids.cast(pa.string()))))
+        return ManifestScan(rows, _repeated(hashes.take()))
 
     def _row_batch(self, batch: pa.RecordBatch, before: int, templates: dict[tuple[Any, ...], int | None],
                    template_list: list[ItemTemplate]) -> RowBatch:
@@ -439,7 +445,7 @@ def iter_id_cells(source: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator
                 if "id" not in parquet.schema_arrow.names:
                     yield pa.nulls(parquet.metadata.num_rows)
                     return
-                for batch in parquet.iter_batches(batch_size=batch_rows, columns=["id"]):
+                for batch in parquet_batches(parquet, batch_rows, columns=["id"]):
                     yield batch.column("id")
             except (pa.ArrowException, OSError) as exc:
                 raise ConfigError(f"manifest {source!r} is not a readable Parquet file ({exc}); write it again, "
@@ -478,13 +484,22 @@ def _given_ids(ids: pa.Array) -> pa.Array:
     return ids.filter(pa.array(keep))
 
 
-def _repeated(chunks: list[np.ndarray]) -> frozenset[int]:
-    """The hashes that occur more than once among ``chunks`` (16 bytes a row at the peak, while sorting)."""
-    if not chunks:
+def _rows_hint(source: str) -> int:
+    """A Parquet manifest's rows (from its footer); 0 for other manifests (their rows are known only at the end)."""
+    if is_corpus(source) or manifest_format(source) != "parquet":
+        return 0
+    try:
+        with open_binary(source) as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+    except (pa.ArrowException, OSError, ConfigError):
+        return 0  # the scan itself names the problem
+
+
+def _repeated(hashes: np.ndarray) -> frozenset[int]:
+    """The hashes that occur more than once (``hashes`` is sorted in place)."""
+    if len(hashes) < 2:
         return frozenset()
-    hashes = np.concatenate(chunks)
-    chunks.clear()
-    hashes.sort()  # in place: then only the repeated ones are kept
+    hashes.sort()
     return frozenset(int(h) for h in np.unique(hashes[1:][hashes[1:] == hashes[:-1]]))
 
 
