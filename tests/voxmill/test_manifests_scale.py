@@ -149,3 +149,14 @@ def test_bulk_plan_of_a_shard_equals_the_item_by_item_plan_of_its_slice(tmp_path
         assert bulk == plain and bulk_counts == plain_counts
         seen += [planned.item.row for planned in bulk]
     assert sorted(seen) == list(range(1, 27))  # every row in exactly one shard
+
+
+def test_nested_parquet_cells_are_read_row_by_row(tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["x", "y"], "text": ["One.", "Two."],
+                             "params": pa.array([{"voice": "belinda"}, None],
+                                                pa.struct([("voice", pa.string())]))}), path)
+    reader = ManifestReader(str(path), "tts")
+    bulk = list(reader)
+    assert bulk == _row_by_row(str(path), reader)
+    assert bulk[0].params["voice"] == "belinda" and "voice" not in bulk[1].params

@@ -236,7 +236,8 @@ class ManifestReader:
             batch = batch.take(pa.array(keep, pa.int64()))
             row_numbers = [before + 1 + i for i in keep]
         out = RowBatch(self.kind, row_numbers, [], [], [], [], template_list, {})
-        if self.kind != "tts" or "voice_ref" in names or "__problem__" in names:
+        if self.kind != "tts" or "voice_ref" in names or "__problem__" in names or any(
+                pa.types.is_nested(field.type) for field in batch.schema):  # (nested cells cannot key a template)
             for index, (row, values) in enumerate(zip(row_numbers, batch.to_pylist(), strict=True)):
                 out._hold(index, self.item_from_row(row, values))
             return out
