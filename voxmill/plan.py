@@ -148,7 +148,7 @@ def _plan_batch(batch: RowBatch, done: DoneIndex, skip_ids: set[str], counts: Pl
     texts, own_ids = batch.texts, batch.own_ids
     for template, indexes in groups.items():
         spec = batch.templates[template]
-        made = item_keys(spec.model, spec.params, [texts[i] for i in indexes])  # type: ignore[misc]
+        made = item_keys(spec.model, spec.params, [texts[i] for i in indexes])  # type: ignore[list-item]
         for index, key in zip(indexes, made, strict=True):
             keys[index] = key
             if not own_ids[index]:
