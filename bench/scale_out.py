@@ -7,7 +7,9 @@
 Parts (``--parts bucket,scopes``):
 - **bucket**: ``run_job`` of ``--items`` TTS items (null engine in its own process, limited to ``--rps``)
   into a local directory, then the same manifest into ``s3://…`` on a moto server (its own process,
-  ``moto_server``). Wall time of each, the bucket/local ratio, and the objects that landed.
+  ``moto_server``). Wall time of each, the bucket/local ratio, and the objects that landed. Then ``--puts``
+  objects the size of an output PUT alone into the same moto, the way the shipper uploads them: the bucket's
+  own ceiling in PUT/s and the CPU each PUT costs the client and moto.
 - **scopes**: three OS processes (separate cache directories: no machine budget in common), no rate given,
   against a server limited to 20 req/s, sharing one budget through ``rate_scope=prefect`` (a Prefect global
   concurrency limit on a test Prefect API) and then ``rate_scope=redis`` (a ``redis-server`` on loopback).
@@ -120,6 +122,7 @@ def part_bucket(args: argparse.Namespace, tmp: Path) -> None:
             rows.append((name, result["done"], result["wall_s"], args.items / result["wall_s"], result["cpu_s"],
                          moto.cpu_seconds() - moto_cpu))
         objects = len(moto.fs.find("bench/out"))
+        puts = puts_alone(moto, tmp, args.puts)
     finally:
         moto.stop()
         server.stop()
@@ -129,6 +132,30 @@ def part_bucket(args: argparse.Namespace, tmp: Path) -> None:
     for name, done, wall, rate, cpu, moto_cpu in rows:
         print(f"{name:<18}{done:>7}{wall:>9.1f}{rate:>9.1f}{rows[0][2] / wall:>9.2f}{cpu:>11.1f}{moto_cpu:>12.1f}")
     print(f"objects in the bucket after the run: {objects}")
+    count, wall, cpu, moto_cpu, size = puts
+    print(f"PUTs alone, same moto, {count} objects of {size / 1000:.0f} kB (an output's size) through "
+          f"RemoteOut.upload_many, nothing else running: {count / wall:.0f} PUT/s, {1000 * cpu / count:.2f} ms "
+          f"client CPU and {1000 * moto_cpu / count:.2f} ms moto CPU per PUT; the local job ran at "
+          f"{rows[0][3]:.0f} items/s")
+
+
+def puts_alone(moto: Moto, tmp: Path, count: int) -> tuple[int, float, float, float, int]:
+    """Upload ``count`` files the size of the job's outputs, the way the shipper does: the bucket's own ceiling."""
+    from voxmill.bucket import RemoteOut
+
+    outputs = sorted((tmp / "out-local" / "audio").glob("*"))
+    size = outputs[0].stat().st_size if outputs else 20_000
+    scratch = tmp / "puts"
+    (scratch / "audio").mkdir(parents=True)
+    names = [f"audio/p{i}.wav" for i in range(count)]
+    for name in names:
+        (scratch / name).write_bytes(os.urandom(size))
+    os.environ.update(moto.env)  # this process talks to the same moto as the jobs did
+    remote = RemoteOut("s3://bench/puts")
+    moto_cpu, cpu, started = moto.cpu_seconds(), time.process_time(), time.monotonic()
+    for first in range(0, count, 100):  # the shipper's flushes carry ~100 outputs each at 200 items/s
+        remote.upload_many(scratch, names[first:first + 100])
+    return count, time.monotonic() - started, time.process_time() - cpu, moto.cpu_seconds() - moto_cpu, size
 
 
 def part_scopes(args: argparse.Namespace, tmp: Path) -> None:
@@ -185,6 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="bucket,scopes")
     parser.add_argument("--items", type=int, default=10000)
+    parser.add_argument("--puts", type=int, default=2000, help="objects PUT alone after the bucket runs")
     parser.add_argument("--rps", type=float, default=200.0)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--concurrency", type=int, default=32)

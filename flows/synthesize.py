@@ -41,7 +41,7 @@ def synthesize(
     sends only what is not done yet. Ends Failed (with counts) when any item failed. ``options``: the API,
     its rate and where batches run (:class:`voxmill.options.RunOptions`; unset fields come from the
     environment). ``shards`` > 1 splits the job into child runs of this flow's deployment
-    (``out_dir`` must then be storage every worker sees).
+    (``out_dir`` must then be a bucket URL such as ``s3://bucket/out``, or a path every worker sees).
     """
     if shards > 1:
         return run_shards(out_dir, shards)

@@ -416,6 +416,8 @@ class Shipper:
             for journal in sorted(self.journal_dir.glob("journal-*.jsonl")) if self.journal_dir.exists() else ():
                 start = self._offsets.get(journal.name, 0)
                 with open(journal, "rb") as handle:
+                    if os.fstat(handle.fileno()).st_size < start:
+                        start = 0  # compacted (truncated) by a job that went on writing it: its lines are new
                     handle.seek(start)
                     data = handle.read()
                 end = data.rfind(b"\n") + 1
@@ -475,7 +477,9 @@ class FetchOutputs:
 def mirrored(url: str, run_id: str | None = None) -> Iterator[Path]:
     """A local copy of everything at ``url`` for a job that needs its files on disk (an audiobook assembles its
     chunks): OUT's lease is taken (and renewed) for the whole block; the files and the ledger come down into a
-    scratch folder, which is yielded; afterwards (also after an error: what was done is kept) the ledger is
+    scratch folder, which is yielded. While the block runs, what the scratch folder's ledger records is shipped
+    as it goes (a :class:`Shipper`: the outputs, then the segment that names them), so a killed job's rerun pays
+    only for what no segment holds. Afterwards (also after an error: what was done is kept) the ledger is
     published the usual way and every other file goes up, then the scratch folder is removed."""
     from voxmill.ledger import Ledger
 
@@ -483,17 +487,7 @@ def mirrored(url: str, run_id: str | None = None) -> Iterator[Path]:
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}-mirror"
     remote.acquire(run_id)
     scratch = make_scratch(url)
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(LEASE_RENEW_S):
-            try:
-                remote.renew()
-            except Exception as exc:  # the next try may reach it; the lease outlives a few misses
-                log.warning("could not renew the lease of %s: %s", url, exc)
-
-    renewer = threading.Thread(target=renew, name="voxmill-lease", daemon=True)
-    renewer.start()
+    shipper: Shipper | None = None
     try:
         for path in remote.fs.find(remote.root):
             relative = path[len(remote.root):].lstrip("/")
@@ -501,10 +495,15 @@ def mirrored(url: str, run_id: str | None = None) -> Iterator[Path]:
                 continue
             (scratch / relative).parent.mkdir(parents=True, exist_ok=True)
             remote.fs.get_file(path, str(scratch / relative))
-        remote.materialize(scratch, Ledger(scratch).journal_dir)
+        journal_dir = Ledger(scratch).journal_dir
+        remote.materialize(scratch, journal_dir)
+        shipper = Shipper(remote, scratch, journal_dir, run_id)  # from the journals' ends: the rest came from OUT
+        shipper.start()  # it renews the lease too
         yield scratch
     finally:
         try:
+            if shipper is not None:
+                shipper.stop()  # every journal line in a segment before the journals are compacted
             ledger = Ledger(scratch, run_id)
             if ledger.has_journal_rows():
                 ledger.compact()
@@ -514,8 +513,8 @@ def mirrored(url: str, run_id: str | None = None) -> Iterator[Path]:
                      and p.name not in ("results.parquet", "failures.parquet")]
             remote.upload_many(scratch, files)
         finally:
-            stop.set()
-            renewer.join()
+            if shipper is not None:
+                shipper.stop_renewing()
             remote.release()
             remove_scratch(scratch)
 

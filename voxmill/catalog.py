@@ -454,35 +454,45 @@ def validate(
                 raise ValidationError(f"{model}: parameter {param.name!r} is required", param=param.name)
             if param.send_default:
                 coerced[param.name] = param.default
-    warnings: list[str] = []
+    warnings: tuple[str, ...] = ()
     if spec.kind == "tts":
-        text = coerced["text"]
-        if not text.strip():
-            raise UnspeakableText(f"{model}: parameter 'text' is empty (only whitespace); nothing to speak",
-                                  param="text")
-        check_control_characters(text, model)
-        if speakable:
-            check_speakable(text, model)
-        hard = text_hard_limit if text_hard_limit is not None else spec.text_hard_limit
-        if hard is not None and len(text) > hard:
-            raise ValidationError(
-                f"{model}: parameter 'text' has {len(text)} characters, over the limit of {hard} "
-                f"(split it into chunks of ≤ {spec.chunk_words} words, or raise the limit)",
-                param="text",
-            )
-        if spec.text_soft_limit is not None and len(text) > spec.text_soft_limit:
-            warnings.append(
-                f"{model}: text has {len(text)} characters, over the recommended {spec.text_soft_limit}"
-            )
+        warnings = check_text(spec, coerced["text"], text_hard_limit=text_hard_limit, speakable=speakable)
     for rule_name, rule in spec.rules:
         problem = rule(coerced)
         if problem:
             raise ValidationError(f"{model}: {problem} (rule: {rule_name})", param=rule_name.split()[0])
-    return ValidatedRequest(spec, coerced, tuple(warnings))
+    return ValidatedRequest(spec, coerced, warnings)
+
+
+def check_text(
+    spec: ModelSpec, text: str, *, text_hard_limit: int | None = None, speakable: bool = True
+) -> tuple[str, ...]:
+    """The checks :func:`validate` makes on a TTS model's (coerced, non-empty) ``text``: raise for text that
+    cannot be sent; the warnings for text that can. (The rules between parameters never look at the text, so a
+    manifest reader may validate a row's other parameters once for many rows and check each text with this.)"""
+    model = spec.name
+    if not text.strip():
+        raise UnspeakableText(f"{model}: parameter 'text' is empty (only whitespace); nothing to speak",
+                              param="text")
+    check_control_characters(text, model)
+    if speakable:
+        check_speakable(text, model)
+    hard = text_hard_limit if text_hard_limit is not None else spec.text_hard_limit
+    if hard is not None and len(text) > hard:
+        raise ValidationError(
+            f"{model}: parameter 'text' has {len(text)} characters, over the limit of {hard} "
+            f"(split it into chunks of ≤ {spec.chunk_words} words, or raise the limit)",
+            param="text",
+        )
+    if spec.text_soft_limit is not None and len(text) > spec.text_soft_limit:
+        return (f"{model}: text has {len(text)} characters, over the recommended {spec.text_soft_limit}",)
+    return ()
 
 
 #: C0 and C1 control characters and DEL, except tab, newline and carriage return
 _FORBIDDEN_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: the same characters for Arrow's RE2 (which a manifest reader runs on a whole column of texts at once)
+FORBIDDEN_CONTROL_RE2 = r"[\x{00}-\x{08}\x{0b}\x{0c}\x{0e}-\x{1f}\x{7f}-\x{9f}]"
 #: a letter or digit of any script (``\w`` without the underscore)
 _SPEAKABLE = re.compile(r"[^\W_]")
 
@@ -547,7 +557,9 @@ __all__ = [
     "UPLOAD_FILE_TYPES",
     "UPLOAD_MODELS",
     "ValidatedRequest",
+    "FORBIDDEN_CONTROL_RE2",
     "check_control_characters",
+    "check_text",
     "check_speakable",
     "get_model",
     "model_table_markdown",

@@ -39,7 +39,7 @@ from voxmill.bucket import (
 from voxmill.errors import ConfigError, disk_full_error
 from voxmill.identity import shard_of
 from voxmill.ledger import Ledger
-from voxmill.manifests import JobKind, ManifestReader, RunDefaults, WorkItem, iter_record_batches
+from voxmill.manifests import JobKind, ManifestReader, RunDefaults, WorkItem, iter_id_cells
 from voxmill.plan import PlanCounts, PlannedItem, key_of, plan_items
 from voxmill.progress import ProgressBoard
 from voxmill.settings import Settings
@@ -202,14 +202,15 @@ class OpenJob:
     started: float
     #: the output URL's side of the job (None: a local output directory)
     remote: RemoteRun | None = None
+    #: the ids the manifest uses more than once (from the scan before the job started; None: not known)
+    repeated_ids: frozenset[int] | None = None
 
     def batches(self) -> Iterator[list[PlannedItem]]:
         """Planned items in batches of ``batch_size``, read lazily from the manifest."""
         shard = self.request.shard
-        reader: Iterable[WorkItem] = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults,
-                                                    id_filter=shard.holds_id if shard is not None else None)
-        if shard is not None:
-            reader = filter(shard.holds, reader)  # rows without an id: their key decides
+        reader = ManifestReader(self.request.manifest, self.request.kind, self.request.defaults,
+                                repeated_ids=self.repeated_ids,
+                                id_filter=shard.holds_id if shard is not None else None)
         failed_ids = self.ledger.failed_ids() if (self.request.only_failed or not self.request.retry_failed) else None
         planned = plan_items(
             reader,
@@ -218,6 +219,7 @@ class OpenJob:
             retry_failed=self.request.retry_failed,
             only_failed=self.request.only_failed,
             counts=self.counts,
+            holds=shard.holds_id if shard is not None else None,  # rows without an id: their key decides
         )
         batch: list[PlannedItem] = []
         for item in planned:
@@ -308,8 +310,8 @@ def load_job_record(out_dir: Path) -> JobRequest:
 
 
 def count_rows(manifest: str) -> int:
-    """Rows in a manifest (one streaming pass)."""
-    return sum(batch.num_rows for batch in iter_record_batches(manifest))
+    """Rows in a manifest (one streaming pass; a Parquet file's footer)."""
+    return sum(len(ids) for ids in iter_id_cells(manifest))
 
 
 def auto_batch_size(rows: int, in_flight: int = 0, workers: int = 1) -> int:
@@ -340,10 +342,12 @@ def open_job(
             f"shard {request.shard.name}: out_dir {str(request.out_dir)!r} is relative; a shard runs on any worker, "
             "so give an absolute path on storage every worker sees"
         )
-    # the columns up front, then one whole pass (count_rows): a parse error anywhere stops before any request
+    # the columns up front, then one pass (ManifestReader.scan): the rows and the repeated ids; a CSV or JSONL
+    # manifest is parsed whole there, so a parse error anywhere stops before any request
     reset_stop()  # a stop that ended an earlier job of this process does not carry over
     ManifestReader(request.manifest, request.kind, request.defaults).check_header()
-    rows = count_rows(request.manifest)
+    scan = ManifestReader(request.manifest, request.kind, request.defaults).scan()
+    rows = scan.rows
     remote: RemoteRun | None = None
     if request.out_url is not None:
         bucket = RemoteOut(request.out_url)
@@ -392,6 +396,7 @@ def open_job(
         batch_size=request.batch_size or auto_batch_size(rows, settings.rate_limit.max_concurrent, request.workers),
         started=time.monotonic(),
         remote=remote,
+        repeated_ids=scan.repeated_ids,
     )
 
 

@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from voxmill.errors import ConfigError, DiskFull, disk_full_error
-from voxmill.identity import id_hash64
+from voxmill.identity import HashBuffer, id_hash64, id_hashes64
+from voxmill.manifests.formats import parquet_batches
 
 RESULTS_FILE = "results.parquet"
 #: results.parquet's metadata key holding the run record (JSON)
@@ -129,6 +130,9 @@ for _digit, _char in enumerate("0123456789abcdef"):
     _HEX_VALUES[ord(_char)] = _HEX_VALUES[ord(_char.upper())] = _digit
 #: rows converted at a time when building an index (bounds the Python objects alive at once)
 _INDEX_SLICE = 65536
+#: rows per Parquet row group of the tables written here: a reader decompresses one group at a time, so this
+#: bounds what streaming a 10M-row ledger costs (a whole 1M-row group of 64-character keys is ~100 MB)
+ROW_GROUP_ROWS = 65536
 
 
 def _key_bits_array(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -169,29 +173,35 @@ class DoneIndex:
         self._read: pa.Table | None = None
 
     @classmethod
-    def from_chunks(cls, chunks: Iterable[tuple[pa.Array, pa.Array]], ledger: Ledger | None = None) -> DoneIndex:
-        """The index of (keys, ids) column chunks, streamed: memory stays at 24 bytes per done item."""
+    def from_chunks(cls, chunks: Iterable[tuple[pa.Array, pa.Array]], ledger: Ledger | None = None,
+                    size_hint: int = 0) -> DoneIndex:
+        """The index of (keys, ids) column chunks, streamed: memory stays at 24 bytes per done item (filled in
+        place when ``size_hint`` is at least their number of rows)."""
         index = cls.__new__(cls)
-        index._build(chunks)
+        index._build(chunks, size_hint)
         index._init_rows(ledger)
         return index
 
-    def _build(self, chunks: Iterable[tuple[pa.Array, pa.Array]]) -> None:
-        his, los, id_bits = [], [], []
+    def _build(self, chunks: Iterable[tuple[pa.Array, pa.Array]], size_hint: int = 0) -> None:
+        # filled in place where the number of rows is known (``size_hint``, at least it): no chunk lists, no joins
+        his, los, id_bits = HashBuffer(size_hint), HashBuffer(size_hint), HashBuffer(size_hint)
         for keys, ids in chunks:
             for start in range(0, len(keys), _INDEX_SLICE):
-                key_slice = keys.slice(start, _INDEX_SLICE)
-                hi, lo = _key_bits_array(key_slice)
-                his.append(hi)
-                los.append(lo)
-                id_bits.append(np.fromiter((_id_bits(i) for i in ids.slice(start, _INDEX_SLICE).to_pylist()),
-                                           dtype=np.uint64, count=len(key_slice)))
-        hi = np.concatenate(his) if his else np.empty(0, np.uint64)
-        lo = np.concatenate(los) if los else np.empty(0, np.uint64)
+                hi, lo = _key_bits_array(keys.slice(start, _INDEX_SLICE))
+                his.add(hi)
+                los.add(lo)
+                id_bits.add(id_hashes64(ids.slice(start, _INDEX_SLICE)))
+        hi, lo = his.take(), los.take()
         order = np.lexsort((lo, hi))
-        # three contiguous arrays: searchsorted on a field of a structured array copies it on every call
-        self._hi, self._lo = hi[order], lo[order]
-        self._ids = (np.concatenate(id_bits) if id_bits else np.empty(0, np.uint64))[order]
+        # three contiguous arrays: searchsorted on a field of a structured array copies it on every call; each
+        # reordered through one temporary at a time (the peak is 48 bytes per done item, briefly)
+        hi[:] = hi[order]
+        lo[:] = lo[order]
+        self._hi, self._lo = hi, lo
+        ids = id_bits.take()
+        ids[:] = ids[order]
+        self._ids = ids
+        del order
         self._sorted_ids: np.ndarray | None = None  # built by has_id, for retry-failed's counts
 
     def __len__(self) -> int:
@@ -225,6 +235,35 @@ class DoneIndex:
     def done_as(self, key: str, item_id: str) -> bool:
         """Whether this very item (same key, same id) is done."""
         return self._find(key) == _id_bits(item_id)
+
+    def done_mask(self, keys: list[str], item_ids: list[str]) -> np.ndarray:
+        """:meth:`done_as` of many items at once (a bool array): one vectorised search for a manifest's batch."""
+        count = len(keys)
+        if count == 0 or len(self) == 0:
+            return np.zeros(count, dtype=bool)
+        hi, lo = _key_bits_array(pa.array(keys, pa.string()))
+        found = np.zeros(count, dtype=np.uint64)
+        known = np.zeros(count, dtype=bool)
+        if len(self._hi):
+            start = np.minimum(self._hi.searchsorted(hi, side="left"), len(self._hi) - 1)
+            same_hi = self._hi[start] == hi
+            known = same_hi & (self._lo[start] == lo)
+            found[known] = self._ids[start[known]]
+            # another key with the same first 64 bits sorts first: look these few up one by one
+            for index in np.flatnonzero(same_hi & ~known).tolist():
+                match = self._find(keys[index])
+                if match is not None:
+                    known[index], found[index] = True, match
+        if self._overlay:  # items done in this run come first, as in _find
+            for index, bits in enumerate(zip(hi.tolist(), lo.tolist(), strict=True)):
+                match = self._overlay.get(bits)
+                if match is not None:
+                    known[index], found[index] = True, match
+        candidates = np.flatnonzero(known)
+        mask = np.zeros(count, dtype=bool)
+        if len(candidates):
+            mask[candidates] = found[candidates] == id_hashes64([item_ids[i] for i in candidates.tolist()])
+        return mask
 
     def add(self, key: str, item_id: str, row: LedgerRow | None = None) -> None:
         """Remember an item finished in this run (and its row, for :meth:`row_of`)."""
@@ -402,13 +441,15 @@ class Ledger:
         Streamed from results.parquet a record batch at a time, then the journals. No latest-per-id pass
         is needed: a done key is never sent again, so a done row is never superseded for the same key.
         """
-        return DoneIndex.from_chunks(self._done_chunks(), ledger=self)
+        results = self.out_dir / RESULTS_FILE
+        return DoneIndex.from_chunks(self._done_chunks(), ledger=self,
+                                     size_hint=pq.ParquetFile(results).metadata.num_rows if results.exists() else 0)
 
     def _done_chunks(self) -> Iterator[tuple[pa.Array, pa.Array]]:
         columns = ["id", "key", "status"]
         results = self.out_dir / RESULTS_FILE
         if results.exists():
-            for batch in pq.ParquetFile(results).iter_batches(batch_size=_INDEX_SLICE, columns=columns):
+            for batch in parquet_batches(pq.ParquetFile(results), _INDEX_SLICE, columns):
                 done = batch.filter(pc.equal(batch.column("status"), "done"))
                 yield done.column("key"), done.column("id")
         rows = [r for r in self._journal_rows(columns) if r.get("status") == "done"]
@@ -455,7 +496,7 @@ def _latest_per_id(table: pa.Table) -> pa.Table:
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

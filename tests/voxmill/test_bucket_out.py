@@ -153,3 +153,51 @@ def test_kill_9_then_rerun_pays_only_what_no_segment_recorded(s3_bucket, make_se
     assert sorted(table["id"].to_pylist()) == sorted(f"k{i:02d}" for i in range(40))
     assert set(table["status"].to_pylist()) == {"done"} and not remote.exists(LEASE_FILE)
     print(f"\nrecorded at the kill: {len(recorded)}; paid but unrecorded: {paid_at_kill - len(recorded)}")
+
+
+MIRROR_KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from voxmill.bucket import mirrored
+from voxmill.jobs import JobRequest, run_job
+from voxmill.settings import ApiKey, RateLimit, Settings
+settings = Settings(api_key=ApiKey(sys.argv[3]), base_url=sys.argv[4], rate_limit=RateLimit(max_concurrent=2),
+                    cache_dir=sys.argv[5])
+with mirrored(sys.argv[2]) as local:  # what an audiobook job into a URL runs its chunks in
+    run_job(JobRequest("tts", sys.argv[1], Path(local), batch_size=5, workers=1), settings)
+"""
+
+
+@pytest.mark.e2e
+def test_a_mirrored_job_ships_as_it_goes_so_a_kill_loses_only_the_last_flush(s3_bucket, make_server,  # noqa: F811
+                                                                             tmp_path):
+    import time
+
+    server = make_server(latency_ms=150)
+    texts = [f"Mirrored run, distinct sentence {i}." for i in range(40)]
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"m{i:02d}", "text": t} for i, t in enumerate(texts)])
+    url = f"s3://{BUCKET}/out/mirrored"
+    remote = RemoteOut(url)
+    args = [sys.executable, "-c", MIRROR_KILL_SCRIPT, str(manifest), url, server.token, server.base_url,
+            str(tmp_path / "cache")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(remote.read_table(["id"])) < 6:  # rows reach the bucket while the job still runs
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    time.sleep(0.5)  # what the server was doing for the dead run ends
+    recorded = set(remote.read_table(["id"])["id"].to_pylist())
+    paid_at_kill = server.stats()["generations_total"]
+    assert 6 <= len(recorded) < len(texts)
+    assert all(remote.exists(f"audio/{item}.wav") for item in recorded), "outputs land before their rows"
+
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert server.stats()["generations_total"] - paid_at_kill == len(texts) - len(recorded), \
+        "the rerun sent exactly what no segment held"
+    table = remote.read_table(["id", "status"])
+    assert sorted(table["id"].to_pylist()) == [f"m{i:02d}" for i in range(40)]
+    assert set(table["status"].to_pylist()) == {"done"} and not remote.exists(LEASE_FILE)

@@ -26,11 +26,15 @@ from voxmill.manifests.formats import (
 )
 from voxmill.manifests.reader import (
     ItemProblem,
+    ItemTemplate,
     JobKind,
     ManifestReader,
+    ManifestScan,
+    RowBatch,
     RunDefaults,
     WorkItem,
     find_duplicate_ids,
+    iter_id_cells,
     repeated_id_hashes,
 )
 
@@ -38,13 +42,17 @@ __all__ = [
     "CORPUS_AUDIO_SUFFIXES",
     "DEFAULT_BATCH_ROWS",
     "ItemProblem",
+    "ItemTemplate",
     "JobKind",
     "ManifestReader",
+    "ManifestScan",
+    "RowBatch",
     "RunDefaults",
     "WorkItem",
     "find_duplicate_ids",
     "is_corpus",
     "iter_corpus",
+    "iter_id_cells",
     "iter_record_batches",
     "manifest_format",
     "manifest_format_suffix",
