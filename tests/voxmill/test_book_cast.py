@@ -138,7 +138,7 @@ def test_the_example_cast_and_lexicon_in_manifests_load(tmp_path, capsys):
                                       cast=str(manifests / "example_dialogue.cast.toml")))
     assert plan.lexicon.describe() == "3 entries (example_dialogue.lexicon.toml 3)"  # found next to the book
     roles = {c.role for chunks in plan.chunks.values() for c in chunks}
-    assert roles == {"narrator", "dialogue", "Mara", "Tom"}
+    assert roles == {"narrator", "dialogue", "Mara", "Tom", "Ben"}  # the shout from the pier: dialogue
     assert any("SKERR-eez" in (c.spoken or "") for chunks in plan.chunks.values() for c in chunks)
     assert resolve_lexicon(book, None, None).apply("a steady 12 kn breeze") == "a steady 12 knots breeze"
     assert main(["audiobook", str(book), "--cast"]) == 0

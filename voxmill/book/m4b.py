@@ -1,20 +1,23 @@
-"""The whole book with ffmpeg, streamed from the chapter WAVs (never in memory): join, loudness, m4b, files.
+"""The whole book with ffmpeg, streamed from the chapter WAVs (never in memory): loudness, m4b, chapter files.
 
 Loudness follows EBU R128 measurement (ITU-R BS.1770 integrated loudness, true peak) with a spoken-word
 target: −18 LUFS integrated, true peak ≤ −3 dBTP by default — inside ACX's −23…−18 dB RMS window and
-under its −3 dB peak ceiling. It is measured over the joined book (ffmpeg ``ebur128``, streaming) and
-the same gain and true-peak limiter are applied to the m4b and to every per-chapter file, so chapters
-keep their relative levels.
+under its −3 dB peak ceiling. One gain is applied to the whole book, so chapters keep their relative levels.
 
 The m4b carries a chapter mark per chapter (an FFMETADATA file with ``[CHAPTER]`` blocks in
 milliseconds), the cover as an attached picture, and title/album/artist/composer (narrator) tags.
 
-Mastering encodes each chapter once, chapters in parallel (:func:`encode_chapters`), and joins the encoded
-chapters without re-encoding (:func:`join_chapters`). AAC frames hold 1024 samples and ffmpeg's encoder
+Mastering measures each chapter once and encodes it once, chapters in parallel (:func:`chapter_gains`,
+:func:`encode_chapters`): the gain alone where it keeps the chapter's peaks 2 dB under the true-peak target,
+a limiter at the native rate only on the chapters whose peaks need one. The encoded chapters are joined
+without re-encoding (:func:`join_chapters`). AAC frames hold 1024 samples and ffmpeg's encoder
 primes every stream with one frame of silence, which a stream copy keeps: each chapter is padded to whole
 frames, so in the book it spans exactly ``padded + 1024`` samples (:func:`chapter_span`) and its speech
-starts 1024 samples after its mark. The chapters' loudness is measured in parallel too and combined into
-the book's (:func:`chapters_loudness_filter`).
+starts 1024 samples after its mark.
+
+The earlier whole-book path (:func:`join_wavs`, :func:`book_loudness_filter`, :func:`write_m4b`: the book
+joined as PCM, measured, corrected through a 4×-oversampled true-peak limiter that also runs in one AAC
+encode of the whole book) is kept as the benchmark's baseline.
 """
 
 from __future__ import annotations
