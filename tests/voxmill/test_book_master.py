@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxmill.audio.measure import decode_float32, loudness_lufs, loudness_of
+from voxmill.audio.measure import Loudness, decode_float32, loudness_lufs, loudness_of
 from voxmill.book.m4b import (
     AAC_PRIMING,
     ChapterMark,
@@ -106,3 +106,18 @@ def test_combined_loudness_is_the_energy_mean():
     assert combined_loudness([(-20.0, 10.0), (-20.0, 30.0)]) == -20.0
     assert round(combined_loudness([(-20.0, 10.0), (-10.0, 10.0), (None, 50.0)]), 2) == -12.6
     assert combined_loudness([(None, 3.0)]) is None
+
+
+def test_a_silent_chapter_takes_the_books_gain_and_a_silent_book_none(tmp_path):
+    silent = tmp_path / "silent.wav"
+    with wave.open(str(silent), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(RATE)
+        writer.writeframes(bytes(2 * RATE * 3))
+    assert loudness_of(silent, peak="sample") == loudness_of(silent, peak="true") == Loudness(None, None)
+    voiced = tmp_path / "voiced.wav"
+    count = _chapter(voiced, 6.0, None, 3)
+    gains = chapter_gains([silent, voiced], [3.0, count / RATE], -18.0, -3.0)
+    assert gains is not None and gains[0] == gains[1] and gains[0].limit is None
+    assert chapter_gains([silent], [3.0], -18.0, -3.0) is None  # nothing to normalise
