@@ -13,11 +13,14 @@ assembly, with a voiced stand-in as long as the chunk would be spoken (2.5 words
 120,000 words, to measure assembly and mastering at full length. The baseline is the requests phase
 (the ordinary engine job on the book's chunks); the table gives every phase's ratio to it.
 
-Mastering is then measured twice more on the same book folder (its chunks and assembled chapters reused,
-only mastering redone): the earlier whole-book path (one AAC stream for the book, loudness measured over the
-joined book, ffmpeg's default ``twoloop`` AAC coder) and today's chapter path (each chapter encoded once, in
-parallel, joined by stream copy) with the ``twoloop`` coder and with the default ``fast`` coder, in that order,
-in the same run; the second table gives each one's ratio to the whole-book path.
+Mastering is then measured again on the same book folder (its chunks and assembled chapters reused, only
+mastering redone): the earlier whole-book path (one AAC stream for the book, loudness measured over the joined
+book and corrected through a 4×-oversampled true-peak limiter that also runs in the encode, ffmpeg's default
+``twoloop`` AAC coder) and the chapter path (each chapter measured once and encoded once, in parallel, at one
+gain for the book with a limiter only where its peaks need one, joined by stream copy) with the ``twoloop``
+coder and with the default ``fast`` coder, in that order, in the same run (``--paths`` picks some); the second
+table gives each one's ratio to the whole-book path, and the m4b each one wrote, measured afterwards (not
+timed): its integrated loudness and its true peak (ffmpeg ``ebur128``, 4× oversampled), against the targets.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ def phase_book(args: argparse.Namespace) -> dict:
     """Run one book in this process and report what it cost."""
     import pyarrow.parquet as pq
 
+    from voxmill.audio.measure import loudness_of
     from voxmill.book.pipeline import AudiobookRequest, make_audiobook
     from voxmill.jobs import run_job
     from voxmill.settings import ApiKey, RateLimit, Settings
@@ -132,15 +136,19 @@ def phase_book(args: argparse.Namespace) -> dict:
     result = make_audiobook(request, settings, run_chunks=run_chunks)
     wall = time.monotonic() - started
     first_stand_in = stand_in["s"]
-    mastering = {}
+    mastering: dict[str, dict] = {}
     for name, changes in (("whole-book", {"mastering": "whole-book"}),
                           ("chapters-twoloop", {"mastering": "chapters", "aac_coder": "twoloop"}),
                           ("chapters", {"mastering": "chapters", "aac_coder": "fast"})):
+        if name not in args.paths.split(","):
+            continue
         # the same folder again: chunks and assembled chapters are reused, only mastering is redone
         cpu_before = _children_cpu()
         again = make_audiobook(dataclasses.replace(request, **changes), settings, run_chunks=run_chunks)
-        mastering[name] = again.timings["mastering_s"]
-        mastering[f"{name}-cpu"] = round(_children_cpu() - cpu_before, 2)
+        used = round(_children_cpu() - cpu_before, 2)
+        level = loudness_of(Path(again.m4b), peak="true")  # after the timing: what the listener gets
+        mastering[name] = {"wall_s": again.timings["mastering_s"], "cpu_s": used, "lufs": level.lufs,
+                           "true_peak_db": level.peak_db}
     stand_in["s"] = first_stand_in
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -150,10 +158,7 @@ def phase_book(args: argparse.Namespace) -> dict:
     return {"ok": result.ok, "chapters": result.chapters, "chunks": result.chunks, **timings,
             "audio_hours": round(result.audio_seconds / 3600, 3), "wall_s": round(wall, 2),
             "peak_rss_mb": round(own, 1), "peak_child_rss_mb": round(kids, 1), "stand_in_s": round(stand_in["s"], 2),
-            "mastering_whole_book_s": mastering["whole-book"], "mastering_chapters_s": mastering["chapters"],
-            "mastering_chapters_twoloop_s": mastering["chapters-twoloop"],
-            "cpu": {name: mastering[f"{name}-cpu"] for name in ("whole-book", "chapters-twoloop", "chapters")},
-            "cpus": os.cpu_count()}
+            "mastering": mastering, "cpus": os.cpu_count()}
 
 
 def main() -> None:
@@ -163,6 +168,8 @@ def main() -> None:
     parser.add_argument("--speech", action="store_true", help="speech-length stand-in audio (see the docstring)")
     parser.add_argument("--format", default="m4b", help="per-chapter files (default m4b)")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--paths", default="whole-book,chapters-twoloop,chapters",
+                        help="mastering paths to time again, in this order (whole-book is the baseline)")
     parser.add_argument("--phase", choices=("book",), help=argparse.SUPPRESS)
     parser.add_argument("--book", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -190,7 +197,8 @@ def main() -> None:
                 time.sleep(0.2)
             cmd = [sys.executable, __file__, "--phase", "book", "--book", str(book), "--out", str(work_dir / "out"),
                    f"--token={token}", "--base-url", f"http://127.0.0.1:{port}", "--format", args.format,
-                   "--concurrency", str(args.concurrency)] + (["--speech"] if args.speech else [])
+                   "--concurrency", str(args.concurrency), "--paths", args.paths]
+            cmd += ["--speech"] if args.speech else []
             line = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
         finally:
             server.terminate()
@@ -207,18 +215,25 @@ def main() -> None:
     print(f"{'requests per second':<28} {report['chunks'] / baseline:>9.1f}")
     if args.speech:
         print(f"{'writing stand-ins (excluded)':<28} {report['stand_in_s']:>9.2f}")
-    before, after = report["mastering_whole_book_s"], report["mastering_chapters_s"]
-    print(f"\nmastering the same {report['audio_hours']} h ({report['cpus']} CPUs): before (whole book, one AAC "
-          "stream, ffmpeg's default twoloop coder) and after (chapters encoded in parallel, joined by stream copy)")
-    twoloop = report["mastering_chapters_twoloop_s"]
-    cpu = report["cpu"]
+    runs = report["mastering"]
+    base = runs.get("whole-book")
+    print(f"\nmastering the same {report['audio_hours']} h ({report['cpus']} CPUs, load average now "
+          f"{os.getloadavg()[0]:.1f}): "
+          "before (whole book, one AAC stream, 4x-oversampled true-peak limiter, ffmpeg's default twoloop coder) and "
+          "after (each chapter measured once and encoded once in parallel, one gain, a limiter only where peaks need "
+          "it, joined by stream copy)")
     print("wall seconds depend on what else the machine runs; ffmpeg CPU seconds do not (much), and an idle machine")
-    print("runs the chapter path's ffmpeg processes on every core at once")
-    print(f"{'mastering path':<28} {'wall s':>9} {'× before':>9} {'ffmpeg CPU s':>13} {'× before':>9}")
-    for label, wall, used in (("before: whole-book", before, cpu["whole-book"]),
-                              ("chapters, twoloop coder", twoloop, cpu["chapters-twoloop"]),
-                              ("after: chapters, fast coder", after, cpu["chapters"])):
-        print(f"{label:<28} {wall:>9.2f} {wall / before:>9.2f} {used:>13.2f} {used / cpu['whole-book']:>9.2f}")
+    print("runs the chapter path's ffmpeg processes on every core at once; LUFS and dBTP: the m4b, measured after")
+    print(f"{'mastering path':<28} {'wall s':>9} {'× before':>9} {'ffmpeg CPU s':>13} {'× before':>9} {'LUFS':>7} "
+          f"{'dBTP':>7}")
+    labels = {"whole-book": "before: whole-book", "chapters-twoloop": "chapters, twoloop coder",
+              "chapters": "after: chapters, fast coder"}
+    for name, run in runs.items():
+        wall = f"{run['wall_s'] / base['wall_s']:>9.2f}" if base else f"{'-':>9}"
+        cpu = f"{run['cpu_s'] / base['cpu_s']:>9.2f}" if base else f"{'-':>9}"
+        lufs = f"{run['lufs']:>7.1f}" if run["lufs"] is not None else f"{'-':>7}"
+        peak = f"{run['true_peak_db']:>7.1f}" if run["true_peak_db"] is not None else f"{'-':>7}"
+        print(f"{labels[name]:<28} {run['wall_s']:>9.2f} {wall} {run['cpu_s']:>13.2f} {cpu} {lufs} {peak}")
     print(f"{'peak RSS, book process':<28} {report['peak_rss_mb']:>7.0f} MB")
     print(f"{'peak RSS, largest child':<28} {report['peak_child_rss_mb']:>7.0f} MB")
 

@@ -203,7 +203,8 @@ def write_coarse_epub(path: Path) -> Path:
     return path
 
 
-#: a conversation of three speakers (Mara, Tom, Ben) in narration, attributed in every way the rules know
+#: a conversation of three speakers (Mara, Tom, Ben) in narration, attributed in every way the rules know, and
+#: one shout from nobody named (the dialogue voice reads it)
 DIALOGUE_PARAGRAPHS = [
     "The wind rose over the harbour as the light faded.",
     "“The boats are late,” said Mara. “They should be back by now.”",
@@ -214,6 +215,7 @@ DIALOGUE_PARAGRAPHS = [
     "Ben said: “I have seen worse nights than this one.”",
     "“What did you see out there, Ben?” asked Tom.",
     "Nobody answered for a while, and the waves kept breaking on the stones.",
+    "A shout came from the end of the pier: “Lights! I can see their lights!”",
 ]
 
 

@@ -33,6 +33,9 @@ instructions = "anxious, quick"
 
 [characters.Tom]
 voice = "Eric"
+
+[characters.Ben]
+voice = "Uncle_Fu"
 """
 
 
@@ -42,7 +45,7 @@ def test_speakers_are_attributed_by_rule_with_a_confidence():
     assert said == [
         [], [("Mara", "said", 0.9), ("Mara", "said", 0.8)], [("Tom", "said", 0.9)],
         [("Mara", "alternation", 0.5)], [("Tom", "vocative", 0.6)], [("Ben", "pronoun", 0.7)],
-        [("Ben", "said", 0.9)], [("Tom", "said", 0.9)], [],
+        [("Ben", "said", 0.9)], [("Tom", "said", 0.9)], [], [(None, None, 0.0)],
     ]
 
 
@@ -61,7 +64,7 @@ def test_cast_lists_the_three_speakers_and_sends_nothing(tmp_path, capsys):
     book = write_dialogue_md(tmp_path / "harbour.md")
     assert main(["audiobook", str(book), "--cast"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == ("Three at the Harbour: 3 characters in 8 quotes (0 with no speaker found: read by the "
+    assert out[0] == ("Three at the Harbour: 3 characters in 9 quotes (1 with no speaker found: read by the "
                       "dialogue voice)")
     assert [line.split()[:2] for line in out[2:5]] == [["Mara", "3"], ["Tom", "3"], ["Ben", "2"]]
     assert any("“The boats are late,”" in line for line in out)
@@ -81,12 +84,13 @@ def test_a_cast_file_gives_every_chunk_its_roles_voice_and_never_mixes_two(null_
     assert result.ok and null_server.stats()["generations_total"] == result.chunks
     chunks = pq.read_table(out / "chunks.parquet").to_pylist()
     ledger = {row["id"]: json.loads(row["params"]) for row in read_results(out).to_pylist()}
-    voices = {"narrator": None, "dialogue": "Sohee", "Mara": "Vivian", "Tom": "Eric"}
+    voices = {"narrator": None, "dialogue": "Sohee", "Mara": "Vivian", "Tom": "Eric", "Ben": "Uncle_Fu"}
     for chunk in chunks:
         assert ledger[chunk["id"]].get("voice") == voices[chunk["role"]]
         quoted = chunk["text"][0] in "“\"" and chunk["text"].rstrip()[-1] in "”\""
         assert quoted == (chunk["role"] != "narrator"), chunk  # a chunk is all quote or all narration
-    assert {c["role"] for c in chunks} == set(voices)  # Ben is not cast: the dialogue voice reads him
+    assert {c["role"] for c in chunks} == set(voices)  # all three cast; the shout nobody is named for: dialogue
+    assert [c["text"] for c in chunks if c["role"] == "dialogue"] == ["“Lights! I can see their lights!”"]
     assert all(ledger[c["id"]].get("instructions") == "anxious, quick" for c in chunks if c["role"] == "Mara")
     assert not any("instructions" in ledger[c["id"]] for c in chunks if c["role"] != "Mara")
 
@@ -119,7 +123,8 @@ def test_each_voice_comes_back_with_its_own_measurable_timbre(real_server, tmp_p
         reference = voiceprint(plain.synthesize(chunk["text"]), 24000).pitch_hz
         shifts.setdefault(chunk["role"], []).append(12 * np.log2(take / reference))
     measured = {role: float(np.median(values)) for role, values in shifts.items()}
-    expected = {"Tom": -3, "narrator": 0, "dialogue": 3, "Mara": 6}  # Eric, default, Sohee, Vivian
+    expected = {"Ben": -6, "Tom": -3, "narrator": 0, "dialogue": 3, "Mara": 6}  # Uncle_Fu, Eric, default, Sohee,
+    # Vivian: three semitones apart, each within one of its own
     assert all(abs(measured[role] - semitones) <= 1.0 for role, semitones in expected.items()), measured
 
 
@@ -133,7 +138,7 @@ def test_the_example_cast_and_lexicon_in_manifests_load(tmp_path, capsys):
                                       cast=str(manifests / "example_dialogue.cast.toml")))
     assert plan.lexicon.describe() == "3 entries (example_dialogue.lexicon.toml 3)"  # found next to the book
     roles = {c.role for chunks in plan.chunks.values() for c in chunks}
-    assert roles == {"narrator", "dialogue", "Mara", "Tom"}
+    assert roles == {"narrator", "dialogue", "Mara", "Tom", "Ben"}  # the shout from the pier: dialogue
     assert any("SKERR-eez" in (c.spoken or "") for chunks in plan.chunks.values() for c in chunks)
     assert resolve_lexicon(book, None, None).apply("a steady 12 kn breeze") == "a steady 12 knots breeze"
     assert main(["audiobook", str(book), "--cast"]) == 0

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from book_files import PARAGRAPHS, write_epub
 
-from voxmill.audio.measure import decode_float32, loudness_lufs, measure_file
+from voxmill.audio.measure import decode_float32, loudness_lufs, loudness_of, measure_file
 from voxmill.audio.split import detect_silences
 from voxmill.book.chunking import ChunkLimits, chunk_chapter, rejoin
 from voxmill.book.pipeline import AudiobookRequest, make_audiobook
@@ -176,9 +176,10 @@ def test_one_chapter_with_the_real_engines(real_server, tmp_path):
     words = chapter["words"]
     assert words / 4.5 < result.audio_seconds < words / 1.2 + 3.0  # speech plus pauses and lead/tail
 
-    # loudness of the book within 1 LU of the target
+    # loudness of the book within 1 LU of the target, and its true peak (4× oversampled) under the ceiling
     samples = decode_float32(Path(result.m4b), sample_rate=24000, channels=1)
     assert abs(loudness_lufs(samples, 24000) - request.loudness_lufs) <= 1.0
+    assert loudness_of(Path(result.m4b), peak="true").peak_db <= request.true_peak_db
 
     # the chapter file transcribed back through the same engine
     chapter_file = out / f"{chapter['file']}.mp3"

@@ -1,20 +1,23 @@
-"""The whole book with ffmpeg, streamed from the chapter WAVs (never in memory): join, loudness, m4b, files.
+"""The whole book with ffmpeg, streamed from the chapter WAVs (never in memory): loudness, m4b, chapter files.
 
 Loudness follows EBU R128 measurement (ITU-R BS.1770 integrated loudness, true peak) with a spoken-word
 target: −18 LUFS integrated, true peak ≤ −3 dBTP by default — inside ACX's −23…−18 dB RMS window and
-under its −3 dB peak ceiling. It is measured over the joined book (ffmpeg ``ebur128``, streaming) and
-the same gain and true-peak limiter are applied to the m4b and to every per-chapter file, so chapters
-keep their relative levels.
+under its −3 dB peak ceiling. One gain is applied to the whole book, so chapters keep their relative levels.
 
 The m4b carries a chapter mark per chapter (an FFMETADATA file with ``[CHAPTER]`` blocks in
 milliseconds), the cover as an attached picture, and title/album/artist/composer (narrator) tags.
 
-Mastering encodes each chapter once, chapters in parallel (:func:`encode_chapters`), and joins the encoded
-chapters without re-encoding (:func:`join_chapters`). AAC frames hold 1024 samples and ffmpeg's encoder
+Mastering measures each chapter once and encodes it once, chapters in parallel (:func:`chapter_gains`,
+:func:`encode_chapters`): the gain alone where it keeps the chapter's peaks 2 dB under the true-peak target,
+a limiter at the native rate only on the chapters whose peaks need one. The encoded chapters are joined
+without re-encoding (:func:`join_chapters`). AAC frames hold 1024 samples and ffmpeg's encoder
 primes every stream with one frame of silence, which a stream copy keeps: each chapter is padded to whole
 frames, so in the book it spans exactly ``padded + 1024`` samples (:func:`chapter_span`) and its speech
-starts 1024 samples after its mark. The chapters' loudness is measured in parallel too and combined into
-the book's (:func:`chapters_loudness_filter`).
+starts 1024 samples after its mark.
+
+The earlier whole-book path (:func:`join_wavs`, :func:`book_loudness_filter`, :func:`write_m4b`: the book
+joined as PCM, measured, corrected through a 4×-oversampled true-peak limiter that also runs in one AAC
+encode of the whole book) is kept as the benchmark's baseline.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from voxmill.audio.formats import audio_format
-from voxmill.audio.measure import ffmpeg_command, integrated_loudness_of, run_tool
+from voxmill.audio.measure import ffmpeg_command, integrated_loudness_of, loudness_of, run_tool
 from voxmill.audio.transcode import atomic_output, write_bytes_atomic
 
 #: the spoken-word defaults (see the module docstring)
@@ -194,31 +197,71 @@ def combined_loudness(measures: Sequence[tuple[float | None, float]]) -> float |
     return 10 * math.log10(energy)
 
 
-def chapters_loudness_filter(
+#: headroom under the true-peak target that the chapter path keeps: 1 dB for the AAC encoder's overshoot (as
+#: the whole-book path) and 1 dB for inter-sample peaks, which it does not oversample to see
+AAC_MARGIN_DB = 1.0
+INTER_SAMPLE_MARGIN_DB = 1.0
+
+
+@dataclass(frozen=True)
+class ChapterGain:
+    """What mastering does to one chapter: the book's gain, then a limiter only where the chapter's peaks
+    would pass the ceiling (``limit``, a linear sample peak; None: the gain alone keeps it under)."""
+
+    gain_db: float
+    limit: float | None = None
+
+    @property
+    def filter(self) -> str:
+        """The ffmpeg filter chain: ``volume``, then ``alimiter`` at the native rate when one is needed."""
+        gain = f"volume={self.gain_db:.2f}dB"
+        if self.limit is None:
+            return gain
+        return f"{gain},alimiter=limit={self.limit:.4f}:attack=1:release=50:level=disabled"
+
+
+def chapter_gains(
     chapter_wavs: Sequence[Path], durations: Sequence[float], target_lufs: float | None, true_peak_db: float,
-    sample_rate: int, workers: int | None = None,
-) -> str | None:
-    """:func:`book_loudness_filter` over chapters measured in parallel: one gain for the whole book, then the
-    true-peak limiter, corrected through the limiter (at most three times, until within 0.2 LU)."""
+    workers: int | None = None,
+) -> list[ChapterGain] | None:
+    """One gain for the whole book (chapters keep their relative levels) and a limiter where peaks demand it.
+
+    Every chapter is measured once, in parallel: integrated loudness and sample peak (ffmpeg ``ebur128``).
+    A chapter whose peak after the gain stays under the ceiling (``true_peak_db`` less :data:`AAC_MARGIN_DB`
+    and :data:`INTER_SAMPLE_MARGIN_DB`) gets the gain alone, and its loudness is then known without measuring
+    again (gain is linear). The others get a limiter at that ceiling, at the native rate: they alone are
+    measured again through it, and the gain is corrected for what the limiter took (at most three times,
+    until the book is within 0.2 LU). None when no normalisation is asked, or the book is silent.
+    """
     if target_lufs is None:
         return None
-
-    def book_loudness(filters: str | None) -> float | None:
-        found = parallel_map(lambda wav: integrated_loudness_of(wav, filters=filters), chapter_wavs, workers)
-        return combined_loudness(list(zip(found, durations, strict=True)))
-
-    measured = book_loudness(None)
+    levels = parallel_map(lambda wav: loudness_of(wav, peak="sample"), chapter_wavs, workers)
+    measured = combined_loudness([(level.lufs, seconds) for level, seconds in zip(levels, durations, strict=True)])
     if measured is None:
         return None
-    ceiling = 10 ** ((true_peak_db - 1.0) / 20)
+    ceiling_db = true_peak_db - AAC_MARGIN_DB - INTER_SAMPLE_MARGIN_DB
+    ceiling = 10 ** (ceiling_db / 20)
+
+    def over(gain: float) -> list[int]:
+        return [i for i, level in enumerate(levels) if level.peak_db is not None and level.peak_db + gain > ceiling_db]
+
     gain = target_lufs - measured
     for _ in range(3):
-        limited = book_loudness(_gain_filter(gain, ceiling, sample_rate, oversample=1))
-        error = target_lufs - (limited if limited is not None else target_lufs)
+        limited = over(gain)
+        if not limited:
+            break  # gain alone: the book is at the target exactly
+        through = ChapterGain(gain, ceiling).filter
+        lufs = parallel_map(lambda i, chain=through: loudness_of(chapter_wavs[i], filters=chain).lufs, limited, workers)
+        found = dict(zip(limited, lufs, strict=True))
+        after = [(found[i] if i in found else (level.lufs + gain if level.lufs is not None else None), seconds)
+                 for i, (level, seconds) in enumerate(zip(levels, durations, strict=True))]
+        reached = combined_loudness(after)
+        error = target_lufs - (reached if reached is not None else target_lufs)
         if abs(error) < 0.2:
             break
         gain += error
-    return _gain_filter(gain, ceiling, sample_rate)
+    limited = set(over(gain))
+    return [ChapterGain(round(gain, 2), ceiling if i in limited else None) for i in range(len(levels))]
 
 
 def encode_chapter(chapter_wav: Path, target: Path, samples: int, *, filters: str | None, sample_rate: int,
@@ -233,11 +276,12 @@ def encode_chapter(chapter_wav: Path, target: Path, samples: int, *, filters: st
 
 
 def encode_chapters(chapter_wavs: Sequence[Path], targets: Sequence[Path], samples: Sequence[int], *,
-                    filters: str | None, sample_rate: int, bitrate: str = DEFAULT_BITRATE,
+                    gains: Sequence[ChapterGain] | None, sample_rate: int, bitrate: str = DEFAULT_BITRATE,
                     coder: str = DEFAULT_AAC_CODER, workers: int | None = None) -> list[Path]:
-    """:func:`encode_chapter` for every chapter, in parallel (one ffmpeg per core)."""
-    jobs = list(zip(chapter_wavs, targets, samples, strict=True))
-    return parallel_map(lambda job: encode_chapter(job[0], job[1], job[2], filters=filters, sample_rate=sample_rate,
+    """:func:`encode_chapter` for every chapter at its gain (None: as it is), in parallel (one ffmpeg per core)."""
+    filters = [g.filter for g in gains] if gains is not None else [None] * len(chapter_wavs)
+    jobs = list(zip(chapter_wavs, targets, samples, filters, strict=True))
+    return parallel_map(lambda job: encode_chapter(job[0], job[1], job[2], filters=job[3], sample_rate=sample_rate,
                                                    bitrate=bitrate, coder=coder), jobs, workers)
 
 
@@ -311,7 +355,8 @@ def write_chapter_file(
     return target
 
 
-__all__ = ["AAC_CODERS", "AAC_FRAME", "AAC_PRIMING", "DEFAULT_AAC_CODER", "DEFAULT_BITRATE", "DEFAULT_LOUDNESS_LUFS",
-           "DEFAULT_TRUE_PEAK_DB", "ChapterMark", "book_loudness_filter", "chapter_span", "chapters_loudness_filter",
-           "combined_loudness", "concat_list", "cut_chapter", "encode_chapter", "encode_chapters", "ffmetadata",
-           "join_chapters", "join_wavs", "padded_frames", "parallel_map", "retag", "write_chapter_file", "write_m4b"]
+__all__ = ["AAC_CODERS", "AAC_FRAME", "AAC_MARGIN_DB", "AAC_PRIMING", "DEFAULT_AAC_CODER", "DEFAULT_BITRATE",
+           "DEFAULT_LOUDNESS_LUFS", "DEFAULT_TRUE_PEAK_DB", "INTER_SAMPLE_MARGIN_DB", "ChapterGain", "ChapterMark",
+           "book_loudness_filter", "chapter_gains", "chapter_span", "combined_loudness", "concat_list", "cut_chapter",
+           "encode_chapter", "encode_chapters", "ffmetadata", "join_chapters", "join_wavs", "padded_frames",
+           "parallel_map", "retag", "write_chapter_file", "write_m4b"]

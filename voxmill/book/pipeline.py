@@ -18,7 +18,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,8 +41,8 @@ from voxmill.book.m4b import (
     DEFAULT_TRUE_PEAK_DB,
     ChapterMark,
     book_loudness_filter,
+    chapter_gains,
     chapter_span,
-    chapters_loudness_filter,
     cut_chapter,
     encode_chapters,
     join_chapters,
@@ -393,11 +393,10 @@ def _master(request: AudiobookRequest, plan: BookPlan, assembled: list[ChapterAu
     work = out_dir / WORK_DIR
     rate = TTS_SAMPLE_RATE
     samples = [round(a.duration_s * rate) for a in assembled]
-    filters = chapters_loudness_filter([a.path for a in assembled], [a.duration_s for a in assembled],
-                                       request.loudness_lufs, request.true_peak_db, rate)
+    gains = chapter_gains([a.path for a in assembled], [a.duration_s for a in assembled], request.loudness_lufs,
+                          request.true_peak_db)
     encoded = encode_chapters([a.path for a in assembled], [work / f"ch{a.chapter:03d}.m4a" for a in assembled],
-                              samples, filters=filters, sample_rate=rate, bitrate=request.bitrate,
-                              coder=request.aac_coder)
+                              samples, gains=gains, sample_rate=rate, bitrate=request.bitrate, coder=request.aac_coder)
     marks, cursor = [], 0
     for chapter, count in zip(plan.selected, samples, strict=True):
         marks.append(ChapterMark(chapter.title, cursor / rate, (cursor + chapter_span(count)) / rate))
@@ -406,7 +405,8 @@ def _master(request: AudiobookRequest, plan: BookPlan, assembled: list[ChapterAu
     m4b = join_chapters(encoded, out_dir / f"{slug(plan.book.title)}.m4b", tags=tags, marks=marks,
                         cover=_cover(plan, work))
     mastered = Mastered(m4b, tuple(marks), AAC_PRIMING / rate, tuple(encoded))
-    _chapter_files(request, plan, assembled, out_dir, tags, filters, mastered)
+    _chapter_files(request, plan, assembled, out_dir, tags,
+                   [g.filter for g in gains] if gains else [None] * len(assembled), mastered)
     _readalong(request, plan, assembled, out_dir, tags)
     return mastered
 
@@ -427,8 +427,9 @@ def _readalong(request: AudiobookRequest, plan: BookPlan, assembled: list[Chapte
 
 
 def _chapter_files(request: AudiobookRequest, plan: BookPlan, assembled: list[ChapterAudio], out_dir: Path,
-                   tags: Mapping[str, str | None], filters: str | None, mastered: Mastered) -> None:
-    """``chapters/NNN Title.<fmt>`` (the chapter's own AAC when the format is m4b/m4a), ``.srt`` and ``.vtt``."""
+                   tags: Mapping[str, str | None], filters: Sequence[str | None], mastered: Mastered) -> None:
+    """``chapters/NNN Title.<fmt>`` (the chapter's own AAC when the format is m4b/m4a), ``.srt`` and ``.vtt``;
+    ``filters``: each chapter's mastering filter."""
     chapters_dir = out_dir / "chapters"
     chapters_dir.mkdir(parents=True, exist_ok=True)
 
@@ -443,7 +444,7 @@ def _chapter_files(request: AudiobookRequest, plan: BookPlan, assembled: list[Ch
             else:
                 cut_chapter(mastered.m4b, target, mastered.marks[number - 1], tags=track_tags)
         else:
-            write_chapter_file(audio.path, target, request.audio_format, tags=track_tags, filters=filters,
+            write_chapter_file(audio.path, target, request.audio_format, tags=track_tags, filters=filters[number - 1],
                                sample_rate=TTS_SAMPLE_RATE, bitrate=request.bitrate)
         cues = chapter_cues(audio.placed)
         write_bytes_atomic(chapters_dir / f"{stem}.srt", to_srt(cues).encode())
@@ -471,7 +472,7 @@ def _master_whole_book(request: AudiobookRequest, plan: BookPlan, assembled: lis
     finally:
         book_wav.unlink(missing_ok=True)  # hours of PCM: only the m4b is kept
     mastered = Mastered(m4b, tuple(marks), 0.0, None)
-    _chapter_files(request, plan, assembled, out_dir, tags, filters, mastered)
+    _chapter_files(request, plan, assembled, out_dir, tags, [filters] * len(assembled), mastered)
     _readalong(request, plan, assembled, out_dir, tags)
     return mastered
 
