@@ -12,6 +12,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
+
 from voxmill.rate.control import RateControl
 
 
@@ -123,3 +125,59 @@ def test_a_limit_that_rises_is_found_again():
     trace = simulate(control, 90.0, lambda t: 10.0 if t < 30.0 else 20.0)
     assert trace.admitted_rate(20.0, 30.0) >= 0.85 * 10
     assert trace.admitted_rate(60.0, 90.0) >= 0.85 * 20
+
+
+# --- measuring what the API admitted -----------------------------------------------------------------------
+
+
+def test_the_admitted_rate_is_measured_over_starts_already_heard_of_in_full():
+    # 20 req/s, 2 s + up to 0.5 s per request: at any moment the latest ~0.5 s of starts are only partly answered
+    # (the quicker first); measuring up to the newest start heard of read them as a lower rate (0.85–0.9 × here)
+    rng = random.Random(3)
+    control = RateControl()
+    answers = sorted((t / 20 + 2.0 + rng.uniform(0.0, 0.5), t / 20) for t in range(400))
+    now = 15.0
+    for answered, started in answers:
+        if answered <= now:
+            control.succeeded(started, 1, latency=answered - started)
+    assert control.admitted_rate(now) == pytest.approx(20.0, rel=0.05)
+
+
+def test_a_shared_budget_measures_up_to_what_every_process_has_reported():
+    # three processes at 6 req/s each (18 together, answers in ~5 ms) report their successes at their next lease,
+    # one every 0.6 s, staggered: at the 429 the other two have up to 0.6 s of successes not yet written
+    control = RateControl()
+    reported = {p: 0.0 for p in range(3)}
+    now = 0.0
+    while now < 10.0:
+        now = round(now + 0.2, 6)
+        process = round(now / 0.2) % 3
+        starts = [s / 18 for s in range(int(reported[process] * 18), int(now * 18)) if s % 3 == process]
+        for started in starts:
+            control.succeeded(started, 1, latency=0.005)
+        reported[process] = now
+    others = min(at for p, at in reported.items() if p != process)
+    assert control.admitted_rate(now, reported_until=others) == pytest.approx(18.0, rel=0.05)
+    assert control.admitted_rate(now) < 0.92 * 18.0  # what the newest report alone made of it
+    # so the cut lands at BACKOFF × the admitted rate, and the rate climbs back fast to just under it
+    control.rate = 19.0
+    control.limit_seen = True
+    assert control.rate_limited(now, 1.0, 0.0, reported_until=others, shared=True)
+    assert control.rate == pytest.approx(0.9 * 18.0, rel=0.06)
+    assert control.recover_to >= 0.9 * 18.0
+
+
+def test_a_cut_in_a_shared_budget_lasts_until_the_starts_leased_to_others_have_come_back():
+    control = RateControl(rate=20.0, limit_seen=True)
+    first, interval = control.take(10.0, 12, None)  # three processes' leases: 0.6 s of starts booked ahead
+    booked = first + 12 * interval
+    assert control.rate_limited(10.05, 1.0, 0.0, shared=True)
+    assert control.next_free == booked  # new starts follow the leased ones instead of overlapping them
+    # the leased starts still go out at the old rate: their 429s belong to the same cut
+    assert not control.rate_limited(booked - 0.01, 1.0, 0.0, shared=True)
+    assert control.cuts == 1
+    # one process alone voids its own booking instead: the next start is one new interval after the cut
+    alone = RateControl(rate=20.0, limit_seen=True)
+    alone.take(10.0, 12, None)
+    alone.rate_limited(10.05, 1.0, 0.0)
+    assert alone.next_free == pytest.approx(10.05 + 1.0 / alone.rate)
