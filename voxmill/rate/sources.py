@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -106,25 +106,28 @@ class TokenSource(Protocol):
 
 
 class LocalSource:
-    """The budget of one process: the controls in memory, one token per lease (exact spacing)."""
+    """The budget of one process: the controls in memory, one token per lease (exact spacing). ``clock``: the
+    monotonic clock its times are on (tests inject a virtual one)."""
 
     blocking = False
 
-    def __init__(self, control: RateControl | None = None, concurrency: ConcurrencyControl | None = None) -> None:
+    def __init__(self, control: RateControl | None = None, concurrency: ConcurrencyControl | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.control = control if control is not None else RateControl()
         self.concurrency = concurrency if concurrency is not None else ConcurrencyControl()
+        self.clock = clock
 
     def lease(self, ceiling: float | None, burst: int) -> Lease:
-        first, interval = self.control.take(time.monotonic(), 1, ceiling, burst)
+        first, interval = self.control.take(self.clock(), 1, ceiling, burst)
         return Lease(first, interval, 1, self.control.epoch)
 
     def succeeded(self, grew: bool, ceiling: float | None, latency: float | None = None) -> None:
         control = self.control
-        started = time.monotonic() - (latency if latency is not None else control.latency)
+        started = self.clock() - (latency if latency is not None else control.latency)
         control.succeeded(started, 1, 1 if grew else 0, ceiling, latency=latency)
 
     def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
-        self.control.rate_limited(time.monotonic(), retry_after, hold_s)
+        self.control.rate_limited(self.clock(), retry_after, hold_s)
 
     @property
     def epoch(self) -> int:
@@ -140,10 +143,10 @@ class LocalSource:
         return self.concurrency.allowed(ceiling)
 
     def finished(self, latency: float, in_flight: int, bound: bool, ceiling: int) -> None:
-        self.concurrency.succeeded(time.monotonic(), latency, in_flight, bound, ceiling)
+        self.concurrency.succeeded(self.clock(), latency, in_flight, bound, ceiling)
 
     def overloaded(self, in_flight: int) -> None:
-        self.concurrency.overloaded(time.monotonic(), in_flight)
+        self.concurrency.overloaded(self.clock(), in_flight)
 
 
 class FileSource:
