@@ -19,6 +19,7 @@ from voxmill.identity import budget_id
 from voxmill.limiter import AsyncRateLimiter, Limiter, build_limiter
 from voxmill.rate import FileSource, LocalSource, RateControl
 from voxmill.rate.control import INITIAL_RATE, PROBE_GROWTH, SLOW_START_DOUBLING_S
+from voxmill.rate.sources import Lease
 from voxmill.settings import ApiKey, RateLimit, Settings
 
 
@@ -382,3 +383,32 @@ async def test_a_blocking_source_is_built_by_its_factory_and_leased_off_the_loop
         pass
     ticker.cancel()
     assert ticks >= 8  # the loop kept running while the lease waited 0.3 s
+
+
+class BulkSource(LocalSource):
+    """Leases ten start times at a time, as the file and Redis budgets do."""
+
+    def lease(self, ceiling, burst):
+        first, interval = self.control.take(self.clock(), 10, ceiling, burst)
+        return Lease(first, interval, 10, self.control.epoch)
+
+
+def test_a_stalled_process_drops_the_leased_starts_it_missed_instead_of_sending_them_at_once():
+    loop = virtual(lateness=0.0)
+    source = BulkSource(RateControl.fixed_at(20.0), clock=loop.time)
+    lim = AsyncRateLimiter(RateLimit(requests_per_second=20, max_concurrent=8, adaptive=False), source=source,
+                           clock=loop.time)
+    started: list[float] = []
+
+    async def main() -> None:
+        for n in range(14):
+            async with lim.slot():
+                started.append(loop.time())
+            if n == 1:
+                loop._virtual_now += 0.3  # the process stalls (a blocking call) past six of its leased starts
+
+    run_virtual(main(), loop)
+    # at most the one just missed goes with the next one (the schedule's slack), then the pace is 20/s again;
+    # sending all six missed at once would be a burst a bucket of 4 tokens refuses
+    assert max(sum(1 for t in started if at <= t < at + 0.01) for at in started) <= 2
+    assert started[-1] - started[2] == pytest.approx(0.05 * (len(started) - 4), abs=1e-6)

@@ -223,6 +223,10 @@ class RateControl:
         else:
             if rate < self.recover_to:
                 growth = FAST_RECOVERY
+                if self.stood_at > rate and self.last_429 - self.burst_started >= BURST_TOUCH_S:
+                    # after a burst (not a touch): from its floor back to where the rate stood, at least
+                    # RETURN_GAIN × the relative gap per second (twice the fast recovery from half-way)
+                    growth = max(growth, RETURN_GAIN * (self.stood_at - rate) / rate)
             else:
                 quiet = max(0.0, now - self.last_cut - PROBE_ACCELERATE_S)
                 growth = PROBE_GROWTH * 2.0 ** min(quiet / PROBE_ACCELERATE_S, 6.0)
@@ -266,7 +270,10 @@ class RateControl:
                 self.stood_at = max(self.before_burst, 0.5 * self.rate)
             elif self.before_burst <= 0:
                 self.stood_at = self.rate
-            elif self.rate < self.stood_at * RECOVER_TO and not touched:
+            elif not touched:
+                # the last 429s were a burst, and none came since: the API admitted the rate up to now, and where
+                # it stood before that burst still holds (taking the lower of the two would ratchet it down a
+                # little at every burst)
                 self.stood_at = max(self.rate, self.stood_at)
             else:
                 self.stood_at = self.rate
@@ -340,4 +347,4 @@ class RateControl:
             counted -= history[0][1]  # ran out of history: the oldest report only opens the window
         return counted / (end - opened) if counted > 0 and end > opened else 0.0
 
-__all__ = ["BURST_FLOOR", "DEFAULT_BURST", "INITIAL_RATE", "RateControl", "SHORT_RETRY_AFTER_S"]
+__all__ = ["BURST_FLOOR", "DEFAULT_BURST", "INITIAL_RATE", "SCHEDULE_SLACK_S", "RateControl", "SHORT_RETRY_AFTER_S"]
