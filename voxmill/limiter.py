@@ -251,11 +251,12 @@ class AsyncRateLimiter:
             start = self._next_start
             self._next_start = start + lease.interval
             self._left -= 1
-            delay = start - self.clock()
+            now = self.clock()
+            delay = start - now
             if delay <= 0:
-                if -delay > (self.burst - 1) * lease.interval + max(lease.interval, SCHEDULE_SLACK_S):
-                    # a start of a bulk lease long past (this process stalled): dropped, not sent now with every
-                    # other one it missed, which would be a burst the API's bucket refuses
+                if self._left > 0 and self._next_start < now - (self.burst - 1) * lease.interval - SCHEDULE_SLACK_S:
+                    # the lease's next start is long past too (this process stalled): this one is dropped, not
+                    # sent now with every other one it missed, which would be a burst the API's bucket refuses
                     continue
                 self._paced *= 1.0 - _PACED_WEIGHT
                 return
