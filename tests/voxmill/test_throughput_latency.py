@@ -1,7 +1,7 @@
 """Throughput at real latencies, with no rate or concurrency flags, over real sockets; every count is the
 server's own (``/admin/stats``).
 
-- 2 s ± 0.5 s per request, a limit of 20 req/s → the steady rate (the second half of 800 items) reaches ≥ 90 %
+- 2 s ± 0.5 s per request, a limit of 20 req/s → the steady rate (the second half of 600 items) reaches ≥ 90 %
   of the limit (Little's law needs ~45 in flight: the in-flight limit is learned), ≤ 5 % of requests answered
   429, no failed item;
 - an API capping requests in flight at 8 (answering 429 past them), 2 s per request, no rate limit → the
@@ -9,6 +9,10 @@ server's own (``/admin/stats``).
   (one more while probing);
 - the same cap in queue mode (the server holds what it cannot serve) → the latency the client sees stays
   within 1.5 × the unqueued 2 s, at ≥ 85 % of 8 ÷ latency.
+
+The in-flight claims stay at the issue's 2 s: at 1 s (tried, 120 items) the queue test measured a median latency
+of 3.0 s (3 × the unqueued 1 s: slow start's overshoot is a larger share of a shorter run) and the 429 test
+5 × 429 of 125 (4 %, at its bound), so halving their time would weaken them.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ def steady(sampler: StatsSampler, total: int, start: float = 0.3, end: float = 0
 
 def test_two_second_latency_reaches_the_rate_limit_with_no_flags(make_server, tmp_path):
     server = make_server(latency_ms=2000, jitter_ms=500, rate_limit_rps=20)
-    items = 800  # ~45 s: the first ~20 s find the limit (slow start, a cut measured one latency late, probing)
+    items = 600  # ~35 s: the limit is found within ~10 s (slow start, one cut, the climb back); the steady window
+    # (the second half of the items, ~15 s at 20 req/s) spans several cut-and-climb cycles
     board = ProgressBoard()
     with StatsSampler(server) as sampler:
         summary = run_job(JobRequest("tts", str(manifest(tmp_path / "m.csv", items)), tmp_path / "out"),
