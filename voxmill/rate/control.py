@@ -28,8 +28,13 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
   again. The rate thus spends most of its time within a few percent of the limit, with one 429 every few
   seconds at most.
 - Admitted requests are recorded at the time they *started* (the caller passes their latency), and the
-  measuring window ends one typical latency ago, so at seconds per request the admitted rate is the rate the
-  API admitted, not that rate as it was one latency earlier.
+  measuring window ends one typical latency plus ``LATENCY_SPREAD`` typical deviations ago (later starts are
+  only partly answered yet), and in a shared budget no later than every reporting process has reported
+  (``reported_until``), so the admitted rate is the rate the API admitted, not a part of it.
+- After a burst (not a touch of the limit) the rate climbs back from its floor at ≥ ``RETURN_GAIN`` × the
+  relative gap per second, and where it stood holds burst after burst while no 429 comes between them.
+- In a shared budget (``shared``) a cut does not void the start times other processes have leased: its episode
+  lasts until their 429s have come back, and new bookings follow theirs.
 - The rate only grows while it is the bottleneck (requests wait for it): a run held back by its
   concurrency or by the work itself never inflates a rate it does not use.
 - A user's ``--rps``/``--rpm`` is a ceiling; with nothing learned yet, a run with a ceiling starts at it.
