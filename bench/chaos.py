@@ -6,10 +6,12 @@
 
 The local server (``voxmill serve --engine null``) runs in its own process with 20% 5xx, 5% connection
 resets, 5% truncated bodies, jittered latency, and 429 bursts (a low rate limit switched on for a moment
-every few seconds). The job runs in a subprocess (``voxmill synthesize`` with ``VOXMILL_API_KEY`` = the
-server's token, or ``run_job``), is killed with SIGKILL when the server has generated a third and then two
-thirds of the items, and is rerun until every item is done. Then an ASR job runs over a small corpus with
-bad files mixed in (truncated, not audio, empty, wrong extension).
+every few seconds, from the job's first admitted request on). The report sets the rate the server admitted
+between the bursts against the rate it admitted before the first one (the throughput issue's ≥ 50 %). The
+job runs in a subprocess (``voxmill synthesize`` with ``VOXMILL_API_KEY`` = the server's token, or
+``run_job``), is killed with SIGKILL when the server has generated a third and then two thirds of the items,
+and is rerun until every item is done. Then an ASR job runs over a small corpus with bad files mixed in
+(truncated, not audio, empty, wrong extension).
 
 Accounting uses the server's own counters (``GET /admin/stats``): generations per content hash, and the
 truncated ones among them. Billed generations minus items = truncations (a body cut in transit is billed and
@@ -49,6 +51,8 @@ MODEL = "higgs2p5"
 FAULTS = {"error_rate": 0.20, "reset_rate": 0.05, "truncate_rate": 0.05, "jitter_ms": 40.0}
 #: the 429 bursts: this rate limit (req/s, burst 1) for ``--burst-seconds`` out of every BURST_EVERY seconds
 BURST_RPS, BURST_EVERY = 2.0, 8.0
+#: seconds between samples of what the server admitted, and the span before the first burst that is measured
+SAMPLE_S, BEFORE_S = 0.25, 2.0
 #: bad files of the ASR corpus: name → what is wrong with it
 BAD_AUDIO = {
     "truncated.wav": "a WAV cut after 1,000 bytes",
@@ -93,28 +97,75 @@ def set_faults(server: ServerProcess, **fields: Any) -> None:
 
 
 class RateLimitBursts:
-    """A thread that switches a low rate limit on for a moment every few seconds (429 bursts)."""
+    """A thread that switches a low rate limit on for a moment every few seconds (429 bursts), and samples what
+    the server admitted (answered other than 429, faults included) every ``SAMPLE_S``, with whether a burst was
+    on, so the rate held between the bursts can be set against the rate admitted before the first one."""
 
     def __init__(self, server: ServerProcess, seconds: float) -> None:
         self.server = server
         self.seconds = seconds
+        self.started = time.perf_counter()
+        #: (seconds since start, admitted so far, burst on)
+        self.samples: list[tuple[float, int, bool]] = []
+        self.on = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-429-bursts", daemon=True)
+        self._sampler = threading.Thread(target=self._sample_loop, name="chaos-rate-samples", daemon=True)
 
     def _run(self) -> None:
+        # the cycle starts when the job's first request is admitted (a CLI run takes seconds to start): the
+        # rate before the first burst is then the one the client found on its own
+        while not self.samples or self.samples[-1][1] == 0:
+            if self._stop.wait(SAMPLE_S):
+                return
         while not self._stop.wait(BURST_EVERY - self.seconds):
             set_faults(self.server, rate_limit_rps=BURST_RPS, rate_limit_burst=1)
+            self.on = True
             self._stop.wait(self.seconds)
             set_faults(self.server, rate_limit_rps=None)
+            self.on = False
+
+    def _sample_loop(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            on = self.on
+            by_status = self.server._admin("GET", "/admin/stats")["by_status"]
+            admitted = sum(by_status.values()) - by_status.get("429", 0)
+            self.samples.append((time.perf_counter() - self.started, admitted, on or self.on))
 
     def __enter__(self) -> RateLimitBursts:
         self._thread.start()
+        self._sampler.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sampler.join()
         set_faults(self.server, rate_limit_rps=None)
+
+    def now(self) -> float:
+        """Seconds since the bursts began (the samples' clock)."""
+        return time.perf_counter() - self.started
+
+    def rate_between_bursts(self, until: float, disruptions: list[float]) -> tuple[float, list[float]]:
+        """(admitted req/s over the ``BEFORE_S`` before the first burst, admitted req/s in each gap between two
+        bursts that ends before ``until`` and holds no disruption: a kill or a run's start)."""
+        samples = [s for s in self.samples if s[0] <= until]
+        first_on = next((i for i, s in enumerate(samples) if s[2]), None)
+        if first_on is None or first_on == 0:
+            return 0.0, []
+        end = samples[first_on - 1]
+        start = next((s for s in samples if s[0] >= end[0] - BEFORE_S), samples[0])
+        before = (end[1] - start[1]) / (end[0] - start[0]) if end[0] > start[0] else 0.0
+        gaps, gap = [], []
+        for sample in samples[first_on:]:
+            if sample[2]:
+                if len(gap) > 1 and not any(gap[0][0] - SAMPLE_S <= d <= gap[-1][0] for d in disruptions):
+                    gaps.append((gap[-1][1] - gap[0][1]) / (gap[-1][0] - gap[0][0]))
+                gap = []
+            else:
+                gap.append(sample)
+        return before, gaps
 
 
 # --- what the client recorded ---------------------------------------------------------------------------
@@ -210,6 +261,9 @@ class TtsResult:
     resets: int
     wall_s: float
     load_average: str
+    #: admitted req/s just before the first 429 burst, and in each clean gap between bursts (see RateLimitBursts)
+    rate_before: float = 0.0
+    rate_gaps: list[float] = field(default_factory=list)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
 
 
@@ -222,7 +276,8 @@ def write_tts_manifest(path: Path, items: int) -> dict[str, str]:
     return texts
 
 
-def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, work: Path) -> TtsResult:
+def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, work: Path,
+            bursts: RateLimitBursts) -> TtsResult:
     from voxmill.server import request_content_hash
 
     texts = write_tts_manifest(work / "tts.csv", args.items)
@@ -232,8 +287,10 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
     in_flight: list[set[str]] = []
     before = ServerCounts(Counter(), Counter(), {}, 0)
     started = time.perf_counter()
+    disruptions: list[float] = []  # kills and starts of runs, on the bursts' clock
     for number, fraction in enumerate(args.kill_at, start=1):
         run_started = time.perf_counter()
+        disruptions.append(bursts.now())
         process = runner.start("tts", work / "tts.csv", out, log)
         target = fraction * args.items
         while process.poll() is None and sum(server_counts(server).generations.values()) < target:
@@ -241,6 +298,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         if process.poll() is not None:
             raise SystemExit(f"run {number} ended ({process.returncode}) before the kill point; see {log}")
         kill(process)
+        disruptions.append(bursts.now())
         time.sleep(0.5)  # let the server finish what the dead client had asked for
         counts = server_counts(server)
         done, failed = ledger_state(out)
@@ -253,6 +311,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         print(f"  run {number}: killed at {len(done)} done, {len(flying)} in flight ({load()})", file=sys.stderr)
     for number in range(len(args.kill_at) + 1, len(args.kill_at) + 1 + args.max_reruns):
         run_started = time.perf_counter()
+        disruptions.append(bursts.now())
         process = runner.start("tts", work / "tts.csv", out, log)
         code = process.wait(args.run_timeout)
         done, failed = ledger_state(out)
@@ -261,6 +320,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         if len(done) == args.items:
             break
     wall = time.perf_counter() - started
+    rate_before, rate_gaps = bursts.rate_between_bursts(bursts.now(), disruptions)
     counts = server_counts(server)
     done, _ = ledger_state(out)
 
@@ -282,7 +342,10 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         duplicates=sum(max(0, counts.full(h) - 1) for h in hash_of.values()),
         in_flight_per_kill=[len(f) for f in in_flight], duplicates_per_kill=duplicates_per_kill, runs=runs,
         by_status=counts.by_status, resets=counts.resets, wall_s=wall, load_average=load(),
+        rate_before=rate_before, rate_gaps=rate_gaps,
     )
+    # the throughput issue's target: between the bursts the rate returns to ≥ half of what was admitted before them
+    held = min(rate_gaps[-3:]) if rate_gaps else 0.0
     lost = sorted(set(texts) - done)
     result.checks += [
         ("nothing lost: every item done", not lost, f"{len(done)} of {args.items} done; missing {lost[:5]}"),
@@ -291,6 +354,9 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         ("duplicates ≤ in flight, in total", result.duplicates <= sum(result.in_flight_per_kill),
          f"{result.duplicates} ≤ {sum(result.in_flight_per_kill)}"),
         ("audio of done items decodes", *check_outputs(out, args.decode_sample)),
+        ("rate held between the 429 bursts ≥ 50 % of the rate before them (the last 3 clean gaps)",
+         bool(rate_gaps) and held >= 0.5 * rate_before,
+         f"{held:.1f} req/s (lowest of the last 3 gaps) vs {rate_before:.1f} before the first burst"),
         ("faults happened (5xx, resets, truncations, 429s)",
          all(counts.by_status.get(s, 0) for s in ("500", "503", "429")) and counts.resets > 0 and truncations > 0,
          f"statuses {counts.by_status}, resets {counts.resets}, truncations {truncations}"),
@@ -403,7 +469,10 @@ def print_report(args: argparse.Namespace, tts: TtsResult, asr: AsrResult) -> No
           "" if r.in_flight is None else str(r.in_flight),
           str(tts.duplicates_per_kill[r.run - 1]) if r.in_flight is not None else "",
           ", ".join(f"{k} {n}" for k, n in sorted(r.failed_by_kind.items())) or "none"] for r in tts.runs]))
-    print(f"\nserver statuses: {dict(sorted(tts.by_status.items()))}; connection resets: {tts.resets}\n")
+    print(f"\nserver statuses: {dict(sorted(tts.by_status.items()))}; connection resets: {tts.resets}")
+    print(f"\nadmitted (answered other than 429) over the {BEFORE_S:g} s before the first 429 burst: "
+          f"{tts.rate_before:.1f} req/s; in each gap between bursts with no kill or restart in it: "
+          f"{', '.join(f'{r:.1f}' for r in tts.rate_gaps) or 'none'} req/s\n")
     print(markdown_table(["ASR file", "what is wrong", "outcome"],
                          [[name, BAD_AUDIO[name], outcome] for name, outcome in asr.outcomes.items()]
                          + [[f"{asr.good} good WAVs", "nothing", f"{asr.good_done} done"]]))
@@ -421,8 +490,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     try:
         set_faults(server, **FAULTS)
         runner = JobRunner(args, server)
-        with RateLimitBursts(server, args.burst_seconds):
-            tts = run_tts(args, server, runner, work)
+        with RateLimitBursts(server, args.burst_seconds) as bursts:
+            tts = run_tts(args, server, runner, work, bursts)
             asr = run_asr(args, runner, work)
     finally:
         server.stop()

@@ -17,12 +17,13 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from voxmill.rate.concurrency import DEFAULT_CEILING, ConcurrencyControl
-from voxmill.rate.control import DEFAULT_BURST, RateControl
+from voxmill.rate.control import DEFAULT_BURST, SCHEDULE_SLACK_S, RateControl
 from voxmill.rate.sources import FileSource, Lease, LocalSource, TokenSource
 from voxmill.settings import RateLimit, Settings
 
@@ -70,7 +71,8 @@ class AsyncRateLimiter:
     With ``rate_limit.adaptive`` (the default) the rate is learned (:mod:`voxmill.rate.control`) and
     ``rate_limit.rate_per_second`` is a ceiling; without it the rate is fixed at that value (None: only the
     concurrency cap). The in-flight limit is learned with the rate (:mod:`voxmill.rate.concurrency`); without
-    ``adaptive`` it is fixed at ``max_concurrent``. Without a ``source`` the budget is this limiter's own.
+    ``adaptive`` it is fixed at ``max_concurrent``. Without a ``source`` the budget is this limiter's own, on
+    ``clock`` (the event loop's clock must agree with it: a test runs both on one virtual clock).
 
     A 429 lowers the rate, unless the answer says too many requests were in flight: that lowers the in-flight
     limit. A server that queues instead shows itself by latency, which the in-flight limit follows too.
@@ -80,11 +82,14 @@ class AsyncRateLimiter:
     """
 
     def __init__(
-        self, rate_limit: RateLimit | None = None, *, source: TokenSource | None = None, burst: int = DEFAULT_BURST
+        self, rate_limit: RateLimit | None = None, *, source: TokenSource | None = None, burst: int = DEFAULT_BURST,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         rate_limit = rate_limit or RateLimit()
         if burst < 1:
             raise ValueError(f"burst must be ≥ 1, got {burst}")
+        #: the monotonic clock start times are on (the source's; tests inject a virtual one with its own source)
+        self.clock = clock
         self.ceiling: float | None = rate_limit.rate_per_second
         #: the ceiling of requests in flight (the learned limit stays under it)
         self.max_concurrent: int = rate_limit.max_concurrent
@@ -92,10 +97,10 @@ class AsyncRateLimiter:
         if source is None:
             if rate_limit.adaptive:
                 source = LocalSource(RateControl.starting(self.ceiling),
-                                     ConcurrencyControl.starting(self.max_concurrent))
+                                     ConcurrencyControl.starting(self.max_concurrent), clock)
             else:
                 source = LocalSource(RateControl.fixed_at(self.ceiling),
-                                     ConcurrencyControl.fixed_at(self.max_concurrent))
+                                     ConcurrencyControl.fixed_at(self.max_concurrent), clock)
         self.source: TokenSource = source
         self._lease = Lease(0.0, 0.0, 0, -1)
         self._next_start = 0.0
@@ -246,8 +251,13 @@ class AsyncRateLimiter:
             start = self._next_start
             self._next_start = start + lease.interval
             self._left -= 1
-            delay = start - time.monotonic()
+            now = self.clock()
+            delay = start - now
             if delay <= 0:
+                if self._left > 0 and self._next_start < now - (self.burst - 1) * lease.interval - SCHEDULE_SLACK_S:
+                    # the lease's next start is long past too (this process stalled): this one is dropped, not
+                    # sent now with every other one it missed, which would be a burst the API's bucket refuses
+                    continue
                 self._paced *= 1.0 - _PACED_WEIGHT
                 return
             try:

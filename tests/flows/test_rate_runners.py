@@ -22,7 +22,7 @@ def test_process_runner_workers_share_one_budget(make_server, prefect_api, monke
     monkeypatch.setenv("VOXMILL_BASE_URL", server.base_url)
     monkeypatch.setenv("VOXMILL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("VOXMILL_MAX_ATTEMPTS", "8")
-    items = 200
+    items = 120
     rows = [{"id": f"p{i}", "model": "higgs2p5", "text": f"Line {i} of the process runner rate test."}
             for i in range(items)]
     manifest = write_manifest(tmp_path / "m.csv", rows)

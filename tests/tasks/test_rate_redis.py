@@ -119,9 +119,8 @@ def test_three_workers_share_one_redis_budget_at_the_apis_rate(make_server, redi
     print(f"\nthree processes, one Redis budget, server at 20 req/s: {admitted:.2f} req/s admitted over the run, "
           f"{steady:.2f} after slow start ({offered:.2f} offered); {final.limited} × 429 of {final.requests}")
     assert steady >= 18.0, f"{steady:.2f} req/s combined against 20 req/s"
-    # the scale-out issue asks ≤ 5 % 429s: measured 1.7–2.6 % on the branch, 5.5 % on the merged code (each worker
-    # now learns its own in-flight limit beside the shared rate); held at 8 % until the two are shared together
-    assert final.limited <= 0.08 * final.requests, final
+    # the scale-out issue's ≤ 5 % 429s
+    assert final.limited <= 0.05 * final.requests, final
 
 
 @pytest.mark.rate

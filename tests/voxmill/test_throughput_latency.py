@@ -9,6 +9,10 @@ server's own (``/admin/stats``).
   (one more while probing);
 - the same cap in queue mode (the server holds what it cannot serve) → the latency the client sees stays
   within 1.5 × the unqueued 2 s, at ≥ 85 % of 8 ÷ latency.
+
+The in-flight claims stay at the issue's 2 s: at 1 s (tried, 120 items) the queue test measured a median latency
+of 3.0 s (3 × the unqueued 1 s: slow start's overshoot is a larger share of a shorter run) and the 429 test
+5 × 429 of 125 (4 %, at its bound), so halving their time would weaken them.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ def steady(sampler: StatsSampler, total: int, start: float = 0.3, end: float = 0
 
 def test_two_second_latency_reaches_the_rate_limit_with_no_flags(make_server, tmp_path):
     server = make_server(latency_ms=2000, jitter_ms=500, rate_limit_rps=20)
-    items = 800  # ~45 s: the first ~20 s find the limit (slow start, a cut measured one latency late, probing)
+    items = 800  # ~45 s: the limit is found within ~10 s; the steady window (the second half of the items, ~20 s at
+    # 20 req/s) spans several cut-and-climb cycles. At 600 items (a ~13 s window) one run of four read 16.7 req/s
     board = ProgressBoard()
     with StatsSampler(server) as sampler:
         summary = run_job(JobRequest("tts", str(manifest(tmp_path / "m.csv", items)), tmp_path / "out"),
@@ -63,9 +68,8 @@ def test_two_second_latency_reaches_the_rate_limit_with_no_flags(make_server, tm
     limited = stats["by_status"].get("429", 0)
     print(f"\n2 s ± 0.5 s, 20 req/s: steady {rate:.2f} req/s, {limited} × 429 of {stats['requests']}, "
           f"server in flight ≤ {stats['in_flight_high']}, learned limit {summary.in_flight_limit}")
-    # the throughput issue's target is 0.9 × the limit; measured on the merged code: 16.3–18.9 req/s over 6 runs
-    # (0.82–0.95 ×), so the test holds the level reached and the gap stays visible (before: 1.8 req/s at 4 in flight)
-    assert rate >= 0.8 * 20, rate
+    # the throughput issue's target (before it: 1.8 req/s at 4 in flight)
+    assert rate >= 0.9 * 20, rate
     assert limited <= 0.05 * stats["requests"]
     assert stats["generations_total"] == items  # nothing paid twice
 

@@ -28,8 +28,13 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
   again. The rate thus spends most of its time within a few percent of the limit, with one 429 every few
   seconds at most.
 - Admitted requests are recorded at the time they *started* (the caller passes their latency), and the
-  measuring window ends one typical latency ago, so at seconds per request the admitted rate is the rate the
-  API admitted, not that rate as it was one latency earlier.
+  measuring window ends one typical latency plus ``LATENCY_SPREAD`` typical deviations ago (later starts are
+  only partly answered yet), and in a shared budget no later than every reporting process has reported
+  (``reported_until``), so the admitted rate is the rate the API admitted, not a part of it.
+- After a burst (not a touch of the limit) the rate climbs back from its floor at ≥ ``RETURN_GAIN`` × the
+  relative gap per second, and where it stood holds burst after burst while no 429 comes between them.
+- In a shared budget (``shared``) a cut does not void the start times other processes have leased: its episode
+  lasts until their 429s have come back, and new bookings follow theirs.
 - The rate only grows while it is the bottleneck (requests wait for it): a run held back by its
   concurrency or by the work itself never inflates a rate it does not use.
 - A user's ``--rps``/``--rpm`` is a ceiling; with nothing learned yet, a run with a ceiling starts at it.
@@ -81,8 +86,11 @@ MAX_BURST_S = 4.0
 BURST_QUIET_S = 0.5
 #: during a burst, no cut goes below this fraction of the rate admitted before it
 BURST_FLOOR = 0.5
-#: weight of a new latency report in the typical latency
+#: weight of a new latency report in the typical latency (and in its typical deviation)
 LATENCY_WEIGHT = 0.1
+#: the measuring window ends this many typical deviations past the typical latency before now: starts later
+#: than that are only partly heard of yet (the quicker answers first), and would read as a lower rate
+LATENCY_SPREAD = 2.0
 #: a Retry-After up to this long (seconds) is a per-request floor only; a longer one pauses every request
 SHORT_RETRY_AFTER_S = 2.0
 #: how far the schedule may lag behind now (seconds, at most one interval): a late wake-up is caught up
@@ -120,8 +128,10 @@ class RateControl:
     cuts: int = 0
     #: a fixed rate (adaptation switched off): 429s never cut it and successes never raise it
     fixed: bool = False
-    #: typical latency of admitted requests (seconds): how far behind now the measuring window ends
+    #: typical latency of admitted requests and its typical deviation (seconds): how far behind now the
+    #: measuring window ends
     latency: float = 0.0
+    latency_dev: float = 0.0
     #: when the current burst of 429s began and when its latest 429 came (0: none yet)
     burst_started: float = 0.0
     last_429: float = 0.0
@@ -189,7 +199,11 @@ class RateControl:
         if count <= 0:
             return
         if latency is not None and latency > 0:
-            self.latency = latency if self.latency <= 0 else self.latency + LATENCY_WEIGHT * (latency - self.latency)
+            if self.latency <= 0:
+                self.latency = latency
+            else:
+                self.latency_dev += LATENCY_WEIGHT * (abs(latency - self.latency) - self.latency_dev)
+                self.latency += LATENCY_WEIGHT * (latency - self.latency)
         if self.born is None:
             self.born = now
         last = now if until is None else max(now, until)
@@ -214,6 +228,10 @@ class RateControl:
         else:
             if rate < self.recover_to:
                 growth = FAST_RECOVERY
+                if self.stood_at > rate and self.last_429 - self.burst_started >= BURST_TOUCH_S:
+                    # after a burst (not a touch): from its floor back to where the rate stood, at least
+                    # RETURN_GAIN × the relative gap per second (twice the fast recovery from half-way)
+                    growth = max(growth, RETURN_GAIN * (self.stood_at - rate) / rate)
             else:
                 quiet = max(0.0, now - self.last_cut - PROBE_ACCELERATE_S)
                 growth = PROBE_GROWTH * 2.0 ** min(quiet / PROBE_ACCELERATE_S, 6.0)
@@ -224,10 +242,18 @@ class RateControl:
         if ceiling is not None:
             self.rate = min(self.rate, ceiling)
 
-    def rate_limited(self, now: float, retry_after: float | None, hold_s: float) -> bool:
+    def rate_limited(
+        self, now: float, retry_after: float | None, hold_s: float, *, reported_until: float | None = None,
+        shared: bool = False,
+    ) -> bool:
         """A 429: cut the rate once per episode; a long Retry-After pauses every start. True if cut.
 
         ``hold_s``: how long 429s of requests already in flight may keep arriving (≈ their latency).
+        ``reported_until``: successes answered before this have all been reported (a shared budget: other
+        processes report at their next lease); the admitted rate is measured up to it. ``shared``: start times
+        already leased to other processes stay in use at the old rate until they run out (they learn of the cut
+        at their next lease): the cut's episode lasts until their 429s have come back, and new bookings follow
+        theirs instead of overlapping them.
         """
         if retry_after is not None and retry_after > SHORT_RETRY_AFTER_S:
             if now + retry_after > self.paused_until:
@@ -242,14 +268,17 @@ class RateControl:
         if new_burst:
             self.burst_started = now
             self.floor_since = 0.0
-            self.before_burst = self.admitted_rate(now)
+            self.before_burst = self.admitted_rate(now, reported_until)
             # where the rate stood; still on its way back from the last burst, where it stood before that one
             if not self.limit_seen:
                 # slow start overshoots by at most about one doubling: the API admitted at least half of it
                 self.stood_at = max(self.before_burst, 0.5 * self.rate)
             elif self.before_burst <= 0:
                 self.stood_at = self.rate
-            elif self.rate < self.stood_at * RECOVER_TO and not touched:
+            elif not touched:
+                # the last 429s were a burst, and none came since: the API admitted the rate up to now, and where
+                # it stood before that burst still holds (taking the lower of the two would ratchet it down a
+                # little at every burst)
                 self.stood_at = max(self.rate, self.stood_at)
             else:
                 self.stood_at = self.rate
@@ -257,7 +286,7 @@ class RateControl:
             self.stood_at = min(self.stood_at, self.rate)  # climbed back past the measured level: too far
         if now < self.hold_until:
             return False
-        admitted = self.admitted_rate(now)
+        admitted = self.admitted_rate(now, reported_until)
         base = max(min(self.rate, admitted) if admitted > 0 else self.rate, self.rate * MAX_CUT)
         # what stood before the burst: the admitted rate then, or the rate in force when the admitted rate was
         # measured while it still climbed back (one latency late) — but never more than twice what was admitted
@@ -281,32 +310,37 @@ class RateControl:
             self.floor_since = 0.0
         self.limit_seen = True
         self.last_cut = now
-        self.hold_until = now + max(hold_s, 2.0 / self.rate, 0.1)
+        booked = max(now, self.next_free) if shared else now
+        self.hold_until = booked + max(hold_s, 2.0 / self.rate, 0.1)
         self.epoch += 1
         self.cuts += 1
-        # booked starts at the old rate are void: the next start is one new interval after now
-        self.next_free = min(self.next_free, now + 1.0 / self.rate)
+        if not shared:
+            # booked starts at the old rate are void: the next start is one new interval after now
+            self.next_free = min(self.next_free, now + 1.0 / self.rate)
         return True
 
-    def admitted_rate(self, now: float) -> float:
+    def admitted_rate(self, now: float, reported_until: float | None = None) -> float:
         """Successes per second over the latest ≥ MEASURE_REQUESTS successes spanning ≥ MEASURE_S (0 when too
         little is known).
 
         Sized by a count of successes as well as by time, so the measurement is steady at 2 req/s and at 200
-        and still recent at both. A report holds successes from its first to its last time (``[first,
-        count, last]``): the window runs from the last success before the counted ones to the newest
-        success (or to ``now`` less one coalescing step, when successes have stopped), so it holds exactly
-        what it counts — measuring up to ``now`` would spread them over time in which the newest report's
-        successes were still arriving.
+        and still recent at both. A report holds successes from its first to its last start (``[first,
+        count, last]``). Admitted requests are recorded at their start and heard of one latency later (the
+        quicker ones first), and, in a shared budget, at the reporting process's next lease
+        (``reported_until``: every success answered before it has been reported): only starts before that
+        horizon less the latency and its spread are complete, so the window ends at the newest of those (or at
+        the horizon itself, when successes have stopped: the gap counts) — counting later, partly heard starts
+        would read as a lower rate than the API admitted.
         """
         history = self.history
+        horizon = now if reported_until is None else min(now, reported_until)
+        complete = horizon - self.latency - LATENCY_SPREAD * self.latency_dev
+        if history and history[-1][-1] > complete:
+            history = [entry for entry in history if entry[-1] <= complete]
         if not history:
             return 0.0
-        # admitted requests are recorded at their start and heard of one latency later (and, shared through a
-        # file, up to a lease later still): the window ends at the newest start heard of, unless none has come
-        # for a latency and a second (successes have stopped: the gap counts)
         newest = history[-1][-1]
-        end = newest if now - newest < self.latency + 1.0 else now - self.latency - COALESCE_S
+        end = newest if complete - newest < 1.0 else complete - COALESCE_S
         counted = 0.0
         opened = history[0][-1]
         for entry in reversed(history):
@@ -318,5 +352,4 @@ class RateControl:
             counted -= history[0][1]  # ran out of history: the oldest report only opens the window
         return counted / (end - opened) if counted > 0 and end > opened else 0.0
 
-
-__all__ = ["BURST_FLOOR", "DEFAULT_BURST", "INITIAL_RATE", "RateControl", "SHORT_RETRY_AFTER_S"]
+__all__ = ["BURST_FLOOR", "DEFAULT_BURST", "INITIAL_RATE", "SCHEDULE_SLACK_S", "RateControl", "SHORT_RETRY_AFTER_S"]

@@ -27,7 +27,7 @@ from typing import Any
 from voxmill.errors import ConfigError
 from voxmill.identity import budget_id
 from voxmill.rate.control import RateControl
-from voxmill.rate.sources import LEASE_SECONDS, MAX_LEASE, FileSource, Lease, LocalSource
+from voxmill.rate.sources import LEASE_SECONDS, MAX_LEASE, REPORTING_S, FileSource, Lease, LocalSource, reported_until
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class RedisSource(FileSource):
         # shares the rate): a local source holds it
         self._latency = 0.0
         self._in_flight_here = LocalSource(RateControl.fixed_at(None))
+        self._reported_until = 0.0
         self._try(lambda control, now: None)
 
     # --- the store, or the fallback -------------------------------------------------------------------
@@ -109,10 +110,17 @@ class RedisSource(FileSource):
             seconds, micros = client.time()
             now = seconds + micros / 1e6
             offset = now - time.monotonic()
-            raw = client.get(self.key)
+            read = client.pipeline()
+            read.get(self.key)
+            # the workers that reported successes lately, and when they last did
+            read.zrangebyscore(f"{self.key}:reporting", now - REPORTING_S, "+inf", withscores=True)
+            raw, seen = read.execute()
+            self._reported_until = reported_until(now, (at for worker, at in seen if worker.decode() != self._worker))
             control = self._parse(raw)
+            reporting = bool(self._pending)
             for at, successes, grown, last in self._pending:
-                control.succeeded(at, int(successes), int(grown), self._ceiling, until=last)
+                control.succeeded(at, int(successes), int(grown), self._ceiling, until=last,
+                                  latency=self._latency or None)
             self._pending.clear()
             change(control, now)
             body = json.dumps({"base_url": self.base_url, "control": control.to_dict()})
@@ -121,7 +129,10 @@ class RedisSource(FileSource):
             pipe.zadd(f"{self.key}:workers", {self._worker: now})
             pipe.zremrangebyscore(f"{self.key}:workers", 0, now - WORKER_WINDOW_S)
             pipe.zcard(f"{self.key}:workers")
-            self._workers = int(pipe.execute()[-1])
+            if reporting:
+                pipe.zadd(f"{self.key}:reporting", {self._worker: now})
+                pipe.zremrangebyscore(f"{self.key}:reporting", 0, now - REPORTING_S)
+            self._workers = int(pipe.execute()[3])
         self._epoch = control.epoch
         self._rate = control.rate
         return offset
@@ -175,7 +186,7 @@ class RedisSource(FileSource):
             return
 
         def cut(control: RateControl, now: float) -> None:
-            control.rate_limited(now, retry_after, hold_s)
+            control.rate_limited(now, retry_after, hold_s, reported_until=self._reported_until, shared=True)
 
         if self._try(cut) is None:
             self._fallback.rate_limited(retry_after, hold_s)  # type: ignore[union-attr]

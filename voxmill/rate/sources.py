@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,9 @@ LEASE_SECONDS = 0.2
 MAX_LEASE = 64
 #: a process whose in-flight count was not refreshed for this long (seconds) holds nothing (it ended)
 STALE_PROCESS_S = 30.0
+#: a process that updated the budget within this many seconds is still reporting successes (a busy one
+#: updates it at every lease, a few times a second): the admitted rate is measured up to its latest update
+REPORTING_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -102,25 +106,28 @@ class TokenSource(Protocol):
 
 
 class LocalSource:
-    """The budget of one process: the controls in memory, one token per lease (exact spacing)."""
+    """The budget of one process: the controls in memory, one token per lease (exact spacing). ``clock``: the
+    monotonic clock its times are on (tests inject a virtual one)."""
 
     blocking = False
 
-    def __init__(self, control: RateControl | None = None, concurrency: ConcurrencyControl | None = None) -> None:
+    def __init__(self, control: RateControl | None = None, concurrency: ConcurrencyControl | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.control = control if control is not None else RateControl()
         self.concurrency = concurrency if concurrency is not None else ConcurrencyControl()
+        self.clock = clock
 
     def lease(self, ceiling: float | None, burst: int) -> Lease:
-        first, interval = self.control.take(time.monotonic(), 1, ceiling, burst)
+        first, interval = self.control.take(self.clock(), 1, ceiling, burst)
         return Lease(first, interval, 1, self.control.epoch)
 
     def succeeded(self, grew: bool, ceiling: float | None, latency: float | None = None) -> None:
         control = self.control
-        started = time.monotonic() - (latency if latency is not None else control.latency)
+        started = self.clock() - (latency if latency is not None else control.latency)
         control.succeeded(started, 1, 1 if grew else 0, ceiling, latency=latency)
 
     def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
-        self.control.rate_limited(time.monotonic(), retry_after, hold_s)
+        self.control.rate_limited(self.clock(), retry_after, hold_s)
 
     @property
     def epoch(self) -> int:
@@ -136,10 +143,10 @@ class LocalSource:
         return self.concurrency.allowed(ceiling)
 
     def finished(self, latency: float, in_flight: int, bound: bool, ceiling: int) -> None:
-        self.concurrency.succeeded(time.monotonic(), latency, in_flight, bound, ceiling)
+        self.concurrency.succeeded(self.clock(), latency, in_flight, bound, ceiling)
 
     def overloaded(self, in_flight: int) -> None:
-        self.concurrency.overloaded(time.monotonic(), in_flight)
+        self.concurrency.overloaded(self.clock(), in_flight)
 
 
 class FileSource:
@@ -172,6 +179,10 @@ class FileSource:
         self._me = f"{os.getpid()}-{id(self):x}"
         #: typical latency of this process's requests (its reports are stamped with their start times)
         self._latency = 0.0
+        #: every process still reporting has reported the successes answered before this (wall clock), and when
+        #: this one last did (0: never)
+        self._reported_until = 0.0
+        self._reported = 0.0
         self._update(lambda control, now: None)
 
     @classmethod
@@ -213,7 +224,7 @@ class FileSource:
 
     def rate_limited(self, retry_after: float | None, hold_s: float) -> None:
         def cut(control: RateControl, now: float) -> None:
-            control.rate_limited(now, retry_after, hold_s)
+            control.rate_limited(now, retry_after, hold_s, reported_until=self._reported_until, shared=True)
 
         self._update(cut)
         self._local_epoch += 1  # this process's leases are void at once, whoever cut
@@ -257,21 +268,26 @@ class FileSource:
             now = time.time()
             offset = now - time.monotonic()
             control, concurrency, processes = self._load(fd)
+            if self._pending:
+                self._reported = now
             for at, successes, grown, last in self._pending:
                 control.succeeded(at, int(successes), int(grown), self._ceiling, until=last,
                                   latency=self._latency or None)
             self._pending.clear()
             me = self._me
-            others = sum(int(count) for pid, (count, seen) in processes.items()
-                         if pid != me and now - seen < STALE_PROCESS_S)
+            others = sum(int(entry[0]) for pid, entry in processes.items()
+                         if pid != me and now - entry[1] < STALE_PROCESS_S)
             self._others_in_flight = others
+            # [in flight, last update, last update that reported successes] (older versions wrote the first two)
+            self._reported_until = reported_until(now, (entry[2] for pid, entry in processes.items()
+                                                        if pid != me and len(entry) > 2))
             for at, latency, in_flight, bound, ceiling in self._samples:
                 concurrency.succeeded(at, latency, in_flight + others, bound, ceiling)
             self._samples.clear()
             self._concurrency = concurrency
             change(control, now)
             processes = {pid: entry for pid, entry in processes.items() if now - entry[1] < STALE_PROCESS_S}
-            processes[me] = [self._in_flight, now]
+            processes[me] = [self._in_flight, now, self._reported]
             body = json.dumps({"base_url": self.base_url, "control": control.to_dict(),
                                "concurrency": concurrency.to_dict(), "processes": processes}).encode()
             os.pwrite(fd, body, 0)
@@ -298,4 +314,12 @@ class FileSource:
         return RateControl.starting(self._ceiling), ConcurrencyControl(), {}
 
 
-__all__ = ["STALE_PROCESS_S", "FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource"]
+def reported_until(now: float, others_seen: Iterable[float]) -> float:
+    """Until when every process sharing a budget has reported its successes: the oldest latest report of the
+    other processes still reporting (they reported successes within ``REPORTING_S``; one that has not begun, or
+    has stopped, holds none back), or ``now``."""
+    return min((seen for seen in others_seen if now - seen < REPORTING_S), default=now)
+
+
+__all__ = ["REPORTING_S", "STALE_PROCESS_S", "FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource",
+           "reported_until"]
