@@ -84,7 +84,7 @@ def test_follows_a_limit_lowered_mid_run(make_server, tmp_path):
     assert (before[1].ok - before[0].ok) / (before[1].t - before[0].t) >= 15  # it had found 20/s
     # within 10 s of the change: offered no more than the new limit (+10 %), and using at least half of it (the
     # server's bucket holds one token at 5 req/s, so what it admits is measured a little low; the rate climbs back
-    # slowly after the cut). Admitted 2.71–3.29 req/s over seven runs, so the bound is 2.5, not the 3.0 it was
+    # slowly after the cut). Admitted 2.71–3.29 req/s in the runs recorded, so the bound is 2.5, not the 3.0 it was
     start, end = sampler.at(sampler.action_at + 6.0), sampler.at(sampler.action_at + 10.0)
     offered = (end.requests - start.requests) / (end.t - start.t)
     admitted = (end.ok - start.ok) / (end.t - start.t)
