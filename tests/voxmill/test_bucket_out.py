@@ -120,17 +120,16 @@ run_job(JobRequest("tts", sys.argv[1], **out_location(sys.argv[2]), batch_size=5
 """
 
 
-@pytest.mark.e2e
-def test_kill_9_then_rerun_pays_only_what_no_segment_recorded(s3_bucket, make_server, tmp_path):  # noqa: F811
+def _killed_mid_run(script: str, prefix: str, phrase: str, url: str, server, tmp_path: Path):  # noqa: ANN202
+    """Run ``script`` on 40 distinct texts into ``url``, SIGKILL it once 6 rows are in the bucket, and wait until
+    the server has served what it had sent: (args, env, remote, texts, ids recorded, generations paid)."""
     import time
 
-    server = make_server(latency_ms=150)
-    texts = [f"Killed bucket run, distinct sentence {i}." for i in range(40)]
-    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"k{i:02d}", "text": t} for i, t in enumerate(texts)])
-    url = f"s3://{BUCKET}/out/killed"
+    texts = [f"{phrase}, distinct sentence {i}." for i in range(40)]
+    rows = [{"id": f"{prefix}{i:02d}", "text": t} for i, t in enumerate(texts)]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
     remote = RemoteOut(url)
-    args = [sys.executable, "-c", KILL_SCRIPT, str(manifest), url, server.token, server.base_url,
-            str(tmp_path / "cache")]
+    args = [sys.executable, "-c", script, str(manifest), url, server.token, server.base_url, str(tmp_path / "cache")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
     process = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -140,8 +139,15 @@ def test_kill_9_then_rerun_pays_only_what_no_segment_recorded(s3_bucket, make_se
     process.kill()
     process.wait()
     server.wait_settled()  # what the server was doing for the dead run ends (and is billed)
-    recorded = set(remote.read_table(["id", "status"])["id"].to_pylist())
-    paid_at_kill = server.stats()["generations_total"]
+    recorded = set(remote.read_table(["id"])["id"].to_pylist())
+    return args, env, remote, texts, recorded, server.stats()["generations_total"]
+
+
+@pytest.mark.e2e
+def test_kill_9_then_rerun_pays_only_what_no_segment_recorded(s3_bucket, make_server, tmp_path):  # noqa: F811
+    server = make_server(latency_ms=150)
+    killed = _killed_mid_run(KILL_SCRIPT, "k", "Killed bucket run", f"s3://{BUCKET}/out/killed", server, tmp_path)
+    args, env, remote, texts, recorded, paid_at_kill = killed
     assert 6 <= len(recorded) < len(texts) and remote.exists(LEASE_FILE), "killed mid-run, its lease left behind"
 
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
@@ -171,26 +177,10 @@ with mirrored(sys.argv[2]) as local:  # what an audiobook job into a URL runs it
 @pytest.mark.e2e
 def test_a_mirrored_job_ships_as_it_goes_so_a_kill_loses_only_the_last_flush(s3_bucket, make_server,  # noqa: F811
                                                                              tmp_path):
-    import time
-
     server = make_server(latency_ms=150)
-    texts = [f"Mirrored run, distinct sentence {i}." for i in range(40)]
-    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"m{i:02d}", "text": t} for i, t in enumerate(texts)])
-    url = f"s3://{BUCKET}/out/mirrored"
-    remote = RemoteOut(url)
-    args = [sys.executable, "-c", MIRROR_KILL_SCRIPT, str(manifest), url, server.token, server.base_url,
-            str(tmp_path / "cache")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
-    process = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while len(remote.read_table(["id"])) < 6:  # rows reach the bucket while the job still runs
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
-    time.sleep(0.5)  # what the server was doing for the dead run ends
-    recorded = set(remote.read_table(["id"])["id"].to_pylist())
-    paid_at_kill = server.stats()["generations_total"]
+    killed = _killed_mid_run(MIRROR_KILL_SCRIPT, "m", "Mirrored run", f"s3://{BUCKET}/out/mirrored", server,
+                             tmp_path)  # rows reach the bucket while the job still runs
+    args, env, remote, texts, recorded, paid_at_kill = killed
     assert 6 <= len(recorded) < len(texts)
     assert all(remote.exists(f"audio/{item}.wav") for item in recorded), "outputs land before their rows"
 
