@@ -11,9 +11,10 @@ from voxmill.rate.concurrency import INITIAL_LIMIT, KNEE_HOLD_S, ConcurrencyCont
 
 def simulate(control: ConcurrencyControl, seconds: float, *, latency: float = 2.0, jitter: float = 0.5,
              cap: int | None = None, queue: bool = False, ceiling: int = 1024, start: float = 0.0,
-             seed: int = 1) -> dict[str, float]:
-    """Run a closed loop (always more requests waiting than the limit lets out, so the limit is what binds)
-    against a simulated API for ``seconds`` of simulated time; counts.
+             seed: int = 1, rate: float | None = None) -> dict[str, float]:
+    """Run a closed loop (always more requests waiting than the limit lets out, so the limit is what binds,
+    unless a ``rate`` paces the starts: then it binds only while starts the rate allows wait for it) against a
+    simulated API for ``seconds`` of simulated time; counts.
 
     Service takes ``latency`` + uniform ``[0, jitter]`` s. With a ``cap``: past it the API answers 429 at once
     (``queue=False``), or holds requests FIFO and serves at most ``cap`` at a time (``queue=True``).
@@ -24,8 +25,14 @@ def simulate(control: ConcurrencyControl, seconds: float, *, latency: float = 2.
     serving: list[tuple[float, float]] = []  # (sent at, finish)
     done = refused = high = 0
     latencies: list[float] = []
+    tokens, bound = 1.0, True
     while now < start + seconds:
-        while len(serving) + len(waiting) < control.allowed(ceiling):
+        if rate is not None:
+            tokens = min(1.0, tokens + rate * step)
+            bound = tokens >= 1.0 and len(serving) + len(waiting) >= control.allowed(ceiling)
+        while len(serving) + len(waiting) < control.allowed(ceiling) and (rate is None or tokens >= 1.0):
+            if rate is not None:
+                tokens -= 1.0
             service = latency + rng.uniform(0, jitter)
             if cap is not None and len(serving) >= cap:
                 if not queue:
@@ -45,7 +52,7 @@ def simulate(control: ConcurrencyControl, seconds: float, *, latency: float = 2.
         for sent, _ in finished:
             done += 1
             latencies.append(now - sent)
-            control.succeeded(now, now - sent, len(serving) + len(waiting) + 1, True, ceiling)
+            control.succeeded(now, now - sent, len(serving) + len(waiting) + 1, bound, ceiling)
     recent = latencies[-50:]
     return {"done": done, "refused": refused, "high": high, "rate": done / seconds,
             "latency": sum(recent) / max(len(recent), 1)}
@@ -115,3 +122,17 @@ def test_never_grows_when_not_bound_and_a_fixed_limit_never_moves():
 def test_round_trips_through_a_dict():
     control = ConcurrencyControl(limit=12.5, knee=13.0, latency=2.1, baseline=2.0, cuts=3)
     assert ConcurrencyControl.from_dict({**control.to_dict(), "unknown": 1}) == control
+
+
+def test_latencies_spread_by_the_work_are_not_mistaken_for_queueing():
+    # latency ∝ text length (0.6–3.5 s, the bench's ``length`` profile), an API admitting 20 req/s: the shortest
+    # answers come back first, so early latencies read short and then rise with no queueing at all; the answers
+    # delivered per second rise with them, so the limit keeps growing to what the rate needs (20 × ~2.05 s ≈ 41)
+    # instead of being cut to 8 (before: 8 in flight, 3.8 req/s in bench/latency.py)
+    for seed in range(1, 9):
+        control = ConcurrencyControl.starting(1024)
+        ramp = simulate(control, 30.0, latency=0.6, jitter=2.9, rate=20.0, seed=seed)
+        assert control.allowed(1024) >= 41, (seed, control, ramp)
+        # then a fresh 30 s with what was learned (it starts with nothing in flight: ~2 s to fill)
+        steady = simulate(control, 30.0, latency=0.6, jitter=2.9, rate=20.0, seed=seed, start=30.0)
+        assert steady["rate"] >= 0.9 * 20, (seed, control, steady)

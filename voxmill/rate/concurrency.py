@@ -12,14 +12,22 @@ increase; a multiplicative cut on a congestion signal; a remembered threshold, l
 
 - **Growth only while bound.** The limit grows only while requests wait for it (not for the rate, and not
   when the run has fewer items than slots): in *slow start* by one per success (doubling every round trip),
-  after the first overload signal by one per round trip. So it follows ``admitted rate × latency`` plus
-  headroom wherever that lies, and never inflates a limit nobody uses.
+  after the first overload signal by one per round trip, or again by one per success while the short-term
+  latency is at or under the baseline and no "too many in flight" level is remembered (a latency cut that
+  the spread of the work caused, not queueing, costs one round trip, not minutes of additive growth). So it
+  follows ``admitted rate × latency`` plus headroom wherever that lies, and never inflates a limit nobody
+  uses.
 - **Cut when latency rises without throughput.** The short-term latency (an average of the last ~20) is
-  compared with a baseline: the unqueued latency, a slower average that follows the short-term one down
-  quickly, rises freely while the limit is not binding, and only creeps up (over thousands of requests)
-  while it is, so a server that queues what it cannot serve cannot teach us that its queueing is normal. Past
-  ``TOLERANCE`` × the baseline, the limit is cut by ``TOLERANCE × baseline ÷ latency`` (at most by half, never
-  below ``INITIAL_LIMIT`` on latency alone), once per round trip.
+  compared with a baseline, the unqueued latency. It starts as the plain mean of the first ``INITIAL_LIMIT``
+  answers (no latency cut before that), then is a slower average that follows the short-term one down
+  quickly, rises freely while the limit is not binding, takes each answer given with no more than
+  ``INITIAL_LIMIT`` in flight a round trip after any cut as the reference itself (a latency cut never goes
+  under that level), and otherwise only creeps up (over thousands of requests), so a server that queues
+  what it cannot serve cannot teach us that its queueing is normal. Past ``TOLERANCE`` × the baseline, and
+  only while the answers delivered per second did not grow over the last round trip (work of varying size
+  comes back shortest first, so early latencies read short and then rise with no queueing at all: what is
+  added is then served, and delivery grows with it), the limit is cut by ``TOLERANCE × baseline ÷ latency``
+  (at most by half, never below ``INITIAL_LIMIT`` on latency alone), once per round trip.
 - **Cut on "too many in flight".** A 429 (or 503) that names concurrency, or a 429 while the limit was what
   bound the run, sets the limit just under the requests in flight at that moment, and remembers that level
   (the *knee*): the limit stays below it for ``KNEE_HOLD_S`` (doubling each time the same knee is hit again,
@@ -48,6 +56,10 @@ SHORT_WEIGHT = 0.05
 BASELINE_WEIGHT_FREE = 0.05
 #: … and while it binds (≈ the last 2,000: queueing we cause must not become the baseline)
 BASELINE_WEIGHT_BOUND = 0.0005
+#: delivered answers per second growing by more than this factor over a round trip means no queueing …
+DELIVERY_GROWTH = 1.15
+#: … measured over windows of a round trip, at least this long (seconds)
+MIN_WINDOW_S = 0.2
 #: after a "too many in flight" signal the limit stays under that level this long (seconds) …
 KNEE_HOLD_S = 10.0
 #: … doubling each time the same level is hit again, up to this
@@ -70,6 +82,14 @@ class ConcurrencyControl:
     #: short-term latency (seconds) and its baseline, the unqueued latency; 0: no sample yet
     latency: float = 0.0
     baseline: float = 0.0
+    #: answers averaged into the first baseline (up to ``INITIAL_LIMIT``; no latency cut before that)
+    calibrated: int = 0
+    #: delivered answers per second over the last whole window (about a round trip long) and the one before
+    #: it; the current window's start and count
+    delivery: float = 0.0
+    delivery_before: float = 0.0
+    window_start: float = 0.0
+    window_count: int = 0
     #: no further cut before this (one cut per round trip)
     hold_until: float = 0.0
     cuts: int = 0
@@ -105,20 +125,21 @@ class ConcurrencyControl:
     def succeeded(self, now: float, latency: float, in_flight: int, bound: bool, ceiling: int) -> bool:
         """A request went through after ``latency`` seconds, with ``in_flight`` requests in flight;
         ``bound``: requests were waiting for the in-flight limit (not for the rate). True if the limit moved."""
+        self._deliver(now)
         if latency > 0:
             self.latency = latency if self.latency <= 0 else self.latency + SHORT_WEIGHT * (latency - self.latency)
-            if self.baseline <= 0:
-                self.baseline = self.latency
+            if self.calibrated < INITIAL_LIMIT:
+                # the first answers (the first window, sent at the starting limit): their plain mean is the first
+                # baseline, not the first answer alone (with work of varying size it may be a short one)
+                self.calibrated += 1
+                self.baseline += (latency - self.baseline) / self.calibrated
             else:
-                # an average, not a minimum: with work of varying size (latency ∝ text length) a minimum would
-                # sit in the short tail and every long item would look like queueing
-                falling = self.latency < self.baseline
-                weight = BASELINE_WEIGHT_FREE if falling or not bound else BASELINE_WEIGHT_BOUND
-                self.baseline += weight * (self.latency - self.baseline)
+                self.baseline += self._baseline_step(now, latency, in_flight, bound)
         if self.fixed:
             return False
         before = self.limit
-        if bound and self.latency > TOLERANCE * self.baseline > 0:
+        queueing = self.calibrated >= INITIAL_LIMIT and self.latency > TOLERANCE * self.baseline > 0
+        if bound and queueing and not self._delivery_growing():
             if now >= self.hold_until:  # the server queues what we add: cut, once per round trip
                 gradient = max(0.5, TOLERANCE * self.baseline / self.latency)
                 # never below the starting limit on latency alone: work of varying size spreads latencies too,
@@ -126,7 +147,10 @@ class ConcurrencyControl:
                 self.limit = max(min(self.limit, INITIAL_LIMIT), self.limit * gradient)
                 self._cut(now, self.latency)
         elif bound:
-            self.limit += 1.0 if not self.overload_seen else 1.0 / max(self.limit, 1.0)
+            # slow start (one more per answer) until the first overload signal, and again while latency is at
+            # or under the unqueued baseline (after a cut that was spread, not queueing); else one per round trip
+            fast = not self.overload_seen or (self.knee == 0 and self.latency <= self.baseline)
+            self.limit += 1.0 if fast else 1.0 / max(self.limit, 1.0)
             if self.knee:
                 if now < self.knee_until:
                     self.limit = min(self.limit, max(MIN_LIMIT, self.knee - 1.0))
@@ -135,6 +159,34 @@ class ConcurrencyControl:
                     self.knee_hold = KNEE_HOLD_S
         self.limit = min(self.limit, float(ceiling))
         return self.limit != before
+
+    def _baseline_step(self, now: float, latency: float, in_flight: int, bound: bool) -> float:
+        """How far the baseline moves on this answer. An average, not a minimum: with work of varying size
+        (latency ∝ text length) a minimum would sit in the short tail and every long item would look like
+        queueing. It follows the short-term latency freely down and while the limit does not bind; an answer
+        given with no more than ``INITIAL_LIMIT`` in flight, a round trip after any cut, is the reference
+        itself (a latency cut never goes under that level); otherwise it creeps, so that queueing we cause
+        does not become the baseline."""
+        if self.latency < self.baseline or not bound:
+            return BASELINE_WEIGHT_FREE * (self.latency - self.baseline)
+        if in_flight <= INITIAL_LIMIT and now >= self.hold_until:
+            return BASELINE_WEIGHT_FREE * (latency - self.baseline)
+        return BASELINE_WEIGHT_BOUND * (self.latency - self.baseline)
+
+    def _deliver(self, now: float) -> None:
+        """Count one answer into the delivery windows (each about a round trip, at least 0.2 s)."""
+        if self.window_start <= 0:
+            self.window_start = now
+        self.window_count += 1
+        elapsed = now - self.window_start
+        if elapsed >= max(MIN_WINDOW_S, self.baseline):
+            self.delivery_before, self.delivery = self.delivery, self.window_count / elapsed
+            self.window_start, self.window_count = now, 0
+
+    def _delivery_growing(self) -> bool:
+        """Answers per second grew by more than ``DELIVERY_GROWTH`` over the last round trip: whatever latency
+        does, what we add is being served, not queued."""
+        return self.delivery_before > 0 and self.delivery > DELIVERY_GROWTH * self.delivery_before
 
     def overloaded(self, now: float, in_flight: int) -> bool:
         """A 429/503 saying too many requests are in flight (``in_flight`` counting the refused one): the limit
