@@ -111,6 +111,25 @@ def test_a_long_wav_is_measured_in_pieces_like_the_whole_decode(tmp_path: Path) 
     assert info.duration_s == 20.0 and info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_a_wav_whose_frames_straddle_the_read_pieces_is_measured_whole(tmp_path: Path) -> None:
+    # stereo, with a 6-byte chunk before the samples: the pieces read cut frames in two, which must be carried
+    rng = np.random.default_rng(6)
+    pcm = (rng.standard_normal((24000 * 9, 2)) * 3000).astype(np.int16)
+    plain = wav_bytes(pcm.reshape(-1), 24000, 2)
+    data_at = plain.index(b"data")
+    extra = b"note" + (6).to_bytes(4, "little") + b"voxmil"
+    riff_size = int.from_bytes(plain[4:8], "little") + len(extra)
+    path = tmp_path / "stereo.wav"
+    path.write_bytes(plain[:4] + riff_size.to_bytes(4, "little") + plain[8:data_at] + extra + plain[data_at:])
+    info = measure_file(path)
+    decoded = decode_float32(path)
+    assert decoded.shape == (24000 * 9, 2)
+    assert info.lufs == pytest.approx(loudness_lufs(decoded, 24000), abs=1e-6)
+    assert info.peak_dbfs == pytest.approx(20 * math.log10(float(np.max(np.abs(decoded)))), abs=1e-6)
+    assert (info.channels, info.duration_s) == (2, 9.0)
+    assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.parametrize(
     ("name", "fragment"),
     [

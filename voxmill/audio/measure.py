@@ -16,14 +16,14 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
 from voxmill.audio.formats import ffmpeg_path
 from voxmill.audio.loudness import LoudnessMeter
 from voxmill.errors import ConfigError, DiskFull, InvalidItem, TooShortAudio, TruncatedAudio
-from voxmill.identity import file_hash
+from voxmill.identity import content_hasher, file_hash
 from voxmill.limits import InputLimits, InputTooLarge
 
 #: BS.1770 gates 400 ms blocks: shorter clips have no integrated loudness
@@ -418,15 +418,15 @@ def measure_file(path: Path, *, loudness: bool = True) -> AudioInfo:
     """
     path = Path(path)
     size = path.stat().st_size if path.is_file() else 0
-    layout = None
     if size:
         with open(path, "rb") as handle:
-            layout = pcm16_wav_layout(handle.read(_WAV_HEAD), size)
-    info = layout.probe_result(path) if layout is not None else probe(path)
+            head = handle.read(_WAV_HEAD)
+            layout = pcm16_wav_layout(head, size)
+            if layout is not None:
+                return _measure_pcm16(path, handle, head, size, layout, loudness=loudness)
+    info = probe(path)
     lufs = peak = None
-    if loudness and layout is not None:
-        lufs, peak = _pcm16_loudness(path, layout)  # in pieces: constant memory however long the clip
-    elif loudness:
+    if loudness:
         samples = decode_float32(path, sample_rate=info.sample_rate, channels=info.channels)
         lufs = loudness_lufs(samples, info.sample_rate)
         peak = peak_dbfs(samples)
@@ -442,31 +442,50 @@ def measure_file(path: Path, *, loudness: bool = True) -> AudioInfo:
     )
 
 
-#: frames per piece when a WAV is measured in pieces (~2.7 s at 24 kHz; ~1.5 MB of float64 work arrays)
-_MEASURE_FRAMES = 1 << 16
+#: bytes per read when a WAV is measured in pieces (~2.7 s of 24 kHz mono; ~1.5 MB of float64 work arrays)
+_MEASURE_BYTES = 1 << 17
 
 
-def _pcm16_loudness(path: Path, layout: Pcm16Wav) -> tuple[float | None, float | None]:
-    """(LUFS, sample peak dBFS) of a 16-bit PCM WAV, read and measured piece by piece."""
-    frames = layout.data_bytes // (2 * layout.channels)
-    meter = LoudnessMeter(layout.sample_rate, layout.channels, frames) if (
-        frames >= MIN_LOUDNESS_SECONDS * layout.sample_rate) else None
-    peak = 0.0
-    with open(path, "rb") as handle:
-        handle.seek(layout.data_offset)
-        left = frames
-        while left > 0:
-            count = min(left, _MEASURE_FRAMES)
-            pcm = np.frombuffer(handle.read(count * 2 * layout.channels), dtype="<i2")
-            if len(pcm) != count * layout.channels:
-                raise InvalidItem(f"{str(path)!r} ended inside its data chunk (truncated while measured?)")
-            samples = (pcm.astype(np.float32) / np.float32(32768.0)).reshape(-1, layout.channels)
-            peak = max(peak, float(np.max(np.abs(samples))))
-            if meter is not None:
-                meter.add(samples)
-            left -= count
+def _measure_pcm16(
+    path: Path, handle: BinaryIO, head: bytes, size: int, layout: Pcm16Wav, *, loudness: bool
+) -> AudioInfo:
+    """:func:`measure_file` of a 16-bit PCM WAV open at ``handle`` (``head`` already read from it): one pass
+    in pieces for the hash, the loudness and the peak, in constant memory however long the clip."""
+    digest = content_hasher()
+    frame = 2 * layout.channels
+    frames = layout.data_bytes // frame
+    meter = None
+    if loudness and frames >= MIN_LOUDNESS_SECONDS * layout.sample_rate:
+        meter = LoudnessMeter(layout.sample_rate, layout.channels, frames)
+    start, end = layout.data_offset, layout.data_offset + layout.data_bytes
+    peak, position, carry, piece = 0.0, 0, b"", head
+    while piece:
+        digest.update(piece)
+        low, high = max(start, position), min(end, position + len(piece))
+        if loudness and high > low:
+            pcm = carry + piece[low - position : high - position]
+            whole = len(pcm) - len(pcm) % frame
+            carry = pcm[whole:]
+            if whole:
+                samples = np.frombuffer(pcm, dtype="<i2", count=whole // 2).astype(np.float32) / np.float32(32768.0)
+                peak = max(peak, float(np.max(np.abs(samples))))
+                if meter is not None:
+                    meter.add(samples.reshape(-1, layout.channels))
+        position += len(piece)
+        piece = handle.read(_MEASURE_BYTES)
+    if position != size:
+        raise InvalidItem(f"{str(path)!r} changed while it was measured ({size} bytes, then {position})")
     lufs = meter.integrated() if meter is not None else None
-    return (lufs if lufs is not None and math.isfinite(lufs) else None), (20 * math.log10(peak) if peak > 0 else None)
+    return AudioInfo(
+        format="wav",
+        duration_s=layout.duration_s,
+        sample_rate=layout.sample_rate,
+        channels=layout.channels,
+        bytes=size,
+        sha256=digest.hexdigest(),
+        lufs=lufs if lufs is not None and math.isfinite(lufs) else None,
+        peak_dbfs=(20 * math.log10(peak) if peak > 0 else None) if loudness else None,
+    )
 
 
 _INTEGRATED = re.compile(r"I:\s+(-?\d+(?:\.\d+)?) LUFS")
