@@ -7,8 +7,9 @@ The hosted models take seconds per request, so a run's pace is set by how many r
 (Little's law: in flight = rate × latency). Each row starts ``voxmill serve --engine null`` in its own process
 with a latency profile and a rate limit, then runs in fresh interpreters (``--phase``):
 
-- baseline: bench/throughput.py's script (asyncio + one httpx.AsyncClient + a token bucket at the limit) with
-  its concurrency tuned by hand to the optimum, ``ceil(rate × mean latency × 1.1)``;
+- baseline: bench/http_baseline.py's script (asyncio + one httpx.AsyncClient + a token bucket at the limit, the
+  one bench/throughput.py measures against too) with its concurrency tuned by hand to the optimum,
+  ``ceil(rate × mean latency × 1.1)``;
 - voxmill: ``voxmill.jobs.run_job`` with **no rate and no concurrency given** and nothing learned yet (a fresh
   rate budget): it has to learn both the rate and the in-flight limit.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -36,7 +38,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import throughput as tp  # noqa: E402  (the baseline script, server process and measuring helpers)
+import throughput as tp  # noqa: E402  (the server process and measuring helpers)
+from http_baseline import run_baseline  # noqa: E402  (the script measured against, shared with throughput.py)
 
 #: (name, server flags, mean latency in seconds) of each profile
 PROFILES = {
@@ -74,51 +77,13 @@ class ProfileServer(tp.ServerProcess):
 # --- phases (each in a fresh interpreter) ----------------------------------------------------------------
 
 
-async def _baseline(args: argparse.Namespace) -> dict[str, int]:
-    import httpx
-
-    bucket = tp.TokenBucket(args.rps)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for index in range(args.items):
-        queue.put_nowait(index)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {"ok": 0, "429": 0, "other": 0, "resets": 0}
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {args.token}"}, limits=limits,
-                                 timeout=120.0) as client:
-
-        async def worker() -> None:
-            while not queue.empty():
-                index = queue.get_nowait()
-                while True:
-                    await bucket.take()
-                    try:
-                        response = await client.post(f"{args.base_url}{tp.GENERATE_PATH}", files={
-                            "model": (None, tp.MODEL), "text": (None, text_for(args.profile, index))})
-                    except httpx.TransportError:  # a dropped connection under load: try again, as any script would
-                        counts["resets"] += 1
-                        continue
-                    if response.status_code == 200:
-                        counts["ok"] += 1
-                        (out / f"item-{index}.wav").write_bytes(response.content)
-                        break
-                    if response.status_code == 429:
-                        counts["429"] += 1
-                        await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-                        continue
-                    counts["other"] += 1
-                    break
-
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    return counts
-
-
 def phase_baseline(args: argparse.Namespace) -> dict[str, Any]:
     import httpx  # noqa: F401  (imported before measuring, like voxmill's imports)
 
     with tp.Measured() as m:
-        counts = asyncio.run(_baseline(args))
+        counts = asyncio.run(run_baseline(
+            args.base_url, args.token, functools.partial(text_for, args.profile), args.items, Path(args.out_dir),
+            rps=args.rps, concurrency=args.concurrency))
     return {"wall_s": m.wall, "cpu_s": m.cpu, "done": counts["ok"], "failed": counts["other"],
             "resets": counts["resets"], "peak_rss_mb": tp.peak_rss_mb()}
 

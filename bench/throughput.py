@@ -10,7 +10,7 @@ not count against the client. Every measured phase runs in a fresh subprocess of
 
 Phases
 - baseline: asyncio + one httpx.AsyncClient + a token bucket at the same rate and concurrency, posting the
-  same multipart TTS requests and writing each body to a file.
+  same multipart TTS requests and writing each body to a file (bench/http_baseline.py, shared with latency.py).
 - voxmill: ``voxmill.jobs.run_job`` on an N-row CSV manifest (manifest checks, plan, batches, ledger,
   output files, compaction: everything a user's run does), ``--rps`` given (a ceiling: it starts there).
 - adaptive: the same with no rate given and nothing learned yet (a fresh cache directory): voxmill has to
@@ -44,8 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/throughput.py` from anywhere: flows/ and tasks/ importable
     sys.path.insert(0, str(ROOT))
 
-MODEL = "higgs2p5"
-GENERATE_PATH = "/api/v1/generate"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from http_baseline import MODEL, run_baseline  # noqa: E402  (the script measured against)
 
 
 def text_of(index: int) -> str:
@@ -159,68 +160,12 @@ class ServerProcess:
 # --- phase: baseline ------------------------------------------------------------------------------------
 
 
-class TokenBucket:
-    """A plain token bucket: ``rate`` tokens per second, at most ``capacity`` saved up; FIFO waiters."""
-
-    def __init__(self, rate: float, capacity: float = 2.0) -> None:
-        self.rate, self.capacity = rate, capacity
-        self.tokens, self.stamp = capacity, time.monotonic()
-        self.lock = asyncio.Lock()
-
-    async def take(self) -> None:
-        async with self.lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
-
-
-async def baseline(base_url: str, token: str, items: int, out_dir: Path, rps: float, concurrency: int) -> dict:
-    import httpx
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bucket = TokenBucket(rps)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for index in range(items):
-        queue.put_nowait(index)
-    counts = {"ok": 0, "429": 0, "other": 0}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, limits=limits,
-                                 timeout=60.0) as client:
-
-        async def worker() -> None:
-            while not queue.empty():
-                index = queue.get_nowait()
-                while True:
-                    await bucket.take()
-                    response = await client.post(
-                        f"{base_url}{GENERATE_PATH}", files={"model": (None, MODEL), "text": (None, text_of(index))}
-                    )
-                    if response.status_code == 200:
-                        counts["ok"] += 1
-                        (out_dir / f"item-{index}.wav").write_bytes(response.content)
-                        break
-                    if response.status_code == 429:
-                        counts["429"] += 1
-                        await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-                        continue
-                    counts["other"] += 1
-                    break
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return counts
-
-
 def phase_baseline(args: argparse.Namespace) -> dict:
     import httpx  # noqa: F401  (imported before measuring, like voxmill's imports)
 
     with Measured() as m:
-        counts = asyncio.run(baseline(args.base_url, args.token, args.items, Path(args.out_dir), args.rps,
-                                      args.concurrency))
+        counts = asyncio.run(run_baseline(args.base_url, args.token, text_of, args.items, Path(args.out_dir),
+                                          rps=args.rps, concurrency=args.concurrency, timeout_s=60.0))
     return {"wall_s": m.wall, "cpu_s": m.cpu, "done": counts["ok"], "client_429": counts["429"],
             "failed": counts["other"], "peak_rss_mb": peak_rss_mb()}
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from voxmill.audio.formats import audio_format
 from voxmill.audio.measure import file_peak_dbfs, measure_file
 from voxmill.audio.split import split_on_silence, stitch_transcripts
-from voxmill.audio.transcode import OutputSpec, partial_path, prepare_asr_input, transcode_audio
+from voxmill.audio.transcode import OutputSpec, partial_path, prepare_asr_input, transcode_file
 from voxmill.catalog import ASR_MAX_SECONDS, ValidatedRequest, get_model
 from voxmill.errors import AuthError, DiskFull, RateLimited, RunStopped, VoxmillError, disk_full_error, labelled
 from voxmill.http import SpeechResult, TranscriptResult, VoxmillClient
@@ -50,7 +50,7 @@ from voxmill.subtitles import TRANSCRIPT_EXTENSIONS, write_transcript_files
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-#: WAV bodies up to this size (~1.3 s at 24 kHz) are written on the loop thread, not in a worker
+#: WAV bodies up to this size (~1.3 s at 24 kHz) are moved and measured on the loop thread, not in a worker
 _INLINE_WRITE_BYTES = 64 * 1024
 
 
@@ -284,15 +284,22 @@ class BatchEngine:
         if item.voice_ref:
             params["voice_id"] = await self._client.upload_voice(item.model, Path(item.voice_ref))
         request = ValidatedRequest(get_model(item.model), params, item.warnings)
-        result: SpeechResult = await self._client.synthesize(request, item=item.label)
         spec = self.job.output
         target = self.job.out_dir / "audio" / f"{output_stem(item.item_id)}.{audio_format(spec.format).extension}"
-        small_wav = len(result.audio) <= _INLINE_WRITE_BYTES and result.format == spec.format == "wav"
-        if small_wav and not spec.loudness_lufs:
-            # a short WAV kept as it is: writing it costs less than the hop to a worker thread
-            info = transcode_audio(result.audio, result.format, target, spec)
-        else:
-            info = await asyncio.to_thread(transcode_audio, result.audio, result.format, target, spec)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # the body streams into a temp name beside its output (swept at the next run's start if killed): a
+        # WAV kept as it is then becomes the output by one rename
+        body = partial_path(target)
+        try:
+            result: SpeechResult = await self._client.synthesize(request, into=body, item=item.label)
+            small_wav = result.size <= _INLINE_WRITE_BYTES and result.format == spec.format == "wav"
+            if small_wav and not spec.loudness_lufs:
+                # a short WAV kept as it is: moving and measuring it costs less than the hop to a worker thread
+                info = transcode_file(body, result.format, target, spec)
+            else:
+                info = await asyncio.to_thread(transcode_file, body, result.format, target, spec)
+        finally:
+            body.unlink(missing_ok=True)  # moved or converted already, unless it failed
         self.progress.add(audio_seconds=info.duration_s)
         return LedgerRow(
             **self._base(item, key, started),

@@ -2,7 +2,8 @@
 
 - :func:`item_key` — an item's identity (model + effective parameters + content), the ledger's ``key``
   (:func:`item_keys`: the same for many contents at once);
-- :func:`content_hash` / :func:`file_hash` — sha256 hex of text, bytes or a (streamed) file;
+- :func:`content_hash` / :func:`file_hash` — sha256 hex of text, bytes or a (streamed) file (:func:`content_hasher`:
+  the same hash fed in pieces);
 - :func:`id_hash64` — 64 bits of an item id, for indexes that hold millions of ids in 8 bytes each
   (:func:`id_hashes64`: a record batch of ids at once);
 - :func:`budget_id` — the name of a rate budget: a fingerprint of the API key and base URL (never the key);
@@ -29,9 +30,14 @@ def content_hash(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
+def content_hasher() -> Any:
+    """The hash of :func:`content_hash` and :func:`file_hash` (sha256), fed in pieces: ``update``, ``hexdigest``."""
+    return hashlib.sha256()
+
+
 def file_hash(path: str | Path, opener: Callable[[str], IO[bytes]] | None = None) -> str:
     """sha256 hex of a file's bytes, streamed (a path or, with ``opener``, an fsspec URL)."""
-    digest = hashlib.sha256()
+    digest = content_hasher()
     handle = opener(str(path)) if opener else open(path, "rb")
     with handle:
         while chunk := handle.read(_HASH_CHUNK):

@@ -14,7 +14,7 @@ from scipy.signal import resample_poly
 from voxmill.audio.formats import read_wav, wav_bytes
 from voxmill.audio.measure import decode_float32, loudness_lufs, measure_file, probe
 from voxmill.audio.split import Piece, plan_cuts, split_on_silence, stitch_transcripts
-from voxmill.audio.transcode import OutputSpec, atomic_output, prepare_asr_input, transcode_audio
+from voxmill.audio.transcode import OutputSpec, atomic_output, prepare_asr_input, transcode_file
 from voxmill.errors import ConfigError, InvalidItem
 from voxmill.subtitles import TimedText
 
@@ -82,6 +82,54 @@ def test_loudness_is_none_for_short_clips_and_silence(tmp_path: Path) -> None:
     assert info.lufs is None and info.peak_dbfs is None
 
 
+@pytest.mark.parametrize(("rate", "channels", "seconds"), [(24000, 1, 7.3), (16000, 2, 3.0), (48000, 1, 0.45)])
+def test_loudness_in_pieces_matches_pyloudnorm_on_the_whole_clip(rate: int, channels: int, seconds: float) -> None:
+    import pyloudnorm
+
+    from voxmill.audio.loudness import LoudnessMeter
+
+    frames = int(rate * seconds)
+    envelope = np.abs(np.sin(np.linspace(0, 9, frames)))[:, None]  # loud and quiet stretches: both gates act
+    samples = (np.random.default_rng(4).standard_normal((frames, channels)) * 0.2 * envelope).astype(np.float32)
+    expected = pyloudnorm.Meter(rate).integrated_loudness(samples.astype(np.float64))
+    for piece in (frames, 65536, 999, 7):
+        meter = LoudnessMeter(rate, channels, frames)
+        for start in range(0, frames, piece):
+            meter.add(samples[start : start + piece])
+        assert meter.integrated() == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_long_wav_is_measured_in_pieces_like_the_whole_decode(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    pcm = (rng.standard_normal(24000 * 20) * 4000 * np.abs(np.sin(np.arange(24000 * 20) / 40000))).astype(np.int16)
+    path = tmp_path / "long.wav"
+    path.write_bytes(wav_bytes(pcm, 24000))
+    info = measure_file(path)
+    decoded = decode_float32(path)  # ffmpeg's whole-clip decode
+    assert info.lufs == pytest.approx(loudness_lufs(decoded, 24000), abs=1e-6)
+    assert info.peak_dbfs == pytest.approx(20 * math.log10(float(np.max(np.abs(decoded)))), abs=1e-6)
+    assert info.duration_s == 20.0 and info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_wav_whose_frames_straddle_the_read_pieces_is_measured_whole(tmp_path: Path) -> None:
+    # stereo, with a 6-byte chunk before the samples: the pieces read cut frames in two, which must be carried
+    rng = np.random.default_rng(6)
+    pcm = (rng.standard_normal((24000 * 9, 2)) * 3000).astype(np.int16)
+    plain = wav_bytes(pcm.reshape(-1), 24000, 2)
+    data_at = plain.index(b"data")
+    extra = b"note" + (6).to_bytes(4, "little") + b"voxmil"
+    riff_size = int.from_bytes(plain[4:8], "little") + len(extra)
+    path = tmp_path / "stereo.wav"
+    path.write_bytes(plain[:4] + riff_size.to_bytes(4, "little") + plain[8:data_at] + extra + plain[data_at:])
+    info = measure_file(path)
+    decoded = decode_float32(path)
+    assert decoded.shape == (24000 * 9, 2)
+    assert info.lufs == pytest.approx(loudness_lufs(decoded, 24000), abs=1e-6)
+    assert info.peak_dbfs == pytest.approx(20 * math.log10(float(np.max(np.abs(decoded)))), abs=1e-6)
+    assert (info.channels, info.duration_s) == (2, 9.0)
+    assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.parametrize(
     ("name", "fragment"),
     [
@@ -111,7 +159,7 @@ def test_transcode_writes_the_requested_format_rate_and_channels(
 ) -> None:
     target = tmp_path / f"out.{fmt}"
     spec = OutputSpec(format=fmt, sample_rate=rate, channels=2, bitrate="96k")
-    info = transcode_audio((media / "tone.wav").read_bytes(), "wav", target, spec)
+    info = transcode_file(media / "tone.wav", "wav", target, spec, keep_source=True)
     found = probe(target)
     assert (found.format, found.sample_rate, found.channels) == (fmt, expected_rate, 2)
     assert (info.format, info.sample_rate, info.channels) == (fmt, expected_rate, 2)
@@ -122,16 +170,34 @@ def test_transcode_writes_the_requested_format_rate_and_channels(
 
 
 def test_transcode_takes_raw_pcm_at_its_rate(tmp_path: Path) -> None:
-    pcm = (np.sin(np.arange(24000) / 3) * 8000).astype("<i2").tobytes()
-    info = transcode_audio(pcm, "pcm", tmp_path / "out.wav", OutputSpec(sample_rate=16000))
+    pcm = tmp_path / "body.part"
+    pcm.write_bytes((np.sin(np.arange(24000) / 3) * 8000).astype("<i2").tobytes())
+    info = transcode_file(pcm, "pcm", tmp_path / "out.wav", OutputSpec(sample_rate=16000))
     assert (info.sample_rate, info.channels) == (16000, 1)
     assert info.duration_s == pytest.approx(1.0, abs=0.01)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]  # the body and the WAV made of it are gone
+
+
+def test_raw_pcm_kept_as_wav_is_moved_into_place(tmp_path: Path) -> None:
+    samples = (np.sin(np.arange(36000) / 5) * 9000).astype("<i2")
+    pcm = tmp_path / "body.part"
+    pcm.write_bytes(samples.tobytes())
+    info = transcode_file(pcm, "pcm", tmp_path / "out.wav", OutputSpec())
+    assert (tmp_path / "out.wav").read_bytes() == wav_bytes(samples, 24000)
+    assert (info.duration_s, info.sample_rate) == (1.5, 24000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
 
 
 def test_wav_to_wav_without_changes_writes_the_bytes_as_they_are(media: Path, tmp_path: Path) -> None:
     data = (media / "tone.wav").read_bytes()
-    transcode_audio(data, "wav", tmp_path / "same.wav", OutputSpec(sample_rate=24000, channels=1))
-    assert (tmp_path / "same.wav").read_bytes() == data
+    transcode_file(media / "tone.wav", "wav", tmp_path / "same.wav", OutputSpec(sample_rate=24000, channels=1),
+                   keep_source=True)
+    assert (tmp_path / "same.wav").read_bytes() == data and (media / "tone.wav").is_file()
+    body = tmp_path / ".moved.wav.1234.part"
+    body.write_bytes(data)
+    info = transcode_file(body, "wav", tmp_path / "moved.wav", OutputSpec())
+    assert not body.exists() and (tmp_path / "moved.wav").read_bytes() == data
+    assert info.sha256 == hashlib.sha256(data).hexdigest() and info.bytes == len(data)
 
 
 def test_loudness_normalisation_hits_target_under_true_peak_ceiling(media: Path, tmp_path: Path) -> None:
@@ -139,7 +205,7 @@ def test_loudness_normalisation_hits_target_under_true_peak_ceiling(media: Path,
     before = loudness_lufs(decode_float32(source), 24000)
     assert before is not None and before < -30
     target = tmp_path / "loud.wav"
-    info = transcode_audio(source.read_bytes(), "wav", target, OutputSpec(loudness_lufs=-16, true_peak_db=-1.5))
+    info = transcode_file(source, "wav", target, OutputSpec(loudness_lufs=-16, true_peak_db=-1.5), keep_source=True)
     assert info.sample_rate == 24000  # not loudnorm's internal 192 kHz
     samples = decode_float32(target)
     assert loudness_lufs(samples, 24000) == pytest.approx(-16, abs=1.0)
@@ -148,15 +214,15 @@ def test_loudness_normalisation_hits_target_under_true_peak_ceiling(media: Path,
 
 
 def test_loudness_normalisation_into_a_lossy_format(media: Path, tmp_path: Path) -> None:
-    info = transcode_audio(
-        (media / "tone.wav").read_bytes(), "wav", tmp_path / "loud.mp3",
-        OutputSpec(format="mp3", bitrate="128k", loudness_lufs=-20),
+    info = transcode_file(
+        media / "tone.wav", "wav", tmp_path / "loud.mp3",
+        OutputSpec(format="mp3", bitrate="128k", loudness_lufs=-20), keep_source=True,
     )
     assert info.lufs == pytest.approx(-20, abs=1.0) and info.sample_rate == 24000
 
 
 def test_mp3_defaults_to_128k_not_ffmpegs_low_rate_default(media: Path, tmp_path: Path) -> None:
-    transcode_audio((media / "tone.wav").read_bytes(), "wav", tmp_path / "o.mp3", OutputSpec(format="mp3"))
+    transcode_file(media / "tone.wav", "wav", tmp_path / "o.mp3", OutputSpec(format="mp3"), keep_source=True)
     found = subprocess.run(
         ["ffprobe", "-v", "error", "-show_entries", "stream=bit_rate", "-of", "csv=p=0", str(tmp_path / "o.mp3")],
         capture_output=True, text=True, check=True,
@@ -165,22 +231,24 @@ def test_mp3_defaults_to_128k_not_ffmpegs_low_rate_default(media: Path, tmp_path
 
 
 def test_silence_is_left_alone_by_loudness_normalisation(tmp_path: Path) -> None:
-    silence = wav_bytes(np.zeros(48000, dtype=np.int16), 24000)
-    info = transcode_audio(silence, "wav", tmp_path / "s.wav", OutputSpec(loudness_lufs=-16))
+    silence = tmp_path / "silence.part"
+    silence.write_bytes(wav_bytes(np.zeros(48000, dtype=np.int16), 24000))
+    info = transcode_file(silence, "wav", tmp_path / "s.wav", OutputSpec(loudness_lufs=-16))
     assert info.lufs is None and info.duration_s == pytest.approx(2.0, abs=0.01)
 
 
 def test_failed_conversion_leaves_no_partial_or_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "out.mp3"
     target.write_bytes(b"previous good output")
-    garbage = np.random.default_rng(2).bytes(2048)
+    garbage = tmp_path / "body.part"
+    garbage.write_bytes(np.random.default_rng(2).bytes(2048))
     with pytest.raises(InvalidItem):
-        transcode_audio(garbage, "mp3", target, OutputSpec(format="mp3"))
+        transcode_file(garbage, "mp3", target, OutputSpec(format="mp3"))
     assert target.read_bytes() == b"previous good output"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.mp3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["body.part", "out.mp3"]  # the source is the caller's
     with pytest.raises(InvalidItem):
-        transcode_audio(garbage, "m4a", tmp_path / "new.wav", OutputSpec())
-    assert [p.name for p in tmp_path.iterdir()] == ["out.mp3"]
+        transcode_file(garbage, "m4a", tmp_path / "new.wav", OutputSpec())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["body.part", "out.mp3"]
 
 
 def test_atomic_output_removes_the_temp_file_on_error(tmp_path: Path) -> None:

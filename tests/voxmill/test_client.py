@@ -82,9 +82,9 @@ def asr(tmp_path: Path, **params):
 # --- request shape ---------------------------------------------------------------------------------
 
 
-async def test_tts_without_file_is_still_multipart(api, client):
+async def test_tts_without_file_is_still_multipart(api, client, tmp_path):
     route = api.post(GENERATE).respond(200, content=WAV)
-    result = await client.synthesize(tts(voice="Linda", voice_settings={"speed": 1.2}))
+    result = await client.synthesize(tts(voice="Linda", voice_settings={"speed": 1.2}), into=tmp_path / "out.wav")
     assert isinstance(result, SpeechResult)
     request = route.calls.last.request
     content_type = request.headers["content-type"]
@@ -98,9 +98,9 @@ async def test_tts_without_file_is_still_multipart(api, client):
     assert b"filename=" not in body
 
 
-async def test_bearer_header_sent(api, client):
+async def test_bearer_header_sent(api, client, tmp_path):
     route = api.post(GENERATE).respond(200, content=WAV)
-    await client.synthesize(tts())
+    await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert route.calls.last.request.headers["authorization"] == f"Bearer {SECRET}"
 
 
@@ -120,21 +120,21 @@ async def test_bytes_file_gets_generic_name_with_right_extension(api, client):
     assert b'name="file"; filename="file.wav"' in route.calls.last.request.content
 
 
-async def test_result_metadata(api, client):
+async def test_result_metadata(api, client, tmp_path):
     api.post(GENERATE).respond(
         200,
         content=WAV,
         headers={"x-request-id": "req-1", "x-credits-remaining": "42", "x-voxmill-engine": "piper"},
     )
-    result = await client.synthesize(tts())
+    result = await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert (result.request_id, result.credits_remaining, result.engine) == ("req-1", "42", "piper")
     assert (result.status, result.attempts, result.format) == (200, 1, "wav")
-    assert result.audio == WAV and result.latency_s >= 0
+    assert result.path.read_bytes() == WAV and result.size == len(WAV) and result.latency_s >= 0
 
 
-async def test_engine_defaults_to_hosted_model(api, client):
+async def test_engine_defaults_to_hosted_model(api, client, tmp_path):
     api.post(GENERATE).respond(200, content=WAV, headers={"request-id": "r2"})
-    result = await client.synthesize(tts())
+    result = await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert result.engine == "hosted:higgs2p5" and result.request_id == "r2"
 
 
@@ -145,7 +145,7 @@ async def test_stream_true_refused(api, client):
 
 async def test_kind_mismatch(client, tmp_path):
     with pytest.raises(ValidationError):
-        await client.synthesize(asr(tmp_path))
+        await client.synthesize(asr(tmp_path), into=tmp_path / "out.wav")
     with pytest.raises(ValidationError):
         await client.transcribe(tts())
 
@@ -158,81 +158,81 @@ def test_no_key_is_config_error(tmp_path):
 # --- status mapping and retries --------------------------------------------------------------------
 
 
-async def test_401_is_auth_error_without_retry(api, client):
+async def test_401_is_auth_error_without_retry(api, client, tmp_path):
     route = api.post(GENERATE).respond(401, text="nope")
     with pytest.raises(AuthError, match="VOXMILL_API_KEY") as info:
-        await client.synthesize(tts(), item="row-1")
+        await client.synthesize(tts(), item="row-1", into=tmp_path / "out.wav")
     assert route.call_count == 1
     assert (info.value.status, info.value.attempts) == (401, 1)
     assert "row-1" in str(info.value)
 
 
-async def test_422_is_invalid_item_without_retry(api, client):
+async def test_422_is_invalid_item_without_retry(api, client, tmp_path):
     route = api.post(GENERATE).respond(422, text='{"detail": "voice Bob unknown"}' + "x" * 2000)
     with pytest.raises(InvalidItem, match="voice Bob unknown") as info:
-        await client.synthesize(tts())
+        await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert route.call_count == 1
     assert info.value.status == 422
     assert "x" * 501 not in str(info.value)  # only the body's first 500 bytes
 
 
-async def test_503_twice_then_success(api, settings):
+async def test_503_twice_then_success(api, settings, tmp_path):
     route = api.post(GENERATE)
     route.side_effect = [httpx.Response(503), httpx.Response(503), httpx.Response(200, content=WAV)]
     seen: list[tuple[str | None, str, int]] = []
     async with VoxmillClient(settings, on_retry=lambda i, e, n: seen.append((i, e.kind, n))) as client:
-        result = await client.synthesize(tts(), item="row-3")
+        result = await client.synthesize(tts(), item="row-3", into=tmp_path / "out.wav")
         assert client.retries_pending == 0
     assert result.attempts == 3 and route.call_count == 3
     assert seen == [("row-3", "transient", 1), ("row-3", "transient", 2)]
 
 
-async def test_500_exhaustion_carries_attempts_and_status(api, client):
+async def test_500_exhaustion_carries_attempts_and_status(api, client, tmp_path):
     route = api.post(GENERATE).respond(500, text="boom")
     with pytest.raises(TransientError) as info:
-        await client.synthesize(tts())
+        await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert route.call_count == 3
     assert (info.value.attempts, info.value.status) == (3, 500)
     assert client.retries_pending == 0
 
 
-async def test_timeout_is_transient(api, client):
+async def test_timeout_is_transient(api, client, tmp_path):
     api.post(GENERATE).side_effect = httpx.ReadTimeout("slow")
     with pytest.raises(TransientError, match="timed out") as info:
-        await client.synthesize(tts())
+        await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert info.value.attempts == 3
 
 
-async def test_reset_then_success(api, client):
+async def test_reset_then_success(api, client, tmp_path):
     api.post(GENERATE).side_effect = [httpx.RemoteProtocolError("peer closed"), httpx.Response(200, content=WAV)]
-    assert (await client.synthesize(tts())).attempts == 2
+    assert (await client.synthesize(tts(), into=tmp_path / "out.wav")).attempts == 2
 
 
-async def test_429_retry_after_is_honoured(api, settings):
+async def test_429_retry_after_is_honoured(api, settings, tmp_path):
     route = api.post(GENERATE)
     route.side_effect = [httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, content=WAV)]
     limiter = AsyncRateLimiter(RateLimit(requests_per_second=50, max_concurrent=4))
     async with VoxmillClient(settings, limiter=limiter) as client:
         started = time.monotonic()
-        result = await client.synthesize(tts())
+        result = await client.synthesize(tts(), into=tmp_path / "out.wav")
         waited = time.monotonic() - started
     assert result.attempts == 2
     assert 1.0 <= waited < 1.5
     assert limiter.slowdowns == 1 and limiter.current_rate < 50
 
 
-async def test_retry_after_too_large_gives_up(api, client):
+async def test_retry_after_too_large_gives_up(api, client, tmp_path):
     route = api.post(GENERATE).respond(429, headers={"Retry-After": "3600"})
     with pytest.raises(RateLimited) as info:
-        await client.synthesize(tts())
+        await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert route.call_count == 1
     assert info.value.retry_after == 3600 and info.value.status == 429 and info.value.attempts == 1
 
 
-async def test_non_audio_200_is_bad_response_after_retries(api, client):
+async def test_non_audio_200_is_bad_response_after_retries(api, client, tmp_path):
     route = api.post(GENERATE).respond(200, json={"error": "oops"})
     with pytest.raises(BadResponse, match="not audio") as info:
-        await client.synthesize(tts(), item="row-9")
+        await client.synthesize(tts(), item="row-9", into=tmp_path / "out.wav")
     assert route.call_count == 3 and info.value.attempts == 3
     assert "row-9" in str(info.value)
 
@@ -242,27 +242,27 @@ async def test_empty_audio_200_is_tried_twice_then_fails_as_empty_audio(api, tmp
     route = api.post(GENERATE).respond(200, content=body)
     async with VoxmillClient(make_settings(tmp_path, max_attempts=6)) as client:
         with pytest.raises(EmptyAudio) as info:
-            await client.synthesize(tts(), item="row 4 (id 'a')")
+            await client.synthesize(tts(), item="row 4 (id 'a')", into=tmp_path / "out.wav")
     assert route.call_count == 2 and info.value.attempts == 2 and info.value.kind == "empty_audio"
     assert str(info.value).count("row 4 (id 'a')") == 1
     route.side_effect = [httpx.Response(200, content=body), httpx.Response(200, content=WAV)]
     async with VoxmillClient(make_settings(tmp_path, max_attempts=6)) as client:
-        assert (await client.synthesize(tts())).attempts == 2
+        assert (await client.synthesize(tts(), into=tmp_path / "out.wav")).attempts == 2
 
 
-async def test_truncated_wav_is_bad_response(api, client):
+async def test_truncated_wav_is_bad_response(api, client, tmp_path):
     route = api.post(GENERATE).respond(200, content=WAV[: len(WAV) // 2])
     with pytest.raises(BadResponse, match="truncated"):
-        await client.synthesize(tts())
+        await client.synthesize(tts(), into=tmp_path / "out.wav")
     route.side_effect = [httpx.Response(200, content=WAV[:100]), httpx.Response(200, content=WAV)]
-    assert (await client.synthesize(tts())).attempts == 2
+    assert (await client.synthesize(tts(), into=tmp_path / "out.wav")).attempts == 2
 
 
-async def test_qwen_format_checked(api, client):
+async def test_qwen_format_checked(api, client, tmp_path):
     api.post(GENERATE).respond(200, content=WAV)
     request = validate("qwen3-tts", {"text": "hi", "response_format": "mp3"})
     with pytest.raises(BadResponse, match="mp3"):
-        await client.synthesize(request)
+        await client.synthesize(request, into=tmp_path / "out.wav")
 
 
 def test_parse_retry_after():
@@ -374,7 +374,7 @@ def _all_text(error: BaseException) -> str:
     return "".join(traceback.format_exception(error)) + repr(error) + str(error) + repr(error.args)
 
 
-async def test_key_never_leaks(api, settings, caplog):
+async def test_key_never_leaks(api, settings, caplog, tmp_path):
     caplog.set_level(logging.DEBUG)
     route = api.post(GENERATE)
     errors: list[VoxmillError] = []
@@ -390,7 +390,7 @@ async def test_key_never_leaks(api, settings, caplog):
             if not isinstance(side_effect, Exception):
                 route.return_value = side_effect
             with pytest.raises(VoxmillError) as info:
-                await client.synthesize(tts(), item="row-1")
+                await client.synthesize(tts(), item="row-1", into=tmp_path / "out.wav")
             errors.append(info.value)
     assert [type(e) for e in errors] == [AuthError, TransientError, TransientError, TransientError]
     for error in errors:
@@ -452,8 +452,8 @@ async def test_stream_refuses_files(client):
             pass
 
 
-async def test_transport_error_keeps_no_httpx_context(api, client):
+async def test_transport_error_keeps_no_httpx_context(api, client, tmp_path):
     api.post(GENERATE).side_effect = httpx.ConnectError(f"refused {SECRET}")
     with pytest.raises(TransientError) as info:
-        await client.synthesize(tts())
+        await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert info.value.__cause__ is None and info.value.__context__ is None

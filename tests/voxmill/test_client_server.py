@@ -61,6 +61,11 @@ def tts(text: str = "Hello there.", **params: Any) -> ValidatedRequest:
     return validate("higgs2p5", {"text": text, **params})
 
 
+def speak_each(client: VoxmillClient, requests, folder: Path) -> list:
+    """One synthesize() coroutine per request, each into its own file in ``folder``."""
+    return [client.synthesize(request, into=folder / f"{n}.wav") for n, request in enumerate(requests)]
+
+
 def content_hash(request: ValidatedRequest) -> str:
     """The server's id of a request without files: its form fields as the client sends them."""
     assert not request.files()
@@ -81,8 +86,8 @@ async def test_503s_then_success_is_one_generation(make_server, tmp_path):
     server = make_server(fail_first_n=2)
     request = tts()
     async with VoxmillClient(settings_for(server, tmp_path)) as client:
-        result = await client.synthesize(request)
-    check_audio_body(result.audio, "wav")
+        result = await client.synthesize(request, into=tmp_path / "out.wav")
+    check_audio_body(result.path.read_bytes(), "wav")
     assert result.attempts == 3
     stats = server.stats()
     assert stats["requests"] == 3
@@ -94,7 +99,7 @@ async def test_500_and_503_exhaustion_is_transient_with_every_attempt_seen(make_
     server = make_server(error_rate=1.0)
     async with VoxmillClient(settings_for(server, tmp_path, max_attempts=3)) as client:
         with pytest.raises(TransientError) as info:
-            await client.synthesize(tts(), item="row-7")
+            await client.synthesize(tts(), item="row-7", into=tmp_path / "out.wav")
     assert info.value.attempts == 3
     assert info.value.status in (500, 503)
     assert "row-7" in str(info.value)
@@ -114,8 +119,8 @@ async def test_resets_are_retried_and_each_one_is_an_attempt(make_server, tmp_pa
 
     request = tts()
     async with VoxmillClient(settings_for(server, tmp_path), on_retry=heal_after_two) as client:
-        result = await client.synthesize(request)
-    check_audio_body(result.audio, "wav")
+        result = await client.synthesize(request, into=tmp_path / "out.wav")
+    check_audio_body(result.path.read_bytes(), "wav")
     assert result.attempts == 3
     stats = server.stats()
     assert stats["resets"] == result.attempts - 1 == 2
@@ -128,7 +133,7 @@ async def test_random_resets_match_the_clients_extra_attempts(make_server, tmp_p
     server = make_server(reset_rate=0.5, seed=11)
     requests = [tts(f"Sentence number {i}.") for i in range(12)]
     async with VoxmillClient(settings_for(server, tmp_path, max_attempts=10)) as client:
-        results = [await client.synthesize(request) for request in requests]
+        results = [await client.synthesize(request, into=tmp_path / f"{n}.wav") for n, request in enumerate(requests)]
     extra = sum(r.attempts - 1 for r in results)
     stats = server.stats()
     assert extra > 0  # the seed does reset some
@@ -141,7 +146,7 @@ async def test_reset_exhaustion_is_transient(make_server, tmp_path):
     server = make_server(reset_rate=1.0)
     async with VoxmillClient(settings_for(server, tmp_path, max_attempts=3)) as client:
         with pytest.raises(TransientError) as info:
-            await client.synthesize(tts())
+            await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert info.value.attempts == 3
     stats = server.stats()
     assert (stats["requests"], stats["resets"], stats["generations_total"]) == (3, 3, 0)
@@ -155,7 +160,7 @@ async def test_truncated_body_is_bad_response_and_each_try_is_billed(make_server
     request = tts()
     async with VoxmillClient(settings_for(server, tmp_path, max_attempts=3)) as client:
         with pytest.raises(BadResponse, match="truncated") as info:
-            await client.synthesize(request, item="row-3")
+            await client.synthesize(request, item="row-3", into=tmp_path / "out.wav")
     assert info.value.attempts == 3
     assert "row-3" in str(info.value)
     stats = server.stats()
@@ -168,9 +173,9 @@ async def test_some_truncated_bodies_end_in_success_billed_per_attempt(make_serv
     server = make_server(truncate_rate=0.5, seed=5)
     requests = [tts(f"Line {i} of the script.") for i in range(10)]
     async with VoxmillClient(settings_for(server, tmp_path, max_attempts=10)) as client:
-        results = [await client.synthesize(request) for request in requests]
+        results = [await client.synthesize(request, into=tmp_path / f"{n}.wav") for n, request in enumerate(requests)]
     for result in results:
-        check_audio_body(result.audio, "wav")
+        check_audio_body(result.path.read_bytes(), "wav")
     assert any(r.attempts > 1 for r in results)
     stats = server.stats()
     assert stats["generations"] == {content_hash(q): r.attempts for q, r in zip(requests, results)}
@@ -180,8 +185,8 @@ async def test_some_truncated_bodies_end_in_success_billed_per_attempt(make_serv
 async def test_slow_body_within_the_read_timeout_succeeds(make_server, tmp_path):
     server = make_server(slow_body_rate=1.0, slow_body_seconds=0.3)
     async with VoxmillClient(settings_for(server, tmp_path, read_timeout=5.0)) as client:
-        result = await client.synthesize(tts())
-    check_audio_body(result.audio, "wav")
+        result = await client.synthesize(tts(), into=tmp_path / "out.wav")
+    check_audio_body(result.path.read_bytes(), "wav")
     assert result.attempts == 1
     assert result.latency_s >= 0.3
     assert server.stats()["requests"] == 1
@@ -194,7 +199,7 @@ async def test_slow_body_beyond_the_read_timeout_is_transient_after_retries(make
     settings = settings_for(server, tmp_path, read_timeout=0.05, max_attempts=2)
     async with VoxmillClient(settings) as client:
         with pytest.raises(TransientError, match="timed out") as info:
-            await client.synthesize(request)
+            await client.synthesize(request, into=tmp_path / "out.wav")
     assert info.value.attempts == 2
     stats = server.stats()
     assert stats["requests"] == 2
@@ -242,7 +247,7 @@ async def test_429_waits_retry_after_and_bills_each_item_once(make_server, tmp_p
     assert limiter.current_rate is None  # the client does not pace itself: only the server's 429s do
     started = time.monotonic()
     async with VoxmillClient(settings, limiter=limiter, transport=transport) as client:
-        results = await asyncio.gather(*(client.synthesize(request) for request in requests))
+        results = await asyncio.gather(*speak_each(client, requests, tmp_path))
     elapsed = time.monotonic() - started
 
     assert all(isinstance(r, SpeechResult) for r in results)
@@ -272,7 +277,7 @@ async def test_429s_do_not_use_up_the_fault_attempts(make_server, tmp_path):
     settings = settings_for(server, tmp_path, max_attempts=2)
     limiter = AsyncRateLimiter(dataclasses.replace(settings.rate_limit, adaptive=False))  # only the 429s pace
     async with VoxmillClient(settings, limiter=limiter) as client:
-        results = await asyncio.gather(*(client.synthesize(request) for request in requests))
+        results = await asyncio.gather(*speak_each(client, requests, tmp_path))
 
     assert all(isinstance(r, SpeechResult) for r in results)
     assert max(r.attempts for r in results) > 2  # more tries than max_attempts, every extra one a 429
@@ -287,7 +292,7 @@ async def test_429s_stop_at_the_rate_limited_deadline(make_server, tmp_path):
     limiter = AsyncRateLimiter(dataclasses.replace(settings.rate_limit, adaptive=False))
     requests = [tts(f"Deadline line {i}.") for i in range(3)]
     async with VoxmillClient(settings, limiter=limiter) as client:
-        results = await asyncio.gather(*(client.synthesize(request) for request in requests), return_exceptions=True)
+        results = await asyncio.gather(*speak_each(client, requests, tmp_path), return_exceptions=True)
 
     refused = [r for r in results if isinstance(r, RateLimited)]
     assert len(refused) == 1, results  # t≈0: one admitted; t≈2 s: one more, the last is past its 1.5 s deadline
@@ -300,7 +305,7 @@ async def test_latency_fault_shows_in_the_measured_latency(make_server, tmp_path
     server = make_server(latency_ms=300)
     async with VoxmillClient(settings_for(server, tmp_path)) as client:
         started = time.perf_counter()
-        result = await client.synthesize(tts())
+        result = await client.synthesize(tts(), into=tmp_path / "out.wav")
         elapsed = time.perf_counter() - started
     assert result.attempts == 1
     assert result.latency_s >= 0.3
@@ -314,7 +319,7 @@ async def test_wrong_token_is_auth_error_without_retry(make_server, tmp_path):
     server = make_server()
     async with VoxmillClient(settings_for(server, tmp_path, key="not-the-token")) as client:
         with pytest.raises(AuthError) as info:
-            await client.synthesize(tts())
+            await client.synthesize(tts(), into=tmp_path / "out.wav")
     assert (info.value.status, info.value.attempts) == (401, 1)
     stats = server.stats()
     assert stats["requests"] == 1 and stats["by_status"] == {"401": 1}
@@ -326,7 +331,7 @@ async def test_server_side_422_is_invalid_item_without_retry(make_server, tmp_pa
     request = ValidatedRequest(MODELS["higgs2p5"], {"text": "Too fast.", "voice_settings": {"speed": 10.0}})
     async with VoxmillClient(settings_for(server, tmp_path)) as client:
         with pytest.raises(InvalidItem) as info:
-            await client.synthesize(request, item="row-9")
+            await client.synthesize(request, item="row-9", into=tmp_path / "out.wav")
     assert (info.value.status, info.value.attempts) == (422, 1)
     assert "row-9" in str(info.value) and "speed" in str(info.value)
     stats = server.stats()
@@ -338,7 +343,7 @@ async def test_unknown_voice_id_is_invalid_item_without_retry(make_server, tmp_p
     server = make_server()
     async with VoxmillClient(settings_for(server, tmp_path)) as client:
         with pytest.raises(InvalidItem) as info:
-            await client.synthesize(tts(voice_id="higgs2p5-never-uploaded"))
+            await client.synthesize(tts(voice_id="higgs2p5-never-uploaded"), into=tmp_path / "out.wav")
     assert (info.value.status, info.value.attempts) == (400, 1)
     assert server.stats()["by_status"] == {"400": 1}
 
@@ -352,8 +357,8 @@ async def test_upload_voice_id_works_and_a_second_upload_makes_no_request(real_s
     settings = settings_for(real_server, tmp_path)
     async with VoxmillClient(settings) as client:
         voice_id = await client.upload_voice("higgs2p5", reference)
-        result = await client.synthesize(tts("Cloned voice check.", voice_id=voice_id))
-    check_audio_body(result.audio, "wav")
+        result = await client.synthesize(tts("Cloned voice check.", voice_id=voice_id), into=tmp_path / "out.wav")
+    check_audio_body(result.path.read_bytes(), "wav")
     assert result.engine != "null"
     stats = real_server.stats()
     assert stats["uploads"] == 1 and stats["by_status"] == {"200": 2}
@@ -432,7 +437,7 @@ async def test_key_never_appears_in_logs_or_errors(secret_server, make_server, t
     # the key refused, over HTTP and the WebSocket
     other = make_server()
     refused = settings_for(other, tmp_path, key=SECRET)
-    await failure(refused, lambda c: c.synthesize(tts(), item="row-1"))
+    await failure(refused, lambda c: c.synthesize(tts(), item="row-1", into=tmp_path / "out.wav"))
     await failure(refused, drain)
     # a key long enough that websockets elides its frame in the log, leaving only a slice of the key
     await failure(settings_for(other, tmp_path, key=LONG_SECRET), drain)
@@ -447,8 +452,8 @@ async def test_key_never_appears_in_logs_or_errors(secret_server, make_server, t
         (impatient, dict(slow_body_rate=1.0, slow_body_seconds=1.0)),
     ):
         with secret_server.faults(**faults):
-            await failure(settings, lambda c: c.synthesize(tts(), item="row-2"))
-    await failure(accepted, lambda c: c.synthesize(tts(voice_id="unknown"), item="row-3"))
+            await failure(settings, lambda c: c.synthesize(tts(), item="row-2", into=tmp_path / "out.wav"))
+    await failure(accepted, lambda c: c.synthesize(tts(voice_id="unknown"), item="row-3", into=tmp_path / "out.wav"))
 
     assert [type(e) for e in errors] == [
         AuthError, AuthError, AuthError, TransientError, TransientError, BadResponse, TransientError, InvalidItem
@@ -472,7 +477,7 @@ async def test_each_request_in_flight_has_its_own_reused_connection(make_server,
     server = make_server(latency_ms=20, fail_first_n=1)  # every item: a 503 first, then a 200
     settings = settings_for(server, tmp_path).with_(rate_limit=RateLimit(max_concurrent=4, adaptive=False))
     async with VoxmillClient(settings) as client:
-        results = await asyncio.gather(*(client.synthesize(tts(f"Lane line {i}.")) for i in range(40)))
+        results = await asyncio.gather(*speak_each(client, [tts(f"Lane line {i}.") for i in range(40)], tmp_path))
         lanes = client._http._transport
         assert isinstance(lanes, LaneTransport)
         # at most one connection per concurrent request, each kept alive and reused, and every lane back

@@ -85,18 +85,20 @@ def detect_format(data: bytes) -> str | None:
 _EXPECTED_MAGIC = {"opus": "ogg", "ogg": "ogg", "m4a": "m4a", "webm": "webm"}
 
 
-def check_audio_body(data: bytes, expected_format: str) -> None:
-    """Raise BadResponse unless ``data`` is complete audio in ``expected_format``.
+def check_audio_body(data: bytes, expected_format: str, *, total: int | None = None) -> None:
+    """Raise BadResponse unless a body is complete audio in ``expected_format``.
 
-    WAV is checked for a data chunk whose declared size the body actually holds, so a body cut short in
-    transit is caught; raw PCM must be a non-empty whole number of 16-bit samples.
+    ``data`` is the whole body, or its first bytes (at least the header: :data:`AUDIO_HEAD_BYTES`) with
+    ``total`` the whole body's size. WAV is checked for a data chunk whose declared size the body actually
+    holds, so a body cut short in transit is caught; raw PCM must be a non-empty whole number of 16-bit samples.
     """
     fmt = expected_format.lower()
-    if not data:
+    size = len(data) if total is None else total
+    if not size:
         raise EmptyAudio(f"empty body where {fmt} audio was expected")
     if fmt == "pcm":
-        if len(data) % 2:
-            raise BadResponse(f"PCM body of {len(data)} bytes is not whole 16-bit samples (truncated?)")
+        if size % 2:
+            raise BadResponse(f"PCM body of {size} bytes is not whole 16-bit samples (truncated?)")
         if detect_format(data) is not None:
             raise BadResponse(f"PCM was asked for but the body is {detect_format(data)}")
         return
@@ -106,22 +108,26 @@ def check_audio_body(data: bytes, expected_format: str) -> None:
         preview = data[:32].decode("utf-8", "replace").replace("\n", " ")
         raise BadResponse(f"expected {fmt} audio but the body is {found or 'not audio'}: {preview!r}")
     if fmt == "wav":
-        _check_wav_complete(data)
+        _check_wav_complete(data, size)
 
 
-def _check_wav_complete(data: bytes) -> None:
+#: how much of a body :func:`check_audio_body` needs to see: any header voxmill or the API writes
+AUDIO_HEAD_BYTES = 64 * 1024
+
+
+def _check_wav_complete(head: bytes, size: int) -> None:
     offset = 12
-    while offset + 8 <= len(data):
-        chunk_id, size = struct.unpack("<4sI", data[offset : offset + 8])
+    while offset + 8 <= len(head):
+        chunk_id, declared = struct.unpack("<4sI", head[offset : offset + 8])
         if chunk_id == b"data":
-            have = len(data) - offset - 8
+            have = size - offset - 8
             # 0 and 0xFFFFFFFF are used by streaming writers that did not know the size
-            if size not in (0, 0xFFFFFFFF) and have < size:
-                raise BadResponse(f"WAV body is truncated: data chunk declares {size} bytes, {have} arrived")
-            if have == 0 and size in (0, 0xFFFFFFFF):
+            if declared not in (0, 0xFFFFFFFF) and have < declared:
+                raise BadResponse(f"WAV body is truncated: data chunk declares {declared} bytes, {have} arrived")
+            if have == 0 and declared in (0, 0xFFFFFFFF):
                 raise EmptyAudio("WAV body holds no audio samples (the text may have nothing to speak)")
             return
-        offset += 8 + size + (size & 1)
+        offset += 8 + declared + (declared & 1)
     raise BadResponse("WAV body has no data chunk (truncated?)")
 
 
@@ -218,6 +224,7 @@ def convert_bytes(
 
 
 __all__ = [
+    "AUDIO_HEAD_BYTES",
     "FORMATS",
     "AudioFormat",
     "audio_format",

@@ -12,21 +12,20 @@ import math
 import os
 import re
 import secrets
+import shutil
 import tempfile
+import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from voxmill.audio.formats import FORMATS, audio_format, convert_file, wav_bytes
+from voxmill.audio.formats import FORMATS, audio_format, convert_file
 from voxmill.audio.measure import (
     AudioInfo,
     check_complete,
     ffmpeg_command,
     measure_file,
-    measure_wav_bytes,
     pcm16_wav_layout,
     probe,
     run_tool,
@@ -43,6 +42,8 @@ DEFAULT_LRA = 7.0
 DEFAULT_BITRATES = {"mp3": "128k"}
 _MP3_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000})
 _BITRATE = re.compile(r"^(\d{1,3})k$")
+#: how much of a WAV is read to find its layout, and the piece size of copies
+_WAV_HEAD = _COPY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -134,53 +135,87 @@ def write_bytes_atomic(target: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
 
 
-def transcode_audio(
-    data: bytes, source_format: str, target: Path, spec: OutputSpec, *, source_rate: int = PCM_RATE
+def transcode_file(
+    source: Path,
+    source_format: str,
+    target: Path,
+    spec: OutputSpec,
+    *,
+    source_rate: int = PCM_RATE,
+    keep_source: bool = False,
 ) -> AudioInfo:
-    """Write ``data`` (in ``source_format``) to ``target`` as ``spec`` asks, and measure the result.
+    """Write the audio in ``source`` (a file in ``source_format``) to ``target`` as ``spec`` asks; measure it.
 
-    ``source_format="pcm"`` means raw 16-bit mono at ``source_rate``. A WAV that needs no change is written
-    byte for byte. Loudness targets use two-pass ffmpeg loudnorm (linear gain when the true-peak ceiling
-    allows it, ffmpeg's dynamic mode otherwise); silence and clips too short to measure are left as they are.
-    Raises InvalidItem (nothing written) when ffmpeg cannot read or write the clip.
+    ``source_format="pcm"`` means raw 16-bit mono at ``source_rate``. A 16-bit WAV that needs no change
+    becomes ``target`` as it is: moved there (``source`` beside ``target``, on the same filesystem: one
+    atomic rename) or, with ``keep_source``, copied. Anything else goes through ffmpeg, and ``source`` is
+    then removed unless ``keep_source``. Loudness targets use two-pass ffmpeg loudnorm (linear gain when the
+    true-peak ceiling allows it, ffmpeg's dynamic mode otherwise); silence and clips too short to measure are
+    left as they are. The clip is read from disk in pieces, never held whole. Raises InvalidItem (nothing
+    written, ``source`` left as it was) when ffmpeg cannot read or write the clip.
     """
-    target = Path(target)
+    source, target = Path(source), Path(target)
     source_fmt = audio_format(source_format).name
-    if source_fmt == "pcm":
-        if not data or len(data) % 2:
-            raise InvalidItem(f"{target.name}: raw PCM of {len(data)} bytes is not whole 16-bit samples")
-        data = wav_bytes(np.frombuffer(data, dtype="<i2"), source_rate, 1)
-        source_fmt = "wav"
-    if not data:
+    size = source.stat().st_size if source.is_file() else 0
+    if source_fmt == "pcm" and (not size or size % 2):
+        raise InvalidItem(f"{target.name}: raw PCM of {size} bytes is not whole 16-bit samples")
+    if not size:
         raise InvalidItem(f"{target.name}: no audio bytes to write")
+    wav = _pcm_as_wav(source, target, source_rate) if source_fmt == "pcm" else None
+    try:
+        info = _write_output(wav or source, target, spec, move=wav is not None or not keep_source)
+    finally:
+        if wav is not None:
+            wav.unlink(missing_ok=True)  # moved to target already, unless it failed
+    if not keep_source:
+        source.unlink(missing_ok=True)
+    return info
 
-    if source_fmt == "wav" and spec.format == "wav" and spec.loudness_lufs is None:
-        layout = pcm16_wav_layout(data)
+
+def _write_output(source: Path, target: Path, spec: OutputSpec, *, move: bool) -> AudioInfo:
+    """:func:`transcode_file` of a file that ffmpeg can read: moved or copied as it is, or converted."""
+    size = source.stat().st_size
+    if spec.format == "wav" and spec.loudness_lufs is None:
+        with open(source, "rb") as handle:
+            layout = pcm16_wav_layout(handle.read(_WAV_HEAD), size)
         if layout is not None and (spec.sample_rate or layout.sample_rate) == layout.sample_rate and (
             spec.channels or layout.channels
         ) == layout.channels:
-            # measured from the bytes in hand: the file is exactly these bytes
-            info = measure_wav_bytes(data, target)
-            assert info is not None
-            with atomic_output(target) as temp:
-                temp.write_bytes(data)
-            return info
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if move:
+                os.replace(source, target)
+            else:
+                with atomic_output(target) as temp:
+                    shutil.copyfile(source, temp)
+            return measure_file(target)
+    filters, rate = None, spec.sample_rate
+    if spec.loudness_lufs is not None:
+        filters = loudnorm_filter(source, spec.loudness_lufs, spec.true_peak_db)
+        # loudnorm works at 192 kHz: without an explicit rate the output would stay there
+        rate = rate or probe(source).sample_rate
+    with atomic_output(target) as temp:
+        convert_file(
+            source, temp, spec.format,
+            sample_rate=rate, channels=spec.channels, bitrate=spec.bitrate or DEFAULT_BITRATES.get(spec.format),
+            filters=filters,
+        )
+        return measure_file(temp)
 
-    with tempfile.TemporaryDirectory(prefix="voxmill-transcode-") as work:
-        source = Path(work) / f"source.{FORMATS[source_fmt].extension}"
-        source.write_bytes(data)
-        filters, rate = None, spec.sample_rate
-        if spec.loudness_lufs is not None:
-            filters = loudnorm_filter(source, spec.loudness_lufs, spec.true_peak_db)
-            # loudnorm works at 192 kHz: without an explicit rate the output would stay there
-            rate = rate or probe(source).sample_rate
-        with atomic_output(target) as temp:
-            convert_file(
-                source, temp, spec.format,
-                sample_rate=rate, channels=spec.channels, bitrate=spec.bitrate or DEFAULT_BITRATES.get(spec.format),
-                filters=filters,
-            )
-            return measure_file(temp)
+
+def _pcm_as_wav(source: Path, target: Path, rate: int) -> Path:
+    """Raw 16-bit mono PCM in ``source`` as a WAV beside ``target`` (a temp name), copied in pieces."""
+    wav = partial_path(target)
+    try:
+        with open(source, "rb") as raw, wave.open(str(wav), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(rate)
+            while piece := raw.read(_COPY_BYTES):
+                out.writeframesraw(piece)
+    except BaseException:
+        wav.unlink(missing_ok=True)
+        raise
+    return wav
 
 
 def loudnorm_filter(source: Path, target_lufs: float, true_peak_db: float) -> str | None:
@@ -249,6 +284,6 @@ __all__ = [
     "loudnorm_filter",
     "prepare_asr_input",
     "remove_partial_outputs",
-    "transcode_audio",
+    "transcode_file",
     "write_bytes_atomic",
 ]

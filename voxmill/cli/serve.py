@@ -53,6 +53,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-connections-per-client", type=int, default=DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
                         help="connections one client address may hold; one more gets 503 (0: no cap; default "
                              "%(default)d)")
+    parser.add_argument("--null-audio-s", type=float, default=0.1,
+                        help="null engine: seconds of silence in each TTS answer (default %(default)s; e.g. 400 "
+                             "makes 19 MB WAV bodies, to measure large responses in flight)")
     faults = parser.add_argument_group("fault injection (all off by default; change live with PUT /admin/faults)")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="fixed extra latency per request")
     faults.add_argument("--jitter-ms", type=float, default=0.0, help="uniform random extra latency, up to this")
@@ -117,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         body_timeout_s=args.body_timeout,
         header_timeout_s=args.header_timeout,
         max_connections_per_client=args.max_connections_per_client,
+        null_audio_s=args.null_audio_s,
     )
 
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from voxmill.audio.formats import audio_format
 from voxmill.audio.measure import measure_file
-from voxmill.audio.transcode import OutputSpec, transcode_audio
+from voxmill.audio.transcode import OutputSpec, transcode_file
 from voxmill.batch import output_stem
 from voxmill.dataset.card import card_tables, markdown_table, render_card
 from voxmill.dataset.dedup import AUDIO_REASON, audio_duplicates, drop_text_duplicates, text_duplicates
@@ -198,7 +198,7 @@ def _derive(spec: DatasetSpec, master: Path, work: Path, row_id: str) -> tuple[P
     if not master.is_file():
         raise ConfigError(f"{row_id}: its master clip {master} is missing; rerun the build")
     target = work / DERIVED_DIR / f"{output_stem(row_id)}.{audio_format(spec.output.format).extension}"
-    info = transcode_audio(master.read_bytes(), "wav", target, spec.output)
+    info = transcode_file(master, "wav", target, spec.output, keep_source=True)
     return target, master, info.sample_rate
 
 

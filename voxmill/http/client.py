@@ -10,7 +10,9 @@ One request path, layered the httpx way: :meth:`VoxmillClient._send` builds the 
 keep-alive connection per request in flight: :mod:`voxmill.lanes`).
 :data:`~voxmill.http.status.STATUS_TABLE` turns statuses into :mod:`voxmill.errors` (its module says how). A
 2xx whose body is not the asked audio/JSON is BadResponse (retried: a cut-off body is transient in practice);
-a 2xx audio with no samples is EmptyAudio (tried once more, then the item fails ``empty_audio``).
+a 2xx audio with no samples is EmptyAudio (tried once more, then the item fails ``empty_audio``). A TTS body
+streams into the file the caller names (:class:`~voxmill.http.body.BodyFile`): hundreds of long clips in flight
+hold their socket buffers, not their audio.
 
 Faults are retried up to ``RetryPolicy.max_attempts`` tries; 429s do not count towards them (the API pacing
 us is no fault of the item) and are retried until ``RetryPolicy.rate_limited_deadline`` seconds after the
@@ -48,6 +50,7 @@ from voxmill.errors import (
     ValidationError,
     VoxmillError,
 )
+from voxmill.http.body import BodyFile
 from voxmill.http.results import SpeechResult, TranscriptResult, float_or_none, segments_of
 from voxmill.http.retry import Retryable, Stop, Wait
 from voxmill.http.status import error_for_status, item_label
@@ -156,44 +159,57 @@ class VoxmillClient:
     # --- generate ----------------------------------------------------------------------------------
 
     async def generate(
-        self, request: ValidatedRequest, *, item: str | None = None
+        self, request: ValidatedRequest, *, item: str | None = None, into: Path | None = None
     ) -> SpeechResult | TranscriptResult:
         """POST ``/api/v1/generate`` (always multipart) with retries; the result type follows the model.
 
-        ``item`` labels error messages (a manifest row id). TTS with ``stream=true`` is refused: use
-        :meth:`stream_speech`.
+        ``item`` labels error messages (a manifest row id). A TTS body is written to the file ``into`` (needed
+        for TTS; created or overwritten, and removed again when the request fails). TTS with ``stream=true`` is
+        refused: use :meth:`stream_speech`.
         """
-        if request.model.kind == "tts" and request.params.get("stream"):
-            raise InvalidItem(
-                f"{item_label(item)}{request.model.name}: stream=true is not supported by generate(); "
-                f"use stream_speech() for streaming, or stream=false for batch work"
-            )
+        body: BodyFile | None = None
+        if request.model.kind == "tts":
+            if request.params.get("stream"):
+                raise InvalidItem(
+                    f"{item_label(item)}{request.model.name}: stream=true is not supported by generate(); "
+                    f"use stream_speech() for streaming, or stream=false for batch work"
+                )
+            if into is None:
+                raise TypeError("a TTS request writes its audio to a file: pass into=PATH")
+            body = BodyFile(into)
         parts = await self._multipart(request, item)
         parse = functools.partial(
-            self._speech if request.model.kind == "tts" else self._transcript, request, item=item
+            self._speech if body is not None else self._transcript, request, body=body, item=item
         )
         try:
-            return await self._send(GENERATE_PATH, parts, parse, item)
+            return await self._send(GENERATE_PATH, parts, parse, item, body)
+        except BaseException:
+            if body is not None:
+                body.discard()  # never left behind as if it were audio
+            raise
         finally:
             for _, part in parts:  # files streamed from disk
                 if len(part) > 1 and hasattr(part[1], "close"):
                     part[1].close()
 
-    async def synthesize(self, request: ValidatedRequest, *, item: str | None = None) -> SpeechResult:
-        """Text to speech; ``request`` must be for a TTS model."""
-        return await self._generate_as(request, item, SpeechResult)
+    async def synthesize(self, request: ValidatedRequest, *, into: Path, item: str | None = None) -> SpeechResult:
+        """Text to speech into the file ``into`` (its checked audio, or no file if it fails); ``request`` must
+        be for a TTS model. Put ``into`` beside the final output: moving it there is then atomic."""
+        return await self._generate_as(request, item, SpeechResult, into)
 
     async def transcribe(self, request: ValidatedRequest, *, item: str | None = None) -> TranscriptResult:
         """Speech to text; ``request`` must be for an ASR model."""
         return await self._generate_as(request, item, TranscriptResult)
 
-    async def _generate_as(self, request: ValidatedRequest, item: str | None, result_type: type[R]) -> R:
+    async def _generate_as(
+        self, request: ValidatedRequest, item: str | None, result_type: type[R], into: Path | None = None
+    ) -> R:
         kind, other = ("tts", "transcribe()") if result_type is SpeechResult else ("asr", "synthesize()")
         if request.model.kind != kind:
             what = "a speech recognition" if kind == "tts" else "a text-to-speech"
             raise ValidationError(f"{item_label(item)}{request.model.name} is {what} model; use {other}",
                                   param="model")
-        result = await self.generate(request, item=item)
+        result = await self.generate(request, item=item, into=into)
         assert isinstance(result, result_type)
         return result
 
@@ -207,18 +223,26 @@ class VoxmillClient:
         return parts
 
     def _speech(
-        self, request: ValidatedRequest, response: httpx.Response, latency: float, attempt: int, *, item: str | None
+        self,
+        request: ValidatedRequest,
+        response: httpx.Response,
+        latency: float,
+        attempt: int,
+        *,
+        body: BodyFile | None,
+        item: str | None,
     ) -> SpeechResult:
-        body = response.content
+        assert body is not None
         fmt = request.output_format
         try:
-            check_audio_body(body, fmt)
+            check_audio_body(body.head, fmt, total=body.size)
         except BadResponse as exc:
             raise type(exc)(  # EmptyAudio stays EmptyAudio: it is retried at most once
                 f"{item_label(item)}{request.model.name}: {exc.message}", status=response.status_code
             ) from None
         return SpeechResult(
-            audio=body,
+            path=body.path,
+            size=body.size,
             format=fmt,
             engine=self._engine(response, request.model.name),
             request_id=_request_id(response),
@@ -229,7 +253,14 @@ class VoxmillClient:
         )
 
     def _transcript(
-        self, request: ValidatedRequest, response: httpx.Response, latency: float, attempt: int, *, item: str | None
+        self,
+        request: ValidatedRequest,
+        response: httpx.Response,
+        latency: float,
+        attempt: int,
+        *,
+        body: BodyFile | None = None,
+        item: str | None,
     ) -> TranscriptResult:
         model = request.model.name
         common = dict(
@@ -350,14 +381,16 @@ class VoxmillClient:
         parts: list[tuple[str, Any]],
         parse: Callable[[httpx.Response, float, int], Any],
         item: str | None,
+        body: BodyFile | None = None,
     ) -> Any:
-        """POST ``parts`` as multipart to ``path``, retried by the one policy; ``parse``'s result."""
+        """POST ``parts`` as multipart to ``path``, retried by the one policy; ``parse``'s result. A 2xx body
+        streams into ``body`` when given (else it is read into the response)."""
         request = self._http.build_request("POST", self._urls[path], files=parts)
         if not any(len(part) > 1 and hasattr(part[1], "read") for _, part in parts):
             request.read()  # the body in one piece: one socket write, and every retry resends it as is
         # else a file streams from disk in 64 KiB pieces (a retry rewinds it): hundreds of large uploads in
         # flight hold no more than their buffers
-        return await self._with_retries(functools.partial(self._attempt, request, parse, item), item)
+        return await self._with_retries(functools.partial(self._attempt, request, parse, item, body), item)
 
     async def _with_retries(self, attempt: Callable[[int], Awaitable[T]], item: str | None) -> T:
         """Run ``attempt(number)`` until it succeeds or the retry policy gives up (then its error)."""
@@ -390,13 +423,14 @@ class VoxmillClient:
         request: httpx.Request,
         parse: Callable[[httpx.Response, float, int], Any],
         item: str | None,
+        body: BodyFile | None,
         number: int,
     ) -> Any:
         """One try: the response through the status table and ``parse``; the limiter hears how it went."""
         self._check_stop(item)
         latency: float | None = None
         try:
-            response, latency = await self._send_limited(request, item)
+            response, latency = await self._send_limited(request, item, body)
             error = error_for_status(response, item, self.base_url, self._preview)
             if error is not None:
                 if response.status_code in (429, 503) and _TOO_MANY_IN_FLIGHT.search(self._preview(response.content)):
@@ -422,14 +456,24 @@ class VoxmillClient:
         self.limiter.succeeded(latency)
         return result
 
-    async def _send_limited(self, request: httpx.Request, item: str | None) -> tuple[httpx.Response, float]:
-        """Send inside a limiter slot; the response (body read) and the seconds it took."""
+    async def _send_limited(
+        self, request: httpx.Request, item: str | None, body: BodyFile | None = None
+    ) -> tuple[httpx.Response, float]:
+        """Send inside a limiter slot; the response and the seconds it took (to the body's end). The body is
+        read into the response, or a 2xx body streamed into ``body`` when given."""
         async with self.limiter.slot():
             self._check_stop(item)  # the wait for a slot may have outlasted the run
             started = time.perf_counter()
             failure: VoxmillError | None = None
             try:
-                response = await self._http.send(request)
+                response = await self._http.send(request, stream=True)
+                try:
+                    if body is not None and response.is_success:
+                        await body.receive(response)
+                    else:
+                        await response.aread()
+                finally:
+                    await response.aclose()
             except httpx.HTTPError as exc:
                 failure = self._transport_error(exc, item)
             if failure is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from voxmill.timing import TimedText
@@ -11,9 +12,11 @@ from voxmill.timing import TimedText
 
 @dataclass(frozen=True)
 class SpeechResult:
-    """Audio from a TTS model, checked to be complete audio in ``format``."""
+    """Audio from a TTS model, checked to be complete audio in ``format``: the response body, streamed into
+    ``path`` (the file the caller named; it owns it from then on), ``size`` bytes."""
 
-    audio: bytes
+    path: Path
+    size: int
     format: str
     engine: str
     request_id: str | None
@@ -25,7 +28,7 @@ class SpeechResult:
 
     def __repr__(self) -> str:
         return (
-            f"SpeechResult(format={self.format!r}, bytes={len(self.audio)}, engine={self.engine!r}, "
+            f"SpeechResult(format={self.format!r}, size={self.size}, engine={self.engine!r}, "
             f"attempts={self.attempts}, latency_s={self.latency_s:.3f})"
         )
 

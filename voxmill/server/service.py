@@ -85,6 +85,8 @@ class ServerConfig:
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     #: connections one client address may hold at once (one more gets 503 and is closed); 0: no cap
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    #: seconds of silence the null engine answers each TTS request with (long ones make large bodies)
+    null_audio_s: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -99,6 +101,8 @@ class ServerConfig:
             raise ConfigError(f"body_timeout_s must be ≥ 0 (0: no limit), got {self.body_timeout_s}")
         if self.header_timeout_s < 0:
             raise ConfigError(f"header_timeout_s must be ≥ 0 (0: no limit), got {self.header_timeout_s}")
+        if not 0 < self.null_audio_s <= 3600:
+            raise ConfigError(f"null_audio_s must be over 0 and at most 3600 s, got {self.null_audio_s}")
         if self.max_connections_per_client < 0:
             raise ConfigError(f"max_connections_per_client must be ≥ 0 (0: no cap), got "
                               f"{self.max_connections_per_client}")
@@ -159,7 +163,7 @@ class Service:
         self._limiter: anyio.CapacityLimiter | None = None
         #: requests waiting for a serving slot (``overload="queue"``), first come first served
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        silence = np.zeros(TTS_SAMPLE_RATE // 10, dtype=np.int16)
+        silence = np.zeros(max(1, round(TTS_SAMPLE_RATE * config.null_audio_s)), dtype=np.int16)
         self._null_bodies = {"wav": wav_bytes(silence, TTS_SAMPLE_RATE), "pcm": silence.astype("<i2").tobytes()}
 
     # --- engines ------------------------------------------------------------------------------------
