@@ -3,7 +3,6 @@ intact, nothing partial is recorded as done, and the rerun after the disk grows 
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+from manifest_files import write_manifest
 
 from voxmill.identity import file_hash
 from voxmill.ledger import Ledger
@@ -52,11 +52,9 @@ def done_rows(out: Path) -> list[dict]:
 def test_disk_full_stops_the_run_then_the_rerun_pays_only_what_was_in_flight(
         small_disk, make_server, prefect_api, tmp_path):
     server = make_server(latency_ms=20)
-    manifest = tmp_path / "m.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows((f"row-{n:03d}", f"Disk full check sentence number {n}.") for n in range(ROWS))
+    manifest = write_manifest(tmp_path / "m.csv",
+                              [{"id": f"row-{n:03d}", "text": f"Disk full check sentence number {n}."}
+                               for n in range(ROWS)])
     out = small_disk / "out"
 
     first = run_cli(manifest, out, server, prefect_api)

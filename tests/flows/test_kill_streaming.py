@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import signal
 
 import pyarrow.parquet as pq
 import pytest
+from manifest_files import write_manifest
 from test_kill_resume import done_ids, start_run, wait_until
 
 from voxmill.audio.formats import check_audio_body
@@ -19,11 +19,9 @@ ITEMS = 12
 def test_bodies_cut_by_a_kill_are_swept_and_redone(make_server, prefect_api, tmp_path):
     # every body trickles over 30 s: the kill lands while each one in flight is half written
     server = make_server(slow_body_rate=1.0, slow_body_seconds=30.0)
-    manifest = tmp_path / "m.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows((f"item-{n:02d}", f"Streaming kill check number {n}.") for n in range(ITEMS))
+    manifest = write_manifest(tmp_path / "m.csv",
+                              [{"id": f"item-{n:02d}", "text": f"Streaming kill check number {n}."}
+                               for n in range(ITEMS)])
     out = tmp_path / "out"
 
     process = start_run(manifest, out, server, prefect_api)
