@@ -86,11 +86,14 @@ def _keep_low(root: int, stop: threading.Event) -> None:
 
 @dataclass
 class Running:
+    """A stage's pytest process, started."""
+
     stage: Stage
     process: subprocess.Popen
     started: float
     report: Path
     stop: threading.Event = field(default_factory=threading.Event)
+    summary: str = ""
 
     def finish(self) -> tuple[int, dict[str, int]]:
         code = self.process.wait()
