@@ -9,6 +9,9 @@
    ``RATE_LANES`` lanes (default 2; the lane of a file is set in tests/conftest.py), at normal priority, beside
    stage 1. Their output goes to ``.pytest-reports/<lane>.log`` and is printed once stage 1 has ended.
 
+3. The solo lane: the rate tests that time CPU-bound work (a CLI's start, a request's handling; listed in
+   tests/conftest.py), once the others have ended, with the machine to themselves.
+
 ``--fast`` runs only stage 1's unit and in-process-server tests (``make test-fast``): no real engines, no
 Prefect, no end-to-end subprocess runs, no rate measurements. ``--serial-after`` runs the rate lanes after
 stage 1 instead of beside it. Every stage always runs; the exit code is non-zero when any failed. Extra arguments
@@ -97,16 +100,28 @@ class Running:
     report: Path
     stop: threading.Event = field(default_factory=threading.Event)
     summary: str = ""
+    ended: threading.Event = field(default_factory=threading.Event)
+    wall_s: float = 0.0
+
+    def watch(self) -> None:
+        """Note when the process ends (a lane may end long before the stage finish() waits on first)."""
+        def wait() -> None:
+            self.process.wait()
+            self.wall_s = time.monotonic() - self.started
+            self.ended.set()
+
+        threading.Thread(target=wait, name=f"wait-{self.stage.name}", daemon=True).start()
 
     def finish(self) -> tuple[int, dict[str, int]]:
         code = self.process.wait()
         self.stop.set()
+        self.ended.wait()
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         if self.report.exists():
             for suite in ET.parse(self.report).getroot().iter("testsuite"):
                 for key in counts:
                     counts[key] += int(suite.get(key, 0))
-        self.summary = (f"== {self.stage.name}: {counts['tests']} tests in {time.monotonic() - self.started:.0f} s "
+        self.summary = (f"== {self.stage.name}: {counts['tests']} tests in {self.wall_s:.0f} s "
                         f"(exit {code})")
         return (0 if code == NO_TESTS_COLLECTED else code), counts
 
@@ -124,6 +139,7 @@ def _start(stage: Stage, reports: Path) -> Running:
     if output:
         output.close()
     running = Running(stage, process, time.monotonic(), report)
+    running.watch()
     if stage.low_priority:
         threading.Thread(target=_keep_low, args=(process.pid, running.stop), name="keep-low", daemon=True).start()
     return running
@@ -162,19 +178,22 @@ def _shared_prefect_api(held: contextlib.ExitStack):  # type: ignore[no-untyped-
         server.join(timeout=20)
 
 
-def _stages(fast: bool, overlap: bool, extra: list[str]) -> list[Stage]:
+def _waves(fast: bool, overlap: bool, extra: list[str]) -> list[list[Stage]]:
+    """The stages, in waves: the stages of a wave run at the same time (with ``overlap``), a wave after the last."""
     workers = os.environ.get("PYTEST_WORKERS", "4")
     # loadgroup: a group (xdist_group) goes whole to one worker, largest first; every other test is dealt one by
     # one to whichever worker is free (plain `load` deals contiguous chunks: all of tests/flows landed on one worker)
     parallel = ["-n", workers, "--dist", "loadgroup", "-m", FAST if fast else "not rate", *extra]
     if fast:
-        return [Stage("parallel", parallel)]
-    lanes = int(os.environ.get("RATE_LANES", "2"))  # -rP: the figures each rate test printed, passed or not
+        return [[Stage("parallel", parallel)]]
+    lanes = int(os.environ.get("RATE_LANES", "2"))
     reports = ROOT / ".pytest-reports"
-    return [Stage("parallel", parallel, low_priority=overlap)] + [
-        Stage(f"rate-{n}", ["-p", "no:xdist", "-m", "rate", "-rP", *extra], env={RATE_LANE: f"{n}/{lanes}"},
-              log=reports / f"rate-{n}.log" if overlap else None)
-        for n in range(1, lanes + 1)]
+    rate = ["-p", "no:xdist", "-m", "rate", "-rP", *extra]  # -rP: the figures each rate test printed, passed or not
+    beside = [Stage(f"rate-{n}", rate, env={RATE_LANE: f"{n}/{lanes}"}, log=reports / f"rate-{n}.log" if overlap
+                    else None) for n in range(1, lanes + 1)]
+    # the solo lane: rate tests that time CPU-bound work (a CLI's start), once nothing else runs
+    return [[Stage("parallel", parallel, low_priority=overlap), *beside],
+            [Stage("rate-solo", rate, env={RATE_LANE: f"0/{lanes}"})]]
 
 
 def main(argv: list[str]) -> int:
@@ -183,33 +202,30 @@ def main(argv: list[str]) -> int:
     extra = [a for a in argv if a not in ("--fast", "--serial-after")]
     reports = ROOT / ".pytest-reports"
     reports.mkdir(exist_ok=True)
-    stages = _stages(fast, overlap, extra)
+    waves = _waves(fast, overlap, extra)
     started = time.monotonic()
     codes, total = [], {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     with contextlib.ExitStack() as held:
         if not fast and not os.environ.get(SHARED_PREFECT):
             held.enter_context(_shared_prefect_api(held))
-        running, results = [], []
+        running: list[Running] = []
         try:
-            if overlap:  # every stage at once: stage 1 in the background, the rate lanes beside it
-                running = [_start(stage, reports) for stage in stages]
-                results = [r.finish() for r in running]
-            else:  # one stage after the other, each lane alone
-                for stage in stages:
-                    running.append(_start(stage, reports))
-                    results.append(running[-1].finish())
+            # with overlap, stage 1 in the background and the rate lanes beside it; else each stage alone
+            for group in waves if overlap else [[stage] for wave in waves for stage in wave]:
+                started_now = [_start(stage, reports) for stage in group]
+                running += started_now
+                for run, (code, counts) in [(run, run.finish()) for run in started_now]:
+                    if run.stage.log:
+                        print(f"== {run.stage.name}'s output:\n{run.stage.log.read_text()}", end="")
+                    print(run.summary, flush=True)
+                    codes.append(code)
+                    for key in total:
+                        total[key] += counts[key]
         except BaseException:  # Ctrl-C: stage 1 has a session of its own, so the terminal's SIGINT missed it
             for run in running:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(run.process.pid, signal.SIGINT) if run.stage.low_priority else run.process.terminate()
             raise
-        for run, (code, counts) in zip(running, results, strict=True):
-            if run.stage.log:
-                print(f"== {run.stage.name}'s output:\n{run.stage.log.read_text()}", end="")
-            print(run.summary, flush=True)
-            codes.append(code)
-            for key in total:
-                total[key] += counts[key]
     failed = total["failures"] + total["errors"]
     passed = total["tests"] - failed - total["skipped"]
     print(f"suite ({time.monotonic() - started:.0f} s):")

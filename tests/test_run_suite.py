@@ -62,9 +62,9 @@ def test_every_rate_test_is_in_exactly_one_lane():
         def __init__(self, nodeid: str) -> None:
             self.nodeid = nodeid
 
-    items = [Item(f"{path}::test_x") for path in (*conftest.RATE_LANE_1, "tests/flows/test_deploy.py",
-                                                  "tests/tasks/test_rate_redis.py")]
+    items = [Item(f"{path}::test_x") for path in (*conftest.RATE_LANE_1, *conftest.RATE_SOLO,
+                                                  "tests/flows/test_deploy.py", "tests/tasks/test_rate_redis.py")]
     for lanes in (1, 2, 3):
         placed = [conftest._rate_lane(item, lanes) for item in items]
-        assert all(1 <= lane <= lanes for lane in placed), (lanes, placed)
-    assert {conftest._rate_lane(item, 2) for item in items} == {1, 2}, "two lanes: both get tests"
+        assert all(0 <= lane <= lanes for lane in placed), (lanes, placed)
+    assert {conftest._rate_lane(item, 2) for item in items} == {0, 1, 2}, "two lanes and the solo one: all used"
