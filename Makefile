@@ -26,10 +26,17 @@ system-deps:
 	  echo "installing python3-venv (apt)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv >/dev/null; }
 
+# uv installs (about 4× faster than pip) from where pip would: this machine's pip configuration (find-links, extra
+# indexes, constraints) as uv options, and pip's choice of the best version across indexes
+UV_FROM_PIP = $$($(BIN)/python -m pip config list 2>/dev/null | \
+  sed -nE "s/^[^.]*\.(find-links|extra-index-url|index-url|constraint)='(.*)'$$/\1 \2/p" | sort -u | \
+  while read -r key values; do for v in $$values; do printf -- '--%s %s ' "$$key" "$$v"; done; done)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[local,dev]'
+	$(BIN)/python -m pip install -q 'uv>=0.4'
+	$(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match $(UV_FROM_PIP) \
+	  -e '.[local,dev]'
 	@# warm uv's cache with a plain install: tests/test_packaging.py installs from it offline
 	rm -rf $(VENV)/plain && $(BIN)/uv venv -q --python $(BIN)/python $(VENV)/plain && \
 	  $(BIN)/uv pip install -q --python $(VENV)/plain/bin/python . && rm -rf $(VENV)/plain build

@@ -100,12 +100,31 @@ class LocalServer:
 TIER_BY_FIXTURE = {"real_server": "engines", "prefect_api": "prefect"}
 
 
+#: ``make test`` runs the ``rate`` tests in lanes side by side (tests/run_suite.py, ``VOXMILL_RATE_LANE=i/n``):
+#: these files make lane 1, every other file the last lane (about 220 s each)...
+RATE_LANE_1 = ("tests/voxmill/test_throughput_latency.py", "tests/voxmill/test_rate_adaptive.py")
+#: ...except these, which time CPU-bound work (a CLI's start: 2.25 s against 2 s beside the parallel stage): lane
+#: 0, run alone once everything else has ended
+RATE_SOLO = ("tests/voxmill/test_limits.py", "tests/voxmill/test_server_abuse.py", "tests/voxmill/test_limiter.py")
+
+
+def _rate_lane(item: pytest.Item, lanes: int) -> int:
+    path = item.nodeid.split("::")[0]
+    return 0 if path in RATE_SOLO else 1 if path in RATE_LANE_1 else lanes
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with the tiers its fixtures imply (``make test-fast`` leaves those tiers out)."""
+    """Mark each test with the tiers its fixtures imply (``make test-fast`` leaves those tiers out); with
+    ``VOXMILL_RATE_LANE=i/n``, keep only lane i's tests."""
     for item in items:
         for fixture, tier in TIER_BY_FIXTURE.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(tier)
+    lane = os.environ.get("VOXMILL_RATE_LANE")
+    if lane:
+        mine, lanes = map(int, lane.split("/"))
+        config.hook.pytest_deselected(items=[item for item in items if _rate_lane(item, lanes) != mine])
+        items[:] = [item for item in items if _rate_lane(item, lanes) == mine]
 
 
 @pytest.fixture(scope="session")

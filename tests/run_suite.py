@@ -1,25 +1,35 @@
-"""``make test``: the whole suite in two stages, then one tally line.
+"""``make test``: the whole suite in two stages that run at the same time, then one tally line.
 
 1. Every test not marked ``rate``, on several pytest-xdist workers (``PYTEST_WORKERS``, default 4: most tests
    wait on sockets, subprocesses and Prefect, not on the CPU). Tests sharing a costly module fixture (a whole
-   ``make deploy`` stack) carry an ``xdist_group`` and run on one worker (``--dist loadgroup``).
-2. The ``rate`` tests (they measure rates and timings), serially, with the CPU to themselves.
+   ``make deploy`` stack) carry an ``xdist_group`` and run on one worker (``--dist loadgroup``). This stage and
+   everything it starts run at the lowest CPU priority (nice 19, and so do the scheduler autogroups of the
+   sessions its processes start): it takes only the CPU the rate tests leave.
+2. The ``rate`` tests (they measure rates and timings, mostly waiting on slow servers), one at a time in each of
+   ``RATE_LANES`` lanes (default 2; the lane of a file is set in tests/conftest.py), at normal priority, beside
+   stage 1. Their output goes to ``.pytest-reports/<lane>.log`` and is printed once stage 1 has ended.
+
+3. The solo lane: the rate tests that time CPU-bound work (a CLI's start, a request's handling; listed in
+   tests/conftest.py), once the others have ended, with the machine to themselves.
 
 ``--fast`` runs only stage 1's unit and in-process-server tests (``make test-fast``): no real engines, no
-Prefect, no end-to-end subprocess runs, no rate measurements. Both stages always run; the exit code is
-non-zero when either failed. Extra arguments go to pytest (e.g. ``-k name``).
+Prefect, no end-to-end subprocess runs, no rate measurements. ``--serial-after`` runs the rate lanes after
+stage 1 instead of beside it. Every stage always runs; the exit code is non-zero when any failed. Extra arguments
+go to pytest (e.g. ``-k name``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,18 +37,112 @@ FAST = "not (engines or prefect or e2e or rate or slow)"
 NO_TESTS_COLLECTED = 5
 
 
-def _stage(name: str, args: list[str], report: Path) -> tuple[int, dict[str, int]]:
+LOWEST = 19
+RATE_LANE = "VOXMILL_RATE_LANE"  # "i/n": tests/conftest.py keeps only the rate tests of lane i of n
+
+
+@dataclass
+class Stage:
+    """One pytest run of the suite: its arguments, where its JUnit report (and, in the background, its output)
+    goes, and whether it yields the CPU."""
+
+    name: str
+    args: list[str]
+    low_priority: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None  # output to this file (printed at the end) instead of the terminal
+
+    def report(self, reports: Path) -> Path:
+        return reports / f"{self.name}.xml"
+
+
+def _lowest_priority() -> None:
+    """In the child before exec: nice 19, in a session (scheduler autogroup) of its own that is niced too; with
+    autogroups on, a nice value counts only against processes of the same session."""
+    os.setsid()
+    os.nice(LOWEST)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(LOWEST))
+
+
+def _keep_low(root: int, stop: threading.Event) -> None:
+    """Every 0.5 s, nice the autogroup of each descendant of ``root`` that started a session of its own (a
+    ``make deploy`` stack's server and worker, their flow runs): nice 19 alone would not hold them back. Only new
+    pids' parents are read, and only the descendants' autogroups (about 1 ms a pass)."""
+    parent_of: dict[int, int] = {}
+    below = {root}
+    while not stop.wait(0.5):
+        alive = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+        for pid in parent_of.keys() - set(alive):  # ended: a later process may reuse the pid
+            del parent_of[pid]
+        for pid in alive:
+            if pid not in parent_of:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    parent_of[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if parent_of.get(pid) in below:
+                    below.add(pid)
+        for pid in list(below - {root}):
+            group = Path(f"/proc/{pid}/autogroup")
+            try:
+                if not group.read_text().rstrip().endswith(f"nice {LOWEST}"):
+                    group.write_text(str(LOWEST))
+            except OSError:  # it ended
+                below.discard(pid)
+
+
+@dataclass
+class Running:
+    """A stage's pytest process, started."""
+
+    stage: Stage
+    process: subprocess.Popen
+    started: float
+    report: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    summary: str = ""
+    ended: threading.Event = field(default_factory=threading.Event)
+    wall_s: float = 0.0
+
+    def watch(self) -> None:
+        """Note when the process ends (a lane may end long before the stage finish() waits on first)."""
+        def wait() -> None:
+            self.process.wait()
+            self.wall_s = time.monotonic() - self.started
+            self.ended.set()
+
+        threading.Thread(target=wait, name=f"wait-{self.stage.name}", daemon=True).start()
+
+    def finish(self) -> tuple[int, dict[str, int]]:
+        code = self.process.wait()
+        self.stop.set()
+        self.ended.wait()
+        counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+        if self.report.exists():
+            for suite in ET.parse(self.report).getroot().iter("testsuite"):
+                for key in counts:
+                    counts[key] += int(suite.get(key, 0))
+        self.summary = (f"== {self.stage.name}: {counts['tests']} tests in {self.wall_s:.0f} s "
+                        f"(exit {code})")
+        return (0 if code == NO_TESTS_COLLECTED else code), counts
+
+
+def _start(stage: Stage, reports: Path) -> Running:
+    report = stage.report(reports)
     report.unlink(missing_ok=True)
-    started = time.monotonic()
-    print(f"== {name}: pytest {' '.join(args)}", flush=True)
-    code = subprocess.call([sys.executable, "-m", "pytest", *args, f"--junitxml={report}"], cwd=ROOT)
-    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    if report.exists():
-        for suite in ET.parse(report).getroot().iter("testsuite"):
-            for key in counts:
-                counts[key] += int(suite.get(key, 0))
-    print(f"== {name}: {counts['tests']} tests in {time.monotonic() - started:.0f} s (exit {code})", flush=True)
-    return (0 if code == NO_TESTS_COLLECTED else code), counts
+    command = [sys.executable, "-m", "pytest", *stage.args, f"--junitxml={report}"]
+    print(f"== {stage.name}: pytest {' '.join(stage.args)}" + (f" (output: {stage.log})" if stage.log else "")
+          + (" at nice 19" if stage.low_priority else ""), flush=True)
+    output = open(stage.log, "w") if stage.log else None  # noqa: SIM115 (closed by the child's exit)
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **stage.env}, stdout=output,
+                               stderr=subprocess.STDOUT if output else None,
+                               preexec_fn=_lowest_priority if stage.low_priority else None)
+    if output:
+        output.close()
+    running = Running(stage, process, time.monotonic(), report)
+    running.watch()
+    if stage.low_priority:
+        threading.Thread(target=_keep_low, args=(process.pid, running.stop), name="keep-low", daemon=True).start()
+    return running
 
 
 #: the Prefect API every xdist worker's ``prefect_api`` fixture uses (tests/conftest.py), instead of one each
@@ -74,28 +178,54 @@ def _shared_prefect_api(held: contextlib.ExitStack):  # type: ignore[no-untyped-
         server.join(timeout=20)
 
 
-def main(argv: list[str]) -> int:
-    fast = "--fast" in argv
-    extra = [a for a in argv if a != "--fast"]
+def _waves(fast: bool, overlap: bool, extra: list[str]) -> list[list[Stage]]:
+    """The stages, in waves: the stages of a wave run at the same time (with ``overlap``), a wave after the last."""
     workers = os.environ.get("PYTEST_WORKERS", "4")
-    reports = ROOT / ".pytest-reports"
-    reports.mkdir(exist_ok=True)
     # loadgroup: a group (xdist_group) goes whole to one worker, largest first; every other test is dealt one by
     # one to whichever worker is free (plain `load` deals contiguous chunks: all of tests/flows landed on one worker)
     parallel = ["-n", workers, "--dist", "loadgroup", "-m", FAST if fast else "not rate", *extra]
-    stages = [("parallel", parallel, reports / "parallel.xml")]
-    if not fast:
-        stages.append(("serial", ["-p", "no:xdist", "-m", "rate", *extra], reports / "serial.xml"))
+    if fast:
+        return [[Stage("parallel", parallel)]]
+    lanes = int(os.environ.get("RATE_LANES", "2"))
+    reports = ROOT / ".pytest-reports"
+    rate = ["-p", "no:xdist", "-m", "rate", "-rP", *extra]  # -rP: the figures each rate test printed, passed or not
+    beside = [Stage(f"rate-{n}", rate, env={RATE_LANE: f"{n}/{lanes}"}, log=reports / f"rate-{n}.log" if overlap
+                    else None) for n in range(1, lanes + 1)]
+    # the solo lane: rate tests that time CPU-bound work (a CLI's start), once nothing else runs
+    return [[Stage("parallel", parallel, low_priority=overlap), *beside],
+            [Stage("rate-solo", rate, env={RATE_LANE: f"0/{lanes}"})]]
+
+
+def main(argv: list[str]) -> int:
+    fast = "--fast" in argv
+    overlap = "--serial-after" not in argv
+    extra = [a for a in argv if a not in ("--fast", "--serial-after")]
+    reports = ROOT / ".pytest-reports"
+    reports.mkdir(exist_ok=True)
+    waves = _waves(fast, overlap, extra)
     started = time.monotonic()
     codes, total = [], {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     with contextlib.ExitStack() as held:
         if not fast and not os.environ.get(SHARED_PREFECT):
             held.enter_context(_shared_prefect_api(held))
-        for name, args, report in stages:
-            code, counts = _stage(name, args, report)
-            codes.append(code)
-            for key in total:
-                total[key] += counts[key]
+        running: list[Running] = []
+        try:
+            # with overlap, stage 1 in the background and the rate lanes beside it; else each stage alone
+            for group in waves if overlap else [[stage] for wave in waves for stage in wave]:
+                started_now = [_start(stage, reports) for stage in group]
+                running += started_now
+                for run, (code, counts) in [(run, run.finish()) for run in started_now]:
+                    if run.stage.log:
+                        print(f"== {run.stage.name}'s output:\n{run.stage.log.read_text()}", end="")
+                    print(run.summary, flush=True)
+                    codes.append(code)
+                    for key in total:
+                        total[key] += counts[key]
+        except BaseException:  # Ctrl-C: stage 1 has a session of its own, so the terminal's SIGINT missed it
+            for run in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(run.process.pid, signal.SIGINT) if run.stage.low_priority else run.process.terminate()
+            raise
     failed = total["failures"] + total["errors"]
     passed = total["tests"] - failed - total["skipped"]
     print(f"suite ({time.monotonic() - started:.0f} s):")

@@ -17,7 +17,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyarrow.compute as pc
@@ -120,13 +122,60 @@ def _prefect(stack: Stack, *args: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-RUN_FAILING = (
-    "import sys\n"
-    "from prefect.deployments import run_deployment\n"
-    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3],"
-    " 'options': {'local_engine': 'null'}}, timeout=None, poll_interval=1)\n"
-    "print(run.id, run.state.name)\n"
-)
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+@dataclass
+class DeploymentRun:
+    """A deployment run created from the test's own process with the API calls ``run_deployment`` makes, instead of
+    a Python started (and Prefect imported, ~3 CPU-s) per run; its state is read over the REST API."""
+
+    stack: Stack
+    id: str
+
+    def state(self) -> dict[str, Any] | None:
+        """The run's state (``type``, ``name``, ``message``); None while the API does not answer."""
+        try:
+            response = httpx.get(f"{self.stack.api_url}/flow_runs/{self.id}", timeout=10)
+            response.raise_for_status()
+        except httpx.HTTPError:
+            return None
+        return response.json()["state"]
+
+    def ended(self) -> bool:
+        state = self.state()
+        return state is not None and state["type"] in FINAL_STATES
+
+    def wait(self, timeout: float = 300) -> tuple[str, str]:
+        """The run's final state: (name, message), as ``run_deployment(..., timeout=None)`` waits for it."""
+        deadline = time.monotonic() + timeout
+        while not ((state := self.state()) and state["type"] in FINAL_STATES):
+            assert time.monotonic() < deadline, f"run {self.id} is still {state} after {timeout:g} s"
+            time.sleep(1)
+        return state["name"], state["message"] or ""
+
+
+def _run_deployment(stack: Stack, name: str, parameters: dict[str, Any],
+                    secret: tuple[str, str] | None = None) -> DeploymentRun:
+    """Start deployment ``name`` with ``parameters`` on the stack (saving the Secret block ``secret`` = (name, value)
+    first), as a user's ``run_deployment(name, parameters=...)`` would."""
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+        if secret:
+            Secret(value=secret[1]).save(secret[0], overwrite=True)
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(name)
+            run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+    return DeploymentRun(stack, str(run.id))
+
+
+def _ended(run: DeploymentRun) -> tuple[str, str]:
+    return run.wait(timeout=300)
+
+
 READ_RESULT = (
     "import sys, asyncio\n"
     "from prefect.client.orchestration import get_client\n"
@@ -156,7 +205,8 @@ def test_make_deploy_runs_every_deployment_shards_and_persists_a_failed_result(s
                                      "--watch")
     runs["shards"] = _prefect(stack, "deployment", "run", DEPLOYMENTS[0], "-p", "shards=2",
                               "-p", f"out_dir={sharded_out}", "--watch")
-    failing = _python(stack, RUN_FAILING, DEPLOYMENTS[0], str(bad), str(tmp_path / "out"))
+    failing = _run_deployment(stack, DEPLOYMENTS[0], {"manifest": str(bad), "out_dir": str(tmp_path / "out"),
+                                                      "options": {"local_engine": "null"}})
     for name, process in runs.items():
         output = process.communicate(timeout=420)[0]
         assert process.returncode == 0, f"{name}:\n{output[-3000:]}"  # --watch exits 0 only when Completed
@@ -185,10 +235,9 @@ def test_make_deploy_runs_every_deployment_shards_and_persists_a_failed_result(s
         info = measure_file(sharded_out / row["output_path"])
         assert info.format == "mp3" and info.duration_s > 0.5
 
-    output, errors = failing.communicate(timeout=300)
-    run_id, state = output.split()[-2:]
-    assert state == "Failed", errors[-2000:]
-    reader = _python(stack, READ_RESULT, run_id)
+    state, message = failing.wait(timeout=300)
+    assert state == "Failed", message
+    reader = _python(stack, READ_RESULT, failing.id)
     output, errors = reader.communicate(timeout=120)
     assert output.strip() == "JobFailed 1 1 {'validation': 1}", errors[-2000:]
 
@@ -200,17 +249,6 @@ def _python(stack: Stack, script: str, *args: str, env: dict[str, str] | None = 
 
 
 KEY_BLOCK = "voxmill-kill-test"
-RUN_SHARDED = (
-    "import json, os, sys\n"
-    "from prefect.blocks.system import Secret\n"
-    "from prefect.deployments import run_deployment\n"
-    f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
-    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
-    f" 'options': {{'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'max_concurrent': 2}},"
-    " 'output_format': 'wav'},"
-    " timeout=None, poll_interval=1)\n"
-    "print(json.dumps([run.state.name, run.state.message]))\n"
-)
 SHARD_ITEMS = 30
 SHARD_CONCURRENCY = 2
 
@@ -232,16 +270,23 @@ def _holder_of(lock: Path) -> int:
     raise AssertionError(f"no process holds {lock}")
 
 
-def _sharded_run(stack: Stack, manifest: Path, out: Path, server) -> subprocess.Popen:
-    return _python(stack, RUN_SHARDED, DEPLOYMENTS[0], str(manifest), str(out), server.base_url,
-                   env={"TEST_SERVER_TOKEN": server.token})
+def _sharded_run(stack: Stack, manifest: Path, out: Path | str, server) -> DeploymentRun:
+    """A 2-shard synthesize of ``manifest`` into ``out`` (a folder or a URL), 2 requests in flight per shard."""
+    return _run_deployment(stack, DEPLOYMENTS[0], {
+        "manifest": str(manifest), "out_dir": str(out), "shards": 2, "output_format": "wav",
+        "options": {"base_url": server.base_url, "api_key_block": KEY_BLOCK, "max_concurrent": 2}},
+        secret=(KEY_BLOCK, server.token))
 
 
-def _ended(process: subprocess.Popen) -> tuple[str, str]:
-    output, errors = process.communicate(timeout=300)
-    assert process.returncode == 0, errors[-3000:]
-    state, message = json.loads(output.strip().splitlines()[-1])
-    return state, message or ""
+def _wait_until(ready, parent: DeploymentRun, timeout: float = 240) -> None:
+    """Poll ``ready()`` every 0.1 s until it holds; fail at once if ``parent`` ends first (its state read each s)."""
+    deadline, checked = time.monotonic() + timeout, time.monotonic()
+    while not ready():
+        if time.monotonic() - checked > 1:
+            checked = time.monotonic()
+            assert not parent.ended(), f"shard 0 never got going: the parent run ended {parent.state()}"
+        assert time.monotonic() < deadline, f"shard 0 never got going in {timeout:g} s: {parent.state()}"
+        time.sleep(0.1)
 
 
 @STACK_B
@@ -256,12 +301,7 @@ def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(s
     killed = out / "shards" / "0-of-2"
 
     parent = _sharded_run(stack, manifest, out, server)
-    deadline = time.monotonic() + 240
-    while not (killed.exists() and len(_done_ids(killed)) >= 3):
-        if parent.poll() is not None or time.monotonic() > deadline:
-            parent.kill()
-            raise AssertionError(f"shard 0 never got going: {parent.communicate()[1][-3000:]}")
-        time.sleep(0.1)
+    _wait_until(lambda: killed.exists() and len(_done_ids(killed)) >= 3, parent)
     os.kill(_holder_of(Ledger(killed).journal_dir / ".lock"), signal.SIGKILL)  # the shard's flow-run process
     server.wait_settled()  # the server finishes (and bills) what the dead shard had asked for
     generated_at_kill = {h for h, n in server.stats()["generations"].items() if n}
@@ -296,16 +336,6 @@ def test_killed_shard_then_rerun_parent_pays_only_for_what_it_had_not_recorded(s
 
 
 RATE_ITEMS = 360
-RUN_RATED = (
-    "import json, os, sys\n"
-    "from prefect.blocks.system import Secret\n"
-    "from prefect.deployments import run_deployment\n"
-    "Secret(value=os.environ['TEST_SERVER_TOKEN']).save('voxmill-rate-test', overwrite=True)\n"
-    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
-    " 'output_format': 'wav', 'options': {'base_url': sys.argv[4], 'api_key_block': 'voxmill-rate-test',"
-    " 'max_concurrent': 8, 'requests_per_second': 20.0}}, timeout=None, poll_interval=1)\n"
-    "print(json.dumps([run.state.name, run.state.message]))\n"
-)
 
 
 @pytest.mark.slow
@@ -317,8 +347,10 @@ def test_two_shards_given_the_servers_rate_run_at_that_rate_combined(stack: Stac
     rows = [{"id": f"r{n:03d}", "text": f"Shard rate check, line {n}."} for n in range(RATE_ITEMS)]
     manifest = write_manifest(tmp_path / "m.csv", rows)
     with StatsSampler(server) as sampler:
-        state, message = _ended(_python(stack, RUN_RATED, DEPLOYMENTS[0], str(manifest), str(tmp_path / "out"),
-                                        server.base_url, env={"TEST_SERVER_TOKEN": server.token}))
+        state, message = _ended(_run_deployment(stack, DEPLOYMENTS[0], {
+            "manifest": str(manifest), "out_dir": str(tmp_path / "out"), "shards": 2, "output_format": "wav",
+            "options": {"base_url": server.base_url, "api_key_block": "voxmill-rate-test", "max_concurrent": 8,
+                        "requests_per_second": 20.0}}, secret=("voxmill-rate-test", server.token)))
     assert state == "Completed", message
     final = sampler.samples[-1]
     assert final.ok == RATE_ITEMS
@@ -329,29 +361,36 @@ def test_two_shards_given_the_servers_rate_run_at_that_rate_combined(stack: Stac
     assert final.limited <= 0.05 * final.requests, final
 
 
-RUN_SHARDED_URL = (
-    "import json, os, sys\n"
-    "from prefect.blocks.system import Secret\n"
-    "from prefect.deployments import run_deployment\n"
-    "Secret(value=os.environ['TEST_SERVER_TOKEN']).save('voxmill-bucket-test', overwrite=True)\n"
-    "extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {'output_format': 'wav'}\n"
-    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 3,"
-    " 'options': {'base_url': sys.argv[4], 'api_key_block': 'voxmill-bucket-test'}, **extra},"
-    " timeout=None, poll_interval=1)\n"
-    "from prefect.client.orchestration import get_client\n"
-    "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,"
-    " FlowRunFilterParentFlowRunId\n"
-    "def kinds(client, flow_run_id):\n"
-    "    found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId("
-    "any_=[flow_run_id])))\n"
-    "    return sorted(str(a.type) for a in found)\n"
-    "with get_client(sync_client=True) as client:\n"
-    "    children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id="
-    "FlowRunFilterParentFlowRunId(any_=[run.id])))\n"
-    "    shown = {c.name: kinds(client, c.id) for c in children}\n"
-    "    print(json.dumps({'children': shown, 'parent': kinds(client, run.id)}))\n"
-    "print(json.dumps([run.state.name, run.state.message]))\n"
-)
+def _bucket_run(stack: Stack, name: str, manifest: str, url: str, server,
+                output_format: str | None = "wav") -> DeploymentRun:
+    """A 3-shard run of deployment ``name`` from ``manifest`` into ``url``."""
+    formats = {"output_format": output_format} if output_format else {}
+    return _run_deployment(stack, name, {
+        "manifest": manifest, "out_dir": url, "shards": 3, **formats,
+        "options": {"base_url": server.base_url, "api_key_block": "voxmill-bucket-test"}},
+        secret=("voxmill-bucket-test", server.token))
+
+
+def _artifact_kinds(stack: Stack, run_id: str) -> dict[str, Any]:
+    """What the UI shows of a sharded run: each child run's artifact kinds by its name, and the parent's."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def kinds(client, flow_run_id) -> list[str]:  # type: ignore[no-untyped-def]
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[flow_run_id])))
+        return sorted(str(a.type) for a in found)
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=(
+            FlowRunFilterParentFlowRunId(any_=[run_id]))))
+        return {"children": {c.name: kinds(client, c.id) for c in children}, "parent": kinds(client, run_id)}
 
 
 @STACK_A
@@ -365,15 +404,12 @@ def test_three_shards_from_a_bucket_into_a_bucket(stack: Stack, bucket, make_ser
     rows = [{"id": f"u{n:02d}", "text": f"Bucket shard line number {n}."} for n in range(24)]
     bucket.pipe_file(f"{BUCKET}/in/m.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     url = f"s3://{BUCKET}/out/sharded"
-    process = _python(stack, RUN_SHARDED_URL, DEPLOYMENTS[0], f"s3://{BUCKET}/in/m.jsonl", url, server.base_url,
-                      env={"TEST_SERVER_TOKEN": server.token})
-    output, errors = process.communicate(timeout=300)
-    assert process.returncode == 0, errors[-3000:]
-    state, message = json.loads(output.strip().splitlines()[-1])
+    run = _bucket_run(stack, DEPLOYMENTS[0], f"s3://{BUCKET}/in/m.jsonl", url, server)
+    state, message = _ended(run)
     assert state == "Completed", message
     # visible in the UI: the shards are the parent's subflow runs, each with its progress artifact; the parent
     # has its own progress artifact and the table of shards that it updated as they finished
-    seen = json.loads(output.strip().splitlines()[-2])
+    seen = _artifact_kinds(stack, run.id)
     assert sorted(seen["children"]) == ["shard-0-of-3", "shard-1-of-3", "shard-2-of-3"], seen
     assert all("progress" in kinds for kinds in seen["children"].values()), seen
     assert "progress" in seen["parent"] and "table" in seen["parent"], seen
@@ -384,18 +420,6 @@ def test_three_shards_from_a_bucket_into_a_bucket(stack: Stack, bucket, make_ser
     for row in merged:
         check_audio_body(bucket.cat_file(f"{BUCKET}/out/sharded/{row['output_path']}"), "wav")
     assert not bucket.glob(f"{BUCKET}/out/sharded/**/lease.json"), "every lease given back"
-
-
-RUN_SHARDED_KILL = (
-    "import json, os, sys\n"
-    "from prefect.blocks.system import Secret\n"
-    "from prefect.deployments import run_deployment\n"
-    f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
-    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3], 'shards': 2,"
-    f" 'options': {{'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'max_concurrent': 2}},"
-    " 'output_format': 'wav'}, timeout=None, poll_interval=1)\n"
-    "print(json.dumps([run.state.name, run.state.message]))\n"
-)
 
 
 @STACK_A
@@ -416,17 +440,8 @@ def test_a_shard_killed_mid_run_into_a_bucket_then_rerun_pays_only_what_no_segme
         table = remote.read_table(["id", "status"])
         return set(table.filter(pc.equal(table["status"], "done"))["id"].to_pylist())
 
-    def run() -> subprocess.Popen:
-        return _python(stack, RUN_SHARDED_KILL, DEPLOYMENTS[0], str(manifest), url, server.base_url,
-                       env={"TEST_SERVER_TOKEN": server.token})
-
-    parent = run()
-    deadline = time.monotonic() + 240
-    while len(done_ids(killed)) < 3:
-        if parent.poll() is not None or time.monotonic() > deadline:
-            parent.kill()
-            raise AssertionError(f"shard 0 never got going: {parent.communicate()[1][-3000:]}")
-        time.sleep(0.2)
+    parent = _sharded_run(stack, manifest, url, server)
+    _wait_until(lambda: len(done_ids(killed)) >= 3, parent)
     holder = json.loads(bucket.cat_file(f"{BUCKET}/killed/shards/0-of-2/{LEASE_FILE}"))
     os.kill(holder["pid"], signal.SIGKILL)  # the shard's flow-run process, named by its lease
     server.wait_settled()  # the server finishes (and bills) what the dead shard had asked for
@@ -440,7 +455,7 @@ def test_a_shard_killed_mid_run_into_a_bucket_then_rerun_pays_only_what_no_segme
     in_flight = {i for i, h in hash_of.items() if h in generated_at_kill} - recorded_at_kill - other_ids
     paid_before_rerun = sum(server.stats()["generations"].values())
 
-    state, message = _ended(run())
+    state, message = _ended(_sharded_run(stack, manifest, url, server))
     assert state == "Completed", message
     killed_slice = done_ids(killed)
     assert killed_slice.isdisjoint(other_ids) and killed_slice | other_ids == set(texts)
@@ -484,17 +499,16 @@ def test_three_workers_with_no_shared_disk_run_sharded_jobs_bucket_to_bucket(
         rows = [{"id": f"w{n:02d}", "text": f"No shared disk, line {n}."} for n in range(18)]
         bucket.pipe_file(f"{BUCKET}/nodisk/in.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
         tts_url, asr_url = f"s3://{BUCKET}/nodisk/tts", f"s3://{BUCKET}/nodisk/asr"
-        state, message = _ended(_python(stack, RUN_SHARDED_URL, DEPLOYMENTS[0], f"s3://{BUCKET}/nodisk/in.jsonl",
-                                        tts_url, server.base_url, env={"TEST_SERVER_TOKEN": server.token}))
+        state, message = _ended(_bucket_run(stack, DEPLOYMENTS[0], f"s3://{BUCKET}/nodisk/in.jsonl", tts_url,
+                                            server))
         assert state == "Completed", message
         assert server.stats()["generations_total"] == len(rows), "every item paid exactly once"
         merged = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/nodisk/tts/results.parquet"))).to_pylist()
         assert sorted(r["id"] for r in merged) == [r["id"] for r in rows]
 
         sent = server.stats()["requests"]
-        state, message = _ended(_python(stack, RUN_SHARDED_URL, "voxmill-transcribe/transcribe",
-                                        f"s3://{BUCKET}/nodisk/tts/shards/**/*.wav", asr_url, server.base_url, "{}",
-                                        env={"TEST_SERVER_TOKEN": server.token}))
+        state, message = _ended(_bucket_run(stack, "voxmill-transcribe/transcribe",
+                                            f"s3://{BUCKET}/nodisk/tts/shards/**/*.wav", asr_url, server, None))
         assert state == "Completed", message
         transcribed = pq.read_table(io.BytesIO(bucket.cat_file(f"{BUCKET}/nodisk/asr/results.parquet"))).to_pylist()
         assert len(transcribed) == len(rows) and {r["status"] for r in transcribed} == {"done"}
@@ -516,26 +530,6 @@ def test_three_workers_with_no_shared_disk_run_sharded_jobs_bucket_to_bucket(
     leftovers = [p for home in homes for p in (home / "tmp").iterdir()]
     assert all(not any(p.rglob("*.*")) for p in leftovers if p.is_dir()), leftovers
 
-
-
-RUN_ONE = (
-    "import json, os, sys\n"
-    "from prefect.blocks.system import Secret\n"
-    "from prefect.deployments import run_deployment\n"
-    f"Secret(value=os.environ['TEST_SERVER_TOKEN']).save({KEY_BLOCK!r}, overwrite=True)\n"
-    "run = run_deployment(sys.argv[1], parameters={'manifest': sys.argv[2], 'out_dir': sys.argv[3],"
-    f" 'options': {{'base_url': sys.argv[4], 'api_key_block': {KEY_BLOCK!r}, 'max_concurrent': 2}},"
-    " 'output_format': 'wav'}, timeout=0)\n"
-    "print(run.id)\n"
-)
-READ_STATE = (
-    "import sys, asyncio\n"
-    "from prefect.client.orchestration import get_client\n"
-    "async def main():\n"
-    "    async with get_client() as client:\n"
-    "        print((await client.read_flow_run(sys.argv[1])).state.type.value)\n"
-    "asyncio.run(main())\n"
-)
 
 
 def _restart_prefect_server(stack: Stack, down_s: float) -> None:
@@ -562,12 +556,6 @@ def _restart_prefect_server(stack: Stack, down_s: float) -> None:
     raise AssertionError("the Prefect server did not come back")
 
 
-def _run_state(stack: Stack, run_id: str) -> str | None:
-    reader = _python(stack, READ_STATE, run_id)
-    output, _ = reader.communicate(timeout=120)
-    return output.strip() or None
-
-
 @STACK_B
 @pytest.mark.slow
 def test_prefect_server_restart_mid_run_of_a_worker_run_pays_nothing_twice(stack: Stack, make_server, tmp_path):
@@ -579,27 +567,22 @@ def test_prefect_server_restart_mid_run_of_a_worker_run_pays_nothing_twice(stack
     texts = {f"item-{n:03d}": f"Prefect restart check, sentence number {n}." for n in range(rows)}
     manifest = write_manifest(tmp_path / "m.csv", [{"id": i, "text": t} for i, t in texts.items()])
     out = tmp_path / "restart"
-    trigger = _python(stack, RUN_ONE, DEPLOYMENTS[0], str(manifest), str(out), server.base_url,
-                      env={"TEST_SERVER_TOKEN": server.token})
-    run_id, errors = trigger.communicate(timeout=120)
-    assert trigger.returncode == 0, errors[-3000:]
-    run_id = run_id.strip().splitlines()[-1]
+    one_run = {"manifest": str(manifest), "out_dir": str(out), "output_format": "wav",
+               "options": {"base_url": server.base_url, "api_key_block": KEY_BLOCK, "max_concurrent": 2}}
+    run = _run_deployment(stack, DEPLOYMENTS[0], one_run, secret=(KEY_BLOCK, server.token))
     deadline = time.monotonic() + 240
     while not (out.exists() and len(_done_ids(out)) >= 20):
         assert time.monotonic() < deadline, "the worker's run never got going"
         time.sleep(0.2)
     _restart_prefect_server(stack, down_s=10)
     deadline = time.monotonic() + 300
-    while (state := _run_state(stack, run_id)) not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+    while (state := (run.state() or {}).get("type")) not in FINAL_STATES:
         assert time.monotonic() < deadline, f"the run is still {state} 300 s after the restart"
         time.sleep(2)
     if state != "COMPLETED":  # ended by the outage: the rerun finishes it
-        rerun = _python(stack, RUN_ONE, DEPLOYMENTS[0], str(manifest), str(out), server.base_url,
-                        env={"TEST_SERVER_TOKEN": server.token})
-        rerun_id, errors = rerun.communicate(timeout=120)
-        rerun_id = rerun_id.strip().splitlines()[-1]
+        rerun = _run_deployment(stack, DEPLOYMENTS[0], one_run, secret=(KEY_BLOCK, server.token))
         deadline = time.monotonic() + 300
-        while (final := _run_state(stack, rerun_id)) != "COMPLETED":
+        while (final := (rerun.state() or {}).get("type")) != "COMPLETED":
             assert final not in ("FAILED", "CRASHED") and time.monotonic() < deadline, final
             time.sleep(2)
     assert _done_ids(out) == set(texts)

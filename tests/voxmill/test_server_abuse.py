@@ -118,7 +118,7 @@ def test_the_default_cap_refuses_a_declared_60_mib_body(null_server):
     assert reply.startswith(b"HTTP/1.1 413") and b"the cap is 52,428,800 bytes" in reply, reply[:300]
 
 
-@pytest.mark.rate  # a timing bound: measured with the CPU to itself
+@pytest.mark.rate  # a timing bound: measured in a rate lane, ahead of the niced parallel stage
 def test_declared_oversize_is_413_at_once_without_reading_the_body(capped_server):
     sock = open_raw(capped_server, {"Content-Length": str(10**9)})  # no body byte is ever sent
     started = time.monotonic()
