@@ -1,21 +1,20 @@
-"""``make test``: the whole suite in two stages that run at the same time, then one tally line.
+"""``make test``: the whole suite in three waves, then one tally line.
 
 1. Every test not marked ``rate``, on several pytest-xdist workers (``PYTEST_WORKERS``, default 4: most tests
    wait on sockets, subprocesses and Prefect, not on the CPU). Tests sharing a costly module fixture (a whole
-   ``make deploy`` stack) carry an ``xdist_group`` and run on one worker (``--dist loadgroup``). This stage and
-   everything it starts run at the lowest CPU priority (nice 19, and so do the scheduler autogroups of the
-   sessions its processes start): it takes only the CPU the rate tests leave.
+   ``make deploy`` stack) carry an ``xdist_group`` and run on one worker (``--dist loadgroup``).
 2. The ``rate`` tests (they measure rates and timings, mostly waiting on slow servers), one at a time in each of
-   ``RATE_LANES`` lanes (default 2; the lane of a file is set in tests/conftest.py), at normal priority, beside
-   stage 1. Their output goes to ``.pytest-reports/<lane>.log`` and is printed once stage 1 has ended.
-
+   ``RATE_LANES`` lanes (default 2; the lane of a file is set in tests/conftest.py), the lanes beside each other
+   once stage 1 has ended. Their output goes to ``.pytest-reports/<lane>.log`` and is printed as each ends.
 3. The solo lane: the rate tests that time CPU-bound work (a CLI's start, a request's handling; listed in
    tests/conftest.py), once the others have ended, with the machine to themselves.
 
-``--fast`` runs only stage 1's unit and in-process-server tests (``make test-fast``): no real engines, no
-Prefect, no end-to-end subprocess runs, no rate measurements. ``--serial-after`` runs the rate lanes after
-stage 1 instead of beside it. Every stage always runs; the exit code is non-zero when any failed. Extra arguments
-go to pytest (e.g. ``-k name``).
+``--overlap`` runs the rate lanes beside stage 1 instead, with stage 1 and everything it starts at the lowest
+CPU priority (nice 19, and so do the scheduler autogroups of the sessions its processes start): faster on an
+idle machine, but on this 2-core one two clean-clone runs each failed a test that times CPU-bound work, so it
+is not the default. ``--fast`` runs only stage 1's unit and in-process-server tests (``make test-fast``): no
+real engines, no Prefect, no end-to-end subprocess runs, no rate measurements. Every stage always runs; the exit
+code is non-zero when any failed. Extra arguments go to pytest (e.g. ``-k name``).
 """
 
 from __future__ import annotations
@@ -179,7 +178,7 @@ def _shared_prefect_api(held: contextlib.ExitStack):  # type: ignore[no-untyped-
 
 
 def _waves(fast: bool, overlap: bool, extra: list[str]) -> list[list[Stage]]:
-    """The stages, in waves: the stages of a wave run at the same time (with ``overlap``), a wave after the last."""
+    """The stages, in waves: the stages of a wave run at the same time, a wave after the last."""
     workers = os.environ.get("PYTEST_WORKERS", "4")
     # loadgroup: a group (xdist_group) goes whole to one worker, largest first; every other test is dealt one by
     # one to whichever worker is free (plain `load` deals contiguous chunks: all of tests/flows landed on one worker)
@@ -189,17 +188,19 @@ def _waves(fast: bool, overlap: bool, extra: list[str]) -> list[list[Stage]]:
     lanes = int(os.environ.get("RATE_LANES", "2"))
     reports = ROOT / ".pytest-reports"
     rate = ["-p", "no:xdist", "-m", "rate", "-rP", *extra]  # -rP: the figures each rate test printed, passed or not
-    beside = [Stage(f"rate-{n}", rate, env={RATE_LANE: f"{n}/{lanes}"}, log=reports / f"rate-{n}.log" if overlap
-                    else None) for n in range(1, lanes + 1)]
+    lanes_ = [Stage(f"rate-{n}", rate, env={RATE_LANE: f"{n}/{lanes}"}, log=reports / f"rate-{n}.log")
+              for n in range(1, lanes + 1)]
     # the solo lane: rate tests that time CPU-bound work (a CLI's start), once nothing else runs
-    return [[Stage("parallel", parallel, low_priority=overlap), *beside],
-            [Stage("rate-solo", rate, env={RATE_LANE: f"0/{lanes}"})]]
+    solo = [Stage("rate-solo", rate, env={RATE_LANE: f"0/{lanes}"})]
+    if overlap:
+        return [[Stage("parallel", parallel, low_priority=True), *lanes_], solo]
+    return [[Stage("parallel", parallel)], lanes_, solo]
 
 
 def main(argv: list[str]) -> int:
     fast = "--fast" in argv
-    overlap = "--serial-after" not in argv
-    extra = [a for a in argv if a not in ("--fast", "--serial-after")]
+    overlap = "--overlap" in argv
+    extra = [a for a in argv if a not in ("--fast", "--overlap")]
     reports = ROOT / ".pytest-reports"
     reports.mkdir(exist_ok=True)
     waves = _waves(fast, overlap, extra)
@@ -210,8 +211,8 @@ def main(argv: list[str]) -> int:
             held.enter_context(_shared_prefect_api(held))
         running: list[Running] = []
         try:
-            # with overlap, stage 1 in the background and the rate lanes beside it; else each stage alone
-            for group in waves if overlap else [[stage] for wave in waves for stage in wave]:
+            # the stages of a wave at the same time, each wave after the last
+            for group in waves:
                 started_now = [_start(stage, reports) for stage in group]
                 running += started_now
                 for run, (code, counts) in [(run, run.finish()) for run in started_now]:
