@@ -193,17 +193,14 @@ class RateControl:
         until: float | None = None, latency: float | None = None,
     ) -> None:
         """``count`` requests were admitted (answered other than 429), started at ``now`` … ``until`` (default
-        ``now``; with ``latency``, the time one answered is ``now + latency``); ``grow`` of them (default all)
-        had waited for the rate, so the rate grows by them (never past ``ceiling``: a rate nobody may use is not
-        learned)."""
+        ``now``); ``latency``: their own latency (it is :meth:`heard`); without it they were answered one typical
+        latency after they started (a shared budget hears each latency through :meth:`heard`, and reports
+        successes in bunches). ``grow`` of them (default all) had waited for the rate, so the rate grows by them
+        (never past ``ceiling``: a rate nobody may use is not learned)."""
         if count <= 0:
             return
         if latency is not None and latency > 0:
-            if self.latency <= 0:
-                self.latency = latency
-            else:
-                self.latency_dev += LATENCY_WEIGHT * (abs(latency - self.latency) - self.latency_dev)
-                self.latency += LATENCY_WEIGHT * (latency - self.latency)
+            self.heard(latency)
         if self.born is None:
             self.born = now
         last = now if until is None else max(now, until)
@@ -221,7 +218,8 @@ class RateControl:
         rate = self.rate
         if grow <= 0 or self.fixed or (ceiling is not None and rate >= ceiling):
             return
-        if self.last_429 and last + (latency or 0.0) < self.last_429 + BURST_QUIET_S:
+        answered = last + (latency if latency is not None else self.latency)
+        if self.last_429 and answered < self.last_429 + BURST_QUIET_S:
             return  # answered while 429s still arrive: a burst cuts the rate for its length
         if not self.limit_seen:
             self.rate = rate * 2.0 ** (grow / (rate * SLOW_START_DOUBLING_S))
@@ -241,6 +239,18 @@ class RateControl:
             self.rate = rate + grow * growth  # grow ≈ rate × dt: relative growth `growth` per second
         if ceiling is not None:
             self.rate = min(self.rate, ceiling)
+
+    def heard(self, latency: float) -> None:
+        """One admitted request's own latency (seconds): the typical latency and its typical deviation, which
+        set where the measuring window ends. Each request's, not an average's: an average hides the spread, and
+        the window would then count starts whose slower answers are still on their way."""
+        if latency <= 0:
+            return
+        if self.latency <= 0:
+            self.latency = latency
+        else:
+            self.latency_dev += LATENCY_WEIGHT * (abs(latency - self.latency) - self.latency_dev)
+            self.latency += LATENCY_WEIGHT * (latency - self.latency)
 
     def rate_limited(
         self, now: float, retry_after: float | None, hold_s: float, *, reported_until: float | None = None,
