@@ -279,16 +279,20 @@ class RateControl:
             self.burst_started = now
             self.floor_since = 0.0
             self.before_burst = self.admitted_rate(now, reported_until)
+            if self.limit_seen and not touched and self.before_burst < BURST_FLOOR * self.rate:
+                # a burst, not a touch, found the run using under half its rate, though nothing was refused since the
+                # last burst: the run was short of work (its items waiting to retry, say), so it admitted what it
+                # had, not what the API allows; the rate in force, never refused, is the measure
+                self.before_burst = self.rate
             # where the rate stood; still on its way back from the last burst, where it stood before that one
             if not self.limit_seen:
                 # slow start overshoots by at most about one doubling: the API admitted at least half of it
                 self.stood_at = max(self.before_burst, 0.5 * self.rate)
-            elif self.before_burst <= 0:
-                self.stood_at = self.rate
             elif not touched:
                 # the last 429s were a burst, and none came since: the API admitted the rate up to now, and where
                 # it stood before that burst still holds (taking the lower of the two would ratchet it down a
-                # little at every burst)
+                # little at every burst), also when nothing was admitted lately: a run short of work (its items
+                # waiting to retry) learns nothing about the API, and the rate does not grow while it is not used
                 self.stood_at = max(self.rate, self.stood_at)
             else:
                 self.stood_at = self.rate
