@@ -19,7 +19,9 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
   was admitted during it), so short bursts of 429s do not ratchet the rate down. 429s that go on for longer
   are a new, lower limit: the floor goes and the rate follows the limit down. Answers that are not 429s
   (5xx, resets, cut bodies included) count as admitted: the API took the request, and a fault never
-  lowers the rate.
+  lowers the rate. A burst that finds the run short of work (using under half its rate: its items waiting
+  to retry) measures the rate in force, never refused, as what the API admitted before it: a run with
+  nothing to send learns nothing about the API.
 - **Congestion avoidance** (after a 429): the rate climbs quickly (``FAST_RECOVERY``) back to just under
   the admitted rate measured before the burst, then back towards the rate that stood before the burst
   (``RETURN_GAIN`` × the gap per second, slowing as it nears it, as TCP CUBIC does), then grows
@@ -29,8 +31,10 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
   seconds at most.
 - Admitted requests are recorded at the time they *started* (the caller passes their latency), and the
   measuring window ends one typical latency plus ``LATENCY_SPREAD`` typical deviations ago (later starts are
-  only partly answered yet), and in a shared budget no later than every reporting process has reported
-  (``reported_until``), so the admitted rate is the rate the API admitted, not a part of it.
+  only partly answered yet; every request's own latency is :meth:`~RateControl.heard`, in a shared budget too,
+  so the deviation is the requests' and not an average's), and in a shared budget no later than every
+  reporting process has reported (``reported_until``), so the admitted rate is the rate the API admitted,
+  not a part of it.
 - After a burst (not a touch of the limit) the rate climbs back from its floor at ≥ ``RETURN_GAIN`` × the
   relative gap per second, and where it stood holds burst after burst while no 429 comes between them.
 - In a shared budget (``shared``) a cut does not void the start times other processes have leased: its episode
