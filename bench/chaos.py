@@ -101,12 +101,15 @@ class RateLimitBursts:
     the server admitted (answered other than 429, faults included) every ``SAMPLE_S``, with whether a burst was
     on, so the rate held between the bursts can be set against the rate admitted before the first one."""
 
-    def __init__(self, server: ServerProcess, seconds: float) -> None:
+    def __init__(self, server: ServerProcess, seconds: float, budget: Path | None = None) -> None:
         self.server = server
         self.seconds = seconds
+        #: the job's shared rate budget (its learned rate is sampled with the server's counters)
+        self.budget = budget
         self.started = time.perf_counter()
-        #: (seconds since start, admitted so far, burst on, generations that left the server whole so far)
-        self.samples: list[tuple[float, int, bool, int]] = []
+        #: (seconds since start, admitted so far, burst on, generations that left the server whole so far, the
+        #: budget's learned rate: 0 when unknown)
+        self.samples: list[tuple[float, int, bool, int, float]] = []
         self.on = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-429-bursts", daemon=True)
@@ -132,7 +135,15 @@ class RateLimitBursts:
             by_status = stats["by_status"]
             admitted = sum(by_status.values()) - by_status.get("429", 0)
             whole = stats["generations_total"] - stats["truncations_total"]
-            self.samples.append((time.perf_counter() - self.started, admitted, on or self.on, whole))
+            self.samples.append((time.perf_counter() - self.started, admitted, on or self.on, whole,
+                                 self.learned_rate()))
+
+    def learned_rate(self) -> float:
+        """The rate the job's budget allows now (0 while there is none, or it is being rewritten)."""
+        try:
+            return float(json.loads(self.budget.read_text())["control"]["rate"]) if self.budget else 0.0
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
 
     def __enter__(self) -> RateLimitBursts:
         self._thread.start()
@@ -155,25 +166,27 @@ class RateLimitBursts:
         end of the job, not the rate."""
         return max((s[0] for s in self.samples if items - s[3] >= in_flight), default=0.0)
 
-    def rate_between_bursts(self, until: float, disruptions: list[float]) -> tuple[float, list[float]]:
+    def rate_between_bursts(self, until: float, disruptions: list[float]) -> tuple[float, list[float], list[float]]:
         """(admitted req/s over the ``BEFORE_S`` before the first burst, admitted req/s in each gap between two
-        bursts that ends before ``until`` and holds no disruption: a kill or a run's start)."""
+        bursts that ends before ``until`` and holds no disruption: a kill or a run's start, and the budget's learned
+        rate at the end of each such gap)."""
         samples = [s for s in self.samples if s[0] <= until]
         first_on = next((i for i, s in enumerate(samples) if s[2]), None)
         if first_on is None or first_on == 0:
-            return 0.0, []
+            return 0.0, [], []
         end = samples[first_on - 1]
         start = next((s for s in samples if s[0] >= end[0] - BEFORE_S), samples[0])
         before = (end[1] - start[1]) / (end[0] - start[0]) if end[0] > start[0] else 0.0
-        gaps, gap = [], []
+        gaps, learned, gap = [], [], []
         for sample in samples[first_on:]:
             if sample[2]:
                 if len(gap) > 1 and not any(gap[0][0] - SAMPLE_S <= d <= gap[-1][0] for d in disruptions):
                     gaps.append((gap[-1][1] - gap[0][1]) / (gap[-1][0] - gap[0][0]))
+                    learned.append(gap[-1][4])
                 gap = []
             else:
                 gap.append(sample)
-        return before, gaps
+        return before, gaps, learned
 
 
 # --- what the client recorded ---------------------------------------------------------------------------
@@ -272,6 +285,9 @@ class TtsResult:
     #: admitted req/s just before the first 429 burst, and in each clean gap between bursts (see RateLimitBursts)
     rate_before: float = 0.0
     rate_gaps: list[float] = field(default_factory=list)
+    #: the budget's learned rate at the end of each of those gaps (what the rate control held; the admitted rate
+    #: may be lower when the run had less work ready than its rate allowed)
+    learned_at_gaps: list[float] = field(default_factory=list)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
 
 
@@ -329,8 +345,8 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
             break
     wall = time.perf_counter() - started
     # gaps up to the last one with work left (the final run's drain is not a rate)
-    rate_before, rate_gaps = bursts.rate_between_bursts(bursts.work_left_until(args.items, args.concurrency),
-                                                        disruptions)
+    rate_before, rate_gaps, learned_at_gaps = bursts.rate_between_bursts(
+        bursts.work_left_until(args.items, args.concurrency), disruptions)
     counts = server_counts(server)
     done, _ = ledger_state(out)
 
@@ -352,7 +368,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         duplicates=sum(max(0, counts.full(h) - 1) for h in hash_of.values()),
         in_flight_per_kill=[len(f) for f in in_flight], duplicates_per_kill=duplicates_per_kill, runs=runs,
         by_status=counts.by_status, resets=counts.resets, wall_s=wall, load_average=load(),
-        rate_before=rate_before, rate_gaps=rate_gaps,
+        rate_before=rate_before, rate_gaps=rate_gaps, learned_at_gaps=learned_at_gaps,
     )
     # the throughput issue's target: between the bursts the rate returns to ≥ half of what was admitted before them
     held = min(rate_gaps[-3:]) if rate_gaps else 0.0
@@ -484,7 +500,8 @@ def print_report(args: argparse.Namespace, tts: TtsResult, asr: AsrResult) -> No
     print(f"\nserver statuses: {dict(sorted(tts.by_status.items()))}; connection resets: {tts.resets}")
     print(f"\nadmitted (answered other than 429) over the {BEFORE_S:g} s before the first 429 burst: "
           f"{tts.rate_before:.1f} req/s; in each gap between bursts with no kill or restart in it: "
-          f"{', '.join(f'{r:.1f}' for r in tts.rate_gaps) or 'none'} req/s\n")
+          f"{', '.join(f'{r:.1f}' for r in tts.rate_gaps) or 'none'} req/s; the learned rate at the end of each: "
+          f"{', '.join(f'{r:.1f}' for r in tts.learned_at_gaps) or 'none'} req/s\n")
     print(markdown_table(["ASR file", "what is wrong", "outcome"],
                          [[name, BAD_AUDIO[name], outcome] for name, outcome in asr.outcomes.items()]
                          + [[f"{asr.good} good WAVs", "nothing", f"{asr.good_done} done"]]))
@@ -502,7 +519,11 @@ def orchestrate(args: argparse.Namespace) -> int:
     try:
         set_faults(server, **FAULTS)
         runner = JobRunner(args, server)
-        with RateLimitBursts(server, args.burst_seconds) as bursts:
+        from voxmill.identity import budget_id
+        from voxmill.settings import Settings
+
+        budget = Settings.from_env().cache_dir / "rate" / f"{budget_id(server.token, server.base_url)}.json"
+        with RateLimitBursts(server, args.burst_seconds, budget) as bursts:
             tts = run_tts(args, server, runner, work, bursts)
             asr = run_asr(args, runner, work)
     finally:
