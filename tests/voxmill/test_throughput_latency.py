@@ -68,10 +68,10 @@ def test_two_second_latency_reaches_the_rate_limit_with_no_flags(make_server, tm
     limited = stats["by_status"].get("429", 0)
     print(f"\n2 s ± 0.5 s, 20 req/s: steady {rate:.2f} req/s, {limited} × 429 of {stats['requests']}, "
           f"server in flight ≤ {stats['in_flight_high']}, learned limit {summary.in_flight_limit}")
-    # the throughput issue asks ≥ 0.9 × the limit (before it: 1.8 req/s at 4 in flight). Measured 18.1–20.1 req/s in
-    # 8 runs on the rate branch, then 17.7 in a clean-clone `make test` on a quiet machine: the suite holds 0.8 ×,
-    # the level every run has cleared, and the 0.9 × target stays open under issue 13
-    assert rate >= 0.8 * 20, rate
+    # the throughput issue asks ≥ 0.9 × the limit (before it: 1.8 req/s at 4 in flight). The shared budget once read
+    # the admitted rate up to ~16 % low at its 429s (it learned the spread of an average latency, not of each one),
+    # and this test read 17.7 in a `make test`; since: 19.38–20.09 req/s in six runs (docs/benchmarks.md)
+    assert rate >= 0.9 * 20, rate
     assert limited <= 0.05 * stats["requests"]
     assert stats["generations_total"] == items  # nothing paid twice
 

@@ -19,7 +19,9 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
   was admitted during it), so short bursts of 429s do not ratchet the rate down. 429s that go on for longer
   are a new, lower limit: the floor goes and the rate follows the limit down. Answers that are not 429s
   (5xx, resets, cut bodies included) count as admitted: the API took the request, and a fault never
-  lowers the rate.
+  lowers the rate. A burst that finds the run short of work (using under half its rate: its items waiting
+  to retry) measures the rate in force, never refused, as what the API admitted before it: a run with
+  nothing to send learns nothing about the API.
 - **Congestion avoidance** (after a 429): the rate climbs quickly (``FAST_RECOVERY``) back to just under
   the admitted rate measured before the burst, then back towards the rate that stood before the burst
   (``RETURN_GAIN`` × the gap per second, slowing as it nears it, as TCP CUBIC does), then grows
@@ -29,8 +31,10 @@ How the rate moves (TCP-like, tuned for an API whose limit is undocumented):
   seconds at most.
 - Admitted requests are recorded at the time they *started* (the caller passes their latency), and the
   measuring window ends one typical latency plus ``LATENCY_SPREAD`` typical deviations ago (later starts are
-  only partly answered yet), and in a shared budget no later than every reporting process has reported
-  (``reported_until``), so the admitted rate is the rate the API admitted, not a part of it.
+  only partly answered yet; every request's own latency is :meth:`~RateControl.heard`, in a shared budget too,
+  so the deviation is the requests' and not an average's), and in a shared budget no later than every
+  reporting process has reported (``reported_until``), so the admitted rate is the rate the API admitted,
+  not a part of it.
 - After a burst (not a touch of the limit) the rate climbs back from its floor at ≥ ``RETURN_GAIN`` × the
   relative gap per second, and where it stood holds burst after burst while no 429 comes between them.
 - In a shared budget (``shared``) a cut does not void the start times other processes have leased: its episode
@@ -193,17 +197,14 @@ class RateControl:
         until: float | None = None, latency: float | None = None,
     ) -> None:
         """``count`` requests were admitted (answered other than 429), started at ``now`` … ``until`` (default
-        ``now``; with ``latency``, the time one answered is ``now + latency``); ``grow`` of them (default all)
-        had waited for the rate, so the rate grows by them (never past ``ceiling``: a rate nobody may use is not
-        learned)."""
+        ``now``); ``latency``: their own latency (it is :meth:`heard`); without it they were answered one typical
+        latency after they started (a shared budget hears each latency through :meth:`heard`, and reports
+        successes in bunches). ``grow`` of them (default all) had waited for the rate, so the rate grows by them
+        (never past ``ceiling``: a rate nobody may use is not learned)."""
         if count <= 0:
             return
         if latency is not None and latency > 0:
-            if self.latency <= 0:
-                self.latency = latency
-            else:
-                self.latency_dev += LATENCY_WEIGHT * (abs(latency - self.latency) - self.latency_dev)
-                self.latency += LATENCY_WEIGHT * (latency - self.latency)
+            self.heard(latency)
         if self.born is None:
             self.born = now
         last = now if until is None else max(now, until)
@@ -221,7 +222,8 @@ class RateControl:
         rate = self.rate
         if grow <= 0 or self.fixed or (ceiling is not None and rate >= ceiling):
             return
-        if self.last_429 and last + (latency or 0.0) < self.last_429 + BURST_QUIET_S:
+        answered = last + (latency if latency is not None else self.latency)
+        if self.last_429 and answered < self.last_429 + BURST_QUIET_S:
             return  # answered while 429s still arrive: a burst cuts the rate for its length
         if not self.limit_seen:
             self.rate = rate * 2.0 ** (grow / (rate * SLOW_START_DOUBLING_S))
@@ -241,6 +243,18 @@ class RateControl:
             self.rate = rate + grow * growth  # grow ≈ rate × dt: relative growth `growth` per second
         if ceiling is not None:
             self.rate = min(self.rate, ceiling)
+
+    def heard(self, latency: float) -> None:
+        """One admitted request's own latency (seconds): the typical latency and its typical deviation, which
+        set where the measuring window ends. Each request's, not an average's: an average hides the spread, and
+        the window would then count starts whose slower answers are still on their way."""
+        if latency <= 0:
+            return
+        if self.latency <= 0:
+            self.latency = latency
+        else:
+            self.latency_dev += LATENCY_WEIGHT * (abs(latency - self.latency) - self.latency_dev)
+            self.latency += LATENCY_WEIGHT * (latency - self.latency)
 
     def rate_limited(
         self, now: float, retry_after: float | None, hold_s: float, *, reported_until: float | None = None,
@@ -269,16 +283,20 @@ class RateControl:
             self.burst_started = now
             self.floor_since = 0.0
             self.before_burst = self.admitted_rate(now, reported_until)
+            if self.limit_seen and not touched and self.before_burst < BURST_FLOOR * self.rate:
+                # a burst, not a touch, found the run using under half its rate, though nothing was refused since the
+                # last burst: the run was short of work (its items waiting to retry, say), so it admitted what it
+                # had, not what the API allows; the rate in force, never refused, is the measure
+                self.before_burst = self.rate
             # where the rate stood; still on its way back from the last burst, where it stood before that one
             if not self.limit_seen:
                 # slow start overshoots by at most about one doubling: the API admitted at least half of it
                 self.stood_at = max(self.before_burst, 0.5 * self.rate)
-            elif self.before_burst <= 0:
-                self.stood_at = self.rate
             elif not touched:
                 # the last 429s were a burst, and none came since: the API admitted the rate up to now, and where
                 # it stood before that burst still holds (taking the lower of the two would ratchet it down a
-                # little at every burst)
+                # little at every burst), also when nothing was admitted lately: a run short of work (its items
+                # waiting to retry) learns nothing about the API, and the rate does not grow while it is not used
                 self.stood_at = max(self.rate, self.stood_at)
             else:
                 self.stood_at = self.rate

@@ -17,6 +17,7 @@ needs the ``redis`` package (``pip install 'voxmill[redis]'``).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -27,7 +28,17 @@ from typing import Any
 from voxmill.errors import ConfigError
 from voxmill.identity import budget_id
 from voxmill.rate.control import RateControl
-from voxmill.rate.sources import LEASE_SECONDS, MAX_LEASE, REPORTING_S, FileSource, Lease, LocalSource, reported_until
+from voxmill.rate.sources import (
+    LEASE_SECONDS,
+    MAX_HEARD,
+    MAX_LEASE,
+    REPORTING_S,
+    FileSource,
+    Lease,
+    LocalSource,
+    apply_reports,
+    reported_until,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,7 @@ class RedisSource(FileSource):
         # FileSource's latency estimate, kept per worker; the in-flight limit is learned per worker too (the store
         # shares the rate): a local source holds it
         self._latency = 0.0
+        self._heard: collections.deque[float] = collections.deque(maxlen=MAX_HEARD)
         self._in_flight_here = LocalSource(RateControl.fixed_at(None))
         self._reported_until = 0.0
         self._try(lambda control, now: None)
@@ -118,10 +130,7 @@ class RedisSource(FileSource):
             self._reported_until = reported_until(now, (at for worker, at in seen if worker.decode() != self._worker))
             control = self._parse(raw)
             reporting = bool(self._pending)
-            for at, successes, grown, last in self._pending:
-                control.succeeded(at, int(successes), int(grown), self._ceiling, until=last,
-                                  latency=self._latency or None)
-            self._pending.clear()
+            apply_reports(control, self._heard, self._pending, self._ceiling)
             change(control, now)
             body = json.dumps({"base_url": self.base_url, "control": control.to_dict()})
             pipe = client.pipeline()

@@ -21,6 +21,7 @@ the next update (at most ``LEASE_SECONDS`` later); a "too many in flight" signal
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import logging
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 0.2
 #: and at most this many tokens
 MAX_LEASE = 64
+#: latencies buffered between two writes at most (a lease's worth at any rate this budget reaches)
+MAX_HEARD = 512
 #: a process whose in-flight count was not refreshed for this long (seconds) holds nothing (it ended)
 STALE_PROCESS_S = 30.0
 #: a process that updated the budget within this many seconds is still reporting successes (a busy one
@@ -177,8 +180,10 @@ class FileSource:
         self._written = 0.0
         #: this source's entry in the file's table of requests in flight
         self._me = f"{os.getpid()}-{id(self):x}"
-        #: typical latency of this process's requests (its reports are stamped with their start times)
+        #: typical latency of this process's requests (its reports are stamped with their start times), and the
+        #: latencies not yet written (each one's own: the budget learns their spread too)
         self._latency = 0.0
+        self._heard: collections.deque[float] = collections.deque(maxlen=MAX_HEARD)
         #: every process still reporting has reported the successes answered before this (wall clock), and when
         #: this one last did (0: never)
         self._reported_until = 0.0
@@ -212,6 +217,7 @@ class FileSource:
         # kept with their start times, so the shared history measures the admitted rate as well as one process's
         if latency is not None and latency > 0:
             self._latency = latency if self._latency <= 0 else self._latency + 0.1 * (latency - self._latency)
+            self._heard.append(latency)
         now = time.time() - (latency if latency is not None else self._latency)
         pending = self._pending
         if pending and abs(now - pending[-1][0]) < COALESCE_S:
@@ -270,10 +276,7 @@ class FileSource:
             control, concurrency, processes = self._load(fd)
             if self._pending:
                 self._reported = now
-            for at, successes, grown, last in self._pending:
-                control.succeeded(at, int(successes), int(grown), self._ceiling, until=last,
-                                  latency=self._latency or None)
-            self._pending.clear()
+            apply_reports(control, self._heard, self._pending, self._ceiling)
             me = self._me
             others = sum(int(entry[0]) for pid, entry in processes.items()
                          if pid != me and now - entry[1] < STALE_PROCESS_S)
@@ -314,6 +317,19 @@ class FileSource:
         return RateControl.starting(self._ceiling), ConcurrencyControl(), {}
 
 
+def apply_reports(control: RateControl, heard: collections.deque[float], pending: list[list[float]],
+                  ceiling: float | None) -> None:
+    """Hand a process's buffered reports to the budget's control, and empty the buffers: each latency heard
+    (their spread sets the measuring window), then the successes (``[first start, successes, of which waited
+    for the rate, last start]``)."""
+    for latency in heard:
+        control.heard(latency)
+    heard.clear()
+    for at, successes, grown, last in pending:
+        control.succeeded(at, int(successes), int(grown), ceiling, until=last)
+    pending.clear()
+
+
 def reported_until(now: float, others_seen: Iterable[float]) -> float:
     """Until when every process sharing a budget has reported its successes: the oldest latest report of the
     other processes still reporting (they reported successes within ``REPORTING_S``; one that has not begun, or
@@ -321,5 +337,5 @@ def reported_until(now: float, others_seen: Iterable[float]) -> float:
     return min((seen for seen in others_seen if now - seen < REPORTING_S), default=now)
 
 
-__all__ = ["REPORTING_S", "STALE_PROCESS_S", "FileSource", "LEASE_SECONDS", "Lease", "LocalSource", "TokenSource",
-           "reported_until"]
+__all__ = ["LEASE_SECONDS", "MAX_HEARD", "REPORTING_S", "STALE_PROCESS_S", "FileSource", "Lease", "LocalSource",
+           "TokenSource", "apply_reports", "reported_until"]
