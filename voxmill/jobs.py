@@ -12,10 +12,9 @@ import dataclasses
 import json
 import math
 import os
-import queue
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -423,8 +422,6 @@ def stop_on_exit(job: OpenJob) -> Iterator[None]:
 class _Future(Protocol):
     def result(self) -> BatchOutcome: ...
 
-    def add_done_callback(self, fn: Callable[[Any], object]) -> None: ...
-
 
 def fan_out(
     batches: Iterable[list[PlannedItem]],
@@ -433,36 +430,23 @@ def fan_out(
     window: int,
     on_outcome: Callable[[BatchOutcome], None] | None = None,
 ) -> list[BatchOutcome]:
-    """Submit batches with at most ``window`` outstanding (never the whole manifest at once), collecting each as
-    it finishes: a batch waiting on one item's long back-off holds up no other (outcomes come in finishing order)."""
-    finished: queue.SimpleQueue[_Future] = queue.SimpleQueue()
-    outstanding = 0
-    stopped = False
+    """Submit batches with at most ``window`` outstanding (never the whole manifest at once)."""
+    pending: deque[_Future] = deque()
     outcomes: list[BatchOutcome] = []
 
     def collect_one() -> None:
-        nonlocal outstanding, stopped
-        while True:
-            try:
-                future = finished.get(timeout=0.5)  # a timeout keeps the wait open to signals (stop_on_exit)
-                break
-            except queue.Empty:
-                continue
-        outstanding -= 1
-        outcome = future.result()
+        outcome = pending.popleft().result()
         outcomes.append(outcome)
-        stopped = stopped or outcome.stopped
         if on_outcome:
             on_outcome(outcome)
 
     for index, batch in enumerate(batches):
-        if stopped:
-            break  # a batch stopped the run (key refused, disk full, a stop asked for): submit no more
-        submit(index, batch).add_done_callback(finished.put)
-        outstanding += 1
-        while outstanding >= window:
+        if outcomes and outcomes[-1].stopped:
+            break
+        pending.append(submit(index, batch))
+        while len(pending) >= window:
             collect_one()
-    while outstanding:
+    while pending:
         collect_one()
     return outcomes
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,7 +16,7 @@ from voxmill.audio.measure import measure_file
 from voxmill.audio.transcode import OutputSpec
 from voxmill.errors import ConfigError
 from voxmill.identity import content_hash, file_hash
-from voxmill.jobs import JobRequest, fan_out, run_job
+from voxmill.jobs import JobRequest, run_job
 from voxmill.ledger import LEDGER_SCHEMA, read_results
 from voxmill.quality import word_error_rate
 from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings
@@ -380,39 +377,3 @@ def test_a_shard_reads_only_its_slice_and_the_slices_cover_the_manifest(tmp_path
         assert kept == [i for i in everything if shard.holds(i)]
         seen += [(i.item_id, i.row) for i in kept]
     assert sorted(seen) == sorted((i.item_id, i.row) for i in everything)
-
-
-def test_a_batch_held_by_a_long_back_off_holds_up_no_other():
-    # batch 0 cannot finish until every other batch has (an item waiting out a long Retry-After): collected
-    # oldest first, the window would fill behind it and the run would stall; collected as they finish, the
-    # others all go through while it waits
-
-    others_done, count, lock = threading.Event(), [0], threading.Lock()
-
-    def run(index: int) -> SimpleNamespace:
-        if index == 0:
-            assert others_done.wait(timeout=10), "the other batches never ran"
-        else:
-            with lock:
-                count[0] += 1
-                if count[0] == 49:
-                    others_done.set()
-        return SimpleNamespace(stopped=False, index=index)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = fan_out(([i] for i in range(50)), lambda index, batch: pool.submit(run, index), window=4)
-    assert sorted(o.index for o in outcomes) == list(range(50))
-    assert outcomes[-1].index == 0  # the held batch was collected last, the others as they finished
-
-
-def test_no_batch_is_submitted_after_one_stopped_the_run():
-
-    submitted: list[int] = []
-
-    def submit(index: int, batch: list[int]):  # noqa: ANN202
-        submitted.append(index)
-        return pool.submit(lambda: SimpleNamespace(stopped=index == 3, index=index))
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        outcomes = fan_out(([i] for i in range(100)), submit, window=2)
-    assert any(o.stopped for o in outcomes) and len(submitted) < 10, submitted
