@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 #: weight of the newest grant in the "requests wait for the rate" average
 _PACED_WEIGHT = 0.2
-#: memory one request in flight may need (buffers, a response body held while it is checked); the
-#: memory-derived ceiling keeps requests in flight × this under a quarter of the memory available
+#: memory one request in flight may need: its socket and parser buffers (~0.6 MB measured per streamed TTS
+#: answer, whose body goes to disk as it arrives; docs/benchmarks.md) with room for an error body or a header
+#: read whole; the memory-derived ceiling keeps requests in flight × this under a quarter of the memory available
 REQUEST_MEMORY_BYTES = 4 * 2**20
 
 
