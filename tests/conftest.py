@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,6 +107,13 @@ RATE_LANE_1 = ("tests/voxmill/test_throughput_latency.py", "tests/voxmill/test_r
 #: ...except these, which time CPU-bound work (a CLI's start: 2.25 s against 2 s beside the parallel stage): lane
 #: 0, run alone once everything else has ended
 RATE_SOLO = ("tests/voxmill/test_limits.py", "tests/voxmill/test_server_abuse.py", "tests/voxmill/test_limiter.py")
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server a test starts in another process)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _rate_lane(item: pytest.Item, lanes: int) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from manifest_files import write_manifest
 
 from voxmill.ledger import read_results
@@ -23,17 +23,12 @@ pytestmark = [pytest.mark.prefect, pytest.mark.e2e, pytest.mark.slow]
 COLUMNS = ["id", "key", "status", "sha256", "duration_s", "output_path"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture
 def dask_cluster(null_server, prefect_api, tmp_path) -> Iterator[str]:
     pytest.importorskip("distributed")
     dask = shutil.which("dask", path=str(Path(sys.executable).parent)) or "dask"
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": prefect_api, "DO_NOT_TRACK": "1",
            "VOXMILL_API_KEY": null_server.token, "VOXMILL_CACHE_DIR": str(tmp_path / "cache")}

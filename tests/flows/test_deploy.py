@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import httpx
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import free_port
 from manifest_files import write_manifest
 from server_rates import StatsSampler
 
@@ -40,11 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 STACK_A = pytest.mark.xdist_group("deploy-stack-a")
 STACK_B = pytest.mark.xdist_group("deploy-stack-b")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +98,7 @@ def stack(clone: Path, bucket) -> Iterator[Stack]:
     query_before = os.environ.get("PREFECT_WORKER_QUERY_SECONDS")
     os.environ["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # the worker looks for runs every 2 s, not 10: a faster suite
     try:
-        stack = deploy(root=clone, port=_free_port())
+        stack = deploy(root=clone, port=free_port())
         yield stack
     finally:
         stopped = undeploy(clone)

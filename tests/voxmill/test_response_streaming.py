@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LocalServer
+from conftest import LocalServer, free_port
 from test_client_server import settings_for, tts
 
 from voxmill.audio.formats import read_wav
@@ -41,7 +40,7 @@ def long_server() -> Iterator[LocalServer]:
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[LocalServer]:
     """The same server in its own process: what this process allocates is then the client's alone."""
-    token, port = secrets.token_urlsafe(12), _free_port()
+    token, port = secrets.token_urlsafe(12), free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
         [sys.executable, "-m", "voxmill.cli", "serve", "--engine", "null", "--null-audio-s", str(SECONDS),
@@ -76,11 +75,6 @@ class _RemoteServer:
         response.raise_for_status()
         return response.json()
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.e2e
