@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FAST = "not (engines or prefect or e2e or rate or slow)"
 NO_TESTS_COLLECTED = 5
+RECAP_LINES = 25  # of each failure, repeated after the tally: a CI log's tail then names what failed and why
 
 
 LOWEST = 19
@@ -124,6 +125,18 @@ class Running:
                         f"(exit {code})")
         return (0 if code == NO_TESTS_COLLECTED else code), counts
 
+    def failures(self) -> list[str]:
+        """Each failed or erroring test of the stage's report: its id, then the end of what pytest said of it."""
+        if not self.report.exists():
+            return []
+        found = []
+        for case in ET.parse(self.report).getroot().iter("testcase"):
+            for outcome in [*case.iter("failure"), *case.iter("error")]:
+                text = "\n".join((outcome.text or outcome.get("message", "")).rstrip().splitlines()[-RECAP_LINES:])
+                found.append(f"{self.stage.name}: {case.get('classname')}::{case.get('name')} "
+                             f"({outcome.tag})\n{text}")
+        return found
+
 
 def _start(stage: Stage, reports: Path) -> Running:
     report = stage.report(reports)
@@ -206,6 +219,7 @@ def main(argv: list[str]) -> int:
     waves = _waves(fast, overlap, extra)
     started = time.monotonic()
     codes, total = [], {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    failures: list[str] = []
     with contextlib.ExitStack() as held:
         if not fast and not os.environ.get(SHARED_PREFECT):
             held.enter_context(_shared_prefect_api(held))
@@ -220,6 +234,7 @@ def main(argv: list[str]) -> int:
                         print(f"== {run.stage.name}'s output:\n{run.stage.log.read_text()}", end="")
                     print(run.summary, flush=True)
                     codes.append(code)
+                    failures += run.failures()
                     for key in total:
                         total[key] += counts[key]
         except BaseException:  # Ctrl-C: stage 1 has a session of its own, so the terminal's SIGINT missed it
@@ -229,6 +244,8 @@ def main(argv: list[str]) -> int:
             raise
     failed = total["failures"] + total["errors"]
     passed = total["tests"] - failed - total["skipped"]
+    for failure in failures:
+        print(f"== FAILED {failure}\n", flush=True)
     print(f"suite ({time.monotonic() - started:.0f} s):")
     print(f"{passed} passed, {failed} failed, {total['skipped']} skipped")
     return max(codes) if any(codes) else 0
