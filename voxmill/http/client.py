@@ -178,9 +178,8 @@ class VoxmillClient:
                 raise TypeError("a TTS request writes its audio to a file: pass into=PATH")
             body = BodyFile(into)
         parts = await self._multipart(request, item)
-        parse = functools.partial(
-            self._speech if body is not None else self._transcript, request, body=body, item=item
-        )
+        parse = (functools.partial(self._speech, request, body=body, item=item) if body is not None
+                 else functools.partial(self._transcript, request, item=item))
         try:
             return await self._send(GENERATE_PATH, parts, parse, item, body)
         except BaseException:
@@ -259,7 +258,6 @@ class VoxmillClient:
         latency: float,
         attempt: int,
         *,
-        body: BodyFile | None = None,
         item: str | None,
     ) -> TranscriptResult:
         model = request.model.name
