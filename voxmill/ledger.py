@@ -18,6 +18,7 @@ text or parameter is a new key and only that item is redone.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -39,6 +40,8 @@ from voxmill.identity import HashBuffer, id_hash64, id_hashes64
 from voxmill.manifests.formats import parquet_batches
 
 RESULTS_FILE = "results.parquet"
+#: reads of the ledger before one finds results.parquet unchanged from start to end (see Ledger.read)
+READ_TRIES = 5
 #: results.parquet's metadata key holding the run record (JSON)
 RUN_RECORD_KEY = b"voxmill.run"
 FAILURES_FILE = "failures.parquet"
@@ -406,26 +409,53 @@ class Ledger:
         """All rows (results.parquet plus journals), the latest per id, in the ledger schema.
 
         ``columns`` (which must include ``id``) reads only those: much less memory for a big ledger.
+
+        A reader that does not hold the output's lock (``voxmill status``, a test watching a run) may meet a
+        compaction: it writes results.parquet anew, then empties the journals. Rows read from the old table
+        whose journals then vanished would be lost to this read, so a read during which results.parquet
+        changed is read again.
         """
         schema = LEDGER_SCHEMA if columns is None else pa.schema([LEDGER_SCHEMA.field(c) for c in columns])
-        parts: list[pa.Table] = []
         results = self.out_dir / RESULTS_FILE
-        if results.exists():
-            parts.append(_conform(pq.read_table(results, columns=_present(results, schema.names)), schema))
+        for _ in range(READ_TRIES):
+            before = _file_stamp(results)
+            parts = self._read_parts(results if before is not None else None, schema)
+            if _file_stamp(results) == before:
+                break
+        if not parts:
+            return schema.empty_table()
+        return _latest_per_id(pa.concat_tables(parts))
+
+    def _read_parts(self, results: Path | None, schema: pa.Schema) -> list[pa.Table]:
+        """results.parquet (unless None), then the journals' rows."""
+        parts: list[pa.Table] = []
+        if results is not None:
+            with contextlib.suppress(FileNotFoundError):  # gone since its stamp was taken: read again
+                parts.append(_conform(pq.read_table(results, columns=_present(results, schema.names)), schema))
         journal_rows = list(self._journal_rows(schema.names))
         if journal_rows:
             parts.append(pa.Table.from_pylist(journal_rows, schema=schema))
-        if not parts:
-            return schema.empty_table()
-        table = pa.concat_tables(parts)
-        return _latest_per_id(table)
+        return parts
+
+    def _journals(self) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of each journal, oldest first (one a compaction removes meanwhile is left out)."""
+        found = []
+        for journal in self.journal_dir.glob("journal-*.jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                stat = journal.stat()
+                found.append((stat.st_mtime, stat.st_size, journal))
+        return sorted(found)
 
     def _journal_rows(self, columns: list[str]) -> Iterator[dict[str, Any]]:
         if not self.journal_dir.exists():
             return
         names = set(columns)
-        for journal in sorted(self.journal_dir.glob("journal-*.jsonl"), key=lambda p: p.stat().st_mtime):
-            with open(journal, "rb") as handle:
+        for _, _, journal in self._journals():
+            try:
+                handle = open(journal, "rb")  # noqa: SIM115 (closed by the with below)
+            except FileNotFoundError:  # removed by a compaction since it was listed
+                continue
+            with handle:
                 for line in handle:
                     if not line.endswith(b"\n"):
                         continue  # torn by a kill mid-write: the item was in flight
@@ -458,14 +488,21 @@ class Ledger:
 
     def has_journal_rows(self) -> bool:
         """Whether any journal holds rows not yet folded into results.parquet."""
-        return self.journal_dir.exists() and any(
-            p.stat().st_size > 0 for p in self.journal_dir.glob("journal-*.jsonl")
-        )
+        return self.journal_dir.exists() and any(size > 0 for _, size, _ in self._journals())
 
     def failed_ids(self) -> set[str]:
         """Ids whose latest outcome is a failure."""
         table = self.read()
         return set(table.filter(pc.equal(table["status"], "failed"))["id"].to_pylist())
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when ``path`` is written anew (inode, size, mtime); None while there is no such file."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _present(results: Path, names: list[str]) -> list[str]:

@@ -106,6 +106,33 @@ def test_compaction_is_atomic(tmp_path, monkeypatch):
     reopened.close()
 
 
+def test_a_read_meeting_a_compaction_loses_no_row(tmp_path, monkeypatch):
+    """A reader without the lock (``voxmill status`` during a run) reads results.parquet, then a compaction by the
+    run folds the journals into a new table and removes them, then the reader looks for journals: it must read
+    again, not return the old table without the journals' rows (nor fail on a journal that vanished)."""
+    import voxmill.ledger as ledger_module
+
+    writer = Ledger(tmp_path, run_id="r1")
+    writer.append(row("a", key=hexkey(1)))
+    writer.compact()
+    writer.close()
+    second = Ledger(tmp_path, run_id="r2")  # a later run: its row only in its journal, as yet
+    second.append(row("b", key=hexkey(2)))
+    real_read_table, compacted = ledger_module.pq.read_table, []
+
+    def read_then_compaction(*args, **kwargs):
+        table = real_read_table(*args, **kwargs)
+        if not compacted:
+            compacted.append(True)
+            second.compact()  # between the reader's table and its journals
+        return table
+
+    monkeypatch.setattr(ledger_module.pq, "read_table", read_then_compaction)
+    assert sorted(Ledger(tmp_path).read()["id"].to_pylist()) == ["a", "b"]
+    assert compacted, "the compaction happened during the read"
+    second.close()
+
+
 def test_results_written_before_the_qc_columns_still_resume(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.append(row("a", key=hexkey(1)))
