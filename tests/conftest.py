@@ -135,6 +135,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if _rate_lane(item, lanes) == mine]
 
 
+#: ``tests/run_suite.py --cpu-log FILE``: each test's CPU seconds appended to FILE (its own process, and the
+#: processes it started and reaped: a module fixture's servers count at the module's last test)
+CPU_LOG = "VOXMILL_TEST_CPU_LOG"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    log = os.environ.get(CPU_LOG)
+    before, started = os.times(), time.monotonic()
+    yield
+    if log:
+        after = os.times()
+        own = after.user - before.user + after.system - before.system
+        reaped = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+        with open(log, "a") as handle:  # one short line per write: lines of parallel workers do not interleave
+            handle.write(f"{item.nodeid}\t{own:.2f}\t{reaped:.2f}\t{time.monotonic() - started:.2f}\n")
+
+
 @pytest.fixture(scope="session")
 def real_server() -> Iterator[LocalServer]:
     """One real-engine server for the whole session (models load once, ~2 s)."""

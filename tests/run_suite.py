@@ -12,9 +12,11 @@
 ``--overlap`` runs the rate lanes beside stage 1 instead, with stage 1 and everything it starts at the lowest
 CPU priority (nice 19, and so do the scheduler autogroups of the sessions its processes start): faster on an
 idle machine, but on this 2-core one two clean-clone runs each failed a test that times CPU-bound work, so it
-is not the default. ``--fast`` runs only stage 1's unit and in-process-server tests (``make test-fast``): no
-real engines, no Prefect, no end-to-end subprocess runs, no rate measurements. Every stage always runs; the exit
-code is non-zero when any failed. Extra arguments go to pytest (e.g. ``-k name``).
+is not the default. ``--cpu-log FILE`` appends each test's CPU seconds to FILE and prints the files that cost
+the most (tests/conftest.py: a test's own process and the processes it reaped). ``--fast`` runs only stage
+1's unit and in-process-server tests (``make test-fast``): no real engines, no Prefect, no end-to-end
+subprocess runs, no rate measurements. Every stage always runs; the exit code is non-zero when any failed.
+Extra arguments go to pytest (e.g. ``-k name``).
 """
 
 from __future__ import annotations
@@ -210,9 +212,34 @@ def _waves(fast: bool, overlap: bool, extra: list[str]) -> list[list[Stage]]:
     return [[Stage("parallel", parallel)], lanes_, solo]
 
 
+def _cpu_report(log: Path, most: int = 15) -> str:
+    """CPU seconds per test file from a ``--cpu-log`` file, the costliest first."""
+    by_file: dict[str, list[float]] = {}
+    for line in log.read_text().splitlines():
+        nodeid, own, reaped, wall = line.split("\t")
+        cost = by_file.setdefault(nodeid.split("::")[0], [0.0, 0.0, 0.0, 0])
+        cost[0] += float(own)
+        cost[1] += float(reaped)
+        cost[2] += float(wall)
+        cost[3] += 1
+    total = sum(c[0] + c[1] for c in by_file.values())
+    lines = [f"CPU s by test file (own + reaped children; {total:.0f} CPU s in all, {log}):"]
+    for path, (own, reaped, wall, tests) in sorted(by_file.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:most]:
+        lines.append(f"{own + reaped:8.1f}  own {own:6.1f}  reaped {reaped:6.1f}  wall {wall:6.1f}  "
+                     f"{int(tests):3d} tests  {path}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     fast = "--fast" in argv
     overlap = "--overlap" in argv
+    cpu_log = None
+    if "--cpu-log" in argv:
+        at = argv.index("--cpu-log")
+        cpu_log = Path(argv[at + 1]).resolve()
+        argv = argv[:at] + argv[at + 2:]
+        cpu_log.unlink(missing_ok=True)
+        os.environ["VOXMILL_TEST_CPU_LOG"] = str(cpu_log)
     extra = [a for a in argv if a not in ("--fast", "--overlap")]
     reports = ROOT / ".pytest-reports"
     reports.mkdir(exist_ok=True)
@@ -244,6 +271,8 @@ def main(argv: list[str]) -> int:
             raise
     failed = total["failures"] + total["errors"]
     passed = total["tests"] - failed - total["skipped"]
+    if cpu_log is not None and cpu_log.exists():
+        print(_cpu_report(cpu_log), flush=True)
     for failure in failures:
         print(f"== FAILED {failure}\n", flush=True)
     print(f"suite ({time.monotonic() - started:.0f} s):")
