@@ -175,11 +175,18 @@ class AsyncRateLimiter:
         self.source.succeeded(self._paced > 0.5, self.ceiling, latency)
         if latency is not None:
             # bound by the in-flight limit: requests wait for a slot, and not for the rate (an unlimited rate
-            # never holds anyone back)
-            rate_binds = self._paced > 0.5 and self.current_rate is not None
-            bound = (self._waiting() or self._blocked > 0.5) and not rate_binds
+            # never holds anyone back, nor one the limit cannot carry)
+            bound = (self._waiting() or self._blocked > 0.5) and not self._rate_binds(latency)
             self.source.finished(latency, self.in_flight, bound, self.max_concurrent)
             self._wake()
+
+    def _rate_binds(self, latency: float) -> bool:
+        """Requests wait for the rate, and the in-flight limit could carry it: by Little's law a run sends at
+        most ``limit ÷ latency`` requests per second, so under ``rate × latency`` in flight the limit holds it
+        back, even when starts wait a moment for their start times (slots freed together, in a clump, start
+        one interval apart): it must grow, not wait for the rate to be used."""
+        rate = self.current_rate
+        return self._paced > 0.5 and rate is not None and self.in_flight_limit >= rate * latency
 
     def close(self) -> None:
         """Hand what is still buffered to the shared budget (the learned rate outlives the run)."""
