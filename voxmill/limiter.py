@@ -41,8 +41,9 @@ REQUEST_MEMORY_BYTES = 4 * 2**20
 class Limiter(Protocol):
     """What the client needs from a limiter: a slot per request, and feedback about how it went."""
 
-    def slot(self) -> AbstractAsyncContextManager[None]:
-        """Wait for a rate token and a concurrency slot; the concurrency slot is released on exit."""
+    def slot(self, *, retry: bool = False) -> AbstractAsyncContextManager[None]:
+        """Wait for a rate token and a concurrency slot; the concurrency slot is released on exit. ``retry``: the
+        request was tried before, so it waits ahead of first tries."""
         ...
 
     def slow_down(self, retry_after: float | None, *, concurrency: bool = False) -> None:
@@ -64,9 +65,10 @@ class AsyncRateLimiter:
     :class:`~voxmill.rate.sources.TokenSource`.
 
     A slot takes an in-flight slot first (FIFO; the limit is the budget's learned one, under
-    ``rate_limit.max_concurrent``), then queues (FIFO) for the next start time: only the head of
-    the queue holds a booking, so a rate that grows or is cut applies from the very next start, and a head
-    whose booking was voided while it slept (a cut or a pause) books again. After an idle period up to
+    ``rate_limit.max_concurrent``; a retry waits ahead of every first try, see :meth:`slot`), then queues
+    (FIFO) for the next start time: only the head of the queue holds a booking, so a rate that grows or is cut
+    applies from the very next start, and a head whose booking was voided while it slept (a cut or a pause)
+    books again. After an idle period up to
     ``burst`` requests may start at once (GCRA burst tolerance); after that, starts are spaced ``1 / rate``.
 
     With ``rate_limit.adaptive`` (the default) the rate is learned (:mod:`voxmill.rate.control`) and
@@ -107,12 +109,15 @@ class AsyncRateLimiter:
         self._next_start = 0.0
         self._left = 0
         self._paced = 1.0
-        #: requests waiting for an in-flight slot (FIFO), and whether they were (an average, like _paced)
+        #: requests waiting for an in-flight slot (FIFO): retries, served first, and first tries; and whether
+        #: requests waited for one (an average, like _paced)
+        self._retries: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._blocked = 0.0
         self._queue: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slot = _Slot(self)
+        self._retry_slot = _Slot(self, retry=True)
         #: slots handed out so far
         self.granted = 0
         #: 429s reported through :meth:`slow_down`
@@ -141,9 +146,15 @@ class AsyncRateLimiter:
         rate = self.source.rate(self.ceiling)
         return None if math.isinf(rate) else rate
 
-    def slot(self) -> AbstractAsyncContextManager[None]:
-        """Wait for a rate token and a concurrency slot: ``async with limiter.slot(): ...``."""
-        return self._slot
+    def slot(self, *, retry: bool = False) -> AbstractAsyncContextManager[None]:
+        """Wait for a rate token and a concurrency slot: ``async with limiter.slot(): ...``.
+
+        ``retry``: the request was tried before (a 429, or a fault, and it waited its back-off): it takes the next
+        free in-flight slot, ahead of every first try still waiting (retries among themselves in turn). Its item
+        queued once already; behind the first tries queued since (a whole window of batches, hundreds of items at
+        seconds each) it would wait tens of seconds, and its batch, which ends with its last item, with it: the
+        job's batches would then end together, and the run stall a round trip at each such boundary."""
+        return self._retry_slot if retry else self._slot
 
     def slow_down(self, retry_after: float | None, *, concurrency: bool = False) -> None:
         """A 429, or with ``concurrency`` a 429/503 saying too many requests are in flight: that one cuts the
@@ -164,11 +175,18 @@ class AsyncRateLimiter:
         self.source.succeeded(self._paced > 0.5, self.ceiling, latency)
         if latency is not None:
             # bound by the in-flight limit: requests wait for a slot, and not for the rate (an unlimited rate
-            # never holds anyone back)
-            rate_binds = self._paced > 0.5 and self.current_rate is not None
-            bound = (bool(self._waiters) or self._blocked > 0.5) and not rate_binds
+            # never holds anyone back, nor one the limit cannot carry)
+            bound = (self._waiting() or self._blocked > 0.5) and not self._rate_binds(latency)
             self.source.finished(latency, self.in_flight, bound, self.max_concurrent)
             self._wake()
+
+    def _rate_binds(self, latency: float) -> bool:
+        """Requests wait for the rate, and the in-flight limit could carry it: by Little's law a run sends at
+        most ``limit ÷ latency`` requests per second, so under ``rate × latency`` in flight the limit holds it
+        back, even when starts wait a moment for their start times (slots freed together, in a clump, start
+        one interval apart): it must grow, not wait for the rate to be used."""
+        rate = self.current_rate
+        return self._paced > 0.5 and rate is not None and self.in_flight_limit >= rate * latency
 
     def close(self) -> None:
         """Hand what is still buffered to the shared budget (the learned rate outlives the run)."""
@@ -184,16 +202,17 @@ class AsyncRateLimiter:
         if loop is not self._loop or self._queue is None:
             self._loop = loop
             self._queue = asyncio.Lock()
+            self._retries = collections.deque()
             self._waiters = collections.deque()
             self.held = self.in_flight = 0
         return self._queue
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, retry: bool = False) -> None:
         if self._loop is asyncio.get_running_loop() and self._queue is not None:
             queue = self._queue
         else:
             queue = self._for_loop()
-        await self._take_slot()
+        await self._take_slot(retry)
         try:
             async with queue:
                 await self._wait_turn()
@@ -204,21 +223,27 @@ class AsyncRateLimiter:
         self.in_flight += 1
         self.in_flight_high = max(self.in_flight_high, self.in_flight)
 
-    async def _take_slot(self) -> None:
-        """An in-flight slot: at once when one is free and nobody waits, else in turn (FIFO)."""
-        if not self._waiters and self.held < self.in_flight_limit:
+    def _waiting(self) -> bool:
+        """Requests are waiting for an in-flight slot."""
+        return bool(self._retries) or bool(self._waiters)
+
+    async def _take_slot(self, retry: bool = False) -> None:
+        """An in-flight slot: at once when one is free and nobody waits ahead of us, else in turn (FIFO; a
+        ``retry`` waits only behind other retries)."""
+        queue = self._retries if retry else self._waiters
+        if not self._retries and (retry or not self._waiters) and self.held < self.in_flight_limit:
             self.held += 1
             self._blocked *= 1.0 - _PACED_WEIGHT
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        queue.append(waiter)
         try:
             await waiter  # _wake hands the slot over (held already counts it)
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self._give_slot()  # handed over as we were cancelled: pass it on
-            elif waiter in self._waiters:  # _wake drops a cancelled waiter on its own: it may be gone already
-                self._waiters.remove(waiter)
+            elif waiter in queue:  # _wake drops a cancelled waiter on its own: it may be gone already
+                queue.remove(waiter)
             raise
         self._blocked = self._blocked * (1.0 - _PACED_WEIGHT) + _PACED_WEIGHT
 
@@ -227,16 +252,17 @@ class AsyncRateLimiter:
         self._wake()
 
     def _wake(self) -> None:
-        """Hand free slots to waiting requests, in turn (after a release, or when the limit grew)."""
-        waiters = self._waiters
-        if not waiters:
+        """Hand free slots to waiting requests, in turn, retries first (after a release, or when the limit
+        grew)."""
+        if not self._waiting():
             return
         limit = self.in_flight_limit
-        while waiters and self.held < limit:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                self.held += 1
-                waiter.set_result(None)
+        for waiters in (self._retries, self._waiters):
+            while waiters and self.held < limit:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    self.held += 1
+                    waiter.set_result(None)
 
     async def _wait_turn(self) -> None:
         source = self.source
@@ -281,13 +307,14 @@ class AsyncRateLimiter:
 class _Slot:
     """The reusable context manager :meth:`AsyncRateLimiter.slot` returns (no per-call allocation)."""
 
-    __slots__ = ("_limiter",)
+    __slots__ = ("_limiter", "_retry")
 
-    def __init__(self, limiter: AsyncRateLimiter) -> None:
+    def __init__(self, limiter: AsyncRateLimiter, retry: bool = False) -> None:
         self._limiter = limiter
+        self._retry = retry
 
     async def __aenter__(self) -> None:
-        await self._limiter._acquire()
+        await self._limiter._acquire(self._retry)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -428,7 +428,7 @@ class VoxmillClient:
         self._check_stop(item)
         latency: float | None = None
         try:
-            response, latency = await self._send_limited(request, item, body)
+            response, latency = await self._send_limited(request, item, body, retry=number > 1)
             error = error_for_status(response, item, self.base_url, self._preview)
             if error is not None:
                 if response.status_code in (429, 503) and _TOO_MANY_IN_FLIGHT.search(self._preview(response.content)):
@@ -455,11 +455,12 @@ class VoxmillClient:
         return result
 
     async def _send_limited(
-        self, request: httpx.Request, item: str | None, body: BodyFile | None = None
+        self, request: httpx.Request, item: str | None, body: BodyFile | None = None, *, retry: bool = False
     ) -> tuple[httpx.Response, float]:
-        """Send inside a limiter slot; the response and the seconds it took (to the body's end). The body is
-        read into the response, or a 2xx body streamed into ``body`` when given."""
-        async with self.limiter.slot():
+        """Send inside a limiter slot (``retry``: a later try, which waits ahead of first tries); the response and
+        the seconds it took (to the body's end). The body is read into the response, or a 2xx body streamed into
+        ``body`` when given."""
+        async with self.limiter.slot(retry=retry):
             self._check_stop(item)  # the wait for a slot may have outlasted the run
             started = time.perf_counter()
             failure: VoxmillError | None = None

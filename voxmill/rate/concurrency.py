@@ -10,9 +10,11 @@ Netflix's concurrency-limits (Gradient2: a short-term latency against a long-ter
 tolerance; growth only while the limit is what holds requests back) and TCP (slow start, then additive
 increase; a multiplicative cut on a congestion signal; a remembered threshold, like ``ssthresh``):
 
-- **Growth only while bound.** The limit grows only while requests wait for it (not for the rate, and not
-  when the run has fewer items than slots): in *slow start* by one per success (doubling every round trip),
-  after the first overload signal by one per round trip, or again by one per success while the short-term
+- **Growth only while bound.** The limit grows only while requests wait for it (not for the rate, unless
+  the limit could not carry that rate: under ``rate × latency`` in flight it is what holds the run back,
+  however its starts are spaced; and not when the run has fewer items than slots; the limiter tells which):
+  in *slow start* by one per success (doubling every round trip), after the first overload signal by one
+  per round trip, or again by one per success while the short-term
   latency is at or under the baseline and no "too many in flight" level is remembered (a latency cut that
   the spread of the work caused, not queueing, costs one round trip, not minutes of additive growth). So it
   follows ``admitted rate × latency`` plus headroom wherever that lies, and never inflates a limit nobody
