@@ -238,6 +238,8 @@ class JobRunner:
         self.env = {**os.environ, "VOXMILL_API_KEY": server.token, "VOXMILL_BASE_URL": server.base_url,
                     "VOXMILL_CONCURRENCY": str(args.concurrency), "PYTHONUNBUFFERED": "1",
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        if args.trace_engine:
+            self.env[TRACE_ENV] = str(Path(args.trace_engine).resolve())
 
     def start(self, kind: str, manifest: Path, out: Path, log: Path) -> subprocess.Popen:
         if self.args.via == "cli":
@@ -264,11 +266,47 @@ def kill(process: subprocess.Popen) -> None:
 def phase_job(args: argparse.Namespace) -> None:
     """``--phase tts|asr``: run_job on the manifest with settings from the environment; one JSON line."""
     from voxmill.jobs import JobRequest, run_job
+    from voxmill.progress import ProgressBoard
     from voxmill.settings import Settings
 
-    summary = run_job(JobRequest(args.phase, args.manifest, Path(args.out)), Settings.from_env())
+    board = ProgressBoard()
+    trace = os.environ.get(TRACE_ENV)
+    if trace and args.phase == "tts":
+        threading.Thread(target=trace_engine, args=(board, Path(trace)), name="chaos-engine-trace", daemon=True).start()
+    summary = run_job(JobRequest(args.phase, args.manifest, Path(args.out)), Settings.from_env(), progress=board)
     print(json.dumps({"done": summary.done, "failed": summary.failed, "by_kind": summary.failures_by_kind}))
     raise SystemExit(0 if summary.ok else 1)
+
+
+#: ``--trace-engine``: the run_job phase appends what its engine holds to this file (JSON lines) every SAMPLE_S
+TRACE_ENV = "VOXMILL_CHAOS_TRACE"
+
+
+def trace_engine(board: Any, path: Path) -> None:
+    """Every ``SAMPLE_S``: the items in the engine (``in_flight``: handed to it, not finished, waiting for a start
+    or a retry included), of which have retried (``retrying``: back-offs among them), and items finished."""
+    with open(path, "a", encoding="utf-8") as sink:
+        while True:
+            time.sleep(SAMPLE_S)
+            snap = board.snapshot()
+            sink.write(json.dumps({"t": round(time.time(), 2), "in_engine": snap.in_flight,
+                                   "retrying": snap.retrying, "finished": snap.finished}) + "\n")
+            sink.flush()
+
+
+def engine_supply(path: Path) -> str:
+    """One line on a ``--trace-engine`` file: how often the engine held no item that had not retried yet (every
+    item left waiting on a retry or its back-off), while the run was not yet draining (≥ 100 items to go)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    total = max((r["finished"] for r in rows), default=0)
+    busy = [r for r in rows if 0 < r["finished"] and total - r["finished"] >= 100]
+    if not busy:
+        return f"engine trace {path}: too short"
+    fresh = sorted(r["in_engine"] - r["retrying"] for r in busy)
+    starved = sum(1 for f in fresh if f <= 0)
+    return (f"engine trace ({len(busy)} samples before the drain): items in the engine not yet retried, median "
+            f"{fresh[len(fresh) // 2]}, none in {starved} samples ({100 * starved / len(busy):.0f} %); items in the "
+            f"engine, median {sorted(r['in_engine'] for r in busy)[len(busy) // 2]}")
 
 
 # --- the TTS story --------------------------------------------------------------------------------------
@@ -536,6 +574,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     print_report(args, tts, asr)
+    if args.trace_engine and Path(args.trace_engine).exists():
+        print(engine_supply(Path(args.trace_engine)))
     if args.json:
         Path(args.json).write_text(json.dumps({"via": args.via, "tts": asdict(tts), "asr": asdict(asr)}, indent=1))
     return 0 if all(ok for _, ok, _ in tts.checks + asr.checks) else 1
@@ -563,6 +603,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode-sample", type=int, default=500, help="done items whose audio is decoded")
     parser.add_argument("--quick", action="store_true", help="200 items and a small corpus (make test's size)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.add_argument("--trace-engine", metavar="FILE",
+                        help="--via run_job: sample the TTS job's items in the engine and retrying into FILE (JSON "
+                             "lines, every 0.25 s) and report how often it held only items waiting on a retry")
     parser.add_argument("--work-dir", help="where manifests and outputs go (default: a temp dir)")
     # internal: one run_job run in this process
     parser.add_argument("--phase", choices=("tts", "asr"), help=argparse.SUPPRESS)
