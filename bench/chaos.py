@@ -172,10 +172,18 @@ class RateLimitBursts:
         end of the job, not the rate."""
         return max((s[0] for s in self.samples if items - s[3] >= in_flight), default=0.0)
 
-    def rate_between_bursts(self, until: float, disruptions: list[float]) -> tuple[float, list[float], list[float]]:
+    def started_until(self, start: float) -> float:
+        """When the run started at ``start`` had its first request admitted (the samples' clock; the last sample
+        when none was): a CLI run spends seconds starting Prefect before it sends anything."""
+        before = next((s[1] for s in reversed(self.samples) if s[0] <= start), 0)
+        return next((s[0] for s in self.samples if s[0] > start and s[1] > before),
+                    self.samples[-1][0] if self.samples else start)
+
+    def rate_between_bursts(self, until: float, disruptions: list[tuple[float, float]]
+                            ) -> tuple[float, list[float], list[float]]:
         """(admitted req/s over the ``BEFORE_S`` before the first burst, admitted req/s in each gap between two
-        bursts that ends before ``until`` and holds no disruption: a kill or a run's start, and the budget's learned
-        rate at the end of each such gap)."""
+        bursts that ends before ``until`` and overlaps no disruption: a kill, or a run's start up to its first
+        admitted request, ``(from, to)``, and the budget's learned rate at the end of each such gap)."""
         samples = [s for s in self.samples if s[0] <= until]
         first_on = next((i for i, s in enumerate(samples) if s[2]), None)
         if first_on is None or first_on == 0:
@@ -186,7 +194,8 @@ class RateLimitBursts:
         gaps, learned, gap = [], [], []
         for sample in samples[first_on:]:
             if sample[2]:
-                if len(gap) > 1 and not any(gap[0][0] - SAMPLE_S <= d <= gap[-1][0] for d in disruptions):
+                if len(gap) > 1 and not any(gap[0][0] - SAMPLE_S <= to and begin <= gap[-1][0]
+                                            for begin, to in disruptions):
                     gaps.append((gap[-1][1] - gap[0][1]) / (gap[-1][0] - gap[0][0]))
                     learned.append(gap[-1][4])
                 gap = []
@@ -355,10 +364,11 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
     in_flight: list[set[str]] = []
     before = ServerCounts(Counter(), Counter(), {}, 0)
     started = time.perf_counter()
-    disruptions: list[float] = []  # kills and starts of runs, on the bursts' clock
+    kills: list[float] = []  # on the bursts' clock
+    starts: list[float] = []  # of runs, on the bursts' clock
     for number, fraction in enumerate(args.kill_at, start=1):
         run_started = time.perf_counter()
-        disruptions.append(bursts.now())
+        starts.append(bursts.now())
         process = runner.start("tts", work / "tts.csv", out, log)
         target = fraction * args.items
         while process.poll() is None and sum(server_counts(server).generations.values()) < target:
@@ -366,7 +376,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         if process.poll() is not None:
             raise SystemExit(f"run {number} ended ({process.returncode}) before the kill point; see {log}")
         kill(process)
-        disruptions.append(bursts.now())
+        kills.append(bursts.now())
         time.sleep(0.5)  # let the server finish what the dead client had asked for
         counts = server_counts(server)
         done, failed = ledger_state(out)
@@ -379,7 +389,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         print(f"  run {number}: killed at {len(done)} done, {len(flying)} in flight ({load()})", file=sys.stderr)
     for number in range(len(args.kill_at) + 1, len(args.kill_at) + 1 + args.max_reruns):
         run_started = time.perf_counter()
-        disruptions.append(bursts.now())
+        starts.append(bursts.now())
         process = runner.start("tts", work / "tts.csv", out, log)
         code = process.wait(args.run_timeout)
         done, failed = ledger_state(out)
@@ -389,6 +399,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
             break
     wall = time.perf_counter() - started
     # gaps up to the last one with work left (the final run's drain is not a rate)
+    disruptions = [(t, t) for t in kills] + [(t, bursts.started_until(t)) for t in starts]
     rate_before, rate_gaps, learned_at_gaps = bursts.rate_between_bursts(
         bursts.work_left_until(args.items, args.concurrency), disruptions)
     counts = server_counts(server)
