@@ -172,10 +172,18 @@ class RateLimitBursts:
         end of the job, not the rate."""
         return max((s[0] for s in self.samples if items - s[3] >= in_flight), default=0.0)
 
-    def rate_between_bursts(self, until: float, disruptions: list[float]) -> tuple[float, list[float], list[float]]:
+    def started_until(self, start: float) -> float:
+        """When the run started at ``start`` had its first request admitted (the samples' clock; the last sample
+        when none was): a CLI run spends seconds starting Prefect before it sends anything."""
+        before = next((s[1] for s in reversed(self.samples) if s[0] <= start), 0)
+        return next((s[0] for s in self.samples if s[0] > start and s[1] > before),
+                    self.samples[-1][0] if self.samples else start)
+
+    def rate_between_bursts(self, until: float, disruptions: list[tuple[float, float]]
+                            ) -> tuple[float, list[float], list[float]]:
         """(admitted req/s over the ``BEFORE_S`` before the first burst, admitted req/s in each gap between two
-        bursts that ends before ``until`` and holds no disruption: a kill or a run's start, and the budget's learned
-        rate at the end of each such gap)."""
+        bursts that ends before ``until`` and overlaps no disruption: a kill, or a run's start up to its first
+        admitted request, ``(from, to)``, and the budget's learned rate at the end of each such gap)."""
         samples = [s for s in self.samples if s[0] <= until]
         first_on = next((i for i, s in enumerate(samples) if s[2]), None)
         if first_on is None or first_on == 0:
@@ -186,7 +194,8 @@ class RateLimitBursts:
         gaps, learned, gap = [], [], []
         for sample in samples[first_on:]:
             if sample[2]:
-                if len(gap) > 1 and not any(gap[0][0] - SAMPLE_S <= d <= gap[-1][0] for d in disruptions):
+                if len(gap) > 1 and not any(gap[0][0] - SAMPLE_S <= to and begin <= gap[-1][0]
+                                            for begin, to in disruptions):
                     gaps.append((gap[-1][1] - gap[0][1]) / (gap[-1][0] - gap[0][0]))
                     learned.append(gap[-1][4])
                 gap = []
@@ -238,6 +247,8 @@ class JobRunner:
         self.env = {**os.environ, "VOXMILL_API_KEY": server.token, "VOXMILL_BASE_URL": server.base_url,
                     "VOXMILL_CONCURRENCY": str(args.concurrency), "PYTHONUNBUFFERED": "1",
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        if args.trace_engine:
+            self.env[TRACE_ENV] = str(Path(args.trace_engine).resolve())
 
     def start(self, kind: str, manifest: Path, out: Path, log: Path) -> subprocess.Popen:
         if self.args.via == "cli":
@@ -264,11 +275,47 @@ def kill(process: subprocess.Popen) -> None:
 def phase_job(args: argparse.Namespace) -> None:
     """``--phase tts|asr``: run_job on the manifest with settings from the environment; one JSON line."""
     from voxmill.jobs import JobRequest, run_job
+    from voxmill.progress import ProgressBoard
     from voxmill.settings import Settings
 
-    summary = run_job(JobRequest(args.phase, args.manifest, Path(args.out)), Settings.from_env())
+    board = ProgressBoard()
+    trace = os.environ.get(TRACE_ENV)
+    if trace and args.phase == "tts":
+        threading.Thread(target=trace_engine, args=(board, Path(trace)), name="chaos-engine-trace", daemon=True).start()
+    summary = run_job(JobRequest(args.phase, args.manifest, Path(args.out)), Settings.from_env(), progress=board)
     print(json.dumps({"done": summary.done, "failed": summary.failed, "by_kind": summary.failures_by_kind}))
     raise SystemExit(0 if summary.ok else 1)
+
+
+#: ``--trace-engine``: the run_job phase appends what its engine holds to this file (JSON lines) every SAMPLE_S
+TRACE_ENV = "VOXMILL_CHAOS_TRACE"
+
+
+def trace_engine(board: Any, path: Path) -> None:
+    """Every ``SAMPLE_S``: the items in the engine (``in_flight``: handed to it, not finished, waiting for a start
+    or a retry included), of which have retried (``retrying``: back-offs among them), and items finished."""
+    with open(path, "a", encoding="utf-8") as sink:
+        while True:
+            time.sleep(SAMPLE_S)
+            snap = board.snapshot()
+            sink.write(json.dumps({"t": round(time.time(), 2), "in_engine": snap.in_flight,
+                                   "retrying": snap.retrying, "finished": snap.finished}) + "\n")
+            sink.flush()
+
+
+def engine_supply(path: Path) -> str:
+    """One line on a ``--trace-engine`` file: how often the engine held no item that had not retried yet (every
+    item left waiting on a retry or its back-off), while the run was not yet draining (≥ 100 items to go)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    total = max((r["finished"] for r in rows), default=0)
+    busy = [r for r in rows if 0 < r["finished"] and total - r["finished"] >= 100]
+    if not busy:
+        return f"engine trace {path}: too short"
+    fresh = sorted(r["in_engine"] - r["retrying"] for r in busy)
+    starved = sum(1 for f in fresh if f <= 0)
+    return (f"engine trace ({len(busy)} samples before the drain): items in the engine not yet retried, median "
+            f"{fresh[len(fresh) // 2]}, none in {starved} samples ({100 * starved / len(busy):.0f} %); items in the "
+            f"engine, median {sorted(r['in_engine'] for r in busy)[len(busy) // 2]}")
 
 
 # --- the TTS story --------------------------------------------------------------------------------------
@@ -317,10 +364,11 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
     in_flight: list[set[str]] = []
     before = ServerCounts(Counter(), Counter(), {}, 0)
     started = time.perf_counter()
-    disruptions: list[float] = []  # kills and starts of runs, on the bursts' clock
+    kills: list[float] = []  # on the bursts' clock
+    starts: list[float] = []  # of runs, on the bursts' clock
     for number, fraction in enumerate(args.kill_at, start=1):
         run_started = time.perf_counter()
-        disruptions.append(bursts.now())
+        starts.append(bursts.now())
         process = runner.start("tts", work / "tts.csv", out, log)
         target = fraction * args.items
         while process.poll() is None and sum(server_counts(server).generations.values()) < target:
@@ -328,7 +376,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         if process.poll() is not None:
             raise SystemExit(f"run {number} ended ({process.returncode}) before the kill point; see {log}")
         kill(process)
-        disruptions.append(bursts.now())
+        kills.append(bursts.now())
         time.sleep(0.5)  # let the server finish what the dead client had asked for
         counts = server_counts(server)
         done, failed = ledger_state(out)
@@ -341,7 +389,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
         print(f"  run {number}: killed at {len(done)} done, {len(flying)} in flight ({load()})", file=sys.stderr)
     for number in range(len(args.kill_at) + 1, len(args.kill_at) + 1 + args.max_reruns):
         run_started = time.perf_counter()
-        disruptions.append(bursts.now())
+        starts.append(bursts.now())
         process = runner.start("tts", work / "tts.csv", out, log)
         code = process.wait(args.run_timeout)
         done, failed = ledger_state(out)
@@ -351,6 +399,7 @@ def run_tts(args: argparse.Namespace, server: ServerProcess, runner: JobRunner, 
             break
     wall = time.perf_counter() - started
     # gaps up to the last one with work left (the final run's drain is not a rate)
+    disruptions = [(t, t) for t in kills] + [(t, bursts.started_until(t)) for t in starts]
     rate_before, rate_gaps, learned_at_gaps = bursts.rate_between_bursts(
         bursts.work_left_until(args.items, args.concurrency), disruptions)
     counts = server_counts(server)
@@ -536,6 +585,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     print_report(args, tts, asr)
+    if args.trace_engine and Path(args.trace_engine).exists():
+        print(engine_supply(Path(args.trace_engine)))
     if args.json:
         Path(args.json).write_text(json.dumps({"via": args.via, "tts": asdict(tts), "asr": asdict(asr)}, indent=1))
     return 0 if all(ok for _, ok, _ in tts.checks + asr.checks) else 1
@@ -563,6 +614,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode-sample", type=int, default=500, help="done items whose audio is decoded")
     parser.add_argument("--quick", action="store_true", help="200 items and a small corpus (make test's size)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.add_argument("--trace-engine", metavar="FILE",
+                        help="--via run_job: sample the TTS job's items in the engine and retrying into FILE (JSON "
+                             "lines, every 0.25 s) and report how often it held only items waiting on a retry")
     parser.add_argument("--work-dir", help="where manifests and outputs go (default: a temp dir)")
     # internal: one run_job run in this process
     parser.add_argument("--phase", choices=("tts", "asr"), help=argparse.SUPPRESS)

@@ -21,7 +21,16 @@ from tasks.runners import make_task_runner
 from tasks.settings import flow_settings
 from voxmill.batch import BatchOutcome
 from voxmill.identity import content_hash
-from voxmill.jobs import JobFailed, JobRequest, RunSummary, fan_out, finish_job, open_job, stop_on_exit
+from voxmill.jobs import (
+    JobFailed,
+    JobRequest,
+    RunSummary,
+    batch_window,
+    fan_out,
+    finish_job,
+    open_job,
+    stop_on_exit,
+)
 from voxmill.options import RunnerKind, RunOptions
 from voxmill.progress import ProgressBoard, watched_board
 from voxmill.settings import Settings
@@ -83,11 +92,12 @@ def run_job_in_flow(
     reporter.start()
     try:
         artifact_id = create_progress_artifact(0.0, description=f"voxmill {request.kind} {request.manifest}")
-        with make_task_runner(runner, request.workers, dask_address) as task_runner, stop_on_exit(job):
+        with make_task_runner(runner, task_slots(runner, request.workers), dask_address) as task_runner, \
+                stop_on_exit(job):
             outcomes = fan_out(
                 (Batch(i, items) for i, items in enumerate(job.batches())),
                 lambda index, batch: task_runner.submit(process_batch, parameters={"engine": handle, "batch": batch}),
-                window=request.workers * 2,
+                window=batch_window(request.workers),
                 on_outcome=on_outcome,
             )
     finally:
@@ -124,6 +134,13 @@ def run_job_in_flow(
     return summary
 
 
+def task_slots(runner: RunnerKind, workers: int) -> int:
+    """Task runs at once on ``runner``. A thread runner's tasks only wait on this process's one engine (its loop does
+    the work), so every batch of the window runs at once, as in :func:`voxmill.jobs.run_job`: a task waiting on one
+    item's back-off holds a thread, not the supply of requests. A process or Dask worker runs one task at a time."""
+    return batch_window(workers) if runner == "thread" else workers
+
+
 def _log_progress(board: ProgressBoard, logger, stop: threading.Event, every_s: float) -> None:
     """A progress line every ``every_s`` seconds while the job runs (never one per request)."""
     while not stop.wait(every_s):
@@ -138,4 +155,4 @@ def run_flow_job(request: JobRequest, options: RunOptions, *, log_every_s: float
                                dask_address=options.dask_address)
 
 
-__all__ = ["LOG_EVERY_S", "artifact_key", "run_flow_job", "run_job_in_flow"]
+__all__ = ["LOG_EVERY_S", "artifact_key", "run_flow_job", "run_job_in_flow", "task_slots"]

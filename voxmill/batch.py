@@ -3,7 +3,8 @@
 One engine per run and process owns one event loop (in a background thread), one HTTP client and one
 limiter, so every request of the process shares the same connection pool and the same rate limit,
 whichever thread hands it work. :meth:`BatchEngine.run_batch` is blocking and thread-safe: Prefect
-tasks (or anything else) call it with a list of items and get counts back.
+tasks (or anything else) call it with a list of items and get counts back; :meth:`BatchEngine.submit_batch`
+returns a future instead, so one thread can keep many batches in the engine.
 
 Stopping: a stop (SIGTERM through :mod:`voxmill.shutdown`, a full disk, a refused key) sends no new request
 and retries nothing; requests in flight get a bounded grace (none for a full disk: nothing more can be
@@ -16,6 +17,7 @@ one) and in the set of keys in flight; a duplicate waits for the first and reuse
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -191,7 +193,17 @@ class BatchEngine:
 
     def run_batch(self, planned: Sequence[PlannedItem]) -> BatchOutcome:
         """Handle every item of ``planned``; blocking, callable from any thread."""
-        results = self._call(self._run_batch(planned))
+        return self.submit_batch(planned).result()
+
+    def submit_batch(self, planned: Sequence[PlannedItem]) -> concurrent.futures.Future[BatchOutcome]:
+        """Hand ``planned`` to the engine's loop and return at once (thread-safe): the future ends with the
+        batch's counts. No thread waits on the batch meanwhile, so a batch held up by one item's long back-off
+        holds up no other work (:func:`voxmill.jobs.fan_out` keeps several in the engine)."""
+        assert self._loop is not None, "engine not started"
+        return asyncio.run_coroutine_threadsafe(self._batch_outcome(planned), self._loop)
+
+    async def _batch_outcome(self, planned: Sequence[PlannedItem]) -> BatchOutcome:
+        results = await self._run_batch(planned)
         counts = {"done": 0, "failed": 0, "reused": 0, "not_attempted": 0}
         for result in results:
             counts[result] += 1

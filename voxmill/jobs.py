@@ -12,11 +12,13 @@ import dataclasses
 import json
 import math
 import os
+import queue
 import signal
+import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -419,8 +421,25 @@ def stop_on_exit(job: OpenJob) -> Iterator[None]:
         raise
 
 
+#: batches a job keeps in its engine per worker (``--workers``): each runs until its slowest item ends, and one
+#: item waiting out its retries' back-off (seconds under faults) keeps its batch open with nothing left to send,
+#: so the window holds enough batches that those waiting on a straggler leave others to supply the requests
+BATCHES_PER_WORKER = 4
+
+
+def batch_window(workers: int) -> int:
+    """Batches outstanding at once for a job of ``workers`` workers (bounds what is read of the manifest)."""
+    return max(1, workers) * BATCHES_PER_WORKER
+
+
 class _Future(Protocol):
     def result(self) -> BatchOutcome: ...
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None: ...
+
+
+#: seconds between checks while fan_out waits on a batch: the wait stays open to signals (SIGTERM, Ctrl-C)
+_WAIT_S = 0.5
 
 
 def fan_out(
@@ -430,25 +449,79 @@ def fan_out(
     window: int,
     on_outcome: Callable[[BatchOutcome], None] | None = None,
 ) -> list[BatchOutcome]:
-    """Submit batches with at most ``window`` outstanding (never the whole manifest at once)."""
-    pending: deque[_Future] = deque()
+    """Submit batches with at most ``window`` outstanding (never the whole manifest at once), collecting each as it
+    finishes: a batch waiting on one item's back-off holds one place of the window, not the next submission
+    (outcomes come in finishing order). Once a batch reports the run stopped, no further batch is submitted."""
+    finished: queue.SimpleQueue[_Future] = queue.SimpleQueue()
     outcomes: list[BatchOutcome] = []
+    outstanding = 0
+    stopped = False
 
     def collect_one() -> None:
-        outcome = pending.popleft().result()
+        nonlocal outstanding, stopped
+        future = _next_finished(finished)
+        outstanding -= 1
+        outcome = future.result()
         outcomes.append(outcome)
+        stopped = stopped or outcome.stopped is not None
         if on_outcome:
             on_outcome(outcome)
 
     for index, batch in enumerate(batches):
-        if outcomes and outcomes[-1].stopped:
-            break
-        pending.append(submit(index, batch))
-        while len(pending) >= window:
+        if stopped:
+            break  # the key was refused, the disk filled, a stop was asked for: nothing more is sent
+        submit(index, batch).add_done_callback(finished.put)
+        outstanding += 1
+        while outstanding >= window:
             collect_one()
-    while pending:
+    while outstanding:
         collect_one()
     return outcomes
+
+
+def _next_finished(finished: queue.SimpleQueue[_Future]) -> _Future:
+    """The next future to finish, waiting in short steps so that a signal's handler runs meanwhile."""
+    while True:
+        try:
+            return finished.get(timeout=_WAIT_S)
+        except queue.Empty:
+            continue
+
+
+class EngineBatches:
+    """Hands batches to a job's engine from one thread (:meth:`BatchEngine.submit_batch`), no thread per batch.
+
+    A context manager like an executor: leaving it waits until every batch handed over has ended (after a stop,
+    within the engine's stop grace), so nothing is recorded after the job is finished.
+    """
+
+    def __init__(self, engine: BatchEngine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._outstanding: set[Future[BatchOutcome]] = set()
+
+    def submit(self, batch: list[PlannedItem]) -> Future[BatchOutcome]:
+        """Start ``batch`` in the engine; the future ends with its counts."""
+        future = self._engine.submit_batch(batch)
+        with self._lock:
+            self._outstanding.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future[BatchOutcome]) -> None:
+        with self._lock:
+            self._outstanding.discard(future)
+
+    def __enter__(self) -> EngineBatches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        while True:
+            with self._lock:
+                waiting = list(self._outstanding)
+            if not waiting:
+                return
+            wait(waiting, timeout=_WAIT_S)
 
 
 def finish_job(job: OpenJob, outcomes: list[BatchOutcome]) -> RunSummary:
@@ -532,16 +605,16 @@ def run_job(
     progress: ProgressBoard | None = None,
     client_factory: Callable[[Settings], Any] | None = None,
 ) -> RunSummary:
-    """Run a whole job in this process with a thread pool (no Prefect)."""
+    """Run a whole job in this process (no Prefect): batches go straight to the engine's loop, a window of them
+    at once (:func:`batch_window`)."""
     job = open_job(request, settings, progress=progress, client_factory=client_factory)
     outcomes: list[BatchOutcome] = []
     try:
-        with ThreadPoolExecutor(max_workers=request.workers, thread_name_prefix="voxmill-batch") as pool, \
-                stop_on_exit(job):
+        with EngineBatches(job.engine) as engine_batches, stop_on_exit(job):
             outcomes = fan_out(
                 job.batches(),
-                lambda index, batch: pool.submit(job.engine.run_batch, batch),
-                window=request.workers * 2,
+                lambda index, batch: engine_batches.submit(batch),
+                window=batch_window(request.workers),
             )
     finally:
         summary = finish_job(job, outcomes)
@@ -549,12 +622,15 @@ def run_job(
 
 
 __all__ = [
+    "BATCHES_PER_WORKER",
+    "EngineBatches",
     "JobFailed",
     "JobRequest",
     "OpenJob",
     "RunSummary",
     "Shard",
     "auto_batch_size",
+    "batch_window",
     "count_rows",
     "load_job_record",
     "load_summary",

@@ -40,7 +40,8 @@ class RunOptions(BaseModel):
     local: bool = Field(False, description="use a local server started for the run (the default with no key)")
     local_engine: LocalEngine = Field("real", description="the local server's engines: real (piper/whisper) or null")
     runner: RunnerKind = Field("thread", description="where batches run: threads, a process pool or Dask workers")
-    workers: int = Field(4, ge=1, description="batches at once: threads, processes or Dask workers")
+    workers: int = Field(4, ge=1, description="processes or Dask workers; with threads, 4 × this many batches at "
+                                              "once in the job's engine")
     dask_address: str | None = Field(
         None, description="with runner 'dask': the scheduler of a cluster started separately (tcp://HOST:8786); "
                           "default: a LocalCluster of `workers` processes")

@@ -262,3 +262,30 @@ def test_roundtrip_fails_with_the_childs_own_message(null_server, api_env, tmp_p
     assert "synthesize made no speech to transcribe" in state.message
     assert "0 done" in state.message and "2 failed" in state.message, state.message
     assert null_server.stats()["requests"] == 0
+
+
+def test_a_flow_batch_waiting_on_one_slow_item_holds_back_no_other_batch(make_server, prefect_api, tmp_path):
+    """The thread runner's tasks wait on the one engine: a task waiting on a slow item holds back no other batch
+    (one worker, batches of 4; the server counts the other items generated long before the slow one)."""
+    from prefect import flow
+    from slow_items import BATCH, ITEMS, MS_PER_CHAR, SLOW_S, watch_generations, write_slow_first_manifest
+
+    from tasks.job import run_job_in_flow
+    from voxmill.jobs import JobRequest
+    from voxmill.settings import ApiKey, RateLimit, Settings
+
+    server = make_server(tts_ms_per_char=MS_PER_CHAR)
+    manifest = write_slow_first_manifest(tmp_path / "m.csv")
+    request = JobRequest("tts", str(manifest), tmp_path / "out", batch_size=BATCH, workers=1)
+    # a fixed rate (none) and 8 in flight: neither slow start nor the learned in-flight limit paces the short items
+    settings = Settings(api_key=ApiKey(server.token), base_url=server.base_url, cache_dir=tmp_path / "cache",
+                        rate_limit=RateLimit(max_concurrent=8, adaptive=False))
+
+    @flow(name="voxmill-test-slow-item")
+    def job_flow() -> None:
+        run_job_in_flow(request, settings, runner="thread")
+
+    watched = watch_generations(server.stats, job_flow)
+    assert server.stats()["generations_total"] == ITEMS
+    assert watched.ended_s >= SLOW_S
+    assert watched.ended_s - watched.others_done_s >= 0.5 * SLOW_S, watched

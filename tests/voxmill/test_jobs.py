@@ -3,6 +3,7 @@ no double billing, bad input, faults, auth."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -377,3 +378,21 @@ def test_a_shard_reads_only_its_slice_and_the_slices_cover_the_manifest(tmp_path
         assert kept == [i for i in everything if shard.holds(i)]
         seen += [(i.item_id, i.row) for i in kept]
     assert sorted(seen) == sorted((i.item_id, i.row) for i in everything)
+
+
+def test_a_batch_waiting_on_one_slow_item_holds_back_no_other_batch(make_server, tmp_path):
+    # one worker, batches of 4: the first batch waits SLOW_S on its first item; the other four batches' items are
+    # generated meanwhile (counted by the server), not after it (a thread blocked per batch held them back)
+    from slow_items import BATCH, ITEMS, MS_PER_CHAR, SLOW_S, watch_generations, write_slow_first_manifest
+
+    server = make_server(tts_ms_per_char=MS_PER_CHAR)
+    manifest = write_slow_first_manifest(tmp_path / "m.csv")
+    request = JobRequest("tts", str(manifest), tmp_path / "out", batch_size=BATCH, workers=1)
+    # a fixed rate (none) and 8 in flight: neither slow start nor the learned in-flight limit paces the short items
+    fixed = RateLimit(max_concurrent=8, adaptive=False)
+    settings = dataclasses.replace(settings_for(server, tmp_path), rate_limit=fixed)
+    summaries = []
+    watched = watch_generations(server.stats, lambda: summaries.append(run_job(request, settings)))
+    assert summaries[0].ok and summaries[0].done == ITEMS, summaries[0]
+    assert watched.ended_s >= SLOW_S
+    assert watched.ended_s - watched.others_done_s >= 0.5 * SLOW_S, watched

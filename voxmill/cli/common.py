@@ -89,7 +89,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, runner: bool = True) -> 
         group.add_argument("--runner", choices=RUNNERS, default="thread",
                            help="where batches run: threads of this process (default), a process pool, or Dask "
                                 "workers")
-        group.add_argument("--workers", type=int, default=4, help="batches at once: threads, processes or Dask workers")
+        group.add_argument("--workers", type=int, default=4,
+                           help="processes or Dask workers; with threads, 4 × this many batches at once in the engine")
         group.add_argument("--dask-address", metavar="tcp://HOST:8786",
                            help="with --runner dask: the scheduler of a cluster started separately (default: a "
                                 "LocalCluster of --workers processes)")
