@@ -86,7 +86,8 @@ def _keep_low(root: int, stop: threading.Event) -> None:
         for pid in list(below - {root}):
             group = Path(f"/proc/{pid}/autogroup")
             try:
-                if not group.read_text().rstrip().endswith(f"nice {LOWEST}"):
+                shown = group.read_text().rstrip()  # empty: the kernel left the session in the root group
+                if shown and not shown.endswith(f"nice {LOWEST}"):
                     group.write_text(str(LOWEST))
             except OSError:  # it ended
                 below.discard(pid)

@@ -38,13 +38,20 @@ def test_a_session_started_below_the_parallel_stage_is_niced_too():
     watcher.start()
     child = int(stage.stdout.readline())
     try:
-        assert _autogroup(stage.pid).split()[0] != mine.split()[0], "the stage has an autogroup of its own"
-        assert _autogroup(child).split()[0] != _autogroup(stage.pid).split()[0], "the child's session: a new one"
-        deadline = time.monotonic() + 10
-        while not _autogroup(child).endswith("nice 19"):  # the watcher's pass, every 0.5 s
-            assert time.monotonic() < deadline, _autogroup(child)
-            time.sleep(0.05)
-        assert _autogroup(stage.pid).endswith("nice 19")
+        # a kernel that fails to create a session's autogroup (out of task groups or memory) leaves the session in
+        # the root group, whose file reads empty: nothing to nice there, only the processes' own nice values
+        own_groups = bool(_autogroup(stage.pid)) and bool(_autogroup(child))
+        if own_groups:
+            assert _autogroup(stage.pid).split()[0] != mine.split()[0], "the stage has an autogroup of its own"
+            assert _autogroup(child).split()[0] != _autogroup(stage.pid).split()[0], "the child's session: new"
+            deadline = time.monotonic() + 10
+            while not _autogroup(child).endswith("nice 19"):  # the watcher's pass, every 0.5 s
+                assert time.monotonic() < deadline, _autogroup(child)
+                time.sleep(0.05)
+            assert _autogroup(stage.pid).endswith("nice 19")
+        else:
+            time.sleep(1.2)  # two of the watcher's passes: writing to a root group must not end it
+            assert watcher.is_alive(), "the watcher survives a session without an autogroup"
         assert os.getpriority(os.PRIO_PROCESS, stage.pid) == 19 and os.getpriority(os.PRIO_PROCESS, child) == 19
         assert _autogroup(os.getpid()) == mine, "the runner's own session (the rate lanes') is left alone"
     finally:
