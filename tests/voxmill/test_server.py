@@ -401,7 +401,8 @@ def test_stats_count_requests_statuses_generations_and_uploads(null_server):
     assert stats["uploads"] == 1
     arrived = stats["arrived"]
     null_server.reset_stats()
-    assert null_server.stats() == {"requests": 0, "by_status": {}, "resets": 0, "generations_total": 0,
+    assert null_server.stats() == {"requests": 0, "by_status": {}, "resets": 0, "refused_connections": 0,
+                                   "generations_total": 0,
                                    "generations": {}, "generations_by_model": {}, "truncations_total": 0,
                                    "truncations": {}, "uploads": 0, "empty_audio": 0, "in_flight": 0,
                                    "in_flight_high": 0, "queued": 0, "queued_high": 0,

@@ -377,3 +377,24 @@ def test_connections_per_client_are_capped_with_503(guarded_server):
         sock.close()
     time.sleep(0.2)  # closed connections free their places
     assert generate(guarded_server, "A place again.").status_code == 200
+
+
+def test_a_refused_connection_that_sends_its_request_reads_the_503_not_a_reset(guarded_server):
+    """A client writes its request as soon as it connects: the refusal must reach it as an answer (which tells it
+    to hold fewer connections), not as a reset (a fault) from closing a socket with its request unread."""
+    held = [raw_socket(guarded_server) for _ in range(5)]
+    time.sleep(0.2)
+    extra = raw_socket(guarded_server)
+    body = b"x" * 300_000  # more than the socket buffers hold: the server must read it to avoid a reset
+    request = (f"POST /api/v1/generate HTTP/1.1\r\nHost: voxmill\r\nAuthorization: Bearer {guarded_server.token}"
+               f"\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    time.sleep(0.2)  # the 503 is written before the request arrives, as for a client slower than the server
+    extra.sendall(request + body)
+    extra.shutdown(socket.SHUT_WR)
+    reply = read_response(extra)
+    extra.close()
+    assert reply.startswith(b"HTTP/1.1 503") and b"too many connections" in reply, reply[:200]
+    for sock in held:
+        sock.close()
+    stats = guarded_server.stats()
+    assert stats["requests"] == 0 and stats["refused_connections"] == 1, "refused, counted, never served"

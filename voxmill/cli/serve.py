@@ -151,8 +151,10 @@ def run_serve(args: argparse.Namespace) -> int:
               "with the token above", file=sys.stderr, flush=True)
     if config.preload and config.engine == "real":
         print("loading models…", flush=True)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", ws="websockets-sansio",
-                http=guarded_http_protocol(config.header_timeout_s, config.max_connections_per_client))
+    app = create_app(config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio",
+                http=guarded_http_protocol(config.header_timeout_s, config.max_connections_per_client,
+                                           on_refused=app.state.service.stats.record_refused_connection))
     return 0
 
 

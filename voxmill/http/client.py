@@ -73,7 +73,7 @@ KEEPALIVE_EXPIRY_S = 30.0
 #: how much of an error body goes into a message
 _BODY_PREVIEW = 500
 #: a 429/503 whose message says this is about requests in flight, not the rate: the in-flight limit is cut
-_TOO_MANY_IN_FLIGHT = re.compile(r"concurren|in[ -]flight|in[ -]progress|parallel", re.IGNORECASE)
+_TOO_MANY_IN_FLIGHT = re.compile(r"concurren|in[ -]flight|in[ -]progress|parallel|too many connections", re.IGNORECASE)
 T = TypeVar("T")
 R = TypeVar("R", SpeechResult, TranscriptResult)
 _MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "m4a": "audio/mp4", "ogg": "audio/ogg", "webm": "audio/webm"}

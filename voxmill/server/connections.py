@@ -5,12 +5,19 @@ headers (slowloris): each such connection is held forever. Here every request's 
 within ``header_timeout_s`` of the connection opening (or, on a kept-alive connection, of the request's first
 byte), else the client gets a 408 and the connection is closed. And one client address may hold at most
 ``max_connections_per_client`` connections; one more is answered 503 (with ``Retry-After``) and closed.
+
+The 503 is answered so that a client can read it: closing a socket whose request is still unread makes the
+kernel send a reset, which the client sees as a broken connection, a fault, instead of the answer telling it to
+hold fewer connections open. So the refused connection is half-closed after the answer, whatever the client
+still sends is read and dropped, and the connection is closed when the client closes it (or after
+``REFUSED_GRACE_S``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -22,6 +29,10 @@ _BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; cha
              b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
 
 
+#: a refused connection is closed this long after its 503 if the client has not closed it by then
+REFUSED_GRACE_S = 5.0
+
+
 def _answer(template: bytes, message: str) -> bytes:
     body = message.encode()
     return template % (len(body), body)
@@ -30,8 +41,10 @@ def _answer(template: bytes, message: str) -> bytes:
 def guarded_http_protocol(
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    on_refused: Callable[[], None] | None = None,
 ) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with both limits (``0`` turns either off); pass it as ``uvicorn.Config(http=…)``.
+    ``on_refused`` is called for each connection refused past the cap (the server's counter).
 
     Each call makes a class with its own per-client counts: one per server.
     """
@@ -40,14 +53,22 @@ def guarded_http_protocol(
     class GuardedHttpProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
         _counted: str | None = None
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             address = self.client[0] if self.client else "?"
             if max_connections_per_client and open_by_client[address] >= max_connections_per_client:
+                self._refused = True
+                if on_refused is not None:
+                    on_refused()
                 transport.write(_answer(_BUSY_503, f"too many connections from {address} (the cap is "
                                                    f"{max_connections_per_client}); retry after the others close"))
-                transport.close()
+                if transport.can_write_eof():
+                    transport.write_eof()  # the answer, then end of stream; what the client sends is dropped
+                    self.loop.call_later(REFUSED_GRACE_S, transport.close)
+                else:
+                    transport.close()
                 return
             open_by_client[address] += 1
             self._counted = address
@@ -61,6 +82,16 @@ def guarded_http_protocol(
                     del open_by_client[self._counted]
                 self._counted = None
             super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._refused:  # a refused connection's request is read and dropped, never served
+                super().data_received(data)
+
+        def eof_received(self) -> bool | None:
+            if self._refused:
+                self.transport.close()  # the client is done: so are we (no reset: nothing is left unread)
+                return False
+            return super().eof_received()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

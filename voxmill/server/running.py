@@ -51,9 +51,11 @@ def serve_in_thread(
 
     from voxmill.server.connections import guarded_http_protocol
 
+    app = create_app(config)
     uv_config = uvicorn.Config(
-        create_app(config), host=host, port=port, log_level="warning", lifespan="on", ws="websockets-sansio",
-        http=guarded_http_protocol(config.header_timeout_s, config.max_connections_per_client),
+        app, host=host, port=port, log_level="warning", lifespan="on", ws="websockets-sansio",
+        http=guarded_http_protocol(config.header_timeout_s, config.max_connections_per_client,
+                                   on_refused=app.state.service.stats.record_refused_connection),
     )
     server = uvicorn.Server(uv_config)
     thread = threading.Thread(target=server.run, name=f"voxmill-server-{port}", daemon=True)

@@ -47,6 +47,8 @@ class ServerStats:
     requests: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
     resets: int = 0
+    #: connections refused past ``max_connections_per_client`` (answered 503 before any request was read)
+    refused_connections: int = 0
     generations: Counter[str] = field(default_factory=Counter)
     #: generations by model name (HTTP; e.g. TTS and round-trip ASR calls of one build apart)
     generations_by_model: Counter[str] = field(default_factory=Counter)
@@ -88,6 +90,11 @@ class ServerStats:
         """A connection was dropped without a response."""
         with self._lock:
             self.resets += 1
+
+    def record_refused_connection(self) -> None:
+        """A connection was refused: its client already held the most connections allowed."""
+        with self._lock:
+            self.refused_connections += 1
 
     def record_generation(self, content_hash: str, model: str | None = None) -> None:
         """A generation was done and its 200 handed over for sending (``model``: counted per model too)."""
@@ -134,6 +141,7 @@ class ServerStats:
             self.requests = 0
             self.by_status.clear()
             self.resets = 0
+            self.refused_connections = 0
             self.generations.clear()
             self.generations_by_model.clear()
             self.truncations.clear()
@@ -150,6 +158,7 @@ class ServerStats:
                 "requests": self.requests,
                 "by_status": dict(self.by_status),
                 "resets": self.resets,
+                "refused_connections": self.refused_connections,
                 "generations_total": sum(self.generations.values()),
                 "generations": dict(self.generations),
                 "generations_by_model": dict(self.generations_by_model),
