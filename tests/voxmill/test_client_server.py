@@ -485,3 +485,29 @@ async def test_each_request_in_flight_has_its_own_reused_connection(make_server,
     assert all(r.attempts == 2 for r in results)
     stats = server.stats()
     assert stats["by_status"] == {"503": 40, "200": 40}
+
+
+def test_a_server_capping_connections_per_client_teaches_the_in_flight_limit(tmp_path):
+    """Past its cap on connections per client the server answers 503 "too many connections" (readably, not by a
+    reset): the client hears it as too many in flight, settles at or under the cap, and loses no item."""
+    from voxmill.jobs import JobRequest, run_job
+    from voxmill.server.faults import FaultConfig
+
+    cap, items = 12, 240
+    config = ServerConfig(token="t0ken-cap", engine="null", max_connections_per_client=cap,
+                          faults=FaultConfig(latency_ms=500))
+    with serve_in_thread(config) as running:
+        server = LocalServer(running)
+        manifest = tmp_path / "m.csv"
+        manifest.write_text("id,text\n" + "".join(f"r{i},Line {i} of the connection cap.\n" for i in range(items)))
+        settings = Settings(api_key=ApiKey(server.token), base_url=server.base_url, cache_dir=tmp_path / "cache")
+        summary = run_job(JobRequest("tts", str(manifest), tmp_path / "out"), settings)
+        stats = server.stats()
+    print(f"\ncap {cap}: {stats['refused_connections']} refused, server in flight ≤ {stats['in_flight_high']}, "
+          f"learned limit {summary.in_flight_limit}, {summary.elapsed_s:.1f} s")
+    assert summary.done == items and summary.failed == 0, summary
+    assert stats["generations_total"] == items and stats["by_status"] == {"200": items}, stats
+    # the in-flight limit grew past the cap (in slow start) and was cut by what the refusals said
+    assert 1 <= stats["refused_connections"] <= 0.1 * items, stats["refused_connections"]
+    assert stats["in_flight_high"] <= cap
+    assert summary.in_flight_limit is not None and summary.in_flight_limit <= cap, summary.in_flight_limit
