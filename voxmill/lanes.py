@@ -38,10 +38,11 @@ class LaneTransport(httpx.AsyncBaseTransport):
         try:
             response = await lane.handle_async_request(request)
         except BaseException:
-            self._give_back(lane)
+            self._give_back(lane, warm=False)  # its connection failed: taken last
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _LaneStream(response.stream, lambda: self._give_back(lane))
+        warm = response.headers.get("connection", "").lower() != "close"
+        response.stream = _LaneStream(response.stream, lambda: self._give_back(lane, warm))
         return response
 
     async def aclose(self) -> None:
@@ -57,9 +58,15 @@ class LaneTransport(httpx.AsyncBaseTransport):
         self._all.append(lane)
         return lane
 
-    def _give_back(self, lane: httpx.AsyncBaseTransport) -> None:
+    def _give_back(self, lane: httpx.AsyncBaseTransport, warm: bool = True) -> None:
+        """A lane is free again; one whose connection the server closes (``warm`` False: ``Connection: close``,
+        as a refusal says) is taken last, so requests reuse the open connections before opening a new one (a
+        server capping connections refuses a new one while the idle ones are still open)."""
         if len(self._free) < self.size:
-            self._free.append(lane)
+            if warm:
+                self._free.append(lane)
+            else:
+                self._free.insert(0, lane)
         # past `size` the lane is simply dropped from the free list; aclose() still closes it
 
 

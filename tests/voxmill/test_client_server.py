@@ -487,6 +487,37 @@ async def test_each_request_in_flight_has_its_own_reused_connection(make_server,
     assert stats["by_status"] == {"503": 40, "200": 40}
 
 
+async def test_a_lane_whose_connection_the_server_closes_is_taken_last():
+    """A refusal says ``Connection: close``: its lane would open a new connection, which a server capping
+    connections refuses while the idle ones are open, so the next request takes a lane still connected."""
+    from voxmill.lanes import LaneTransport
+
+    made: list[httpx.MockTransport] = []
+
+    class Body(httpx.AsyncByteStream):  # a body still streaming (a whole one is closed at once)
+        async def __aiter__(self):
+            yield b"x"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        refused = request.url.path == "/refused"
+        return httpx.Response(503 if refused else 200, headers={"connection": "close"} if refused else {},
+                              stream=Body())
+
+    def make_lane() -> httpx.MockTransport:
+        made.append(httpx.MockTransport(answer))
+        return made[-1]
+
+    lanes = LaneTransport(4, make_lane)
+    kept = await lanes.handle_async_request(httpx.Request("POST", "http://api/ok"))
+    refused = await lanes.handle_async_request(httpx.Request("POST", "http://api/refused"))
+    assert len(made) == 2  # both in flight at once: a lane each
+    await kept.aclose()
+    await refused.aclose()  # freed last, yet its connection is closed
+    again = await lanes.handle_async_request(httpx.Request("POST", "http://api/ok"))
+    await again.aclose()
+    assert len(made) == 2 and lanes._free[-1] is made[0] and lanes._free[0] is made[1], "the warm lane was taken"
+
+
 def test_a_server_capping_connections_per_client_teaches_the_in_flight_limit(tmp_path):
     """Past its cap on connections per client the server answers 503 "too many connections" (readably, not by a
     reset): the client hears it as too many in flight, settles at or under the cap, and loses no item."""

@@ -84,6 +84,16 @@ def test_the_same_knee_again_waits_longer_before_probing():
     assert control.knee_hold == 2 * KNEE_HOLD_S
 
 
+def test_a_refusal_at_hundreds_in_flight_cuts_with_a_margin():
+    """At 257 in flight, one under would leave the API counting connections it has not yet seen close over its
+    cap (measured: 1,262 refusals at a 256-connection cap with a cut to 256); 5 % under holds."""
+    control = ConcurrencyControl(limit=300.0, overload_seen=True, latency=2.0, baseline=2.0)
+    assert control.overloaded(10.0, 257)
+    assert control.knee == 257.0 and control.allowed(1024) == 244  # 0.95 × 257
+    small = ConcurrencyControl(limit=12.0, overload_seen=True, latency=2.0, baseline=2.0)
+    assert small.overloaded(10.0, 9) and small.allowed(1024) == 8  # at a few in flight: one under, as before
+
+
 def test_a_cap_that_rises_is_found_again():
     control = ConcurrencyControl.starting(1024)
     simulate(control, 60.0, cap=8)

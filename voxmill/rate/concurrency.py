@@ -31,7 +31,9 @@ increase; a multiplicative cut on a congestion signal; a remembered threshold, l
   added is then served, and delivery grows with it), the limit is cut by ``TOLERANCE × baseline ÷ latency``
   (at most by half, never below ``INITIAL_LIMIT`` on latency alone), once per round trip.
 - **Cut on "too many in flight".** A 429 (or 503) that names concurrency, or a 429 while the limit was what
-  bound the run, sets the limit just under the requests in flight at that moment, and remembers that level
+  bound the run, sets the limit under the requests in flight at that moment (``KNEE_MARGIN`` under, at least
+  one: the API counts what it has not yet seen end, such as a connection it has not yet seen closed, so at
+  hundreds in flight "just under" is still over), and remembers that level
   (the *knee*): the limit stays below it for ``KNEE_HOLD_S`` (doubling each time the same knee is hit again,
   up to ``MAX_KNEE_HOLD_S``) before one more is tried, so an API that caps requests in flight answers few 429s.
 - ``--concurrency`` (``RateLimit.max_concurrent``) is a ceiling, as ``--rps`` is for the rate.
@@ -62,6 +64,8 @@ BASELINE_WEIGHT_BOUND = 0.0005
 DELIVERY_GROWTH = 1.15
 #: … measured over windows of a round trip, at least this long (seconds)
 MIN_WINDOW_S = 0.2
+#: a "too many in flight" signal cuts the limit to this share of the requests then in flight (at least one under)
+KNEE_MARGIN = 0.95
 #: after a "too many in flight" signal the limit stays under that level this long (seconds) …
 KNEE_HOLD_S = 10.0
 #: … doubling each time the same level is hit again, up to this
@@ -192,7 +196,7 @@ class ConcurrencyControl:
 
     def overloaded(self, now: float, in_flight: int) -> bool:
         """A 429/503 saying too many requests are in flight (``in_flight`` counting the refused one): the limit
-        goes just under that level and stays there a while. True if cut (one cut per round trip)."""
+        goes under that level (``KNEE_MARGIN``) and stays there a while. True if cut (one cut per round trip)."""
         if self.fixed or now < self.hold_until:
             return False
         level = float(max(in_flight, 1))
@@ -202,7 +206,7 @@ class ConcurrencyControl:
             self.knee_hold = KNEE_HOLD_S
         self.knee = level
         self.knee_until = now + self.knee_hold
-        self.limit = max(MIN_LIMIT, min(self.limit, level - 1.0))
+        self.limit = max(MIN_LIMIT, min(self.limit, level - 1.0, KNEE_MARGIN * level))
         self._cut(now, self.latency)
         return True
 
