@@ -2,7 +2,7 @@
 
 A plain script, as a careful user would write one: one ``httpx.AsyncClient`` with ``concurrency`` connections,
 ``concurrency`` workers taking items from a queue, a token bucket at the server's limit, each 200's body written
-to a file, a 429 waited out (its Retry-After) and tried again, a dropped connection tried again. Used by
+to a file, a 429 or 503 waited out (its Retry-After) and tried again, a dropped connection tried again. Used by
 bench/throughput.py (50 ms latency, concurrency as voxmill's) and bench/latency.py (seconds of latency,
 concurrency tuned by hand to rate × latency).
 """
@@ -50,7 +50,8 @@ async def run_baseline(
     timeout_s: float = 120.0,
 ) -> dict[str, int]:
     """POST ``items`` TTS requests (item ``i`` says ``text_of(i)``), each body into ``out_dir``; counts of
-    ``ok``, ``429`` (answers waited out), ``other`` (failed items) and ``resets`` (dropped connections retried)."""
+    ``ok``, ``429`` and ``503`` (answers waited out), ``other`` (failed items) and ``resets`` (dropped connections
+    retried)."""
     import httpx
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,7 @@ async def run_baseline(
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(items):
         queue.put_nowait(index)
-    counts = {"ok": 0, "429": 0, "other": 0, "resets": 0}
+    counts = {"ok": 0, "429": 0, "503": 0, "other": 0, "resets": 0}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, limits=limits,
                                  timeout=timeout_s) as client:
@@ -79,8 +80,8 @@ async def run_baseline(
                         counts["ok"] += 1
                         (out_dir / f"item-{index}.wav").write_bytes(response.content)
                         break
-                    if response.status_code == 429:
-                        counts["429"] += 1
+                    if response.status_code in (429, 503):  # too fast, or too many connections: wait, again
+                        counts[str(response.status_code)] += 1
                         await asyncio.sleep(float(response.headers.get("retry-after", "1")))
                         continue
                     counts["other"] += 1
