@@ -264,7 +264,11 @@ class BatchEngine:
             for item in planned:
                 if self.stop_reason is not None or not await self._feed_place():
                     break  # the run stops: this item and the rest are not attempted
-                task = asyncio.create_task(self._fed_item(item))
+                label = item.item.label
+                self._placed[label] += 1
+                task = asyncio.create_task(self._handle(item))
+                # the place goes back when the task ends, even one cancelled before its first step
+                task.add_done_callback(lambda _, label=label: self._unplace(label))
                 tasks.append(task)
                 self._tasks.add(task)
             results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -337,14 +341,6 @@ class BatchEngine:
             del self._placed[label]
         self._fed -= 1
         self._feed_wake()
-
-    async def _fed_item(self, planned: PlannedItem) -> str:
-        label = planned.item.label
-        self._placed[label] += 1
-        try:
-            return await self._handle(planned)
-        finally:
-            self._unplace(label)
 
     # --- per item -----------------------------------------------------------------------------------
 
