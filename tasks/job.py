@@ -8,6 +8,7 @@ so the flow run ends Completed or Failed with the counts in its message and its 
 
 from __future__ import annotations
 
+import contextvars
 import re
 import threading
 from pathlib import Path
@@ -85,9 +86,13 @@ def run_job_in_flow(
             update_progress_artifact(artifact_id, progress=round(min(100.0, 100.0 * snap.finished / snap.total), 1))
 
     stop_logging = threading.Event()
+    # the reporter runs in this context (a new thread starts in an empty one): the CLI's own Prefect API is a
+    # temporary setting of it, and a log line sent from a thread that does not see it made Prefect start a log
+    # shipper against no API, which imports Prefect's whole server and starts an ephemeral one mid-run (~2 s of
+    # CPU holding the GIL at the first progress line, 30 s in: the engine's loop starved, ~3 % of a 10,000-item run)
     reporter = threading.Thread(
-        target=_log_progress, args=(job.progress, logger, stop_logging, log_every_s), name="voxmill-progress",
-        daemon=True,
+        target=contextvars.copy_context().run, args=(_log_progress, job.progress, logger, stop_logging, log_every_s),
+        name="voxmill-progress", daemon=True,
     )
     reporter.start()
     try:

@@ -17,8 +17,10 @@ one) and in the set of keys in flight; a duplicate waits for the first and reuse
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -54,6 +56,39 @@ T = TypeVar("T")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 #: WAV bodies up to this size (~1.3 s at 24 kHz) are moved and measured on the loop thread, not in a worker
 _INLINE_WRITE_BYTES = 64 * 1024
+#: items the engine has started at once (their task made, not yet ended, not waiting out a retry's back-off), per
+#: request the in-flight limit allows, plus ``FEED_HEADROOM``: enough to fill every slot the moment it frees, while
+#: the rest of the batches handed over wait as plain lists. Without this bound every item of every batch in the
+#: engine (16 batches of 200 by default) became a task at once: a CPU burst of thousands of first steps at the
+#: start, and thousands of parked coroutines living long enough to reach the oldest GC generation, whose full
+#: collections (0.2–0.4 s each, every ~1,000 items) stalled the loop (docs/benchmarks.md, issue 13)
+FEED_PER_SLOT = 2
+FEED_HEADROOM = 64
+#: engines started and not yet closed in this process, under the lock: while any runs, the objects that existed when
+#: each started are frozen (:func:`gc.freeze`)
+_running_lock = threading.Lock()
+_running = 0
+
+
+def _freeze_gc() -> None:
+    """Take the objects of the process so far (its modules, the job's set-up: ~90,000 at a run's start) out of the
+    cyclic garbage collector's passes while the engine runs. Each request leaves cyclic garbage (httpx's response
+    streams, tenacity's retry state) that only a full collection frees, one every ~1,000 items at 200 req/s, and a
+    full pass over every object stalls the loop: 0.1–0.2 s each at 10,000 items, ~2 % of the run. Frozen objects are
+    still freed when their count drops; only cycles among them wait for :func:`_thaw_gc`."""
+    global _running
+    with _running_lock:
+        _running += 1
+        gc.freeze()
+
+
+def _thaw_gc() -> None:
+    """The last running engine closed: every frozen object is collectable again."""
+    global _running
+    with _running_lock:
+        _running -= 1
+        if _running == 0:
+            gc.unfreeze()
 
 
 @dataclass(frozen=True)
@@ -116,6 +151,13 @@ class BatchEngine:
         self._tasks: set[asyncio.Task[str]] = set()
         self._unsubscribe_stop: Callable[[], None] | None = None
         self._retrying: set[str] = set()
+        #: items started and holding a place of the feed (see ``FEED_PER_SLOT``), by label; the places held; the
+        #: batches waiting to start their next item (FIFO: True, a place was handed over; False, the run stops)
+        self._placed: collections.Counter[str] = collections.Counter()
+        self._fed = 0
+        self._feed_waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
+        #: this engine holds the process's objects frozen (:func:`_freeze_gc`) until it closes
+        self._frozen = False
         self._client_factory = client_factory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -142,6 +184,8 @@ class BatchEngine:
         self._thread.start()
         self._client = self._call(self._make_client())
         self._unsubscribe_stop = on_stop(self.stop)
+        _freeze_gc()
+        self._frozen = True
 
     def stop(self, reason: str, grace_s: float | None = None) -> None:
         """Stop the run (thread-safe): nothing new is sent or retried; what is in flight gets ``grace_s``
@@ -154,6 +198,7 @@ class BatchEngine:
         if self.stop_reason is None:
             self.stop_reason = reason
         assert self._loop is not None
+        self._feed_wake()  # batches waiting to start an item: the rest of their items are not attempted
         self._loop.call_later(grace_s, self._cancel_in_flight)
 
     def _cancel_in_flight(self) -> None:
@@ -184,6 +229,9 @@ class BatchEngine:
         self._loop.close()
         self._loop = None
         shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._frozen:
+            self._frozen = False
+            _thaw_gc()
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self._loop is not None, "engine not started"
@@ -210,17 +258,89 @@ class BatchEngine:
         return BatchOutcome(**counts, stopped=self.stop_reason, stop_kind=self.stop_kind)
 
     async def _run_batch(self, planned: Sequence[PlannedItem]) -> list[str]:
-        tasks = [asyncio.create_task(self._handle(p)) for p in planned]
-        self._tasks.update(tasks)
+        """Start each item in turn as the feed has room (:meth:`_feed_place`), then wait for all of them."""
+        tasks: list[asyncio.Task[str]] = []
         try:
+            for item in planned:
+                if self.stop_reason is not None or not await self._feed_place():
+                    break  # the run stops: this item and the rest are not attempted
+                label = item.item.label
+                self._placed[label] += 1
+                task = asyncio.create_task(self._handle(item))
+                # the place goes back when the task ends, even one cancelled before its first step
+                task.add_done_callback(lambda _, label=label: self._unplace(label))
+                tasks.append(task)
+                self._tasks.add(task)
             results = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:
+            for task in tasks:  # cancelled while starting its items: those started go with it, as under gather
+                task.cancel()
+            raise
         finally:
             self._tasks.difference_update(tasks)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
         # a task cancelled at the end of a stop's grace: its item stays pending, unrecorded
-        return ["not_attempted" if isinstance(r, BaseException) else r for r in results]
+        return ["not_attempted" if isinstance(r, BaseException) else r for r in results] + \
+            ["not_attempted"] * (len(planned) - len(tasks))
+
+    # --- the feed: how many items are started at once -----------------------------------------------
+
+    def _feed_bound(self) -> int:
+        """Items that may hold a place of the feed now: ``FEED_PER_SLOT`` per request the in-flight limit allows,
+        plus ``FEED_HEADROOM``."""
+        limiter = self.limiter
+        slots = limiter.in_flight_limit if limiter is not None else self.settings.rate_limit.max_concurrent
+        return FEED_PER_SLOT * slots + FEED_HEADROOM
+
+    async def _feed_place(self) -> bool:
+        """A place for one more started item: at once when there is room and no batch waits ahead, else in turn
+        (FIFO across batches, so the items start in the order the batches were handed over). False: the run is
+        stopping, no place was taken."""
+        if not self._feed_waiters and self._fed < self._feed_bound():
+            self._fed += 1
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._feed_waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self._fed -= 1  # handed over as we were cancelled: pass it on
+                self._feed_wake()
+            elif waiter in self._feed_waiters:
+                self._feed_waiters.remove(waiter)
+            raise
+
+    def _feed_wake(self) -> None:
+        """Hand free places to waiting batches, in turn; when the run stops, wake every one of them (no place)."""
+        waiters = self._feed_waiters
+        if not waiters:
+            return
+        if self.stop_reason is not None:
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(False)
+            return
+        bound = self._feed_bound()
+        while waiters and self._fed < bound:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self._fed += 1
+                waiter.set_result(True)
+
+    def _unplace(self, label: str) -> None:
+        """``label``'s item gives its place back: it ended, or it waits out a retry's back-off (a straggler must
+        not hold up the supply of first tries)."""
+        if self._placed[label] <= 0:
+            return
+        self._placed[label] -= 1
+        if not self._placed[label]:
+            del self._placed[label]
+        self._fed -= 1
+        self._feed_wake()
 
     # --- per item -----------------------------------------------------------------------------------
 
@@ -229,6 +349,8 @@ class BatchEngine:
         if item is not None and item not in self._retrying:
             self._retrying.add(item)
             self.progress.add(retrying=1)
+        if item is not None:
+            self._unplace(item)
 
     async def _handle(self, planned: PlannedItem) -> str:
         item, key = planned.item, planned.key

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import threading
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from voxmill.errors import ConfigError, DiskFull, disk_full_error
@@ -432,10 +434,31 @@ class Ledger:
         if results is not None:
             with contextlib.suppress(FileNotFoundError):  # gone since its stamp was taken: read again
                 parts.append(_conform(pq.read_table(results, columns=_present(results, schema.names)), schema))
-        journal_rows = list(self._journal_rows(schema.names))
-        if journal_rows:
-            parts.append(pa.Table.from_pylist(journal_rows, schema=schema))
+        parts.extend(self._journal_tables(schema))
         return parts
+
+    def _journal_tables(self, schema: pa.Schema) -> Iterator[pa.Table]:
+        """Each journal's rows as a table, oldest journal first: parsed whole by Arrow's JSON reader (~5× faster
+        than a ``json.loads`` per line, which made most of a 10,000-row compaction at a job's end), or line by
+        line (:meth:`_rows_of`) when the reader refuses it: a line torn by a kill, a ``NaN``."""
+        if not self.journal_dir.exists():
+            return
+        for _, _, journal in self._journals():
+            try:
+                data = journal.read_bytes()
+            except FileNotFoundError:  # removed by a compaction since it was listed
+                continue
+            whole = data[: data.rfind(b"\n") + 1]  # a last line without its newline was torn by a kill mid-write
+            if not whole:
+                continue
+            try:
+                table = pa_json.read_json(io.BytesIO(whole), parse_options=pa_json.ParseOptions(
+                    explicit_schema=schema, unexpected_field_behavior="ignore"))
+                yield table.select(schema.names).cast(schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                rows = list(_rows_of(whole.splitlines(keepends=True), set(schema.names)))
+                if rows:
+                    yield pa.Table.from_pylist(rows, schema=schema)
 
     def _journals(self) -> list[tuple[float, int, Path]]:
         """(mtime, size, path) of each journal, oldest first (one a compaction removes meanwhile is left out)."""
@@ -456,14 +479,7 @@ class Ledger:
             except FileNotFoundError:  # removed by a compaction since it was listed
                 continue
             with handle:
-                for line in handle:
-                    if not line.endswith(b"\n"):
-                        continue  # torn by a kill mid-write: the item was in flight
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    yield {k: v for k, v in row.items() if k in names}
+                yield from _rows_of(handle, names)
 
     def done_index(self) -> DoneIndex:
         """The keys of every item done so far (what a rerun must not send again).
@@ -528,6 +544,19 @@ def _latest_per_id(table: pa.Table) -> pa.Table:
     )
     keep = pc.sort_indices(grouped["i_max"])
     return table.take(pc.take(grouped["i_max"], keep))
+
+
+def _rows_of(lines: Iterable[bytes], names: set[str]) -> Iterator[dict[str, Any]]:
+    """The rows of a journal's lines (only the ``names`` fields); a torn line (no newline, or not JSON) is skipped:
+    its item was in flight when the run was killed."""
+    for line in lines:
+        if not line.endswith(b"\n"):
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        yield {k: v for k, v in row.items() if k in names}
 
 
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:

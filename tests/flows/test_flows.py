@@ -289,3 +289,31 @@ def test_a_flow_batch_waiting_on_one_slow_item_holds_back_no_other_batch(make_se
     assert server.stats()["generations_total"] == ITEMS
     assert watched.ended_s >= SLOW_S
     assert watched.ended_s - watched.others_done_s >= 0.5 * SLOW_S, watched
+
+
+def test_the_progress_reporter_runs_in_the_flows_context(null_server, prefect_api, tmp_path, monkeypatch):
+    """The CLI's own Prefect API is a temporary setting of the flow's context: a reporter thread started in an empty
+    context sent its lines to a log worker of no API, which started an ephemeral Prefect server mid-run."""
+    import contextvars
+
+    from prefect import flow
+
+    import tasks.job as job_module
+    from tasks.job import run_job_in_flow
+    from voxmill.jobs import JobRequest
+    from voxmill.settings import ApiKey, Settings
+
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
+    seen: list[str] = []
+    monkeypatch.setattr(job_module, "_log_progress", lambda *args: seen.append(marker.get()))
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": "One short item."}])
+    request = JobRequest("tts", str(manifest), tmp_path / "out", workers=1)
+    settings = Settings(api_key=ApiKey(null_server.token), base_url=null_server.base_url, cache_dir=tmp_path / "c")
+
+    @flow(name="voxmill-test-reporter-context")
+    def job_flow() -> None:
+        marker.set("the flow's")
+        run_job_in_flow(request, settings, runner="thread")
+
+    job_flow()
+    assert seen == ["the flow's"]

@@ -19,6 +19,7 @@ from voxmill.errors import ConfigError
 from voxmill.identity import content_hash, file_hash
 from voxmill.jobs import JobRequest, run_job
 from voxmill.ledger import LEDGER_SCHEMA, read_results
+from voxmill.progress import ProgressBoard
 from voxmill.quality import word_error_rate
 from voxmill.settings import ApiKey, RateLimit, RetryPolicy, Settings
 
@@ -396,3 +397,48 @@ def test_a_batch_waiting_on_one_slow_item_holds_back_no_other_batch(make_server,
     assert summaries[0].ok and summaries[0].done == ITEMS, summaries[0]
     assert watched.ended_s >= SLOW_S
     assert watched.ended_s - watched.others_done_s >= 0.5 * SLOW_S, watched
+
+
+class _HighWater(ProgressBoard):
+    """A progress board that remembers the most items started (``in_flight``) and retrying at once."""
+
+    in_flight_most: int = 0
+    retrying_most: int = 0
+
+    def add(self, **deltas: float) -> None:
+        super().add(**deltas)
+        self.in_flight_most = max(self.in_flight_most, self.in_flight)
+        self.retrying_most = max(self.retrying_most, self.retrying)
+
+
+def test_the_engine_starts_items_as_slots_free_not_every_batch_at_once(make_server, tmp_path):
+    # 16 batches of 50 in the engine at once (window 4 × 4 workers), 4 requests in flight: the engine starts at most
+    # FEED_PER_SLOT × 4 + FEED_HEADROOM items at a time (before, all 800 became tasks at once), and still every one
+    from voxmill.batch import FEED_HEADROOM, FEED_PER_SLOT
+
+    server = make_server(latency_ms=5)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"i{n}", "text": f"Item number {n}."} for n in range(800)])
+    request = JobRequest("tts", str(manifest), tmp_path / "out", batch_size=50, workers=4)
+    fixed = RateLimit(max_concurrent=4, adaptive=False)
+    settings = dataclasses.replace(settings_for(server, tmp_path), rate_limit=fixed)
+    board = _HighWater()
+    summary = run_job(request, settings, progress=board)
+    assert summary.ok and summary.done == 800, summary
+    assert server.stats()["generations_total"] == 800
+    assert FEED_PER_SLOT * 4 <= board.in_flight_most <= FEED_PER_SLOT * 4 + FEED_HEADROOM, board.in_flight_most
+
+
+def test_items_waiting_out_a_back_off_leave_their_place_to_first_tries(make_server, tmp_path):
+    # every item's first try answers 503 and waits 1 s before the next: while they wait, the engine starts the next
+    # items, so far more items wait out a back-off at once than the engine starts at once (a straggler holds no place)
+    from voxmill.batch import FEED_HEADROOM, FEED_PER_SLOT
+
+    server = make_server(fail_first_n=1)
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"i{n}", "text": f"Item number {n}."} for n in range(400)])
+    request = JobRequest("tts", str(manifest), tmp_path / "out", batch_size=50, workers=4)
+    settings = dataclasses.replace(settings_for(server, tmp_path, initial_backoff=1.0, max_backoff=1.0),
+                                   rate_limit=RateLimit(max_concurrent=4, adaptive=False))
+    board = _HighWater()
+    summary = run_job(request, settings, progress=board)
+    assert summary.ok and summary.done == 400, summary
+    assert board.retrying_most > FEED_PER_SLOT * 4 + FEED_HEADROOM, board.retrying_most

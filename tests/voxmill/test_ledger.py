@@ -49,6 +49,26 @@ def test_torn_journal_line_is_skipped(tmp_path):
     assert len(index) == 1
 
 
+def test_compaction_reads_every_whole_line_whichever_reader_parses_the_journal(tmp_path):
+    # Arrow's JSON reader takes a clean journal whole; a torn line in the middle (a kill, then a rerun appending
+    # after it) or a NaN (json.dumps writes one, Arrow refuses it) sends that journal to the line-by-line reader
+    clean = Ledger(tmp_path / "clean", run_id="r1")
+    clean.append(row("a", key=hexkey(1), duration_s=1.5, lufs=-20.0))
+    clean.append(row("b", key=hexkey(2), text="naïve ünïcode"))
+    expected = [row("a", key=hexkey(1), duration_s=1.5, lufs=-20.0), row("b", key=hexkey(2), text="naïve ünïcode")]
+    assert sorted(clean.compact().to_pylist(), key=lambda r: r["id"]) == [r.to_dict() for r in expected]
+    clean.close()
+    odd = Ledger(tmp_path / "odd", run_id="r1")
+    odd.append(row("a", key=hexkey(1), lufs=float("-inf")))
+    with open(tmp_path / "odd" / "ledger" / "journal-r1.jsonl", "ab") as handle:
+        handle.write(b'{"id": "torn", "key": "\n')
+    odd.append(row("b", key=hexkey(2), lufs=float("nan")))
+    table = odd.compact()
+    assert sorted(table["id"].to_pylist()) == ["a", "b"]
+    assert dict(zip(table["id"].to_pylist(), table["lufs"].to_pylist()))["a"] == float("-inf")
+    odd.close()
+
+
 def test_done_index_distinguishes_id_and_key(tmp_path):
     ledger = Ledger(tmp_path)
     for n in range(1000):
