@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 #: weight of the newest grant in the "requests wait for the rate" average
 _PACED_WEIGHT = 0.2
-#: while the in-flight limit holds a run back, the rate grows no further than this multiple of what it can carry
-RATE_AHEAD = 2.0
 #: memory one request in flight may need: its socket and parser buffers (~0.6 MB measured per streamed TTS
 #: answer, whose body goes to disk as it arrives; docs/benchmarks.md) with room for an error body or a header
 #: read whole; the memory-derived ceiling keeps requests in flight × this under a quarter of the memory available
@@ -177,21 +175,13 @@ class AsyncRateLimiter:
         # bound by the in-flight limit: requests wait for a slot, and not for the rate (an unlimited rate never
         # holds anyone back, nor one the limit cannot carry)
         bound = latency is not None and (self._waiting() or self._blocked > 0.5) and not self._rate_binds(latency)
-        # nor does the rate grow then past twice what the limit can carry: slots freed together start one
-        # interval apart, so their starts wait a moment for the rate though the limit holds the run back (an API
-        # capping requests in flight would otherwise see its rate learned ever higher, far above anything it was
-        # sent); up to twice, so that while both grow from nothing the rate is never what lags
-        ahead = bound and self._rate_ahead(latency)
-        self.source.succeeded(self._paced > 0.5 and not ahead, self.ceiling, latency)
+        # nor does the rate grow then: slots freed together start one interval apart, so their starts wait a
+        # moment for the rate though the limit holds the run back (an API capping requests in flight would
+        # otherwise see its rate learned ever higher, far above anything it was sent)
+        self.source.succeeded(self._paced > 0.5 and not bound, self.ceiling, latency)
         if latency is not None:
             self.source.finished(latency, self.in_flight, bound, self.max_concurrent)
             self._wake()
-
-    def _rate_ahead(self, latency: float | None) -> bool:
-        """The rate is over ``RATE_AHEAD`` × what the in-flight limit can carry (``limit ÷ latency``)."""
-        rate = self.current_rate
-        return rate is not None and latency is not None and latency > 0 and \
-            rate * latency > RATE_AHEAD * self.in_flight_limit
 
     def _rate_binds(self, latency: float) -> bool:
         """Requests wait for the rate, and the in-flight limit could carry it: by Little's law a run sends at

@@ -228,8 +228,7 @@ def test_the_rate_does_not_grow_while_an_api_cap_on_requests_in_flight_holds_the
     # an API admitting 40 in flight at 2 s per request (20 req/s) and no rate limit: past 40 it answers "too many
     # in flight". The limit settles under 40 and binds; the freed slots start in clumps one interval apart, which
     # read as "requests wait for the rate" and grew the rate without end (to 376–622/s against a 256-connection
-    # cap delivering 81/s, bench/latency.py): it must stay near what the API is actually sent (here: 42 req/s at
-    # 16 sent; 90–98 before)
+    # cap delivering 81/s, bench/latency.py): it must stay near what the API is actually sent
     loop = VirtualTimeLoop(lateness=0.004, seed=seed)
     rng = random.Random(seed)
     lim = AsyncRateLimiter(RateLimit(), clock=loop.time)
