@@ -172,14 +172,11 @@ class AsyncRateLimiter:
     def succeeded(self, latency: float | None = None) -> None:
         """A request went through; the rate grows when requests have been waiting for it, the in-flight limit
         when they waited for a slot."""
-        # bound by the in-flight limit: requests wait for a slot, and not for the rate (an unlimited rate never
-        # holds anyone back, nor one the limit cannot carry)
-        bound = latency is not None and (self._waiting() or self._blocked > 0.5) and not self._rate_binds(latency)
-        # nor does the rate grow then: slots freed together start one interval apart, so their starts wait a
-        # moment for the rate though the limit holds the run back (an API capping requests in flight would
-        # otherwise see its rate learned ever higher, far above anything it was sent)
-        self.source.succeeded(self._paced > 0.5 and not bound, self.ceiling, latency)
+        self.source.succeeded(self._paced > 0.5, self.ceiling, latency)
         if latency is not None:
+            # bound by the in-flight limit: requests wait for a slot, and not for the rate (an unlimited rate
+            # never holds anyone back, nor one the limit cannot carry)
+            bound = (self._waiting() or self._blocked > 0.5) and not self._rate_binds(latency)
             self.source.finished(latency, self.in_flight, bound, self.max_concurrent)
             self._wake()
 
