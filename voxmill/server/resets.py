@@ -27,7 +27,7 @@ async def drop_connection(scope: Scope, send: Send) -> None:
         if sock is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
+            except (OSError, ValueError):  # ValueError: the client already closed it (its fd is gone)
                 pass
         transport.close()
         # let the server see connection_lost before the app returns, so it does not answer 500
