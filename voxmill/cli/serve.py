@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from voxmill.errors import ConfigError
-from voxmill.server.app import create_app
 from voxmill.server.faults import OVERLOAD_MODES, FaultConfig
 from voxmill.server.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -137,7 +136,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run the server in the foreground until interrupted; the exit status."""
     import uvicorn
 
-    from voxmill.server.connections import guarded_http_protocol
+    from voxmill.server.running import uvicorn_config
 
     try:
         config = config_from_args(args)
@@ -151,10 +150,7 @@ def run_serve(args: argparse.Namespace) -> int:
               "with the token above", file=sys.stderr, flush=True)
     if config.preload and config.engine == "real":
         print("loading models…", flush=True)
-    app = create_app(config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio",
-                http=guarded_http_protocol(config.header_timeout_s, config.max_connections_per_client,
-                                           on_refused=app.state.service.stats.record_refused_connection))
+    uvicorn.Server(uvicorn_config(config, args.host, args.port)).run()
     return 0
 
 

@@ -40,6 +40,21 @@ class RunningServer:
         self.stop()
 
 
+def uvicorn_config(config: ServerConfig, host: str, port: int, lifespan: str = "auto") -> Any:
+    """The ``uvicorn.Config`` of a local server: its app, and the HTTP protocol guarding its connections (whose
+    refusals the app's counters count)."""
+    import uvicorn
+
+    from voxmill.server.connections import guarded_http_protocol
+
+    app = create_app(config)
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan=lifespan, ws="websockets-sansio",
+        http=guarded_http_protocol(config.header_timeout_s, config.max_connections_per_client,
+                                   on_refused=app.state.service.stats.record_refused_connection),
+    )
+
+
 def serve_in_thread(
     config: ServerConfig, host: str = DEFAULT_HOST, port: int = 0, *, start_timeout: float = 120.0
 ) -> RunningServer:
@@ -49,15 +64,7 @@ def serve_in_thread(
     """
     import uvicorn
 
-    from voxmill.server.connections import guarded_http_protocol
-
-    app = create_app(config)
-    uv_config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="on", ws="websockets-sansio",
-        http=guarded_http_protocol(config.header_timeout_s, config.max_connections_per_client,
-                                   on_refused=app.state.service.stats.record_refused_connection),
-    )
-    server = uvicorn.Server(uv_config)
+    server = uvicorn.Server(uvicorn_config(config, host, port, lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"voxmill-server-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout
@@ -73,4 +80,4 @@ def serve_in_thread(
     return RunningServer(f"http://{url_host}:{bound_port}", config.token, config, server, thread)
 
 
-__all__ = ["DEFAULT_HOST", "RunningServer", "serve_in_thread"]
+__all__ = ["DEFAULT_HOST", "RunningServer", "serve_in_thread", "uvicorn_config"]
