@@ -434,11 +434,12 @@ def test_items_waiting_out_a_back_off_leave_their_place_to_first_tries(make_serv
     from voxmill.batch import FEED_HEADROOM, FEED_PER_SLOT
 
     server = make_server(fail_first_n=1)
-    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"i{n}", "text": f"Item number {n}."} for n in range(400)])
-    request = JobRequest("tts", str(manifest), tmp_path / "out", batch_size=50, workers=4)
+    items = 4 * (FEED_PER_SLOT * 4 + FEED_HEADROOM)  # enough that the feed's bound, not the manifest, is what's tested
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"i{n}", "text": f"Item number {n}."} for n in range(items)])
+    request = JobRequest("tts", str(manifest), tmp_path / "out", batch_size=100, workers=4)
     settings = dataclasses.replace(settings_for(server, tmp_path, initial_backoff=1.0, max_backoff=1.0),
                                    rate_limit=RateLimit(max_concurrent=4, adaptive=False))
     board = _HighWater()
     summary = run_job(request, settings, progress=board)
-    assert summary.ok and summary.done == 400, summary
+    assert summary.ok and summary.done == items, summary
     assert board.retrying_most > FEED_PER_SLOT * 4 + FEED_HEADROOM, board.retrying_most
