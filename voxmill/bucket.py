@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -49,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from voxmill.errors import ConfigError
+from voxmill.processes import HOST, process_running
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,7 @@ class LeaseInfo:
         """Expired, or held by a process of this host that no longer exists."""
         if now > self.expires:
             return True
-        if self.host == socket.gethostname():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-        return False
+        return self.host == HOST and not process_running(self.pid)
 
 
 class RemoteOut:
@@ -154,7 +147,7 @@ class RemoteOut:
         raise ConfigError(f"{self.url}: could not take the output's lease (another run keeps taking it)")
 
     def _lease_body(self, run_id: str) -> bytes:
-        info = LeaseInfo(run_id, socket.gethostname(), os.getpid(), time.time() + LEASE_TTL_S)
+        info = LeaseInfo(run_id, HOST, os.getpid(), time.time() + LEASE_TTL_S)
         return json.dumps(info.__dict__).encode()
 
     def _create_lease(self, run_id: str) -> bool:

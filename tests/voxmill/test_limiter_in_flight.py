@@ -4,6 +4,9 @@ shared by the sources on one budget file, and shown on the progress board."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -114,3 +117,35 @@ async def test_a_cancelled_waiter_already_dropped_by_a_release_leaves_cleanly():
         await waiting
     async with asyncio.timeout(2), limiter.slot():
         assert limiter.in_flight == 1
+
+
+def test_a_killed_process_leaves_its_slots_to_the_run_that_replaces_it(tmp_path):
+    """A run killed with -9 never writes that it holds nothing; its process is gone, so its entry holds nothing
+    at once (not after ``STALE_PROCESS_S``), while a running process's entry still counts."""
+    path = tmp_path / "budget.json"
+    killed = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from voxmill.rate import FileSource
+        source = FileSource({str(path)!r}, "http://x")
+        source.in_flight_limit(64, 6)  # six requests in flight …
+        source.lease(None, 1)  # … written at its update
+        os.kill(os.getpid(), signal.SIGKILL)  # and killed there
+        """)])
+    killed.wait(timeout=60)
+    running = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from voxmill.rate import FileSource
+        source = FileSource({str(path)!r}, "http://x")
+        source.in_flight_limit(64, 3)
+        source.lease(None, 1)
+        print("written", flush=True)
+        sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert running.stdout.readline().strip() == "written"
+        replacing = FileSource(path, "http://x")
+        assert replacing.in_flight_limit(64, 0) == INITIAL_LIMIT - 3, "the running process's three count, not the six"
+    finally:
+        running.communicate("", timeout=60)
+    replacing.lease(None, 1)  # its process has ended too (reaped): nothing held elsewhere
+    assert replacing.in_flight_limit(64, 0) == INITIAL_LIMIT

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from voxmill.errors import ConfigError
+from voxmill.processes import process_running
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WORK_POOL = "voxmill"
@@ -86,18 +87,10 @@ def _wait_healthy(api_url: str, timeout: float, server_pid: int | None) -> None:
                 return
         except httpx.HTTPError:
             pass
-        if server_pid is not None and not _alive(server_pid):
+        if server_pid is not None and not process_running(server_pid):
             raise ConfigError(f"the Prefect server exited during its start: see its log ({api_url})")
         time.sleep(0.5)
     raise ConfigError(f"the Prefect server at {api_url} did not answer /health within {timeout:.0f} s")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def deploy(
@@ -153,13 +146,13 @@ def undeploy(root: Path = PROJECT_ROOT, timeout: float = 20.0) -> list[str]:
         if not pid_file.exists():
             continue
         pid = int(pid_file.read_text())
-        if _alive(pid):
+        if process_running(pid):
             os.killpg(pid, signal.SIGTERM)  # its own session: the flow runs and uvicorn it started go too
             deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_running(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
                 _reap(pid)
-            if _alive(pid):
+            if process_running(pid):
                 os.killpg(pid, signal.SIGKILL)
                 _reap(pid)
             stopped.append(f"{name} (pid {pid})")

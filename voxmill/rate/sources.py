@@ -14,9 +14,10 @@ not per request; successes are reported (with their times) at the next lease; a 
 run on the same API starts from the learned rate.
 
 The in-flight limit is shared the same way: the file holds the learned limit and each process's (each
-source's) requests in flight (refreshed at every update, forgotten after ``STALE_PROCESS_S`` without one),
-and a process may hold the limit less what the others hold (at least one). Latency samples are written at
-the next update (at most ``LEASE_SECONDS`` later); a "too many in flight" signal at once.
+source's) requests in flight (refreshed at every update, forgotten after ``STALE_PROCESS_S`` without one, or
+at once when its process, on this host, is gone: a run killed with ``-9`` must not hold its slots from the run
+that replaces it), and a process may hold the limit less what the others hold (at least one). Latency samples are
+written at the next update (at most ``LEASE_SECONDS`` later); a "too many in flight" signal at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from voxmill.identity import budget_id
+from voxmill.processes import HOST, process_running
 from voxmill.rate.concurrency import ConcurrencyControl
 from voxmill.rate.control import COALESCE_S, RateControl
 
@@ -274,14 +276,14 @@ class FileSource:
             now = time.time()
             offset = now - time.monotonic()
             control, concurrency, processes = self._load(fd)
+            processes = {pid: entry for pid, entry in processes.items() if holds_requests(pid, entry, now)}
             if self._pending:
                 self._reported = now
             apply_reports(control, self._heard, self._pending, self._ceiling)
             me = self._me
-            others = sum(int(entry[0]) for pid, entry in processes.items()
-                         if pid != me and now - entry[1] < STALE_PROCESS_S)
+            others = sum(int(entry[0]) for pid, entry in processes.items() if pid != me)
             self._others_in_flight = others
-            # [in flight, last update, last update that reported successes] (older versions wrote the first two)
+            # [in flight, last update, last update that reported successes, host] (older versions wrote fewer)
             self._reported_until = reported_until(now, (entry[2] for pid, entry in processes.items()
                                                         if pid != me and len(entry) > 2))
             for at, latency, in_flight, bound, ceiling in self._samples:
@@ -289,8 +291,7 @@ class FileSource:
             self._samples.clear()
             self._concurrency = concurrency
             change(control, now)
-            processes = {pid: entry for pid, entry in processes.items() if now - entry[1] < STALE_PROCESS_S}
-            processes[me] = [self._in_flight, now, self._reported]
+            processes[me] = [self._in_flight, now, self._reported, HOST]
             body = json.dumps({"base_url": self.base_url, "control": control.to_dict(),
                                "concurrency": concurrency.to_dict(), "processes": processes}).encode()
             os.pwrite(fd, body, 0)
@@ -317,6 +318,19 @@ class FileSource:
         return RateControl.starting(self._ceiling), ConcurrencyControl(), {}
 
 
+def holds_requests(key: str, entry: list, now: float) -> bool:
+    """A process's entry in a budget file still holds its requests in flight: refreshed within
+    ``STALE_PROCESS_S``, and, written on this host (``key`` starts with its pid), its process still runs."""
+    if now - entry[1] >= STALE_PROCESS_S:
+        return False
+    if len(entry) < 4 or entry[3] != HOST:
+        return True  # another host's process (or an older version's entry): only time tells
+    try:
+        return process_running(int(key.split("-", 1)[0]))
+    except ValueError:
+        return True
+
+
 def apply_reports(control: RateControl, heard: collections.deque[float], pending: list[list[float]],
                   ceiling: float | None) -> None:
     """Hand a process's buffered reports to the budget's control, and empty the buffers: each latency heard
@@ -338,4 +352,4 @@ def reported_until(now: float, others_seen: Iterable[float]) -> float:
 
 
 __all__ = ["LEASE_SECONDS", "MAX_HEARD", "REPORTING_S", "STALE_PROCESS_S", "FileSource", "Lease", "LocalSource",
-           "TokenSource", "apply_reports", "reported_until"]
+           "TokenSource", "apply_reports", "holds_requests", "reported_until"]
