@@ -60,6 +60,8 @@ SHORT_WEIGHT = 0.05
 BASELINE_WEIGHT_FREE = 0.05
 #: … and while it binds (≈ the last 2,000: queueing we cause must not become the baseline)
 BASELINE_WEIGHT_BOUND = 0.0005
+#: the short-term latency must stay over the tolerance this share of a round trip (the baseline) before a cut
+PERSIST_RTT = 1.0
 #: delivered answers per second growing by more than this factor over a round trip means no queueing …
 DELIVERY_GROWTH = 1.15
 #: … measured over windows of a round trip, at least this long (seconds)
@@ -96,6 +98,8 @@ class ConcurrencyControl:
     delivery_before: float = 0.0
     window_start: float = 0.0
     window_count: int = 0
+    #: since when the short-term latency has stood over the tolerance while the limit binds (0: it does not)
+    above_since: float = 0.0
     #: no further cut before this (one cut per round trip)
     hold_until: float = 0.0
     cuts: int = 0
@@ -144,9 +148,17 @@ class ConcurrencyControl:
         if self.fixed:
             return False
         before = self.limit
-        queueing = self.calibrated >= INITIAL_LIMIT and self.latency > TOLERANCE * self.baseline > 0
-        if bound and queueing and not self._delivery_growing():
-            if now >= self.hold_until:  # the server queues what we add: cut, once per round trip
+        queueing = bound and self.calibrated >= INITIAL_LIMIT and self.latency > TOLERANCE * self.baseline > 0
+        if not queueing:
+            self.above_since = 0.0
+        elif not self.above_since:
+            self.above_since = now
+        if queueing and not self._delivery_growing():
+            # the server queues what we add: cut, once per round trip, once the latency has stayed up for
+            # PERSIST_RTT of a round trip (an average of ~20 answers of work that varies in size strays above the
+            # tolerance for a moment; a queue keeps it there)
+            persisted = now - self.above_since >= PERSIST_RTT * self.baseline
+            if persisted and now >= self.hold_until:
                 gradient = max(0.5, TOLERANCE * self.baseline / self.latency)
                 # never below the starting limit on latency alone: work of varying size spreads latencies too,
                 # and only an answer naming concurrency goes lower
