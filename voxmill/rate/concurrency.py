@@ -25,7 +25,9 @@ increase; a multiplicative cut on a congestion signal; a remembered threshold, l
   quickly, rises freely while the limit is not binding, takes each answer given with no more than
   ``INITIAL_LIMIT`` in flight a round trip after any cut as the reference itself (a latency cut never goes
   under that level), and otherwise only creeps up (over thousands of requests), so a server that queues
-  what it cannot serve cannot teach us that its queueing is normal. Past ``TOLERANCE`` × the baseline, and
+  what it cannot serve cannot teach us that its queueing is normal. Past ``TOLERANCE`` × the baseline for a
+  round trip (``PERSIST_RTT``: an average of ~20 answers of work that varies in size strays past it for a moment,
+  a queue keeps it there; the limit does not grow meanwhile), and
   only while the answers delivered per second did not grow over the last round trip (work of varying size
   comes back shortest first, so early latencies read short and then rise with no queueing at all: what is
   added is then served, and delivery grows with it), the limit is cut by ``TOLERANCE × baseline ÷ latency``
