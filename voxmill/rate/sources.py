@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from voxmill.identity import budget_id
 from voxmill.processes import HOST, process_running
@@ -48,6 +48,9 @@ MAX_LEASE = 64
 MAX_HEARD = 512
 #: a process whose in-flight count was not refreshed for this long (seconds) holds nothing (it ended)
 STALE_PROCESS_S = 30.0
+#: a process's entry in a budget file: [requests in flight, last update, last update that reported successes, host]
+#: (wall-clock times; older versions wrote only the first two or three)
+ProcessEntry = list[Any]
 #: a process that updated the budget within this many seconds is still reporting successes (a busy one
 #: updates it at every lease, a few times a second): the admitted rate is measured up to its latest update
 REPORTING_S = 2.0
@@ -303,7 +306,7 @@ class FileSource:
         self._written = now
         return offset
 
-    def _load(self, fd: int) -> tuple[RateControl, ConcurrencyControl, dict[str, list[float]]]:
+    def _load(self, fd: int) -> tuple[RateControl, ConcurrencyControl, dict[str, ProcessEntry]]:
         size = os.fstat(fd).st_size
         raw = os.pread(fd, size, 0) if size else b""
         if raw:
@@ -318,7 +321,7 @@ class FileSource:
         return RateControl.starting(self._ceiling), ConcurrencyControl(), {}
 
 
-def holds_requests(key: str, entry: list, now: float) -> bool:
+def holds_requests(key: str, entry: ProcessEntry, now: float) -> bool:
     """A process's entry in a budget file still holds its requests in flight: refreshed within
     ``STALE_PROCESS_S``, and, written on this host (``key`` starts with its pid), its process still runs."""
     if now - entry[1] >= STALE_PROCESS_S:
