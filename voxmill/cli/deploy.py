@@ -154,7 +154,7 @@ def undeploy(root: Path = PROJECT_ROOT, timeout: float = 20.0) -> list[str]:
                 _reap(pid)
             if process_running(pid):
                 os.killpg(pid, signal.SIGKILL)
-                _reap(pid)
+            _reap(pid)  # ended (a zombie no longer counts as running): collected if it is this process's child
             stopped.append(f"{name} (pid {pid})")
         pid_file.unlink()
     return stopped
