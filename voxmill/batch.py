@@ -61,9 +61,10 @@ _INLINE_WRITE_BYTES = 64 * 1024
 #: the rest of the batches handed over wait as plain lists. Without this bound every item of every batch in the
 #: engine (16 batches of 200 by default) became a task at once: a CPU burst of thousands of first steps at the
 #: start, and thousands of parked coroutines living long enough to reach the oldest GC generation, whose full
-#: collections (0.2–0.4 s each, every ~1,000 items) stalled the loop (docs/benchmarks.md, issue 13). At 2 per slot
-#: + 64 the chaos run's rate between its 429 bursts read 0.26–0.35× the rate before them (0.49× without a bound):
-#: after a burst every retry comes due at once and first tries must be ready beside them; at 4 + 256, 0.59×
+#: collections (0.2–0.4 s each, every ~1,000 items) stalled the loop (docs/benchmarks.md, issue 13). 4 + 256, not
+#: 2 + 64: after a 429 burst every retry comes due at once, and first tries must be ready beside them. (The chaos
+#: run's low rate between bursts, once blamed on this bound, was killed runs' in-flight share held in the budget
+#: file: voxmill/rate/sources.py)
 FEED_PER_SLOT = 4
 FEED_HEADROOM = 256
 #: engines started and not yet closed in this process, under the lock: while any runs, the objects that existed when
